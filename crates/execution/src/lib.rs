@@ -1,0 +1,281 @@
+//! The deterministic state machine: bank, staking, provider and model registries, sessions and
+//! escrow, settlement of usage receipts, consensus evidence, and the version dispatch that lets a
+//! new module version run beside the old one.
+//!
+//! Execution is a synchronous, pure function of (state, block): it reads through
+//! [`state::StateRead`], returns a sorted [`state::ChangeSet`] and never reads a clock, a random
+//! source or the network. Money is integer base units; amounts round toward zero and the
+//! remainder is named. After every block the supply is checked: the sum of balances, bonded and
+//! unbonding stake, session escrow, treasury and governance deposits equals the total supply.
+//!
+//! This crate does not persist anything (the data layer commits change sets), does not order
+//! transactions (consensus does) and does not know how inference runs: receipts arrive as signed
+//! bytes and are verified like any other signature.
+
+pub mod genesis;
+pub mod state;
+pub mod v1;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use plexus_types::{Address, Amount, Block, Hash, Height, SignedTx};
+use serde::Serialize;
+
+pub use state::{ChangeSet, Overlay, StateRead};
+pub use v1::{max_cost, price_of, session_id};
+
+/// Why a transaction's payload failed (the fee is still charged and the nonce still advances).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    #[error("insufficient balance: needs {needed}, has {available}")]
+    InsufficientBalance { needed: Amount, available: Amount },
+    #[error("amount overflows")]
+    Overflow,
+    #[error("internal: supply bucket {0:?} would go negative")]
+    SupplyUnderflow(state::Bucket),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+    #[error("{0} is not supported by execution v{1}")]
+    Unsupported(&'static str, u16),
+}
+
+/// Why a transaction cannot be included at all. A block containing one is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxError {
+    #[error("bad signature (signed for another chain, or tampered with)")]
+    BadSignature,
+    #[error("wrong nonce: account expects {expected}, transaction has {got}")]
+    WrongNonce { expected: u64, got: u64 },
+    #[error("fee {got} is below the minimum {min}")]
+    FeeTooLow { min: Amount, got: Amount },
+    #[error("cannot pay the fee: needs {fee}, balance is {balance}")]
+    CannotPayFee { fee: Amount, balance: Amount },
+    /// Only from [`Executor::check_tx`]: the payload would fail against current state.
+    #[error("{0}")]
+    WouldFail(ExecError),
+}
+
+/// Why a block is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    #[error("transaction {index} ({hash}) is invalid: {error}")]
+    Tx { index: usize, hash: Hash, error: TxError },
+    #[error("execution version {0} is not supported by this binary")]
+    UnsupportedVersion(u16),
+    #[error("block height {got} does not follow state height {state}")]
+    Height { state: Height, got: Height },
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// Something that happened, for the event stream and the explorer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Transfer { from: Address, to: Address, amount: Amount },
+    Staked { staker: Address, amount: Amount, bonded: Amount },
+    Unbonding { staker: Address, amount: Amount, release_height: Height },
+    Unbonded { staker: Address, amount: Amount },
+    ProviderRegistered { provider: Address, endpoint: String },
+    ProviderDeregistered { provider: Address, reason: String },
+    ModelRegistered { model: Hash, name: String },
+    SessionOpened { session: Hash, client: Address, provider: Address, model: Hash, deposit: Amount, expiry_height: Height },
+    SessionToppedUp { session: Hash, amount: Amount, deposit: Amount },
+    SessionSettled {
+        session: Hash,
+        provider: Address,
+        seq: u64,
+        input_tokens: u64,
+        output_tokens: u64,
+        /// Newly paid out of escrow by this receipt (provider share plus fee).
+        amount: Amount,
+        /// Of which to the treasury.
+        fee: Amount,
+    },
+    ReceiptRejected { session: Hash, seq: u64, reason: String },
+    SessionClosing { session: Hash, refund_height: Height },
+    SessionClosed { session: Hash, paid: Amount, refunded: Amount },
+    EvidenceRecorded { offender: Address, epoch: u64, view: u64, kind: String },
+    ValidatorSetChosen { epoch: u64, validators: Vec<Address>, total_stake: Amount },
+}
+
+/// The outcome of one transaction in a block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TxResult {
+    pub hash: Hash,
+    pub kind: &'static str,
+    pub signer: Address,
+    pub fee: Amount,
+    /// `None` when the payload applied; the reason when it failed (fee still charged).
+    pub error: Option<String>,
+    pub events: Vec<Event>,
+}
+
+/// The result of executing a block.
+#[derive(Debug, Clone, Default)]
+pub struct BlockOutcome {
+    /// All writes, sorted by key: what the data layer commits.
+    pub changes: ChangeSet,
+    pub results: Vec<TxResult>,
+    /// Events not caused by a transaction (unbonding, refunds, validator sets).
+    pub block_events: Vec<Event>,
+}
+
+/// Facts about the block being executed that do not come from state.
+#[derive(Debug, Clone)]
+pub struct BlockEnv {
+    pub height: Height,
+    pub proposer: Address,
+}
+
+/// Evidence that a validator signed conflicting consensus messages, checked by the consensus
+/// layer's own verifier. Kept behind a trait so execution does not depend on the engine.
+pub trait EvidenceVerifier: Send + Sync {
+    /// Decodes and verifies `evidence`. `validators_of(epoch)` gives that epoch's validator set
+    /// from state. Must be a pure function of its inputs.
+    fn verify(
+        &self,
+        evidence: &[u8],
+        validators_of: &dyn Fn(u64) -> Option<Vec<Address>>,
+    ) -> Result<VerifiedEvidence, String>;
+}
+
+/// What verified evidence proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedEvidence {
+    pub offender: Address,
+    pub epoch: u64,
+    pub view: u64,
+    pub kind: &'static str,
+}
+
+/// An evidence verifier that rejects everything, for nodes and tests without consensus.
+pub struct NoEvidence;
+
+impl EvidenceVerifier for NoEvidence {
+    fn verify(&self, _: &[u8], _: &dyn Fn(u64) -> Option<Vec<Address>>) -> Result<VerifiedEvidence, String> {
+        Err("evidence verification is not available on this node".into())
+    }
+}
+
+/// Executes blocks and checks transactions for one chain.
+#[derive(Clone)]
+pub struct Executor {
+    chain_id: String,
+    evidence: std::sync::Arc<dyn EvidenceVerifier>,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor").field("chain_id", &self.chain_id).finish()
+    }
+}
+
+/// Execution versions this binary can run.
+pub const SUPPORTED_EXECUTION_VERSIONS: std::ops::RangeInclusive<u16> = 1..=1;
+
+impl Executor {
+    pub fn new(chain_id: impl Into<String>, evidence: std::sync::Arc<dyn EvidenceVerifier>) -> Self {
+        Executor { chain_id: chain_id.into(), evidence }
+    }
+
+    pub fn chain_id(&self) -> &str {
+        &self.chain_id
+    }
+
+    /// Executes a block's transactions on `state` (the parent's post-state). With
+    /// `check_signatures` false the caller vouches that every signature was already verified
+    /// (e.g. by the mempool on admission).
+    pub fn execute_block(
+        &self,
+        state: &dyn StateRead,
+        env: &BlockEnv,
+        txs: &[SignedTx],
+        check_signatures: bool,
+    ) -> Result<BlockOutcome, BlockError> {
+        if check_signatures {
+            if let Some(index) = first_bad_signature(&self.chain_id, txs) {
+                return Err(BlockError::Tx { index, hash: txs[index].hash(), error: TxError::BadSignature });
+            }
+        }
+        let version = read_execution_version(state);
+        match version {
+            1 => v1::execute_block(self, state, env, txs),
+            v => Err(BlockError::UnsupportedVersion(v)),
+        }
+    }
+
+    /// Builds a block body from candidate transactions (best first): each is included if it is
+    /// admissible on the state left by the ones before it. Returns the included transactions,
+    /// the outcome, and the candidates left out with the reason.
+    pub fn build_block(
+        &self,
+        state: &dyn StateRead,
+        env: &BlockEnv,
+        candidates: impl IntoIterator<Item = SignedTx>,
+        max_txs: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+        let version = read_execution_version(state);
+        match version {
+            1 => Ok(v1::build_block(self, state, env, candidates, max_txs, max_bytes)),
+            v => Err(BlockError::UnsupportedVersion(v)),
+        }
+    }
+
+    /// Checks a transaction against `state` as if it were the next one executed at `height`:
+    /// signature, nonce, fee and payload. Used by the mempool and the API so that bad
+    /// transactions get a clear error before they are gossiped.
+    pub fn check_tx(&self, state: &dyn StateRead, height: Height, tx: &SignedTx) -> Result<(), TxError> {
+        if !tx.verify(&self.chain_id) {
+            return Err(TxError::BadSignature);
+        }
+        match read_execution_version(state) {
+            1 => v1::check_tx(self, state, height, tx),
+            v => Err(TxError::WouldFail(ExecError::Unsupported("this execution version", v))),
+        }
+    }
+
+    pub(crate) fn evidence(&self) -> &dyn EvidenceVerifier {
+        self.evidence.as_ref()
+    }
+}
+
+fn read_execution_version(state: &dyn StateRead) -> u16 {
+    let bytes = state.get(state::keys::VERSIONS).expect("versions are written at genesis");
+    state::decode_record::<plexus_types::VersionVector>(state::keys::VERSIONS, &bytes).execution
+}
+
+/// Verifies all signatures of a block at once; returns the index of the first bad one.
+fn first_bad_signature(chain_id: &str, txs: &[SignedTx]) -> Option<usize> {
+    txs.iter().position(|tx| !tx.verify(chain_id))
+}
+
+/// Checks a block's structure that does not need state: transaction root and size limits.
+pub fn check_block_shape(block: &Block, params: &plexus_types::Params) -> Result<(), BlockError> {
+    if block.txs.len() as u128 > params.max_block_txs {
+        return Err(BlockError::Malformed(format!(
+            "{} transactions exceed max_block_txs = {}",
+            block.txs.len(),
+            params.max_block_txs
+        )));
+    }
+    if !block.txs_root_matches() {
+        return Err(BlockError::Malformed("transaction root does not match the transactions".into()));
+    }
+    Ok(())
+}
+
+/// The parameters in force in `state`.
+pub fn params(state: &dyn StateRead) -> plexus_types::Params {
+    let mut overlay = Overlay::new(state);
+    state::Store::new(&mut overlay).params()
+}

@@ -1,0 +1,208 @@
+//! Chain parameters. Every one is governable: stored in state by name, changed by a passed
+//! proposal at a defined height. Each has documented bounds so that no vote can set a value that
+//! would stall the chain (e.g. an epoch of zero blocks).
+//!
+//! The golden test at the bottom pins the genesis defaults: changing one is a protocol change and
+//! belongs in a new version, never in an edit of this table.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Amount;
+
+/// Hard protocol limits that decoding relies on; not governable because they bound memory.
+pub mod limits {
+    /// Largest encoded transaction, in bytes.
+    pub const TX_BYTES_MAX: usize = 64 * 1024;
+    /// Largest encoded block, in bytes.
+    pub const BLOCK_BYTES_MAX: usize = 8 * 1024 * 1024;
+    /// Most transactions in one block.
+    pub const BLOCK_TXS_MAX: usize = 20_000;
+    /// Longest provider endpoint URL, in bytes.
+    pub const ENDPOINT_BYTES_MAX: usize = 256;
+    /// Longest region label, in bytes.
+    pub const REGION_BYTES_MAX: usize = 32;
+    /// Longest hardware profile, in bytes.
+    pub const HARDWARE_BYTES_MAX: usize = 128;
+    /// Most model prices one provider registers.
+    pub const PROVIDER_MODELS_MAX: usize = 32;
+    /// Longest chain id, in bytes.
+    pub const CHAIN_ID_BYTES_MAX: usize = 32;
+    /// Most receipts in one claim transaction.
+    pub const CLAIM_RECEIPTS_MAX: usize = 256;
+    /// Largest encoded consensus evidence, in bytes.
+    pub const EVIDENCE_BYTES_MAX: usize = 4 * 1024;
+    /// Most stakers tracked for validator selection (bounds the per-epoch sort).
+    pub const STAKERS_MAX: usize = 1_000;
+    /// Largest validator set any parameter may ask for.
+    pub const VALIDATORS_MAX: u128 = 100;
+    /// Longest p2p address string, in bytes.
+    pub const P2P_ADDRESS_BYTES_MAX: usize = 64;
+}
+
+macro_rules! params {
+    ($( $(#[doc = $doc:literal])* $name:ident : $default:expr, $min:expr, $max:expr; )*) => {
+        /// The governable chain parameters, with their genesis defaults.
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Params {
+            $( $(#[doc = $doc])* pub $name: u128, )*
+        }
+
+        impl Default for Params {
+            fn default() -> Self {
+                Params { $( $name: $default, )* }
+            }
+        }
+
+        impl Params {
+            /// Every parameter name with its doc, in a fixed order.
+            pub const NAMES: &'static [(&'static str, &'static str)] = &[
+                $( (stringify!($name), concat!($($doc),*)), )*
+            ];
+
+            /// The value of a parameter by name.
+            pub fn get(&self, name: &str) -> Option<u128> {
+                match name {
+                    $( stringify!($name) => Some(self.$name), )*
+                    _ => None,
+                }
+            }
+
+            /// Sets a parameter by name, checking its bounds.
+            pub fn set(&mut self, name: &str, value: u128) -> Result<(), ParamError> {
+                match name {
+                    $( stringify!($name) => {
+                        #[allow(unused_comparisons)]
+                        let out_of_bounds = value < $min || value > $max;
+                        if out_of_bounds {
+                            return Err(ParamError::OutOfBounds { name: name.to_string(), value, min: $min, max: $max });
+                        }
+                        self.$name = value;
+                        Ok(())
+                    } )*
+                    _ => Err(ParamError::Unknown(name.to_string())),
+                }
+            }
+
+            /// Checks every parameter is within its bounds (for genesis files).
+            pub fn validate(&self) -> Result<(), ParamError> {
+                let mut copy = Params::default();
+                $( copy.set(stringify!($name), self.$name)?; )*
+                let _ = copy;
+                Ok(())
+            }
+        }
+    };
+}
+
+params! {
+    /// Smallest fee a transaction may pay, in base units. Fees go to the treasury.
+    min_tx_fee: 1_000, 0, 1_000_000_000_000;
+    /// Smallest bonded stake that makes an account a validator candidate, in base units.
+    min_stake: 1_000_000_000, 1, u128::MAX;
+    /// Smallest bonded stake that lets an account register as a provider, in base units.
+    min_provider_stake: 100_000_000, 1, u128::MAX;
+    /// Most validators: the top stakers, up to this many, validate the next epoch.
+    max_validators: 32, 1, limits::VALIDATORS_MAX;
+    /// Blocks an unstaked amount stays locked (and slashable) before it returns to the balance.
+    unbonding_delay_blocks: 600, 1, 10_000_000;
+    /// Blocks per epoch; the validator set and consensus parameters change only at epoch boundaries.
+    epoch_length_blocks: 100, 10, 1_000_000;
+    /// Most transactions a proposer puts in one block.
+    max_block_txs: 10_000, 1, limits::BLOCK_TXS_MAX as u128;
+    /// Largest encoded block a proposer builds, in bytes.
+    max_block_bytes: 4 * 1024 * 1024, 1024, limits::BLOCK_BYTES_MAX as u128;
+    /// Smallest deposit that opens a session, in base units.
+    min_session_deposit: 1_000, 1, u128::MAX;
+    /// Longest a session may stay open, in blocks from the one that opens it.
+    max_session_blocks: 1_000_000, 10, 100_000_000;
+    /// Blocks after a session's expiry during which its provider can still settle receipts;
+    /// the remaining escrow is refunded to the client at the end of them.
+    session_grace_blocks: 100, 1, 1_000_000;
+    /// Share of every settled amount paid to the treasury, in basis points (1/10,000).
+    protocol_fee_bps: 200, 0, 5_000;
+    /// Consensus: how long a leader has to propose before validators vote to skip it, in ms.
+    leader_timeout_ms: 1_000, 50, 60_000;
+    /// Consensus: how long to wait for a notarization before voting to skip the view, in ms.
+    notarization_timeout_ms: 2_000, 100, 120_000;
+    /// Consensus: how often to re-broadcast a vote to skip a view that is stuck, in ms.
+    nullify_retry_ms: 10_000, 100, 600_000;
+    /// Consensus: views of activity kept before old votes are pruned.
+    activity_timeout_views: 256, 16, 100_000;
+    /// Consensus: views a validator may miss before it is skipped as a leader.
+    skip_timeout_views: 32, 1, 10_000;
+}
+
+/// A rejected parameter change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("unknown parameter {0:?}")]
+    Unknown(String),
+    #[error("parameter {name} = {value} is outside [{min}, {max}]")]
+    OutOfBounds { name: String, value: u128, min: u128, max: u128 },
+}
+
+impl Params {
+    /// The epoch containing `height`. Epoch `e` is heights `[e·L, (e+1)·L − 1]`, so epoch 0
+    /// holds genesis (height 0) and one block fewer than the others.
+    pub fn epoch_of(&self, height: u64) -> u64 {
+        height / self.epoch_length_blocks as u64
+    }
+
+    /// True for the last block of an epoch: the one whose post-state chooses the next
+    /// epoch's validators.
+    pub fn is_epoch_last(&self, height: u64) -> bool {
+        (height + 1) % self.epoch_length_blocks as u64 == 0
+    }
+
+    /// The fee owed to the treasury on a settled amount, rounded down (the remainder stays
+    /// with the provider).
+    pub fn protocol_fee(&self, amount: Amount) -> Amount {
+        amount / 10_000 * self.protocol_fee_bps + amount % 10_000 * self.protocol_fee_bps / 10_000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_genesis_defaults() {
+        // Pinned: a change here is a protocol change and needs a new version, not an edit.
+        let json = serde_json::to_string(&Params::default()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"min_tx_fee":1000,"min_stake":1000000000,"min_provider_stake":100000000,"max_validators":32,"unbonding_delay_blocks":600,"epoch_length_blocks":100,"max_block_txs":10000,"max_block_bytes":4194304,"min_session_deposit":1000,"max_session_blocks":1000000,"session_grace_blocks":100,"protocol_fee_bps":200,"leader_timeout_ms":1000,"notarization_timeout_ms":2000,"nullify_retry_ms":10000,"activity_timeout_views":256,"skip_timeout_views":32}"#
+        );
+        Params::default().validate().unwrap();
+    }
+
+    #[test]
+    fn set_checks_bounds_and_names() {
+        let mut p = Params::default();
+        assert!(matches!(p.set("epoch_length_blocks", 0), Err(ParamError::OutOfBounds { .. })));
+        assert!(matches!(p.set("nope", 1), Err(ParamError::Unknown(_))));
+        p.set("epoch_length_blocks", 50).unwrap();
+        assert_eq!(p.get("epoch_length_blocks"), Some(50));
+        assert_eq!(Params::NAMES.len(), 17);
+    }
+
+    #[test]
+    fn protocol_fee_rounds_down_without_overflow() {
+        let p = Params::default(); // 2%
+        assert_eq!(p.protocol_fee(10_000), 200);
+        assert_eq!(p.protocol_fee(49), 0);
+        assert_eq!(p.protocol_fee(50), 1);
+        assert_eq!(p.protocol_fee(u128::MAX), u128::MAX / 10_000 * 200 + (u128::MAX % 10_000) * 200 / 10_000);
+    }
+
+    #[test]
+    fn epochs() {
+        let p = Params::default();
+        assert_eq!(p.epoch_of(0), 0);
+        assert_eq!(p.epoch_of(99), 0);
+        assert_eq!(p.epoch_of(100), 1);
+        assert!(p.is_epoch_last(99));
+        assert!(!p.is_epoch_last(100));
+    }
+}

@@ -1,0 +1,176 @@
+//! Usage receipts and response attestations: how inference reaches the chain.
+//!
+//! A session is a one-way payment channel. After each response (and during long streams) the
+//! client signs a [`Receipt`] with *cumulative* totals; a newer receipt supersedes every older
+//! one, so settling a session needs exactly one receipt however many requests it served. The
+//! provider signs an [`Attestation`] per response, binding output to request and model.
+
+use bytes::BufMut;
+use commonware_codec::{Buf, Error, FixedSize, Read, ReadExt, Write};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::to_vec;
+use crate::crypto::{Address, Hash, PrivateKey, Sig};
+use crate::model::ModelId;
+use crate::{Amount, namespace};
+
+/// A client's cumulative acknowledgement of what a provider delivered in one session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Receipt {
+    pub session: Hash,
+    /// Strictly increasing per session; the chain keeps the highest settled.
+    pub seq: u64,
+    pub cum_input_tokens: u64,
+    pub cum_output_tokens: u64,
+    /// What the client owes in total for this session so far, in base units.
+    pub cum_amount: Amount,
+    /// Merkle root of the provider's attestation hashes covered by this receipt.
+    pub outputs_root: Hash,
+}
+
+impl Write for Receipt {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.session.write(buf);
+        self.seq.write(buf);
+        self.cum_input_tokens.write(buf);
+        self.cum_output_tokens.write(buf);
+        self.cum_amount.write(buf);
+        self.outputs_root.write(buf);
+    }
+}
+impl FixedSize for Receipt {
+    const SIZE: usize = 32 + 8 + 8 + 8 + 16 + 32;
+}
+impl Read for Receipt {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
+        Ok(Receipt {
+            session: Hash::read(buf)?,
+            seq: u64::read(buf)?,
+            cum_input_tokens: u64::read(buf)?,
+            cum_output_tokens: u64::read(buf)?,
+            cum_amount: u128::read(buf)?,
+            outputs_root: Hash::read(buf)?,
+        })
+    }
+}
+
+impl Receipt {
+    pub fn sign(self, client: &PrivateKey) -> SignedReceipt {
+        let signature = client.sign(namespace::RECEIPT, &to_vec(&self));
+        SignedReceipt { receipt: self, signature }
+    }
+}
+
+/// A receipt with the client's signature.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SignedReceipt {
+    pub receipt: Receipt,
+    pub signature: Sig,
+}
+
+impl SignedReceipt {
+    pub fn verify(&self, client: &Address) -> bool {
+        client.verify(namespace::RECEIPT, &to_vec(&self.receipt), &self.signature)
+    }
+}
+
+impl Write for SignedReceipt {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.receipt.write(buf);
+        self.signature.write(buf);
+    }
+}
+impl FixedSize for SignedReceipt {
+    const SIZE: usize = Receipt::SIZE + Sig::SIZE;
+}
+impl Read for SignedReceipt {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
+        Ok(SignedReceipt { receipt: Receipt::read(buf)?, signature: Sig::read(buf)? })
+    }
+}
+
+/// What a provider signs about one response: the basis for metering and verification.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Attestation {
+    /// SHA-256 of the canonical request (model, prompt, sampling parameters).
+    pub request_hash: Hash,
+    /// SHA-256 of the output text (or of the embedding vectors' bytes).
+    pub output_hash: Hash,
+    pub model: ModelId,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// Fingerprint of the top-k logits at a few positions (zero for embeddings).
+    pub logits_fingerprint: Hash,
+}
+
+impl Write for Attestation {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.request_hash.write(buf);
+        self.output_hash.write(buf);
+        self.model.write(buf);
+        self.input_tokens.write(buf);
+        self.output_tokens.write(buf);
+        self.logits_fingerprint.write(buf);
+    }
+}
+impl FixedSize for Attestation {
+    const SIZE: usize = 32 * 4 + 8;
+}
+impl Read for Attestation {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
+        Ok(Attestation {
+            request_hash: Hash::read(buf)?,
+            output_hash: Hash::read(buf)?,
+            model: Hash::read(buf)?,
+            input_tokens: u32::read(buf)?,
+            output_tokens: u32::read(buf)?,
+            logits_fingerprint: Hash::read(buf)?,
+        })
+    }
+}
+
+impl Attestation {
+    pub fn hash(&self) -> Hash {
+        crate::hash(&to_vec(self))
+    }
+
+    pub fn sign(&self, provider: &PrivateKey) -> Sig {
+        provider.sign(namespace::ATTESTATION, &to_vec(self))
+    }
+
+    pub fn verify(&self, provider: &Address, sig: &Sig) -> bool {
+        provider.verify(namespace::ATTESTATION, &to_vec(self), sig)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commonware_codec::{Copying, DecodeExt};
+
+    #[test]
+    fn receipt_signature_roundtrip() {
+        let client = PrivateKey::from_seed(3);
+        let r = Receipt {
+            session: crate::hash(b"s"),
+            seq: 4,
+            cum_input_tokens: 10,
+            cum_output_tokens: 20,
+            cum_amount: 12345,
+            outputs_root: crate::hash(b"o"),
+        };
+        let signed = r.clone().sign(&client);
+        assert!(signed.verify(&client.address()));
+        assert!(!signed.verify(&PrivateKey::from_seed(4).address()));
+        let bytes = to_vec(&signed);
+        assert_eq!(bytes.len(), SignedReceipt::SIZE);
+        let back = SignedReceipt::decode(Copying(&bytes[..])).unwrap();
+        assert_eq!(back, signed);
+        let mut forged = signed.clone();
+        forged.receipt.cum_amount += 1;
+        assert!(!forged.verify(&client.address()));
+    }
+}
