@@ -1,1 +1,154 @@
-//! placeholder
+//! BFT ordering and finality for the chain, from Commonware's simplex engine (ed25519
+//! signatures) with its marshal for ordered delivery of finalized blocks, block broadcast and
+//! backfill — behind one small trait, [`Chain`], that the node implements.
+//!
+//! Epochs have a fixed length. The validator set of epoch `e + 1` is read from the chain's
+//! state after the last block of epoch `e` is finalized, and a fresh engine is started for it;
+//! the previous engine is stopped. Nodes outside an epoch's validator set run the same stack
+//! with a verify-only scheme: they follow finalized blocks and never vote. Conflicting votes
+//! that the engine observes are verified and handed to the chain as evidence bytes, which
+//! [`evidence::Verifier`] re-verifies deterministically inside execution.
+//!
+//! This crate does not execute transactions, keep application state or pick transactions; it
+//! asks the [`Chain`] to build, check and apply blocks. It does not open sockets either: the
+//! caller passes the p2p channels (authenticated TCP in production, a simulated network in
+//! tests).
+
+mod app;
+mod block;
+pub mod evidence;
+mod finalizer;
+mod schemes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::time::Duration;
+
+use commonware_consensus::simplex;
+use commonware_cryptography::{ed25519, sha256};
+use plexus_types::{Address, Block, Hash};
+
+pub use block::ConsensusBlock;
+pub use finalizer::{Channels, start};
+pub use schemes::EpochSchemes;
+
+/// Validator identity on the wire.
+pub type PublicKey = ed25519::PublicKey;
+/// Block digest.
+pub type Digest = sha256::Digest;
+/// The signing scheme of consensus votes and certificates.
+pub type Scheme = simplex::scheme::ed25519::Scheme;
+
+/// The round a block is proposed in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Round {
+    pub epoch: u64,
+    pub view: u64,
+    /// View of the parent block.
+    pub parent_view: u64,
+    /// Who proposes (this node, when asked to propose).
+    pub leader: Address,
+}
+
+/// Who is connected during an epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochPeers {
+    /// The epoch's validators and their p2p addresses. Never empty.
+    pub validators: Vec<(Address, SocketAddr)>,
+    /// Other nodes (providers, full nodes) allowed to connect and follow.
+    pub others: Vec<(Address, SocketAddr)>,
+}
+
+/// What consensus needs from the chain. Implemented by the node; every method must be
+/// deterministic in its verdicts (`verify`) across honest nodes.
+pub trait Chain: Clone + Send + Sync + 'static {
+    /// Whether the post-state of this block is known (committed, or executed speculatively).
+    fn has_state(&self, block: &Hash) -> bool;
+
+    /// Builds a child of `parent`, whose state is known. `None` skips this proposal.
+    fn propose(&self, parent: &Block, round: Round) -> impl Future<Output = Option<Block>> + Send;
+
+    /// Executes `block` on its parent's state (known) and checks its header: `false` only when
+    /// the block is permanently invalid.
+    fn verify(&self, block: &Block) -> impl Future<Output = bool> + Send;
+
+    /// Applies a finalized block durably. Called in height order, at least once per height;
+    /// must be idempotent. `finalization` is the certificate in the engine's encoding.
+    fn finalized(&self, block: &Block, finalization: Vec<u8>) -> impl Future<Output = ()> + Send;
+
+    /// The peers of an epoch, from committed state. `None` if that state is not committed yet.
+    fn epoch_peers(&self, epoch: u64) -> Option<EpochPeers>;
+
+    /// Verified conflicting-vote evidence, encoded for [`evidence::Verifier`].
+    fn report_evidence(&self, evidence: Vec<u8>);
+}
+
+/// Consensus timing and sizing. Every node of a network uses the same values for the timing
+/// fields within an epoch (they come from chain parameters).
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    /// How long to wait for the leader's proposal.
+    pub leader: Duration,
+    /// How long to wait for a notarization; must exceed `leader`.
+    pub certification: Duration,
+    /// How often to re-broadcast a vote to skip a stuck view.
+    pub retry: Duration,
+    /// Views kept behind the finalized tip.
+    pub view_retention: u64,
+    /// Views without activity after which a leader is skipped early (`None` disables).
+    pub skip: Option<Duration>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            leader: Duration::from_millis(1_000),
+            certification: Duration::from_millis(2_000),
+            retry: Duration::from_millis(5_000),
+            view_retention: 256,
+            skip: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Everything [`start`] needs besides the runtime and the network.
+#[derive(Clone)]
+pub struct Config<C: Chain> {
+    pub chain: C,
+    /// This node's key (validator identity and p2p identity).
+    pub signer: ed25519::PrivateKey,
+    /// The chain id, used as the signature namespace of votes.
+    pub chain_id: String,
+    /// The genesis block (height 0).
+    pub genesis: Block,
+    /// Blocks per epoch (fixed at genesis).
+    pub epoch_length: NonZeroU64,
+    /// Prefix of every storage partition consensus creates.
+    pub partition_prefix: String,
+    pub timeouts: Timeouts,
+    /// Capacity of internal mailboxes.
+    pub mailbox_size: NonZeroUsize,
+}
+
+/// The namespace consensus signatures use on a chain.
+pub fn namespace(chain_id: &str) -> Vec<u8> {
+    let mut ns = plexus_types::namespace::CONSENSUS.to_vec();
+    ns.push(b'/');
+    ns.extend_from_slice(chain_id.as_bytes());
+    ns
+}
+
+/// Largest p2p message any consensus component sends, for sizing the network.
+pub fn max_message_size(max_validators: u32) -> u32 {
+    let simplex = simplex::max_payload_size::<Scheme, Digest>(max_validators);
+    let marshal = commonware_consensus::marshal::max_payload_size::<
+        commonware_consensus::marshal::standard::Standard<ConsensusBlock>,
+        Scheme,
+    >(max_validators, &());
+    commonware_p2p::max_message_size(&[
+        commonware_p2p::utils::mux::prefixed(simplex),
+        marshal,
+        plexus_types::params::limits::BLOCK_BYTES_MAX + 64,
+    ])
+}

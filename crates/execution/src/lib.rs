@@ -244,6 +244,15 @@ impl Executor {
         }
     }
 
+    /// Applies one transaction (admission and payload, no block begin/end) to `state` and
+    /// returns its writes. For simulating a sender's queued transactions.
+    pub fn simulate_tx(&self, state: &dyn StateRead, height: Height, tx: &SignedTx) -> Result<ChangeSet, TxError> {
+        match read_execution_version(state) {
+            1 => v1::simulate_tx(self, state, height, tx),
+            v => Err(TxError::WouldFail(ExecError::Unsupported("this execution version", v))),
+        }
+    }
+
     pub(crate) fn evidence(&self) -> &dyn EvidenceVerifier {
         self.evidence.as_ref()
     }

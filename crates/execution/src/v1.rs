@@ -91,6 +91,14 @@ pub(crate) fn check_tx(exec: &Executor, state: &dyn StateRead, height: Height, t
     }
 }
 
+pub(crate) fn simulate_tx(exec: &Executor, state: &dyn StateRead, height: Height, tx: &SignedTx) -> Result<crate::ChangeSet, TxError> {
+    let mut overlay = Overlay::new(state);
+    let params = Store::new(&mut overlay).params();
+    let env = BlockEnv { height, proposer: tx.tx.signer.clone() };
+    apply_tx(exec, &mut overlay, &params, &env, tx)?;
+    Ok(overlay.into_changes())
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn begin_block(overlay: &mut Overlay<'_>, env: &BlockEnv) -> Result<(Params, Vec<Event>), BlockError> {

@@ -1,1 +1,20 @@
-//! placeholder
+//! A Plexus node: the chain application (mempool, speculative execution of proposals,
+//! durable application of finalized blocks), the chain REST API and transaction gossip, wired to
+//! consensus and the data layer.
+//!
+//! The chain logic ([`chain::ChainState`]) is generic over the runtime so the deterministic
+//! simulator runs exactly the code production runs; [`run`] is the production wiring (tokio
+//! runtime, TCP p2p, HTTP). This crate does not implement consensus, storage or execution rules —
+//! it connects them — and it does not serve inference (that is the serving layer).
+
+pub mod api;
+pub mod chain;
+pub mod config;
+pub mod gossip;
+pub mod keyfile;
+pub mod mempool;
+pub mod metrics;
+pub mod run;
+
+pub use chain::ChainState;
+pub use config::NodeConfig;

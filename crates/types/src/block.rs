@@ -19,6 +19,9 @@ pub struct Header {
     pub height: Height,
     /// Hash of the parent header ([`Hash::ZERO`] for genesis).
     pub parent: Hash,
+    /// The consensus view the parent was proposed in (committed to so the consensus context of
+    /// a block can be recovered from the block alone).
+    pub parent_view: u64,
     /// The consensus epoch this block was proposed in.
     pub epoch: u64,
     /// The consensus view this block was proposed in.
@@ -46,6 +49,7 @@ impl Write for Header {
     fn write(&self, buf: &mut impl BufMut) {
         self.height.write(buf);
         self.parent.write(buf);
+        self.parent_view.write(buf);
         self.epoch.write(buf);
         self.view.write(buf);
         self.proposer.write(buf);
@@ -56,7 +60,7 @@ impl Write for Header {
     }
 }
 impl FixedSize for Header {
-    const SIZE: usize = 8 + 32 + 8 + 8 + Address::SIZE + 8 + VersionVector::SIZE + 32 + 32;
+    const SIZE: usize = 8 + 32 + 8 + 8 + 8 + Address::SIZE + 8 + VersionVector::SIZE + 32 + 32;
 }
 impl Read for Header {
     type Cfg = ();
@@ -64,6 +68,7 @@ impl Read for Header {
         Ok(Header {
             height: u64::read(buf)?,
             parent: Hash::read(buf)?,
+            parent_view: u64::read(buf)?,
             epoch: u64::read(buf)?,
             view: u64::read(buf)?,
             proposer: Address::read(buf)?,
@@ -166,6 +171,7 @@ mod tests {
         let header = Header {
             height: 5,
             parent: hash(b"p"),
+            parent_view: 8,
             epoch: 0,
             view: 9,
             proposer: key.address(),

@@ -48,6 +48,12 @@ impl Hash {
     }
 }
 
+impl Default for Hash {
+    fn default() -> Self {
+        Hash::ZERO
+    }
+}
+
 impl PrivateKey {
     /// A fresh random key from the operating system's randomness.
     pub fn generate() -> Self {

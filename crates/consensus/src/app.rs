@@ -1,0 +1,106 @@
+//! The adapter between the engine's application interface and [`Chain`]: it walks a block's
+//! ancestry back to a block whose state the chain knows, has the chain execute the missing
+//! ancestors oldest first, then builds or verifies.
+
+use commonware_consensus::marshal::ancestry::Ancestry;
+use commonware_consensus::{Application, Epochable, Heightable};
+use commonware_cryptography::Digested;
+use commonware_runtime::{Clock, Metrics, Spawner};
+use futures::StreamExt;
+use plexus_types::{Address, Hash};
+use tracing::{debug, warn};
+
+use crate::block::{ConsensusBlock, Ctx};
+use crate::{Chain, Round, Scheme};
+
+/// Most unexecuted ancestors walked for one proposal or verification. A node further behind
+/// than this waits for finalized blocks to catch up instead.
+const ANCESTORS_MAX: usize = 1_024;
+
+#[derive(Clone)]
+pub(crate) struct Adapter<C: Chain> {
+    pub chain: C,
+}
+
+impl<C: Chain> Adapter<C> {
+    /// Makes sure the chain knows the post-state of `head` by executing, oldest first, the
+    /// ancestors it has not seen. Returns false if one of them is invalid (so is `head`).
+    async fn ensure_state(&self, head: Digested<ConsensusBlock>, ancestry: &mut (impl Ancestry<ConsensusBlock> + Unpin)) -> Option<bool> {
+        let mut missing = vec![head];
+        loop {
+            let oldest = missing.last().expect("never empty");
+            if self.chain.has_state(&oldest.inner().block.header.parent) || oldest.height().get() == 0 {
+                break;
+            }
+            if missing.len() >= ANCESTORS_MAX {
+                warn!(height = oldest.height().get(), "too many unexecuted ancestors; waiting for finalized blocks");
+                return None;
+            }
+            let parent = ancestry.next().await?;
+            missing.push(parent);
+        }
+        for block in missing.iter().rev() {
+            if self.chain.has_state(&Hash(block.inner().digest_value())) {
+                continue;
+            }
+            if !self.chain.verify(&block.inner().block).await {
+                return Some(false);
+            }
+        }
+        Some(true)
+    }
+}
+
+impl ConsensusBlock {
+    fn digest_value(&self) -> crate::Digest {
+        commonware_cryptography::Digestible::digest(self)
+    }
+}
+
+impl<E, C> Application<E> for Adapter<C>
+where
+    E: Clock + Metrics + Spawner + rand::Rng + Send + 'static,
+    C: Chain,
+{
+    type SigningScheme = Scheme;
+    type Context = Ctx;
+    type Block = ConsensusBlock;
+    type Input = ();
+
+    async fn propose(
+        &mut self,
+        (_, context): (E, Ctx),
+        mut ancestry: impl Ancestry<ConsensusBlock>,
+        _: (),
+    ) -> Option<Digested<ConsensusBlock>> {
+        let parent = ancestry.next().await?;
+        let parent_block = parent.inner().block.clone();
+        if !self.chain.has_state(&parent_block.hash()) {
+            let head = parent.clone();
+            // The parent itself is executed by ensure_state (it is the head of the walk).
+            if self.ensure_state(head, &mut ancestry).await != Some(true) {
+                return None;
+            }
+        }
+        let round = Round {
+            epoch: context.epoch().get(),
+            view: context.round.view().get(),
+            parent_view: context.parent.0.get(),
+            leader: Address(context.leader.clone()),
+        };
+        let block = self.chain.propose(&parent_block, round).await?;
+        debug!(height = block.header.height, txs = block.txs.len(), "proposed");
+        let block = ConsensusBlock::new(block);
+        let digest = block.digest_value();
+        Some(Digested::precomputed(block, digest))
+    }
+
+    async fn verify(&mut self, (_, _context): (E, Ctx), mut ancestry: impl Ancestry<ConsensusBlock>) -> bool {
+        let Some(block) = ancestry.next().await else { return false };
+        match self.ensure_state(block, &mut ancestry).await {
+            Some(valid) => valid,
+            // Too far behind to judge: abstain (never resolve) rather than vote against.
+            None => futures::future::pending().await,
+        }
+    }
+}

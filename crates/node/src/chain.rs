@@ -1,0 +1,559 @@
+//! The chain as consensus sees it: builds blocks from the mempool, executes proposals
+//! speculatively on their parent's state, and applies finalized blocks durably.
+//!
+//! Post-states of blocks that are not final yet are kept as change sets layered over the
+//! committed state, one per block, keyed by block hash; each also holds its merkleized
+//! (unapplied) state batch so the state root in its header can be checked before anything is
+//! written. Finalizing a block applies exactly that batch, then forgets every pending block at
+//! or below its height.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use commonware_runtime::{Clock, Metrics, Spawner, Storage};
+use plexus_consensus::{Chain, EpochPeers, Round};
+use plexus_execution::state::{self as st, Layered, Provider, Stake, Store, ValidatorSet, scan_table};
+use plexus_execution::{BlockEnv, BlockOutcome, ChangeSet, Executor, Overlay, TxResult};
+use plexus_store::{BlockRecord, BlockStore, Speculative, StateStore};
+use plexus_types::block::txs_root;
+use plexus_types::tx::Payload;
+use plexus_types::{Address, Block, Hash, Header, Height, Params, PrivateKey, SignedTx, Transaction, VersionVector};
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+use crate::mempool::{Inserted, Mempool, MempoolConfig, MempoolError};
+use crate::metrics::NodeMetrics;
+
+/// A block executed on top of its parent but not final yet.
+struct Pending {
+    header: Header,
+    changes: ChangeSet,
+    outcome: BlockOutcome,
+    spec: Arc<Speculative>,
+}
+
+/// A finalized block and what it did, as published to subscribers.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinalizedBlock {
+    pub height: Height,
+    pub hash: Hash,
+    pub header: Header,
+    pub txs: Vec<TxResult>,
+    pub events: Vec<plexus_execution::Event>,
+}
+
+/// Why a submitted transaction was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    Tx(#[from] plexus_execution::TxError),
+    #[error("{0}")]
+    Mempool(#[from] MempoolError),
+}
+
+/// Something to send to peers.
+pub type Gossip = tokio::sync::mpsc::Sender<Arc<SignedTx>>;
+
+/// Shared chain state. Cheap to clone.
+pub struct ChainState<E: Storage + Clock + Metrics + Spawner> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E: Storage + Clock + Metrics + Spawner> Clone for ChainState<E> {
+    fn clone(&self) -> Self {
+        ChainState { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<E: Storage + Clock + Metrics + Spawner> {
+    key: PrivateKey,
+    executor: Executor,
+    genesis: Block,
+    state: StateStore<E>,
+    blocks: BlockStore<E>,
+    pending: Mutex<HashMap<Hash, Arc<Pending>>>,
+    epoch_length: u64,
+    txs_committed: AtomicU64,
+    mempool: Mutex<Mempool>,
+    finalized_tx: broadcast::Sender<Arc<FinalizedBlock>>,
+    gossip: Mutex<Option<Gossip>>,
+    now_ms: Box<dyn Fn() -> u64 + Send + Sync>,
+    metrics: NodeMetrics,
+}
+
+impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
+    /// Opens the chain's state and blocks, writing genesis on first start.
+    pub async fn open(
+        context: E,
+        key: PrivateKey,
+        genesis: &plexus_types::Genesis,
+        store_cfg: &plexus_store::StoreConfig,
+        mempool: MempoolConfig,
+        evidence: Arc<dyn plexus_execution::EvidenceVerifier>,
+        metrics: NodeMetrics,
+    ) -> Result<Self, plexus_store::StoreError> {
+        let state = StateStore::open(context.child("state"), store_cfg).await?;
+        let blocks = BlockStore::open(context.child("blocks"), store_cfg).await?;
+        let executor = Executor::new(genesis.chain_id.clone(), evidence);
+        let genesis_changes = plexus_execution::genesis::genesis_changes(genesis);
+        let genesis_spec = state.speculate(None, 0, &genesis_changes).await?;
+        let genesis_block = genesis_block(genesis, genesis_spec.root);
+        match state.committed().0 {
+            None => {
+                info!(root = %genesis_spec.root, "writing genesis state");
+                blocks
+                    .put(&BlockRecord { block: genesis_block.clone(), results_json: b"[]".to_vec(), finalization: Vec::new(), txs_before: 0 })
+                    .await?;
+                state.commit(&genesis_spec, &genesis_changes, genesis_block.hash()).await?;
+            }
+            Some(_) => {
+                let stored = blocks.by_height(0).await?.ok_or(plexus_store::StoreError::NoGenesis)?;
+                if stored.block.hash() != genesis_block.hash() {
+                    return Err(plexus_store::StoreError::Corrupt(format!(
+                        "this node's data was created from a different genesis (stored genesis block {}, genesis file gives {})",
+                        stored.block.hash(),
+                        genesis_block.hash()
+                    )));
+                }
+            }
+        }
+        drop(genesis_spec);
+        let height = state.committed().0.expect("genesis is committed");
+        let record = blocks
+            .by_height(height)
+            .await?
+            .ok_or_else(|| plexus_store::StoreError::Corrupt(format!("committed block {height} is missing from the archive")))?;
+        let txs_committed = record.txs_before + record.block.txs.len() as u64;
+        state.set_block(record.block.hash());
+        metrics.height.set(height as i64);
+        let (finalized_tx, _) = broadcast::channel(256);
+        let clock = context.child("clock");
+        let now_ms = Box::new(move || {
+            clock.current().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        });
+        Ok(ChainState {
+            inner: Arc::new(Inner {
+                key,
+                executor,
+                genesis: genesis_block,
+                state,
+                blocks,
+                pending: Mutex::new(HashMap::new()),
+                epoch_length: genesis.params.epoch_length_blocks as u64,
+                txs_committed: AtomicU64::new(txs_committed),
+                mempool: Mutex::new(Mempool::new(mempool)),
+                finalized_tx,
+                gossip: Mutex::new(None),
+                now_ms,
+                metrics,
+            }),
+        })
+    }
+
+    pub fn genesis(&self) -> &Block {
+        &self.inner.genesis
+    }
+
+    pub fn chain_id(&self) -> &str {
+        self.inner.executor.chain_id()
+    }
+
+    pub fn address(&self) -> Address {
+        self.inner.key.address()
+    }
+
+    /// Height and hash of the last committed (finalized) block.
+    pub fn tip(&self) -> (Height, Hash) {
+        let view = self.inner.state.view();
+        (view.height().expect("genesis is committed"), view.block())
+    }
+
+    pub fn state(&self) -> &StateStore<E> {
+        &self.inner.state
+    }
+
+    pub fn blocks(&self) -> &BlockStore<E> {
+        &self.inner.blocks
+    }
+
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.inner.metrics
+    }
+
+    /// A receiver of every block finalized from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FinalizedBlock>> {
+        self.inner.finalized_tx.subscribe()
+    }
+
+    /// Sends newly admitted transactions to peers through `gossip`.
+    pub fn set_gossip(&self, gossip: Gossip) {
+        *self.inner.gossip.lock().expect("gossip lock") = Some(gossip);
+    }
+
+    pub fn mempool_len(&self) -> usize {
+        self.inner.mempool.lock().expect("mempool lock").len()
+    }
+
+    /// The parameters in force after the last committed block.
+    pub fn params(&self) -> Params {
+        plexus_execution::params(&*self.inner.state.view())
+    }
+
+    /// Reads with the typed store over the committed state.
+    pub fn read<T>(&self, f: impl FnOnce(&Store<'_, '_>) -> T) -> T {
+        let view = self.inner.state.view();
+        let mut overlay = Overlay::new(&*view);
+        let store = Store::new(&mut overlay);
+        f(&store)
+    }
+
+    /// Checks a transaction against the committed state plus the sender's pending transactions
+    /// and, if admissible, adds it to the mempool and gossips it. Returns its hash.
+    pub fn submit(&self, tx: SignedTx, gossip: bool) -> Result<Hash, SubmitError> {
+        let hash = tx.hash();
+        {
+            let mempool = self.inner.mempool.lock().expect("mempool lock");
+            if mempool.contains(&hash) {
+                return Err(MempoolError::AlreadyKnown.into());
+            }
+        }
+        let (height, _) = self.tip();
+        let view = self.inner.state.view();
+        let account_nonce = {
+            let mut o = Overlay::new(&*view);
+            Store::new(&mut o).account(&tx.tx.signer).nonce
+        };
+        let pending = self.inner.mempool.lock().expect("mempool lock").pending_of(&tx.tx.signer, account_nonce);
+        // Simulate the sender's pending transactions first so nonce and balance are current.
+        let mut prior = ChangeSet::new();
+        for p in pending.iter().take_while(|p| p.tx.nonce < tx.tx.nonce) {
+            let base = Layered { base: &*view, changes: &prior };
+            match self.inner.executor.simulate_tx(&base, height + 1, p) {
+                // Values are absolute, so later writes simply replace earlier ones.
+                Ok(changes) => prior.extend(changes),
+                Err(_) => break,
+            }
+        }
+        let base = Layered { base: &*view, changes: &prior };
+        self.inner.executor.check_tx(&base, height + 1, &tx)?;
+        drop(view);
+        let inserted = self.inner.mempool.lock().expect("mempool lock").insert(tx.clone(), account_nonce)?;
+        if let Inserted::Replaced(old) = inserted {
+            debug!(%old, new = %hash, "replaced by fee");
+        }
+        self.inner.metrics.mempool_txs.set(self.mempool_len() as i64);
+        if gossip {
+            if let Some(g) = self.inner.gossip.lock().expect("gossip lock").as_ref() {
+                // Gossip is best effort: a full queue drops it, the tx still reaches our blocks.
+                let _ = g.try_send(Arc::new(tx));
+            }
+        }
+        Ok(hash)
+    }
+
+    /// Builds, signs and submits a transaction from this node's own key with the next nonce.
+    pub fn submit_own(&self, payload: Payload) -> Result<Hash, SubmitError> {
+        let me = self.address();
+        let account_nonce = self.read(|s| s.account(&me).nonce);
+        let nonce = self.inner.mempool.lock().expect("mempool lock").next_nonce(&me, account_nonce);
+        let fee = self.params().min_tx_fee;
+        let tx = Transaction { signer: me, nonce, fee, payload }.sign(&self.inner.key, self.chain_id());
+        self.submit(tx, true)
+    }
+
+    /// The change sets of pending blocks from the committed tip up to `head` (oldest first), or
+    /// `None` if `head` does not descend from the committed tip.
+    fn pending_chain(&self, head: &Hash, committed: (Height, Hash)) -> Option<Vec<Arc<Pending>>> {
+        let pending = self.inner.pending.lock().expect("pending lock");
+        let mut chain = Vec::new();
+        let mut cursor = *head;
+        while cursor != committed.1 {
+            let p = pending.get(&cursor)?;
+            if p.header.height <= committed.0 {
+                return None;
+            }
+            cursor = p.header.parent;
+            chain.push(p.clone());
+        }
+        chain.reverse();
+        Some(chain)
+    }
+
+    /// Executes `txs` as the child of `parent` (whose state is known); returns the outcome and
+    /// the speculative post-state, or `None` if the parent is not on the committed chain.
+    async fn execute_on(
+        &self,
+        parent: &Hash,
+        env: &BlockEnv,
+        build: Option<Vec<SignedTx>>,
+        txs: &[SignedTx],
+    ) -> Option<Result<(Vec<SignedTx>, BlockOutcome, Arc<Speculative>), plexus_execution::BlockError>> {
+        let (ancestors, result) = {
+            let view = self.inner.state.view();
+            let committed = (view.height().expect("genesis is committed"), view.block());
+            let ancestors = self.pending_chain(parent, committed)?;
+            let mut merged = ChangeSet::new();
+            for p in &ancestors {
+                merged.extend(p.changes.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            let base = Layered { base: &*view, changes: &merged };
+            let result = match build {
+                Some(candidates) => {
+                    let params = plexus_execution::params(&base);
+                    self.inner
+                        .executor
+                        .build_block(&base, env, candidates, params.max_block_txs as usize, params.max_block_bytes as usize)
+                        .map(|(included, outcome, dropped)| {
+                            if !dropped.is_empty() {
+                                debug!(dropped = dropped.len(), "left candidates out of the block");
+                            }
+                            (included, outcome)
+                        })
+                }
+                None => self.inner.executor.execute_block(&base, env, txs, true).map(|o| (txs.to_vec(), o)),
+            };
+            (ancestors, result)
+        };
+        let (included, outcome) = match result {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let parent_spec = ancestors.last().map(|p| p.spec.clone());
+        let spec = self
+            .inner
+            .state
+            .speculate(parent_spec, env.height, &outcome.changes)
+            .await
+            .unwrap_or_else(|e| panic!("state store failed; halting: {e}"));
+        drop(ancestors);
+        Some(Ok((included, outcome, spec)))
+    }
+
+    fn epoch_of(&self, height: Height) -> u64 {
+        // Epoch length is fixed at genesis (consensus would need an epoch schedule otherwise).
+        height / self.genesis_epoch_length()
+    }
+
+    fn genesis_epoch_length(&self) -> u64 {
+        self.inner.epoch_length
+    }
+
+    fn versions(&self) -> VersionVector {
+        self.read(|s| s.versions())
+    }
+
+    /// Applies a finalized block: archive, commit state, publish. Idempotent by height.
+    async fn apply_finalized(&self, block: &Block, finalization: Vec<u8>) {
+        let height = block.header.height;
+        let hash = block.hash();
+        let (tip_height, tip_hash) = self.tip();
+        if height <= tip_height {
+            return;
+        }
+        assert_eq!(height, tip_height + 1, "finalized blocks arrive in height order");
+        assert_eq!(block.header.parent, tip_hash, "a finalized block extends the committed chain");
+        let pending = self.inner.pending.lock().expect("pending lock").get(&hash).cloned();
+        let pending = match pending {
+            Some(p) => p,
+            None => {
+                // Never saw it before (e.g. caught up from peers): execute it now.
+                let env = BlockEnv { height, proposer: block.header.proposer.clone() };
+                let (_, outcome, spec) = self
+                    .execute_on(&tip_hash, &env, None, &block.txs)
+                    .await
+                    .expect("the parent of a finalized block is the committed tip")
+                    .unwrap_or_else(|e| panic!("finalized block {height} ({hash}) does not execute: {e}; halting"));
+                assert_eq!(spec.root, block.header.state_root, "finalized block {height} has a state root this node disagrees with; halting");
+                Arc::new(Pending { header: block.header.clone(), changes: outcome.changes.clone(), outcome, spec })
+            }
+        };
+        let finalized = Arc::new(FinalizedBlock {
+            height,
+            hash,
+            header: block.header.clone(),
+            txs: pending.outcome.results.clone(),
+            events: pending.outcome.block_events.clone(),
+        });
+        let record = BlockRecord {
+            block: block.clone(),
+            results_json: serde_json::to_vec(&*finalized).expect("results serialize"),
+            finalization,
+            txs_before: self.inner.txs_committed.load(Ordering::SeqCst),
+        };
+        self.inner.blocks.put(&record).await.unwrap_or_else(|e| panic!("cannot archive block {height}: {e}; halting"));
+        self.inner
+            .state
+            .commit(&pending.spec, &pending.changes, hash)
+            .await
+            .unwrap_or_else(|e| panic!("cannot commit block {height}: {e}; halting"));
+        self.inner.txs_committed.fetch_add(block.txs.len() as u64, Ordering::SeqCst);
+        self.inner.pending.lock().expect("pending lock").retain(|_, p| p.header.height > height);
+        {
+            let mut mempool = self.inner.mempool.lock().expect("mempool lock");
+            for tx in &block.txs {
+                mempool.remove(&tx.hash());
+            }
+            let view = self.inner.state.view();
+            let mut o = Overlay::new(&*view);
+            let store = Store::new(&mut o);
+            mempool.prune(|a| store.account(a).nonce);
+            self.inner.metrics.mempool_txs.set(mempool.len() as i64);
+        }
+        let m = &self.inner.metrics;
+        m.height.set(height as i64);
+        m.txs_finalized.inc_by(block.txs.len() as u64);
+        m.blocks_finalized.inc();
+        let _ = self.inner.finalized_tx.send(finalized);
+        debug!(height, %hash, txs = block.txs.len(), "finalized");
+    }
+}
+
+/// The genesis block: height 0, committing to the genesis state root.
+pub fn genesis_block(genesis: &plexus_types::Genesis, state_root: Hash) -> Block {
+    Block {
+        header: Header {
+            height: 0,
+            parent: Hash::ZERO,
+            parent_view: 0,
+            epoch: 0,
+            view: 0,
+            proposer: genesis.validators[0].address.clone(),
+            timestamp_ms: 0,
+            versions: VersionVector::V1,
+            txs_root: txs_root(&[]),
+            state_root,
+        },
+        txs: Vec::new(),
+    }
+}
+
+impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for ChainState<E> {
+    fn has_state(&self, block: &Hash) -> bool {
+        // Pending first: a block leaves `pending` only after it became the committed tip.
+        self.inner.pending.lock().expect("pending lock").contains_key(block) || self.tip().1 == *block
+    }
+
+    async fn propose(&self, parent: &Block, round: Round) -> Option<Block> {
+        let height = parent.header.height + 1;
+        let env = BlockEnv { height, proposer: round.leader.clone() };
+        let candidates = {
+            let view = self.inner.state.view();
+            let mut o = Overlay::new(&*view);
+            let store = Store::new(&mut o);
+            let params = store.params();
+            self.inner.mempool.lock().expect("mempool lock").candidates(|a| store.account(a).nonce, params.max_block_txs as usize * 2)
+        };
+        let started = std::time::Instant::now();
+        let (txs, outcome, spec) = match self.execute_on(&parent.hash(), &env, Some(candidates), &[]).await? {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(height, "cannot build on this parent: {e}");
+                return None;
+            }
+        };
+        let header = Header {
+            height,
+            parent: parent.hash(),
+            parent_view: round.parent_view,
+            epoch: round.epoch,
+            view: round.view,
+            proposer: round.leader,
+            timestamp_ms: (self.inner.now_ms)(),
+            versions: self.versions(),
+            txs_root: txs_root(&txs),
+            state_root: spec.root,
+        };
+        let block = Block { header, txs };
+        self.inner.metrics.build_seconds.observe(started.elapsed().as_secs_f64());
+        let pending = Pending { header: block.header.clone(), changes: outcome.changes.clone(), outcome, spec };
+        self.inner.pending.lock().expect("pending lock").insert(block.hash(), Arc::new(pending));
+        Some(block)
+    }
+
+    async fn verify(&self, block: &Block) -> bool {
+        let hash = block.hash();
+        if self.has_state(&hash) {
+            return true;
+        }
+        let header = &block.header;
+        if header.height <= self.tip().0 {
+            // At or below the finalized height, only the finalized block itself is valid.
+            return matches!(self.inner.blocks.by_height(header.height).await, Ok(Some(r)) if r.block.hash() == hash);
+        }
+        let params = self.params();
+        if let Err(e) = plexus_execution::check_block_shape(block, &params) {
+            warn!(height = header.height, %hash, "rejecting block: {e}");
+            return false;
+        }
+        if header.epoch != self.epoch_of(header.height) {
+            warn!(height = header.height, epoch = header.epoch, "rejecting block from the wrong epoch");
+            return false;
+        }
+        if header.versions != self.versions() {
+            warn!(height = header.height, "rejecting block with the wrong version vector");
+            return false;
+        }
+        let started = std::time::Instant::now();
+        let env = BlockEnv { height: header.height, proposer: header.proposer.clone() };
+        let Some(result) = self.execute_on(&header.parent, &env, None, &block.txs).await else {
+            warn!(height = header.height, %hash, "rejecting block that does not extend the finalized chain");
+            return false;
+        };
+        let (_, outcome, spec) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(height = header.height, %hash, "rejecting block: {e}");
+                return false;
+            }
+        };
+        if spec.root != header.state_root {
+            warn!(height = header.height, %hash, ours = %spec.root, theirs = %header.state_root, "rejecting block with a wrong state root");
+            return false;
+        }
+        self.inner.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
+        let pending = Pending { header: header.clone(), changes: outcome.changes.clone(), outcome, spec };
+        self.inner.pending.lock().expect("pending lock").insert(hash, Arc::new(pending));
+        true
+    }
+
+    async fn finalized(&self, block: &Block, finalization: Vec<u8>) {
+        self.apply_finalized(block, finalization).await
+    }
+
+    fn epoch_peers(&self, epoch: u64) -> Option<EpochPeers> {
+        let view = self.inner.state.view();
+        let mut o = Overlay::new(&*view);
+        let store = Store::new(&mut o);
+        let set: ValidatorSet = store.validators(epoch)?;
+        let parse = |a: &Address, s: &str| -> Option<(Address, SocketAddr)> {
+            match s.parse() {
+                Ok(addr) => Some((a.clone(), addr)),
+                Err(_) => {
+                    warn!(%a, addr = s, "ignoring a peer with an unusable p2p address");
+                    None
+                }
+            }
+        };
+        let validators: Vec<_> = set.0.iter().filter_map(|v| parse(&v.address, &v.p2p_address)).collect();
+        let mut others = Vec::new();
+        for (k, v) in scan_table(view.map(), st::table::PROVIDER) {
+            let address = Address(commonware_codec::DecodeExt::decode(commonware_codec::Copying(&k[1..])).ok()?);
+            let _: Provider = st::decode_record(k, v);
+            let stake: Stake = store.stake(&address);
+            if !stake.p2p_address.is_empty() {
+                others.extend(parse(&address, &stake.p2p_address));
+            }
+        }
+        Some(EpochPeers { validators, others })
+    }
+
+    fn report_evidence(&self, evidence: Vec<u8>) {
+        match self.submit_own(Payload::ReportEvidence { evidence }) {
+            Ok(hash) => info!(%hash, "submitted consensus evidence"),
+            Err(e) => warn!("could not submit consensus evidence: {e}"),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Runs a node in production: Commonware's tokio runtime, authenticated p2p over TCP, consensus,
+//! transaction gossip and the HTTP API, until SIGINT or SIGTERM.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use commonware_cryptography::ChaCha20Poly1305;
+use commonware_p2p::authenticated::lookup;
+use commonware_runtime::{Metrics as _, Quota, Runner as _, Spawner as _, Supervisor as _, tokio as cw_tokio};
+use commonware_stream::{cups, sake};
+use plexus_consensus::{Channels, Timeouts};
+use plexus_types::{Genesis, Params};
+use tracing::{error, info};
+
+use crate::api::{ApiState, NodeInfo};
+use crate::chain::ChainState;
+use crate::config::NodeConfig;
+use crate::mempool::MempoolConfig;
+use crate::metrics::NodeMetrics;
+
+/// p2p channel ids. Fixed for the life of a network version.
+pub mod channel {
+    pub const VOTES: u64 = 0;
+    pub const CERTIFICATES: u64 = 1;
+    pub const RESOLVER: u64 = 2;
+    pub const BACKFILL: u64 = 3;
+    pub const BLOCKS: u64 = 4;
+    pub const TXS: u64 = 5;
+}
+
+/// Consensus timing from chain parameters.
+pub fn timeouts(params: &Params) -> Timeouts {
+    let ms = |v: u128| Duration::from_millis(v as u64);
+    let certification = ms(params.notarization_timeout_ms).max(ms(params.leader_timeout_ms) + Duration::from_millis(1));
+    Timeouts {
+        leader: ms(params.leader_timeout_ms),
+        certification,
+        retry: ms(params.nullify_retry_ms),
+        view_retention: params.activity_timeout_views as u64,
+        skip: Some((certification + ms(params.nullify_retry_ms)).max(Duration::from_secs(5))),
+    }
+}
+
+/// Loads the genesis file of a node home.
+pub fn load_genesis(path: &Path) -> anyhow::Result<Genesis> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read genesis file {}", path.display()))?;
+    Genesis::from_json(&text).with_context(|| format!("genesis file {}", path.display()))
+}
+
+/// Runs the node described by `config_path` until it is told to stop.
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let cfg = NodeConfig::load(config_path)?;
+    let home = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let key = crate::keyfile::load(&home.join(&cfg.key))?;
+    let genesis = load_genesis(&home.join(&cfg.genesis))?;
+    let data_dir = home.join(&cfg.data_dir);
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    info!(
+        address = %key.address(),
+        chain_id = %genesis.chain_id,
+        genesis_hash = %genesis.hash(),
+        p2p = %cfg.p2p.listen,
+        api = %cfg.api.listen,
+        data = %data_dir.display(),
+        "starting node with effective config {}",
+        toml::to_string(&cfg).unwrap_or_default().replace('\n', "; ")
+    );
+    let workers = match cfg.runtime.worker_threads {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        n => n,
+    };
+    let runtime_cfg = cw_tokio::Config::new().with_storage_directory(&data_dir).with_worker_threads(workers);
+    let runner = cw_tokio::Runner::new(runtime_cfg);
+    runner.start(|context| async move { node(context, cfg, key, genesis).await })
+}
+
+async fn node(context: cw_tokio::Context, cfg: NodeConfig, key: plexus_types::PrivateKey, genesis: Genesis) -> anyhow::Result<()> {
+    let metrics = NodeMetrics::new(&context.child("plexus"));
+    let evidence = Arc::new(plexus_consensus::evidence::Verifier::new(&genesis.chain_id));
+    let mempool = MempoolConfig {
+        txs_max: cfg.mempool.txs_max,
+        bytes_max: cfg.mempool.bytes_max,
+        per_sender_max: cfg.mempool.per_sender_max,
+    };
+    let chain = ChainState::open(
+        context.child("chain"),
+        key.clone(),
+        &genesis,
+        &plexus_store::StoreConfig::default(),
+        mempool,
+        evidence,
+        metrics,
+    )
+    .await
+    .context("cannot open the chain's data")?;
+    let (height, hash) = chain.tip();
+    info!(height, %hash, "chain state loaded");
+
+    // Authenticated p2p: validators dial each other; followers dial validators.
+    let namespace = {
+        let mut ns = plexus_types::namespace::P2P.to_vec();
+        ns.push(b'/');
+        ns.extend_from_slice(genesis.chain_id.as_bytes());
+        ns
+    };
+    let handshake = cups::Cups::<_, ChaCha20Poly1305>::new(
+        sake::Sake {
+            signer: key.0.clone(),
+            synchrony_bound: Duration::from_secs(5),
+            max_handshake_age: Duration::from_secs(10),
+            version: sake::Version::V1,
+        },
+        cups::Version::V1,
+    );
+    let max_message = plexus_consensus::max_message_size(plexus_types::params::limits::VALIDATORS_MAX as u32)
+        .max(crate::gossip::MESSAGE_BYTES_MAX as u32 + 64);
+    let peers_max = NonZeroUsize::new(cfg.p2p.peers_max.max(2)).expect("non-zero");
+    let mailbox = NonZeroUsize::new(4096).expect("non-zero");
+    let p2p_cfg = if cfg.p2p.allow_private_ips {
+        lookup::Config::local(handshake, &namespace, cfg.p2p.listen, peers_max, max_message, mailbox)
+    } else {
+        lookup::Config::recommended(handshake, &namespace, cfg.p2p.listen, peers_max, max_message, mailbox)
+    };
+    let (mut network, oracle) = lookup::Network::new(context.child("p2p"), p2p_cfg);
+    let quota = |per_second: u32| Quota::per_second(NonZeroU32::new(per_second).expect("non-zero"));
+    let channels = Channels {
+        votes: network.register(channel::VOTES, quota(4096)),
+        certificates: network.register(channel::CERTIFICATES, quota(4096)),
+        resolver: network.register(channel::RESOLVER, quota(1024)),
+        backfill: network.register(channel::BACKFILL, quota(1024)),
+        blocks: network.register(channel::BLOCKS, quota(256)),
+    };
+    let txs = network.register(channel::TXS, quota(4096));
+    network.start();
+
+    let gossip = crate::gossip::start(&context, chain.clone(), txs);
+    chain.set_gossip(gossip);
+
+    let params = chain.params();
+    let consensus_cfg = plexus_consensus::Config {
+        chain: chain.clone(),
+        signer: key.0.clone(),
+        chain_id: genesis.chain_id.clone(),
+        genesis: chain.genesis().clone(),
+        epoch_length: std::num::NonZeroU64::new(genesis.params.epoch_length_blocks as u64).expect("validated genesis"),
+        partition_prefix: "plexus-consensus".into(),
+        timeouts: timeouts(&params),
+        mailbox_size: NonZeroUsize::new(1024).expect("non-zero"),
+    };
+    let consensus = plexus_consensus::start(context.child("consensus"), consensus_cfg, channels, oracle.clone(), oracle);
+
+    // HTTP API on the same runtime.
+    let metrics_context = context.child("metrics");
+    let api_state = Arc::new(ApiState {
+        chain: chain.clone(),
+        metrics: Box::new(move || metrics_context.encode()),
+        node: NodeInfo { address: key.address(), p2p_listen: cfg.p2p.listen.to_string(), version: env!("CARGO_PKG_VERSION") },
+    });
+    let router = crate::api::router(api_state, cfg.api.body_bytes_max);
+    let listener = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .with_context(|| format!("cannot listen for the API on {}", cfg.api.listen))?;
+    info!(api = %cfg.api.listen, "chain API listening");
+    let api = tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let reason = tokio::select! {
+        _ = shutdown_signal() => "signal",
+        r = consensus => { error!("consensus stopped: {r:?}"); "consensus stopped" },
+        r = api => { error!("API server stopped: {r:?}"); "API stopped" },
+    };
+    info!(reason, "stopping node");
+    // Everything durable was synced when written; stopping aborts the remaining tasks.
+    let _ = context.stop(0, Some(Duration::from_secs(5))).await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

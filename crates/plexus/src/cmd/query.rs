@@ -1,0 +1,213 @@
+//! `plexus query`: read chain state from a node's API.
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use super::{Client, amount_of, format_amount};
+
+#[derive(Args, Clone)]
+pub struct QueryOpts {
+    /// Chain API of a node.
+    #[arg(long, default_value = super::DEFAULT_NODE, env = "PLEXUS_NODE")]
+    pub node: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum QueryCmd {
+    /// Chain id, heights, state root, epoch, validators, versions.
+    Status(QueryOpts),
+    /// A block by height or hash (default: the latest).
+    Block {
+        #[command(flatten)]
+        opts: QueryOpts,
+        id: Option<String>,
+    },
+    /// A transaction and its result.
+    Tx {
+        #[command(flatten)]
+        opts: QueryOpts,
+        hash: String,
+    },
+    /// Balance, nonce and stake of an account.
+    Account {
+        #[command(flatten)]
+        opts: QueryOpts,
+        address: String,
+    },
+    /// The current validator set (and the next, once chosen).
+    Validators(QueryOpts),
+    /// Registered providers, or one provider.
+    Providers {
+        #[command(flatten)]
+        opts: QueryOpts,
+        address: Option<String>,
+    },
+    /// Registered models, or one model.
+    Models {
+        #[command(flatten)]
+        opts: QueryOpts,
+        id: Option<String>,
+    },
+    /// Sessions (filter by client or provider), or one session.
+    Sessions {
+        #[command(flatten)]
+        opts: QueryOpts,
+        id: Option<String>,
+        #[arg(long)]
+        client: Option<String>,
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Chain parameters in force.
+    Params(QueryOpts),
+    /// Where every base unit is: balances, stake, escrow, treasury.
+    Supply(QueryOpts),
+}
+
+pub fn run(cmd: QueryCmd) -> anyhow::Result<()> {
+    let (opts, path, human): (QueryOpts, String, fn(&Value)) = match cmd {
+        QueryCmd::Status(o) => (o, "/chain/v1/status".into(), show_status),
+        QueryCmd::Block { opts, id } => {
+            let path = match id {
+                Some(id) => format!("/chain/v1/blocks/{id}"),
+                None => "/chain/v1/blocks/latest".into(),
+            };
+            (opts, path, show_block)
+        }
+        QueryCmd::Tx { opts, hash } => (opts, format!("/chain/v1/txs/{hash}"), show_pretty),
+        QueryCmd::Account { opts, address } => (opts, format!("/chain/v1/accounts/{address}"), show_account),
+        QueryCmd::Validators(o) => (o, "/chain/v1/validators".into(), show_validators),
+        QueryCmd::Providers { opts, address } => match address {
+            Some(a) => (opts, format!("/chain/v1/providers/{a}"), show_pretty),
+            None => (opts, "/chain/v1/providers".into(), show_providers),
+        },
+        QueryCmd::Models { opts, id } => match id {
+            Some(id) => (opts, format!("/chain/v1/models/{id}"), show_pretty),
+            None => (opts, "/chain/v1/models".into(), show_models),
+        },
+        QueryCmd::Sessions { opts, id, client, provider } => match id {
+            Some(id) => (opts, format!("/chain/v1/sessions/{id}"), show_pretty),
+            None => {
+                let mut q = Vec::new();
+                if let Some(c) = client {
+                    q.push(format!("client={c}"));
+                }
+                if let Some(p) = provider {
+                    q.push(format!("provider={p}"));
+                }
+                (opts, format!("/chain/v1/sessions?{}", q.join("&")), show_sessions)
+            }
+        },
+        QueryCmd::Params(o) => (o, "/chain/v1/params".into(), show_pretty),
+        QueryCmd::Supply(o) => (o, "/chain/v1/supply".into(), show_supply),
+    };
+    let v = Client::new(&opts.node)?.get(&path)?;
+    if opts.json {
+        super::print_json(&v);
+    } else {
+        human(&v);
+    }
+    Ok(())
+}
+
+fn show_pretty(v: &Value) {
+    super::print_json(v);
+}
+
+fn short(v: &Value) -> String {
+    let s = v.as_str().unwrap_or("");
+    if s.len() > 16 { format!("{}…", &s[..16]) } else { s.to_string() }
+}
+
+fn show_status(v: &Value) {
+    println!("chain        {}", v["chain_id"].as_str().unwrap_or("?"));
+    println!("height       {} (finalized)", v["height"]);
+    println!("block        {}", v["latest_block_hash"].as_str().unwrap_or("?"));
+    println!("state root   {}", v["state_root"].as_str().unwrap_or("?"));
+    println!("epoch        {}", v["epoch"]);
+    println!("versions     {}", v["versions"]);
+    println!("mempool      {} txs", v["mempool_txs"]);
+    if let Some(vals) = v["validators"].as_array() {
+        println!("validators   {}", vals.len());
+        for val in vals {
+            println!("  {}  stake {}  {}", short(&val["address"]), format_amount(amount_of(&val["stake"])), val["p2p_address"].as_str().unwrap_or(""));
+        }
+    }
+}
+
+fn show_block(v: &Value) {
+    let h = &v["header"];
+    println!("height {}  hash {}", h["height"], v["hash"].as_str().unwrap_or("?"));
+    println!("epoch {}  view {}  proposer {}", h["epoch"], h["view"], short(&h["proposer"]));
+    println!("state root {}", h["state_root"].as_str().unwrap_or("?"));
+    let txs = v["results"]["txs"].as_array().cloned().unwrap_or_default();
+    println!("{} transactions", txs.len());
+    for t in txs {
+        let status = t["error"].as_str().map(|e| format!("failed: {e}")).unwrap_or_else(|| "ok".into());
+        println!("  {} {} from {}: {status}", short(&t["hash"]), t["kind"].as_str().unwrap_or(""), short(&t["signer"]));
+    }
+}
+
+fn show_account(v: &Value) {
+    println!("address   {}", v["address"].as_str().unwrap_or("?"));
+    println!("balance   {}", format_amount(amount_of(&v["balance"])));
+    println!("nonce     {}", v["nonce"]);
+    println!("bonded    {}", format_amount(amount_of(&v["bonded"])));
+    println!("unbonding {}", format_amount(amount_of(&v["unbonding"])));
+}
+
+fn show_validators(v: &Value) {
+    println!("epoch {}", v["epoch"]);
+    for val in v["validators"].as_array().cloned().unwrap_or_default() {
+        println!("  {}  stake {}  {}", val["address"].as_str().unwrap_or(""), format_amount(amount_of(&val["stake"])), val["p2p_address"].as_str().unwrap_or(""));
+    }
+}
+
+fn show_providers(v: &Value) {
+    let list = v["providers"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no providers registered");
+    }
+    for p in list {
+        println!("{}  {}  region {}  bonded {}", p["address"].as_str().unwrap_or(""), p["endpoint"].as_str().unwrap_or(""), p["region"].as_str().unwrap_or(""), format_amount(amount_of(&p["bonded"])));
+        for price in p["prices"].as_array().cloned().unwrap_or_default() {
+            println!("    model {}  in {}/1k  out {}/1k", short(&price["model"]), price["input_per_1k"], price["output_per_1k"]);
+        }
+    }
+}
+
+fn show_models(v: &Value) {
+    for m in v["models"].as_array().cloned().unwrap_or_default() {
+        let man = &m["manifest"];
+        println!("{}  {}  {} {}", m["id"].as_str().unwrap_or(""), man["name"].as_str().unwrap_or(""), man["engine"].as_str().unwrap_or(""), man["quantization"].as_str().unwrap_or(""));
+    }
+}
+
+fn show_sessions(v: &Value) {
+    let list = v["sessions"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no sessions");
+    }
+    for s in list {
+        println!(
+            "{}  {}  client {}  provider {}  deposit {}  paid {}  refunded {}",
+            s["id"].as_str().unwrap_or(""),
+            s["status"].as_str().unwrap_or(""),
+            short(&s["client"]),
+            short(&s["provider"]),
+            amount_of(&s["deposit"]),
+            amount_of(&s["settled_amount"]),
+            amount_of(&s["refunded"]),
+        );
+    }
+}
+
+fn show_supply(v: &Value) {
+    for k in ["total", "balances", "bonded", "unbonding", "escrow", "treasury", "deposits", "burned"] {
+        println!("{k:<10} {}", format_amount(amount_of(&v[k])));
+    }
+    println!("conserved  {}", v["conserved"]);
+}
