@@ -20,6 +20,8 @@ const ANCESTORS_MAX: usize = 1_024;
 #[derive(Clone)]
 pub(crate) struct Adapter<C: Chain> {
     pub chain: C,
+    /// Shortest time between a block and its child.
+    pub block_interval: std::time::Duration,
 }
 
 impl<C: Chain> Adapter<C> {
@@ -69,12 +71,20 @@ where
 
     async fn propose(
         &mut self,
-        (_, context): (E, Ctx),
+        (runtime, context): (E, Ctx),
         mut ancestry: impl Ancestry<ConsensusBlock>,
         _: (),
     ) -> Option<Digested<ConsensusBlock>> {
         let parent = ancestry.next().await?;
         let parent_block = parent.inner().block.clone();
+        // Pace an idle chain: wait until the block interval has passed since the parent.
+        let due = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(parent_block.header.timestamp_ms)
+            + self.block_interval;
+        if parent_block.header.height > 0 && runtime.current() < due {
+            let wait = due.duration_since(runtime.current()).unwrap_or_default().min(self.block_interval);
+            runtime.sleep(wait).await;
+        }
         if !self.chain.has_state(&parent_block.hash()) {
             let head = parent.clone();
             // The parent itself is executed by ensure_state (it is the head of the walk).

@@ -51,6 +51,9 @@ pub struct Channels<S, R> {
     pub blocks: (S, R),
 }
 
+/// Views of notarized/verified blocks marshal keeps behind the processed round.
+const MARSHAL_VIEW_RETENTION: u64 = 16;
+
 type Wrapper<E, C> = Deferred<E, Scheme, Adapter<C>, ConsensusBlock, FixedEpocher>;
 
 /// Starts consensus on `context`. Returns when the node stops (the handle of the whole tree).
@@ -143,7 +146,9 @@ where
             start: Start::Genesis(Digested::precomputed(genesis, genesis_digest)),
             partition_prefix: format!("{prefix}-marshal"),
             mailbox_size: cfg.mailbox_size,
-            view_retention: ViewDelta::new(cfg.timeouts.view_retention),
+            // Marshal keeps whole epochs of caches within this many views; a short window lets it
+            // destroy the caches of finished epochs.
+            view_retention: ViewDelta::new(MARSHAL_VIEW_RETENTION),
             prunable_items_per_section: NonZeroU64::new(64).expect("non-zero"),
             page_cache: page_cache.clone(),
             replay_buffer: NonZeroUsize::new(1 << 16).expect("non-zero"),
@@ -158,7 +163,7 @@ where
     .await;
 
     let wrapper: Wrapper<E, C> =
-        Deferred::new(context.child("deferred"), Adapter { chain: cfg.chain.clone() }, mailbox.clone(), epocher.clone());
+        Deferred::new(context.child("deferred"), Adapter { chain: cfg.chain.clone(), block_interval: cfg.timeouts.block_interval }, mailbox.clone(), epocher.clone());
 
     // Finalized blocks flow from marshal to the finalizer task; marshal keeps at most
     // `max_pending_acks` blocks unacknowledged, which bounds this channel.
@@ -406,6 +411,12 @@ where
         let resolver = resolver.register(epoch).await.expect("resolver muxer is running");
         self.engine = Some(engine.start(votes, certs, resolver));
         self.epoch = epoch;
+        // The journal of an epoch two back can no longer be needed: its last block is final
+        // and the next epoch's engine has finalized past it.
+        if epoch >= 2 {
+            let old = format!("{}-simplex-{}", self.prefix, epoch - 2);
+            let _ = self.context.remove(&old, None).await;
+        }
     }
 }
 

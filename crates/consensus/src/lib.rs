@@ -98,6 +98,8 @@ pub struct Timeouts {
     pub view_retention: u64,
     /// Views without activity after which a leader is skipped early (`None` disables).
     pub skip: Option<Duration>,
+    /// Shortest time between a block and its child (the proposer waits).
+    pub block_interval: Duration,
 }
 
 impl Default for Timeouts {
@@ -108,6 +110,7 @@ impl Default for Timeouts {
             retry: Duration::from_millis(5_000),
             view_retention: 256,
             skip: Some(Duration::from_secs(10)),
+            block_interval: Duration::from_millis(200),
         }
     }
 }

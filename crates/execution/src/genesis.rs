@@ -35,6 +35,7 @@ pub fn genesis_changes(genesis: &Genesis) -> ChangeSet {
     store.write(keys::validators(0), &ValidatorSet(set));
     store.set_supply(&supply);
     store.write(keys::VERSIONS.to_vec(), &VersionVector::V1);
+    store.write(keys::GENESIS.to_vec(), &genesis.hash());
     store.write(keys::CHAIN.to_vec(), &ChainMeta { chain_id: genesis.chain_id.clone(), height: 0, epoch: 0 });
     for (name, _) in plexus_types::Params::NAMES {
         store.set_param(name, genesis.params.get(name).expect("every name has a value"));

@@ -178,6 +178,8 @@ pub mod keys {
     pub const CHAIN: &[u8] = b"\x00chain";
     pub const STAKERS: &[u8] = b"\x00stakers";
     pub const GOVERNANCE: &[u8] = b"\x00governance";
+    /// SHA-256 of the genesis file this state was created from.
+    pub const GENESIS: &[u8] = b"\x00genesis";
 }
 
 // ---------------------------------------------------------------------------------------------

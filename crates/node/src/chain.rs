@@ -98,29 +98,34 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         let state = StateStore::open(context.child("state"), store_cfg).await?;
         let blocks = BlockStore::open(context.child("blocks"), store_cfg).await?;
         let executor = Executor::new(genesis.chain_id.clone(), evidence);
-        let genesis_changes = plexus_execution::genesis::genesis_changes(genesis);
-        let genesis_spec = state.speculate(None, 0, &genesis_changes).await?;
-        let genesis_block = genesis_block(genesis, genesis_spec.root);
-        match state.committed().0 {
+        let genesis_block = match state.committed().0 {
             None => {
+                let genesis_changes = plexus_execution::genesis::genesis_changes(genesis);
+                let genesis_spec = state.speculate(None, 0, &genesis_changes).await?;
+                let block = genesis_block(genesis, genesis_spec.root);
                 info!(root = %genesis_spec.root, "writing genesis state");
                 blocks
-                    .put(&BlockRecord { block: genesis_block.clone(), results_json: b"[]".to_vec(), finalization: Vec::new(), txs_before: 0 })
+                    .put(&BlockRecord { block: block.clone(), results_json: b"[]".to_vec(), finalization: Vec::new(), txs_before: 0 })
                     .await?;
-                state.commit(&genesis_spec, &genesis_changes, genesis_block.hash()).await?;
+                state.commit(&genesis_spec, &genesis_changes, block.hash()).await?;
+                block
             }
             Some(_) => {
-                let stored = blocks.by_height(0).await?.ok_or(plexus_store::StoreError::NoGenesis)?;
-                if stored.block.hash() != genesis_block.hash() {
+                let stored_genesis: Option<Hash> = {
+                    let view = state.view();
+                    let mut o = Overlay::new(&*view);
+                    Store::new(&mut o).read(st::keys::GENESIS)
+                };
+                if stored_genesis != Some(genesis.hash()) {
                     return Err(plexus_store::StoreError::Corrupt(format!(
-                        "this node's data was created from a different genesis (stored genesis block {}, genesis file gives {})",
-                        stored.block.hash(),
-                        genesis_block.hash()
+                        "this node's data was created from a different genesis file (stored {}, given {})",
+                        stored_genesis.map(|h| h.to_string()).unwrap_or_default(),
+                        genesis.hash()
                     )));
                 }
+                blocks.by_height(0).await?.ok_or(plexus_store::StoreError::NoGenesis)?.block
             }
-        }
-        drop(genesis_spec);
+        };
         let height = state.committed().0.expect("genesis is committed");
         let record = blocks
             .by_height(height)

@@ -41,6 +41,7 @@ pub fn timeouts(params: &Params) -> Timeouts {
         retry: ms(params.nullify_retry_ms),
         view_retention: params.activity_timeout_views as u64,
         skip: Some((certification + ms(params.nullify_retry_ms)).max(Duration::from_secs(5))),
+        block_interval: ms(params.block_interval_ms),
     }
 }
 

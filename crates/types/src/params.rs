@@ -121,6 +121,9 @@ params! {
     session_grace_blocks: 100, 1, 1_000_000;
     /// Share of every settled amount paid to the treasury, in basis points (1/10,000).
     protocol_fee_bps: 200, 0, 5_000;
+    /// Consensus: shortest time between a block and its child, in ms (the proposer waits). Keeps
+    /// an idle chain from writing hundreds of empty blocks a second.
+    block_interval_ms: 200, 0, 10_000;
     /// Consensus: how long a leader has to propose before validators vote to skip it, in ms.
     leader_timeout_ms: 1_000, 50, 60_000;
     /// Consensus: how long to wait for a notarization before voting to skip the view, in ms.
@@ -172,7 +175,7 @@ mod tests {
         let json = serde_json::to_string(&Params::default()).unwrap();
         assert_eq!(
             json,
-            r#"{"min_tx_fee":1000,"min_stake":1000000000,"min_provider_stake":100000000,"max_validators":32,"unbonding_delay_blocks":600,"epoch_length_blocks":100,"max_block_txs":10000,"max_block_bytes":4194304,"min_session_deposit":1000,"max_session_blocks":1000000,"session_grace_blocks":100,"protocol_fee_bps":200,"leader_timeout_ms":1000,"notarization_timeout_ms":2000,"nullify_retry_ms":10000,"activity_timeout_views":256,"skip_timeout_views":32}"#
+            r#"{"min_tx_fee":1000,"min_stake":1000000000,"min_provider_stake":100000000,"max_validators":32,"unbonding_delay_blocks":600,"epoch_length_blocks":100,"max_block_txs":10000,"max_block_bytes":4194304,"min_session_deposit":1000,"max_session_blocks":1000000,"session_grace_blocks":100,"protocol_fee_bps":200,"block_interval_ms":200,"leader_timeout_ms":1000,"notarization_timeout_ms":2000,"nullify_retry_ms":10000,"activity_timeout_views":256,"skip_timeout_views":32}"#
         );
         Params::default().validate().unwrap();
     }
@@ -184,7 +187,7 @@ mod tests {
         assert!(matches!(p.set("nope", 1), Err(ParamError::Unknown(_))));
         p.set("epoch_length_blocks", 50).unwrap();
         assert_eq!(p.get("epoch_length_blocks"), Some(50));
-        assert_eq!(Params::NAMES.len(), 17);
+        assert_eq!(Params::NAMES.len(), 18);
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn up(home: &Path, validators: u16, base_port: u16, epoch_length: u64, reset: bo
         let child = Command::new(&exe)
             .args(["node", "run", "--home"])
             .arg(&node.home)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| super::DEFAULT_LOG_FILTER.into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

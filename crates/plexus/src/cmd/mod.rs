@@ -20,9 +20,12 @@ use serde_json::Value;
 /// `--json` output and scripts.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
+
+/// Our own logs at info; the engine's internals only when something is wrong.
+pub const DEFAULT_LOG_FILTER: &str = "info,commonware_consensus=warn,commonware_storage=warn,commonware_p2p=warn,commonware_broadcast=warn,commonware_resolver=warn";
 
 /// Default chain API a command talks to.
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:8545";
