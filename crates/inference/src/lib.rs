@@ -1,1 +1,491 @@
-//! placeholder
+//! Run content-addressed models on the CPU: text generation on llama.cpp (GGUF) with continuous
+//! batching, and sentence embeddings on candle (BERT safetensors), behind one [`Engine`] trait.
+//!
+//! What is here:
+//! - [`Engine`]: what the rest of Plexus sees. No llama.cpp or candle type crosses it.
+//! - [`models`]: the model cache (`$PLEXUS_MODELS` or `~/.cache/plexus/models`), `pull` of the
+//!   known models, `import` of any GGUF file or BERT safetensors directory, manifests and ids,
+//!   and [`models::resolve`] from a name, path or id to a cached model.
+//! - [`load_engine`]: a cached model to a running engine.
+//! - [`gguf`]: a bounded GGUF header reader that checks files before llama.cpp sees them.
+//! - [`template`]: chat templates rendered with minijinja.
+//!
+//! What is not: no HTTP (that is `plexus-serve`), no chain, no payment. The engines know
+//! nothing of providers or keys; they return token counts, the output and a fingerprint of the
+//! logits, which the server signs.
+//!
+//! Every request is bounded: prompt tokens, `max_tokens`, stop strings, queue length and batch
+//! inputs all have limits, and bad input is an [`Error`] with [`ErrorKind::BadRequest`], never a
+//! panic. Greedy output is reproducible for a given model, thread count and batch schedule.
+
+mod error;
+pub mod fingerprint;
+pub mod gguf;
+pub mod models;
+pub mod template;
+pub mod text;
+
+#[cfg(feature = "bert")]
+mod bert;
+#[cfg(feature = "llama")]
+mod llama;
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+
+use plexus_types::{EngineKind, Hash, ModelId, ModelManifest};
+use serde::{Deserialize, Serialize};
+
+pub use error::{Error, ErrorKind};
+pub use fingerprint::LogitsProbe;
+pub use models::{CachedModel, ModelCache};
+pub use template::ChatMessage;
+
+/// A token id in a model's vocabulary.
+pub type TokenId = i32;
+
+/// A loaded model. Implementations own their threads; every method is cheap to call from an
+/// async task except [`Engine::embed`], which computes on the caller's thread.
+pub trait Engine: Send + Sync + 'static {
+    /// What this engine serves.
+    fn info(&self) -> &ModelInfo;
+
+    /// Renders, tokenizes and checks a generation request against the limits, without queueing
+    /// it. The result tells a caller the prompt's token count before any work is done.
+    fn prepare(&self, request: GenerateRequest) -> Result<Prepared, Error> {
+        let _ = request;
+        Err(Error::Unsupported { what: "text generation", model: self.info().name.clone() })
+    }
+
+    /// Queues a prepared request. Fails with [`Error::Busy`] when the queue is full. Dropping
+    /// the returned [`Generation`] cancels the request and frees its slot.
+    fn submit(&self, prepared: Prepared) -> Result<Generation, Error> {
+        let _ = prepared;
+        Err(Error::Unsupported { what: "text generation", model: self.info().name.clone() })
+    }
+
+    /// Embeds each input (blocking: call it from a blocking thread). Fails with
+    /// [`Error::Busy`] when too many batches are already running.
+    fn embed(&self, inputs: &[String]) -> Result<Embeddings, Error> {
+        let _ = inputs;
+        Err(Error::Unsupported { what: "embeddings", model: self.info().name.clone() })
+    }
+
+    /// Current queue and batch sizes, for metrics.
+    fn load(&self) -> Load;
+}
+
+/// Static facts about a loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The manifest's name, e.g. `smollm2-135m-instruct`.
+    pub name: String,
+    pub id: ModelId,
+    pub manifest: ModelManifest,
+    pub kind: EngineKind,
+    /// Most tokens (prompt + output) one request may use.
+    pub request_tokens_max: u32,
+    /// Length of embedding vectors (embedding models only).
+    pub embedding_dims: Option<usize>,
+}
+
+/// Queue and batch sizes at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// Most requests that may wait before new ones are refused as busy.
+    pub queue_max: usize,
+    /// Requests being processed.
+    pub active: usize,
+    /// Sequences in the last decode step (text engines).
+    pub batch_sequences: usize,
+    /// Tokens in the last decode step (text engines).
+    pub batch_tokens: usize,
+}
+
+/// What to generate from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prompt {
+    /// A conversation, rendered with the model's chat template.
+    Chat {
+        messages: Vec<ChatMessage>,
+        /// Continue the final (assistant) message instead of starting a new turn.
+        continue_final_message: bool,
+    },
+    /// Raw text, tokenized as is (special tokens in it are parsed, as llama-server does).
+    Text(String),
+}
+
+/// How to pick each next token. Closed on purpose: every variant is reproducible from its
+/// parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Sampling {
+    /// Always the most likely token.
+    Greedy,
+    /// top-k, then top-p, then min-p, then temperature, then a draw from a seeded generator
+    /// (llama-server's order).
+    Random {
+        temperature: f32,
+        /// 0 disables.
+        top_k: u32,
+        /// 1.0 disables.
+        top_p: f32,
+        /// 0.0 disables.
+        min_p: f32,
+        seed: u32,
+    },
+}
+
+impl Sampling {
+    /// Builds the sampling rule from OpenAI-style parameters; temperature 0 is greedy. `seed`
+    /// defaults to a random one, which the caller can read back from the result.
+    pub fn from_openai(
+        temperature: Option<f32>,
+        top_p: Option<f32>,
+        top_k: Option<u32>,
+        min_p: Option<f32>,
+        seed: Option<u64>,
+    ) -> Result<Sampling, Error> {
+        let temperature = temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(Error::invalid("temperature", "must be between 0 and 2"));
+        }
+        let top_p = top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(Error::invalid("top_p", "must be in (0, 1]"));
+        }
+        let min_p = min_p.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(Error::invalid("min_p", "must be between 0 and 1"));
+        }
+        let top_k = top_k.unwrap_or(0);
+        if temperature == 0.0 || top_k == 1 {
+            return Ok(Sampling::Greedy);
+        }
+        let seed = match seed {
+            Some(s) => (s & 0xFFFF_FFFF) as u32,
+            None => random_seed(),
+        };
+        Ok(Sampling::Random { temperature, top_k, top_p, min_p, seed })
+    }
+
+    fn write_canonical(&self, out: &mut Vec<u8>) {
+        match *self {
+            Sampling::Greedy => out.push(0),
+            Sampling::Random { temperature, top_k, top_p, min_p, seed } => {
+                out.push(1);
+                out.extend(temperature.to_bits().to_be_bytes());
+                out.extend(top_k.to_be_bytes());
+                out.extend(top_p.to_bits().to_be_bytes());
+                out.extend(min_p.to_bits().to_be_bytes());
+                out.extend(seed.to_be_bytes());
+            }
+        }
+    }
+}
+
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; that is all a sampling seed needs.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    (h.finish() & 0xFFFF_FFFF) as u32
+}
+
+/// A text-generation request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    /// Most tokens to generate; `None` means as many as fit in the request's context.
+    pub max_tokens: Option<u32>,
+    pub sampling: Sampling,
+    /// Generation ends before the first occurrence of any of these (at most
+    /// [`text::STOP_STRINGS_MAX`], each at most [`text::STOP_STRING_BYTES_MAX`] bytes).
+    pub stop: Vec<String>,
+}
+
+/// A checked, tokenized request, ready to queue.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub model: ModelId,
+    pub tokens: Vec<TokenId>,
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+    /// SHA-256 of the canonical request: model id, prompt tokens, sampling, `max_tokens` and
+    /// stop strings. Two providers given the same request compute the same hash.
+    pub request_hash: Hash,
+}
+
+impl Prepared {
+    /// Builds a prepared request and its hash.
+    pub fn new(model: ModelId, tokens: Vec<TokenId>, max_tokens: u32, sampling: Sampling, stop: Vec<String>) -> Self {
+        let mut canon = Vec::with_capacity(64 + tokens.len() * 4);
+        canon.extend(b"plexus/request/generate/v1");
+        canon.extend(model.as_bytes());
+        canon.extend((tokens.len() as u32).to_be_bytes());
+        for t in &tokens {
+            canon.extend(t.to_be_bytes());
+        }
+        canon.extend(max_tokens.to_be_bytes());
+        sampling.write_canonical(&mut canon);
+        canon.extend((stop.len() as u32).to_be_bytes());
+        for s in &stop {
+            canon.extend((s.len() as u32).to_be_bytes());
+            canon.extend(s.as_bytes());
+        }
+        let request_hash = plexus_types::hash(&canon);
+        Prepared { model, tokens, max_tokens, sampling, stop, request_hash }
+    }
+
+    pub fn prompt_tokens(&self) -> u32 {
+        self.tokens.len() as u32
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End of turn or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// One event of a running generation.
+#[derive(Debug)]
+pub enum Event {
+    /// New text (never splits a UTF-8 character) and the count of tokens generated so far.
+    Text { text: String, completion_tokens: u32 },
+    /// The end. Always the last event of a successful generation.
+    Done(Finish),
+    /// The generation failed; nothing follows.
+    Failed(Error),
+}
+
+/// The summary of a finished generation.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Prompt tokens whose KV was reused from an earlier request instead of computed.
+    pub cached_tokens: u32,
+    /// The whole generated text (the concatenation of every `Text` event).
+    pub text: String,
+    /// The generated token ids, including a final end-of-generation token if one was sampled.
+    pub tokens: Vec<TokenId>,
+    /// Top-k logits at a few output positions.
+    pub probes: Vec<LogitsProbe>,
+    /// Hash of `probes`, for the attestation.
+    pub logits_fingerprint: Hash,
+    /// Seconds from submission to the first token.
+    pub time_to_first_token: f64,
+}
+
+/// A running generation: a stream of [`Event`]s. Dropping it cancels the request.
+#[derive(Debug)]
+pub struct Generation {
+    pub prompt_tokens: u32,
+    pub request_hash: Hash,
+    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+}
+
+impl Generation {
+    /// The next event; `None` only if the engine stopped without finishing (reported to callers
+    /// as [`Error::EngineStopped`]).
+    pub async fn next(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The next event, blocking the thread (not for async tasks).
+    pub fn blocking_next(&mut self) -> Option<Event> {
+        self.events.blocking_recv()
+    }
+
+    /// Runs to the end, returning the summary.
+    pub fn blocking_collect(mut self) -> Result<Finish, Error> {
+        loop {
+            match self.blocking_next() {
+                Some(Event::Text { .. }) => {}
+                Some(Event::Done(f)) => return Ok(f),
+                Some(Event::Failed(e)) => return Err(e),
+                None => return Err(Error::EngineStopped),
+            }
+        }
+    }
+
+    /// Runs to the end asynchronously, returning the summary.
+    pub async fn collect(mut self) -> Result<Finish, Error> {
+        loop {
+            match self.next().await {
+                Some(Event::Text { .. }) => {}
+                Some(Event::Done(f)) => return Ok(f),
+                Some(Event::Failed(e)) => return Err(e),
+                None => return Err(Error::EngineStopped),
+            }
+        }
+    }
+}
+
+/// Embedding vectors for a batch of inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Embeddings {
+    /// One L2-normalised vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens read, all inputs together (after truncation).
+    pub prompt_tokens: u32,
+    /// SHA-256 of the canonical request (model id and inputs).
+    pub request_hash: Hash,
+    /// SHA-256 of the vectors' little-endian f32 bytes, in order.
+    pub output_hash: Hash,
+}
+
+/// Settings of the llama.cpp text engine. None of these has to match across the network; they
+/// change speed and memory, not what the model computes (greedy output can differ in the last
+/// bits of the logits with the batch schedule).
+#[derive(Clone, Debug)]
+pub struct LlamaConfig {
+    /// KV cells (tokens) shared by all sequences.
+    pub ctx_tokens: NonZeroU32,
+    /// Requests decoded together; each gets `ctx_tokens / parallel` tokens at most.
+    pub parallel: NonZeroU32,
+    /// Threads for single-token decode steps.
+    pub threads: NonZeroU32,
+    /// Threads for prompt processing.
+    pub threads_batch: NonZeroU32,
+    /// Most tokens in one decode call (prompt chunks are cut to fit).
+    pub batch_tokens: NonZeroU32,
+    /// Most tokens in one physical compute step.
+    pub ubatch_tokens: NonZeroU32,
+    /// Requests that may wait for a slot before new ones are refused as busy.
+    pub queue_max: NonZeroUsize,
+    /// Most tokens one request may generate, whatever it asks for.
+    pub max_tokens_max: NonZeroU32,
+    /// Keep the default system prompt's KV in a shared sequence and reuse prefixes across
+    /// requests.
+    pub prefix_cache: bool,
+    /// Flash attention: `None` lets llama.cpp decide (llama-server's default), `Some(false)`
+    /// turns it off.
+    pub flash_attention: Option<bool>,
+}
+
+impl Default for LlamaConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+        LlamaConfig {
+            ctx_tokens: NonZeroU32::new(8192).expect("non-zero"),
+            parallel: NonZeroU32::new(4).expect("non-zero"),
+            threads: NonZeroU32::new(cores).unwrap_or(NonZeroU32::MIN),
+            threads_batch: NonZeroU32::new(cores).unwrap_or(NonZeroU32::MIN),
+            batch_tokens: NonZeroU32::new(2048).expect("non-zero"),
+            ubatch_tokens: NonZeroU32::new(512).expect("non-zero"),
+            queue_max: NonZeroUsize::new(64).expect("non-zero"),
+            max_tokens_max: NonZeroU32::new(8192).expect("non-zero"),
+            prefix_cache: true,
+            flash_attention: None,
+        }
+    }
+}
+
+/// Settings of the candle BERT embeddings engine.
+#[derive(Clone, Debug)]
+pub struct BertConfig {
+    /// Sentences per forward pass.
+    pub batch_max: NonZeroUsize,
+    /// Most inputs in one `embed` call.
+    pub inputs_max: NonZeroUsize,
+    /// Longest input, in bytes (tokens beyond the model's limit are truncated anyway).
+    pub input_bytes_max: NonZeroUsize,
+    /// `embed` calls that may run at once before new ones are refused as busy.
+    pub concurrent_max: NonZeroUsize,
+}
+
+impl Default for BertConfig {
+    fn default() -> Self {
+        BertConfig {
+            batch_max: NonZeroUsize::new(32).expect("non-zero"),
+            inputs_max: NonZeroUsize::new(2048).expect("non-zero"),
+            input_bytes_max: NonZeroUsize::new(64 * 1024).expect("non-zero"),
+            concurrent_max: NonZeroUsize::new(8).expect("non-zero"),
+        }
+    }
+}
+
+/// Settings for every engine kind.
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    pub llama: LlamaConfig,
+    pub bert: BertConfig,
+}
+
+/// Starts the engine for a cached (or described) model.
+pub fn load_engine(model: &CachedModel, config: &EngineConfig) -> Result<Arc<dyn Engine>, Error> {
+    match model.manifest.engine {
+        EngineKind::LlamaCpp => {
+            #[cfg(feature = "llama")]
+            return Ok(Arc::new(llama::LlamaEngine::load(model, &config.llama)?));
+            #[cfg(not(feature = "llama"))]
+            return Err(Error::BackendDisabled { what: "GGUF models", feature: "llama" });
+        }
+        EngineKind::CandleBert => {
+            #[cfg(feature = "bert")]
+            return Ok(Arc::new(bert::BertEngine::load(model, &config.bert)?));
+            #[cfg(not(feature = "bert"))]
+            return Err(Error::BackendDisabled { what: "BERT models", feature: "bert" });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_sampling_maps_to_the_closed_enum() {
+        assert_eq!(Sampling::from_openai(Some(0.0), None, None, None, Some(5)).unwrap(), Sampling::Greedy);
+        assert_eq!(Sampling::from_openai(Some(0.7), None, Some(1), None, None).unwrap(), Sampling::Greedy);
+        assert_eq!(
+            Sampling::from_openai(Some(0.7), Some(0.9), Some(40), None, Some(7)).unwrap(),
+            Sampling::Random { temperature: 0.7, top_k: 40, top_p: 0.9, min_p: 0.0, seed: 7 }
+        );
+        assert!(matches!(
+            Sampling::from_openai(Some(3.0), None, None, None, None),
+            Err(Error::InvalidParam { param: "temperature", .. })
+        ));
+        assert!(matches!(
+            Sampling::from_openai(None, Some(0.0), None, None, None),
+            Err(Error::InvalidParam { param: "top_p", .. })
+        ));
+        assert!(matches!(
+            Sampling::from_openai(Some(f32::NAN), None, None, None, None),
+            Err(Error::InvalidParam { .. })
+        ));
+    }
+
+    #[test]
+    fn request_hash_covers_every_field() {
+        let id = plexus_types::hash(b"m");
+        let base = Prepared::new(id, vec![1, 2, 3], 10, Sampling::Greedy, vec![]);
+        let same = Prepared::new(id, vec![1, 2, 3], 10, Sampling::Greedy, vec![]);
+        assert_eq!(base.request_hash, same.request_hash);
+        let variants = [
+            Prepared::new(plexus_types::hash(b"n"), vec![1, 2, 3], 10, Sampling::Greedy, vec![]),
+            Prepared::new(id, vec![1, 2], 10, Sampling::Greedy, vec![]),
+            Prepared::new(id, vec![1, 2, 3], 11, Sampling::Greedy, vec![]),
+            Prepared::new(
+                id,
+                vec![1, 2, 3],
+                10,
+                Sampling::Random { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 1 },
+                vec![],
+            ),
+            Prepared::new(id, vec![1, 2, 3], 10, Sampling::Greedy, vec!["x".into()]),
+        ];
+        for v in variants {
+            assert_ne!(v.request_hash, base.request_hash);
+        }
+    }
+}

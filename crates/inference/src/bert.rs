@@ -1,0 +1,195 @@
+//! Sentence embeddings with candle's BERT: masked mean pooling and L2 normalisation, as
+//! sentence-transformers computes them for models like all-MiniLM-L6-v2.
+//!
+//! Inputs are tokenized once, sorted by length and run in batches of similar length, so
+//! padding wastes little work. Inputs longer than the model reads are truncated (to
+//! `max_seq_length` of `sentence_bert_config.json`, else `max_position_embeddings`, at most 512).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use commonware_cryptography::{Hasher as _, Sha256};
+use plexus_types::{EngineKind, Hash};
+
+use crate::models::{ModelFiles, bert_tokens_max};
+use crate::{BertConfig, CachedModel, Embeddings, Engine, Error, Load, ModelInfo};
+
+pub(crate) struct BertEngine {
+    info: ModelInfo,
+    model: BertModel,
+    tokenizer: tokenizers::Tokenizer,
+    device: Device,
+    pad_id: u32,
+    config: BertConfig,
+    running: AtomicUsize,
+}
+
+/// Decrements the running-call counter however `embed` returns.
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn candle_err(e: candle_core::Error) -> Error {
+    Error::Engine(format!("candle: {e}"))
+}
+
+impl BertEngine {
+    pub(crate) fn load(cached: &CachedModel, config: &BertConfig) -> Result<Self, Error> {
+        let ModelFiles::CandleBert { weights, tokenizer, config: config_file } = &cached.files else {
+            return Err(Error::BadModelDir { path: cached.dir.clone(), reason: "not a BERT model".into() });
+        };
+        let dir = &cached.dir;
+        let bad = |reason: String| Error::BadModelDir { path: dir.clone(), reason };
+        let config_path = dir.join(config_file);
+        let config_bytes = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let bert_config: Config =
+            serde_json::from_slice(&config_bytes).map_err(|e| bad(format!("config.json is not a BERT config: {e}")))?;
+        let tokens_max = bert_tokens_max(dir)? as usize;
+
+        let weights_path = dir.join(weights);
+        crate::models::check_safetensors(&weights_path)?;
+        let device = Device::Cpu;
+        // SAFETY: the file is memory-mapped read-only; the cache never rewrites a model file in
+        // place (pull and import write a new directory and rename it).
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
+            .map_err(|e| Error::Load { path: weights_path.clone(), reason: e.to_string() })?;
+        let model = BertModel::load(vb, &bert_config)
+            .map_err(|e| Error::Load { path: weights_path.clone(), reason: e.to_string() })?;
+
+        let tokenizer_path = dir.join(tokenizer);
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| Error::Load { path: tokenizer_path.clone(), reason: e.to_string() })?;
+        // Override whatever tokenizer.json says: we pad per batch ourselves, and truncate to
+        // what the model reads.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams { max_length: tokens_max, ..Default::default() }))
+            .map_err(|e| Error::Load { path: tokenizer_path.clone(), reason: e.to_string() })?;
+
+        let info = ModelInfo {
+            name: cached.manifest.name.clone(),
+            id: cached.id,
+            manifest: cached.manifest.clone(),
+            kind: EngineKind::CandleBert,
+            request_tokens_max: tokens_max as u32,
+            embedding_dims: Some(bert_config.hidden_size),
+        };
+        tracing::info!(
+            target: "inference::bert",
+            model = %info.name, id = %info.id, dims = bert_config.hidden_size, tokens_max, "embedding engine ready"
+        );
+        Ok(BertEngine {
+            info,
+            model,
+            tokenizer,
+            device,
+            pad_id: bert_config.pad_token_id as u32,
+            config: config.clone(),
+            running: AtomicUsize::new(0),
+        })
+    }
+
+    /// Embeds one batch of encodings of similar length.
+    fn forward(&self, encodings: &[&tokenizers::Encoding]) -> Result<Vec<Vec<f32>>, Error> {
+        let b = encodings.len();
+        let t = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(b * t);
+        let mut mask = Vec::with_capacity(b * t);
+        for e in encodings {
+            let n = e.get_ids().len();
+            ids.extend_from_slice(e.get_ids());
+            ids.extend(std::iter::repeat_n(self.pad_id, t - n));
+            mask.extend(std::iter::repeat_n(1u32, n));
+            mask.extend(std::iter::repeat_n(0u32, t - n));
+        }
+        let ids = Tensor::from_vec(ids, (b, t), &self.device).map_err(candle_err)?;
+        let mask = Tensor::from_vec(mask, (b, t), &self.device).map_err(candle_err)?;
+        let types = ids.zeros_like().map_err(candle_err)?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(candle_err)?;
+        let m = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(candle_err)?;
+        let summed = hidden.broadcast_mul(&m).and_then(|x| x.sum(1)).map_err(candle_err)?;
+        let counts = m.sum(1).and_then(|c| c.clamp(1e-9f32, f32::MAX)).map_err(candle_err)?;
+        let mean = summed.broadcast_div(&counts).map_err(candle_err)?;
+        let norm = mean
+            .sqr()
+            .and_then(|x| x.sum_keepdim(1))
+            .and_then(|x| x.sqrt())
+            .and_then(|x| x.clamp(1e-12f32, f32::MAX))
+            .map_err(candle_err)?;
+        mean.broadcast_div(&norm).and_then(|x| x.to_vec2::<f32>()).map_err(candle_err)
+    }
+}
+
+impl Engine for BertEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn embed(&self, inputs: &[String]) -> Result<Embeddings, Error> {
+        if inputs.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        if inputs.len() > self.config.inputs_max.get() {
+            return Err(Error::invalid("input", format!("at most {} inputs per request", self.config.inputs_max)));
+        }
+        if let Some(i) = inputs.iter().position(|s| s.is_empty()) {
+            return Err(Error::invalid("input", format!("input {i} is empty")));
+        }
+        if let Some(i) = inputs.iter().position(|s| s.len() > self.config.input_bytes_max.get()) {
+            return Err(Error::invalid(
+                "input",
+                format!("input {i} is longer than {} bytes", self.config.input_bytes_max),
+            ));
+        }
+        let running = self.running.fetch_add(1, Ordering::SeqCst);
+        let _guard = Running(&self.running);
+        if running >= self.config.concurrent_max.get() {
+            return Err(Error::Busy { queued: running, queue_max: self.config.concurrent_max.get() });
+        }
+
+        let encodings =
+            self.tokenizer.encode_batch(inputs.to_vec(), true).map_err(|e| Error::Engine(format!("tokenizer: {e}")))?;
+        let prompt_tokens: usize = encodings.iter().map(|e| e.get_ids().len()).sum();
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); encodings.len()];
+        for chunk in order.chunks(self.config.batch_max.get()) {
+            let batch: Vec<&tokenizers::Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
+            for (&i, v) in chunk.iter().zip(self.forward(&batch)?) {
+                vectors[i] = v;
+            }
+        }
+
+        let mut request = Sha256::default();
+        request.update(b"plexus/request/embed/v1");
+        request.update(self.info.id.as_bytes());
+        request.update(&(inputs.len() as u32).to_be_bytes());
+        for s in inputs {
+            request.update(&(s.len() as u32).to_be_bytes());
+            request.update(s.as_bytes());
+        }
+        let output: Vec<u8> = vectors.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
+        Ok(Embeddings {
+            vectors,
+            prompt_tokens: prompt_tokens as u32,
+            request_hash: Hash(request.finalize().1),
+            output_hash: plexus_types::hash(&output),
+        })
+    }
+
+    fn load(&self) -> Load {
+        Load {
+            queued: 0,
+            queue_max: self.config.concurrent_max.get(),
+            active: self.running.load(Ordering::Relaxed),
+            batch_sequences: 0,
+            batch_tokens: 0,
+        }
+    }
+}

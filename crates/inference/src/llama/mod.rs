@@ -1,0 +1,307 @@
+//! The llama.cpp text engine. One dedicated thread owns the llama.cpp context and runs the
+//! continuous-batching loop ([`worker`]); callers render, tokenize and check requests on their
+//! own threads ([`LlamaEngine::prepare`]) and hand them over through a bounded queue.
+
+mod worker;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::token::LlamaToken;
+use plexus_types::EngineKind;
+
+use crate::gguf::GgufFile;
+use crate::template::ChatTemplate;
+use crate::text::{STOP_STRING_BYTES_MAX, STOP_STRINGS_MAX};
+use crate::{
+    CachedModel, Engine, Error, Event, GenerateRequest, Generation, LlamaConfig, Load, ModelInfo, Prepared, Prompt,
+    TokenId,
+};
+
+/// llama.cpp allows one backend per process.
+static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+/// llama.cpp context creation is not safe to run concurrently.
+static CONTEXT_LOCK: Mutex<()> = Mutex::new(());
+
+fn backend() -> Result<&'static LlamaBackend, Error> {
+    BACKEND
+        .get_or_init(|| {
+            // llama.cpp logs a lot at info level; route it to tracing (target `llama_cpp_2`) only
+            // when asked, so a server's log stays readable.
+            let enabled = std::env::var_os("PLEXUS_LLAMA_LOGS").is_some_and(|v| v != "0");
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(enabled));
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| Error::Engine(format!("llama.cpp backend: {e}")))
+}
+
+/// A queued request and where its events go.
+pub(crate) struct Job {
+    pub(crate) prepared: Prepared,
+    pub(crate) events: tokio::sync::mpsc::UnboundedSender<Event>,
+    pub(crate) enqueued: Instant,
+}
+
+/// Counters shared with the worker thread, for [`Engine::load`].
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub(crate) queued: AtomicUsize,
+    pub(crate) active: AtomicUsize,
+    pub(crate) batch_sequences: AtomicUsize,
+    pub(crate) batch_tokens: AtomicUsize,
+    pub(crate) stop: AtomicBool,
+}
+
+/// A GGUF model on llama.cpp with continuous batching.
+pub(crate) struct LlamaEngine {
+    info: ModelInfo,
+    model: Arc<LlamaModel>,
+    template: ChatTemplate,
+    queue: Option<SyncSender<Job>>,
+    shared: Arc<Shared>,
+    config: LlamaConfig,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LlamaEngine {
+    pub(crate) fn load(cached: &CachedModel, config: &LlamaConfig) -> Result<Self, Error> {
+        check_config(config)?;
+        let path = cached.weights_path();
+        let gguf = GgufFile::open(&path).map_err(|source| Error::Gguf { path: path.clone(), source })?;
+        let meta = gguf.model_metadata().map_err(|source| Error::Gguf { path: path.clone(), source })?;
+        let backend = backend()?;
+        let model = load_model(backend, &path)?;
+        let vocab = model.vocab();
+        let token_text = |t: LlamaToken| {
+            if t.0 < 0 || t.0 >= vocab.n_tokens() {
+                return String::new();
+            }
+            String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+        };
+        let template =
+            ChatTemplate::or_chatml(meta.chat_template.as_deref(), &token_text(vocab.bos()), &token_text(vocab.eos()));
+
+        let request_tokens_max = (config.ctx_tokens.get() / config.parallel.get()).min(model.n_ctx_train());
+        if request_tokens_max < 16 {
+            return Err(Error::invalid("ctx", format!("{request_tokens_max} tokens per request is too few")));
+        }
+        let prefix = if config.prefix_cache {
+            template.default_prefix().map(|p| prefix_tokens(&model, &p)).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let prefix: Vec<LlamaToken> = if prefix.len() < request_tokens_max as usize / 2 { prefix } else { Vec::new() };
+
+        let info = ModelInfo {
+            name: cached.manifest.name.clone(),
+            id: cached.id,
+            manifest: cached.manifest.clone(),
+            kind: EngineKind::LlamaCpp,
+            request_tokens_max,
+            embedding_dims: None,
+        };
+        let model = Arc::new(model);
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_max.get());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let worker_model = model.clone();
+        let worker_shared = shared.clone();
+        let worker_config = config.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("llama-{}", cached.manifest.name))
+            .spawn(move || {
+                worker::run(
+                    backend,
+                    &worker_model,
+                    &worker_config,
+                    request_tokens_max,
+                    prefix,
+                    rx,
+                    worker_shared,
+                    ready_tx,
+                )
+            })
+            .map_err(|e| Error::Engine(format!("cannot start the engine thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(Error::Engine("the engine thread died while starting".into()));
+            }
+        }
+        tracing::info!(
+            target: "inference::llama",
+            model = %info.name, id = %info.id, ctx = config.ctx_tokens, parallel = config.parallel,
+            threads = config.threads, request_tokens_max, "text engine ready"
+        );
+        Ok(LlamaEngine { info, model, template, queue: Some(tx), shared, config: config.clone(), thread: Some(thread) })
+    }
+
+    fn tokenize(&self, text: &str) -> Vec<TokenId> {
+        let vocab = self.model.vocab();
+        let mut tokens = vocab.tokenize(text.as_bytes(), false, true);
+        // The template may already have written the BOS text; add it only when missing.
+        if vocab.should_add_bos() && vocab.bos().0 >= 0 && tokens.first() != Some(&vocab.bos()) {
+            tokens.insert(0, vocab.bos());
+        }
+        tokens.into_iter().map(|t| t.0).collect()
+    }
+}
+
+fn check_config(c: &LlamaConfig) -> Result<(), Error> {
+    if c.parallel.get() > 255 {
+        return Err(Error::invalid("parallel", "at most 255 sequences"));
+    }
+    if c.parallel.get() > c.batch_tokens.get() {
+        return Err(Error::invalid("parallel", "must not exceed the batch size"));
+    }
+    if c.ubatch_tokens.get() > c.batch_tokens.get() {
+        return Err(Error::invalid("ubatch", "must not exceed the batch size"));
+    }
+    if c.ctx_tokens.get() > 1 << 22 {
+        return Err(Error::invalid("ctx", "at most 4M tokens"));
+    }
+    Ok(())
+}
+
+fn load_model(backend: &LlamaBackend, path: &Path) -> Result<LlamaModel, Error> {
+    // llama.cpp panics (debug) or fails obscurely on a missing path; check first.
+    if !path.is_file() {
+        return Err(Error::ModelNotFound(path.display().to_string()));
+    }
+    let params = LlamaModelParams::default();
+    LlamaModel::load_from_file(backend, path, &params)
+        .map_err(|e| Error::Load { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// Tokens of the default prefix, cut before the last token unless it is a control token: the
+/// text that follows may merge with it.
+fn prefix_tokens(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let mut tokens = vocab.tokenize(text.as_bytes(), false, true);
+    if vocab.should_add_bos() && vocab.bos().0 >= 0 && tokens.first() != Some(&vocab.bos()) {
+        tokens.insert(0, vocab.bos());
+    }
+    if tokens.last().is_some_and(|&last| !vocab.is_control(last)) {
+        tokens.pop();
+    }
+    tokens
+}
+
+impl Engine for LlamaEngine {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn prepare(&self, request: GenerateRequest) -> Result<Prepared, Error> {
+        if request.stop.len() > STOP_STRINGS_MAX {
+            return Err(Error::invalid("stop", format!("at most {STOP_STRINGS_MAX} stop strings")));
+        }
+        if request.stop.iter().any(|s| s.len() > STOP_STRING_BYTES_MAX) {
+            return Err(Error::invalid(
+                "stop",
+                format!("each stop string must be at most {STOP_STRING_BYTES_MAX} bytes"),
+            ));
+        }
+        let text = match &request.prompt {
+            Prompt::Chat { messages, continue_final_message } => {
+                self.template.render_prompt(messages, *continue_final_message)?
+            }
+            Prompt::Text(text) => text.clone(),
+        };
+        if text.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        // A token is at least one byte, so a text this long cannot fit; refuse before tokenizing.
+        let limit = self.info.request_tokens_max as usize;
+        if text.len() > limit.saturating_mul(64) {
+            return Err(Error::PromptTooLong { tokens: text.len() / 4, max: limit - 1 });
+        }
+        let tokens = self.tokenize(&text);
+        if tokens.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        if tokens.len() >= limit {
+            return Err(Error::PromptTooLong { tokens: tokens.len(), max: limit - 1 });
+        }
+        let available = (limit - tokens.len()) as u32;
+        let cap = available.min(self.config.max_tokens_max.get());
+        let max_tokens = match request.max_tokens {
+            Some(0) => return Err(Error::invalid("max_tokens", "must be at least 1")),
+            Some(n) if n > cap => {
+                return Err(Error::MaxTokensTooLarge {
+                    requested: n,
+                    available: cap,
+                    context: limit as u32,
+                    prompt: tokens.len() as u32,
+                });
+            }
+            Some(n) => n,
+            None => cap,
+        };
+        Ok(Prepared::new(self.info.id, tokens, max_tokens, request.sampling, request.stop))
+    }
+
+    fn submit(&self, prepared: Prepared) -> Result<Generation, Error> {
+        if prepared.model != self.info.id {
+            return Err(Error::invalid("model", "the request was prepared for another model"));
+        }
+        let vocab_size = self.model.n_vocab();
+        let limit = self.info.request_tokens_max as usize;
+        if prepared.tokens.is_empty()
+            || prepared.tokens.len() + prepared.max_tokens as usize > limit
+            || prepared.tokens.iter().any(|&t| t < 0 || t >= vocab_size)
+        {
+            return Err(Error::invalid("prompt", "the prepared request is outside this model's limits"));
+        }
+        let queue = self.queue.as_ref().ok_or(Error::EngineStopped)?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let prompt_tokens = prepared.prompt_tokens();
+        let request_hash = prepared.request_hash;
+        // Count before sending so the worker's decrement can never run first.
+        let queued = self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        match queue.try_send(Job { prepared, events: tx, enqueued: Instant::now() }) {
+            Ok(()) => Ok(Generation { prompt_tokens, request_hash, events: rx }),
+            Err(TrySendError::Full(_)) => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(Error::Busy { queued, queue_max: self.config.queue_max.get() })
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(Error::EngineStopped)
+            }
+        }
+    }
+
+    fn load(&self) -> Load {
+        Load {
+            queued: self.shared.queued.load(Ordering::Relaxed),
+            queue_max: self.config.queue_max.get(),
+            active: self.shared.active.load(Ordering::Relaxed),
+            batch_sequences: self.shared.batch_sequences.load(Ordering::Relaxed),
+            batch_tokens: self.shared.batch_tokens.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for LlamaEngine {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.queue = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

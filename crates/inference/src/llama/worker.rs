@@ -1,0 +1,606 @@
+//! The continuous-batching loop: one thread, one llama.cpp context, many sequences.
+//!
+//! Sequence ids: 0 holds the shared prefix (the default system prompt); slot `k` uses sequence
+//! `k + 1`. The KV cache is unified, so copying a prefix from one sequence to another
+//! (`seq_cp`) only tags existing cells: no memory is copied and no token is computed twice.
+//!
+//! Each step:
+//! 1. admit queued requests into free slots, reusing the longest prefix already in the cache
+//!    (seq 0, a finished request's cells, or a running request's prompt: a request that shares
+//!    a long prefix with a prompt still being computed waits for it instead of computing the
+//!    same tokens again);
+//! 2. one batch: the next token of every generating sequence first, then prompt chunks, oldest
+//!    request first, up to the batch size (so a long prompt never starves decoding and requests
+//!    start in arrival order);
+//! 3. one `decode`, then sample each sequence that produced logits and stream its text.
+//!
+//! Bounds: the queue (`queue_max`) is a bounded channel and requests leave it only into a free
+//! slot; each request uses at most `request_tokens_max` cells and the context holds
+//! `parallel × request_tokens_max` plus the shared prefix, so the KV cache cannot overflow.
+//! Cancelled requests (their receiver dropped) leave at the next step.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::Instant;
+
+use llama_cpp_2::DecodeError;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::{CONTEXT_LOCK, Job, Shared};
+use crate::fingerprint::{fingerprint, is_probe_position, probe};
+use crate::text::{Step, TextStream};
+use crate::{Error, Event, Finish, FinishReason, LlamaConfig, LogitsProbe, Sampling, TokenId};
+
+/// A request waits for another's prompt only when that saves at least this many tokens.
+const SHARE_WAIT_TOKENS_MIN: usize = 32;
+/// The shared-prefix sequence.
+const PREFIX_SEQ: i32 = 0;
+
+/// Entry point of the engine thread.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run(
+    backend: &LlamaBackend,
+    model: &LlamaModel,
+    config: &LlamaConfig,
+    request_tokens_max: u32,
+    prefix: Vec<LlamaToken>,
+    rx: Receiver<Job>,
+    shared: Arc<Shared>,
+    ready: Sender<Result<(), Error>>,
+) {
+    let parallel = config.parallel.get();
+    // Room for every slot's worst case plus the prefix, so decode never runs out of cells.
+    let n_ctx = (parallel * request_tokens_max + prefix.len() as u32).div_ceil(256) * 256;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(std::num::NonZeroU32::new(n_ctx))
+        .with_n_batch(config.batch_tokens.get())
+        .with_n_ubatch(config.ubatch_tokens.get())
+        .with_n_seq_max(parallel + 1)
+        .with_n_threads(config.threads.get() as i32)
+        .with_n_threads_batch(config.threads_batch.get() as i32)
+        .with_kv_unified(true)
+        .with_swa_full(false)
+        .with_flash_attention_policy(match config.flash_attention {
+            None => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            Some(true) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            Some(false) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        });
+    let ctx = {
+        let _guard = CONTEXT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        model.new_context(backend, params)
+    };
+    let ctx = match ctx {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let _ = ready.send(Err(Error::Engine(format!("creating a llama.cpp context of {n_ctx} tokens: {e}"))));
+            return;
+        }
+    };
+    let n_batch = ctx.n_batch() as usize;
+    let n_ubatch = ctx.n_ubatch() as usize;
+    let mut worker = Worker {
+        ctx,
+        model,
+        batch: LlamaBatch::new(n_batch, 1),
+        n_batch,
+        n_ubatch,
+        slots: (0..parallel as i32).map(|k| Slot::new(k + 1)).collect(),
+        prefix: Vec::new(),
+        shared,
+        clock: 0,
+    };
+    if let Err(e) = worker.load_prefix(&prefix) {
+        let _ = ready.send(Err(e));
+        return;
+    }
+    let _ = ready.send(Ok(()));
+    worker.serve(&rx);
+}
+
+struct Slot {
+    seq: i32,
+    /// Tokens whose KV this sequence holds, at positions `0..cached.len()`.
+    cached: Vec<LlamaToken>,
+    last_used: u64,
+    active: Option<Active>,
+}
+
+impl Slot {
+    fn new(seq: i32) -> Self {
+        Slot { seq, cached: Vec::new(), last_used: 0, active: None }
+    }
+}
+
+enum Phase {
+    /// Waiting for slot `source` to finish computing the first `len` prompt tokens.
+    Waiting { source: usize, len: usize },
+    /// Computing the prompt; `cached.len()` tokens are done.
+    Prompt,
+    /// Generating; `last` is the sampled token not yet in the KV cache.
+    Generate { last: LlamaToken },
+}
+
+struct Active {
+    job: Job,
+    serial: u64,
+    phase: Phase,
+    sampler: LlamaSampler,
+    /// Index in the current batch of this sequence's logits, if it has some.
+    logits_at: Option<i32>,
+    text: TextStream,
+    full_text: String,
+    out: Vec<TokenId>,
+    probes: Vec<LogitsProbe>,
+    cached_tokens: u32,
+    first_token: Option<Instant>,
+}
+
+/// What one batch holds for one slot.
+#[derive(Clone, Copy)]
+struct Planned {
+    slot: usize,
+    /// Prompt tokens added (0 for a decode token).
+    prompt: usize,
+}
+
+struct Worker<'m> {
+    ctx: LlamaContext<'m>,
+    model: &'m LlamaModel,
+    batch: LlamaBatch<'static>,
+    n_batch: usize,
+    n_ubatch: usize,
+    slots: Vec<Slot>,
+    /// Tokens held by sequence 0.
+    prefix: Vec<LlamaToken>,
+    shared: Arc<Shared>,
+    clock: u64,
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+fn sampler_for(s: Sampling) -> LlamaSampler {
+    match s {
+        Sampling::Greedy => LlamaSampler::greedy(),
+        Sampling::Random { temperature, top_k, top_p, min_p, seed } => {
+            let mut chain = Vec::with_capacity(5);
+            if top_k > 0 {
+                chain.push(LlamaSampler::top_k(top_k.min(i32::MAX as u32) as i32));
+            }
+            if top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(top_p, 1));
+            }
+            if min_p > 0.0 {
+                chain.push(LlamaSampler::min_p(min_p, 1));
+            }
+            chain.push(LlamaSampler::temp(temperature));
+            chain.push(LlamaSampler::dist(seed));
+            LlamaSampler::chain_simple(chain)
+        }
+    }
+}
+
+impl Worker<'_> {
+    /// Computes the shared prefix into sequence 0.
+    fn load_prefix(&mut self, prefix: &[LlamaToken]) -> Result<(), Error> {
+        for chunk_start in (0..prefix.len()).step_by(self.n_batch) {
+            let chunk = &prefix[chunk_start..(chunk_start + self.n_batch).min(prefix.len())];
+            self.batch.clear();
+            for (i, &t) in chunk.iter().enumerate() {
+                self.batch
+                    .add(t, (chunk_start + i) as i32, &[PREFIX_SEQ], false)
+                    .map_err(|e| Error::Engine(e.to_string()))?;
+            }
+            self.ctx.decode(&mut self.batch).map_err(|e| Error::Engine(format!("computing the shared prefix: {e}")))?;
+        }
+        self.prefix = prefix.to_vec();
+        Ok(())
+    }
+
+    fn serve(&mut self, rx: &Receiver<Job>) {
+        let mut serial = 0u64;
+        loop {
+            if self.shared.stop.load(Ordering::SeqCst) {
+                self.fail_all(|| Error::EngineStopped);
+                return;
+            }
+            // Admit: block only when there is nothing else to do.
+            while let Some(k) = self.free_slot() {
+                let busy = self.slots.iter().any(|s| s.active.is_some());
+                let job = if busy {
+                    match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => break,
+                    }
+                } else {
+                    match rx.recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    }
+                };
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                if job.events.is_closed() {
+                    continue;
+                }
+                serial += 1;
+                self.admit(k, job, serial);
+            }
+            self.drop_cancelled();
+            self.shared.active.store(self.slots.iter().filter(|s| s.active.is_some()).count(), Ordering::Relaxed);
+            if self.slots.iter().all(|s| s.active.is_none()) {
+                if self.shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            self.step();
+        }
+    }
+
+    /// The free slot to use next: the least recently used (its cells are the least likely to be
+    /// wanted again).
+    fn free_slot(&self) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.is_none())
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(k, _)| k)
+    }
+
+    fn admit(&mut self, k: usize, job: Job, serial: u64) {
+        let sampler = sampler_for(job.prepared.sampling);
+        let text = TextStream::new(&job.prepared.stop);
+        self.clock += 1;
+        self.slots[k].last_used = self.clock;
+        let tokens: Vec<LlamaToken> = job.prepared.tokens.iter().map(|&t| LlamaToken(t)).collect();
+        let active = Active {
+            job,
+            serial,
+            phase: Phase::Prompt,
+            sampler,
+            logits_at: None,
+            text,
+            full_text: String::new(),
+            out: Vec::new(),
+            probes: Vec::new(),
+            cached_tokens: 0,
+            first_token: None,
+        };
+        self.slots[k].active = Some(active);
+
+        // A running prompt that shares much more than anything already computed: wait for it.
+        let have = self.best_cached_source(k, &tokens).map_or(0, |(_, l)| l);
+        let waiting = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(j, s)| j != k && matches!(s.active.as_ref().map(|a| &a.phase), Some(Phase::Prompt)))
+            .map(|(j, s)| {
+                let prompt = &s.active.as_ref().map(|a| &a.job.prepared.tokens[..]).unwrap_or(&[]);
+                let l = tokens.iter().zip(prompt.iter()).take_while(|(x, y)| x.0 == **y).count();
+                (j, l.min(tokens.len() - 1))
+            })
+            .max_by_key(|&(_, l)| l)
+            .filter(|&(_, l)| l >= have + SHARE_WAIT_TOKENS_MIN);
+        match waiting {
+            Some((source, len)) => {
+                if let Some(a) = self.slots[k].active.as_mut() {
+                    a.phase = Phase::Waiting { source, len };
+                }
+            }
+            None => self.attach_prefix(k),
+        }
+    }
+
+    /// The sequence (and slot, `None` for the prefix sequence) whose computed tokens share the
+    /// longest prefix with `tokens`, leaving at least one token to compute.
+    fn best_cached_source(&self, k: usize, tokens: &[LlamaToken]) -> Option<(Option<usize>, usize)> {
+        let cap = tokens.len().saturating_sub(1);
+        let mut best: Option<(Option<usize>, usize)> = None;
+        let mut consider = |src: Option<usize>, cached: &[LlamaToken]| {
+            let l = common_prefix(tokens, cached).min(cap);
+            // Prefer the slot itself on ties: reusing in place needs no copy.
+            if l > 0 && best.is_none_or(|(_, b)| l > b || (l == b && src == Some(k))) {
+                best = Some((src, l));
+            }
+        };
+        consider(None, &self.prefix);
+        for (j, s) in self.slots.iter().enumerate() {
+            consider(Some(j), &s.cached);
+        }
+        best
+    }
+
+    /// Points slot `k`'s sequence at the longest computed prefix of its prompt.
+    fn attach_prefix(&mut self, k: usize) {
+        let Some(active) = self.slots[k].active.as_ref() else { return };
+        let tokens: Vec<LlamaToken> = active.job.prepared.tokens.iter().map(|&t| LlamaToken(t)).collect();
+        let seq = self.slots[k].seq;
+        let best = self.best_cached_source(k, &tokens);
+        let reused = match best {
+            Some((Some(j), len)) if j == k => self.keep_own_prefix(k, len),
+            Some((src, len)) => {
+                self.clear_seq(k);
+                let src_seq = src.map_or(PREFIX_SEQ, |j| self.slots[j].seq);
+                match self.ctx.copy_kv_cache_seq(src_seq, seq, Some(0), Some(len as u32)) {
+                    Ok(()) => {
+                        self.slots[k].cached = tokens[..len].to_vec();
+                        len
+                    }
+                    Err(_) => 0,
+                }
+            }
+            None => {
+                self.clear_seq(k);
+                0
+            }
+        };
+        if let Some(a) = self.slots[k].active.as_mut() {
+            a.cached_tokens = reused as u32;
+            a.phase = Phase::Prompt;
+        }
+    }
+
+    /// Keeps slot `k`'s first `len` cells and drops the rest; returns how many were kept.
+    fn keep_own_prefix(&mut self, k: usize, len: usize) -> usize {
+        let seq = self.slots[k].seq;
+        if self.ctx.clear_kv_cache_seq(Some(seq as u32), Some(len as u32), None).unwrap_or(false) {
+            self.slots[k].cached.truncate(len);
+            return len;
+        }
+        self.clear_seq(k);
+        0
+    }
+
+    fn clear_seq(&mut self, k: usize) {
+        let seq = self.slots[k].seq;
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+        self.slots[k].cached.clear();
+    }
+
+    fn drop_cancelled(&mut self) {
+        for s in &mut self.slots {
+            if s.active.as_ref().is_some_and(|a| a.job.events.is_closed()) {
+                s.active = None;
+            }
+        }
+    }
+
+    /// Starts slots whose prefix donor is done (or gone).
+    fn resolve_waiting(&mut self) {
+        for k in 0..self.slots.len() {
+            let Some(Phase::Waiting { source, len }) = self.slots[k].active.as_ref().map(|a| &a.phase) else {
+                continue;
+            };
+            let (source, len) = (*source, *len);
+            let donor_busy = self.slots[source]
+                .active
+                .as_ref()
+                .is_some_and(|a| matches!(a.phase, Phase::Prompt) && self.slots[source].cached.len() < len);
+            if !donor_busy {
+                self.attach_prefix(k);
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.resolve_waiting();
+        // While some sequences are generating, cap prompt work per step at one micro-batch so
+        // their next tokens are not delayed by a whole long prompt; alone, take all we can.
+        let generating =
+            self.slots.iter().any(|s| s.active.as_ref().is_some_and(|a| matches!(a.phase, Phase::Generate { .. })));
+        let mut prompt_budget = if generating { self.n_ubatch } else { self.n_batch };
+        loop {
+            let plan = self.build_batch(prompt_budget);
+            if plan.is_empty() {
+                return;
+            }
+            self.shared.batch_sequences.store(plan.len(), Ordering::Relaxed);
+            self.shared.batch_tokens.store(self.batch.n_tokens() as usize, Ordering::Relaxed);
+            match self.ctx.decode(&mut self.batch) {
+                Ok(()) => {
+                    self.after_decode(&plan);
+                    return;
+                }
+                Err(DecodeError::NoKvCacheSlot) => {
+                    // Nothing was applied. Free cells kept for reuse, then try smaller chunks.
+                    if self.evict_idle() {
+                        continue;
+                    }
+                    let had_prompt = plan.iter().any(|p| p.prompt > 0);
+                    if had_prompt && prompt_budget > 1 {
+                        prompt_budget /= 2;
+                        continue;
+                    }
+                    tracing::error!(target: "inference::llama", "KV cache full although every sequence is within its budget");
+                    for p in plan {
+                        self.fail_slot(p.slot, Error::ContextFull);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(target: "inference::llama", error = %e, "decode failed");
+                    for p in plan {
+                        self.fail_slot(p.slot, Error::Engine(format!("decode failed: {e}")));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn evict_idle(&mut self) -> bool {
+        let mut freed = false;
+        for k in 0..self.slots.len() {
+            if self.slots[k].active.is_none() && !self.slots[k].cached.is_empty() {
+                self.clear_seq(k);
+                freed = true;
+            }
+        }
+        freed
+    }
+
+    /// Fills the batch: decode tokens first, then prompt chunks oldest first.
+    fn build_batch(&mut self, prompt_budget: usize) -> Vec<Planned> {
+        self.batch.clear();
+        let mut plan = Vec::new();
+        for (k, s) in self.slots.iter_mut().enumerate() {
+            let Some(a) = s.active.as_mut() else { continue };
+            a.logits_at = None;
+            if let Phase::Generate { last } = a.phase {
+                let at = self.batch.n_tokens();
+                if self.batch.add(last, s.cached.len() as i32, &[s.seq], true).is_ok() {
+                    a.logits_at = Some(at);
+                    plan.push(Planned { slot: k, prompt: 0 });
+                }
+            }
+        }
+        let mut order: Vec<(u64, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| s.active.as_ref().filter(|a| matches!(a.phase, Phase::Prompt)).map(|a| (a.serial, k)))
+            .collect();
+        order.sort_unstable();
+        let mut budget = prompt_budget;
+        for (_, k) in order {
+            let room = (self.n_batch - self.batch.n_tokens() as usize).min(budget);
+            if room == 0 {
+                break;
+            }
+            let s = &mut self.slots[k];
+            let Some(a) = s.active.as_mut() else { continue };
+            let done = s.cached.len();
+            let total = a.job.prepared.tokens.len();
+            let take = (total - done).min(room);
+            let mut added = 0;
+            for i in done..done + take {
+                let last = i + 1 == total;
+                let at = self.batch.n_tokens();
+                if self.batch.add(LlamaToken(a.job.prepared.tokens[i]), i as i32, &[s.seq], last).is_err() {
+                    break;
+                }
+                if last {
+                    a.logits_at = Some(at);
+                }
+                added += 1;
+            }
+            if added > 0 {
+                budget -= added;
+                plan.push(Planned { slot: k, prompt: added });
+            }
+        }
+        plan
+    }
+
+    fn after_decode(&mut self, plan: &[Planned]) {
+        for p in plan {
+            let s = &mut self.slots[p.slot];
+            let Some(a) = s.active.as_mut() else { continue };
+            if p.prompt > 0 {
+                let done = s.cached.len();
+                s.cached.extend(a.job.prepared.tokens[done..done + p.prompt].iter().map(|&t| LlamaToken(t)));
+            } else if let Phase::Generate { last } = a.phase {
+                s.cached.push(last);
+            }
+            if a.logits_at.is_some() {
+                self.sample(p.slot);
+            }
+        }
+    }
+
+    fn sample(&mut self, k: usize) {
+        let vocab = self.model.vocab();
+        let s = &mut self.slots[k];
+        let Some(a) = s.active.as_mut() else { return };
+        let Some(at) = a.logits_at.take() else { return };
+        let position = a.out.len() as u32;
+        if is_probe_position(position) {
+            a.probes.push(probe(position, self.ctx.get_logits_ith(at)));
+        }
+        let token = a.sampler.sample(&self.ctx, at);
+        a.out.push(token.0);
+        if a.first_token.is_none() {
+            a.first_token = Some(Instant::now());
+        }
+        let n_out = a.out.len() as u32;
+        let mut finish = None;
+        if vocab.is_eog(token) {
+            finish = Some((FinishReason::Stop, true));
+        } else {
+            let piece = vocab.token_to_piece(token, false, None);
+            let (text, stopped) = match a.text.push(&piece) {
+                Step::Text(t) => (t, false),
+                Step::Stop(t) => (t, true),
+            };
+            if !text.is_empty() {
+                a.full_text.push_str(&text);
+                let _ = a.job.events.send(Event::Text { text, completion_tokens: n_out });
+            }
+            if stopped {
+                finish = Some((FinishReason::Stop, false));
+            } else if n_out >= a.job.prepared.max_tokens {
+                finish = Some((FinishReason::Length, true));
+            } else {
+                a.phase = Phase::Generate { last: token };
+            }
+        }
+        if let Some((reason, flush)) = finish {
+            self.finish(k, reason, flush);
+        }
+    }
+
+    /// Ends slot `k`'s request. `flush` sends text held back for a stop string that never
+    /// completed (not after a stop string matched: that text is cut).
+    fn finish(&mut self, k: usize, reason: FinishReason, flush: bool) {
+        self.clock += 1;
+        let s = &mut self.slots[k];
+        s.last_used = self.clock;
+        let Some(mut a) = s.active.take() else { return };
+        if flush {
+            let tail = a.text.finish();
+            if !tail.is_empty() {
+                a.full_text.push_str(&tail);
+                let _ = a.job.events.send(Event::Text { text: tail, completion_tokens: a.out.len() as u32 });
+            }
+        }
+        let first = a.first_token.unwrap_or_else(Instant::now);
+        let finish = Finish {
+            reason,
+            prompt_tokens: a.job.prepared.tokens.len() as u32,
+            completion_tokens: a.out.len() as u32,
+            cached_tokens: a.cached_tokens,
+            text: a.full_text,
+            tokens: a.out,
+            logits_fingerprint: fingerprint(&a.probes),
+            probes: a.probes,
+            time_to_first_token: first.duration_since(a.job.enqueued).as_secs_f64(),
+        };
+        let _ = a.job.events.send(Event::Done(finish));
+    }
+
+    fn fail_slot(&mut self, k: usize, error: Error) {
+        if let Some(a) = self.slots[k].active.take() {
+            let _ = a.job.events.send(Event::Failed(error));
+        }
+        self.clear_seq(k);
+    }
+
+    fn fail_all(&mut self, error: impl Fn() -> Error) {
+        for k in 0..self.slots.len() {
+            if self.slots[k].active.is_some() {
+                self.fail_slot(k, error());
+            }
+        }
+    }
+}

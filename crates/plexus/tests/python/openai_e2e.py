@@ -1,0 +1,117 @@
+"""Drives `plexus serve` with the official OpenAI Python SDK and asserts on the values.
+
+Usage: python3 openai_e2e.py <base_url> <chat_model> <embedding_model>
+Needs: pip install openai
+"""
+
+import math
+import sys
+
+import openai
+from openai import OpenAI
+
+
+def cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def main():
+    base_url, chat_model, embed_model = sys.argv[1:4]
+    client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+
+    ids = sorted(m.id for m in client.models.list().data)
+    assert ids == sorted([chat_model, embed_model]), ids
+
+    # Non-streaming chat, greedy: the golden answer, with usage and Plexus headers.
+    raw = client.chat.completions.with_raw_response.create(
+        model=chat_model,
+        messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+        temperature=0,
+        max_tokens=24,
+    )
+    chat = raw.parse()
+    text = chat.choices[0].message.content
+    assert text == "The answer to this classic math problem is 4.", repr(text)
+    assert chat.choices[0].finish_reason == "stop", chat.choices[0].finish_reason
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.object == "chat.completion" and chat.model == chat_model
+    assert chat.usage.completion_tokens == 12, chat.usage
+    assert chat.usage.total_tokens == chat.usage.prompt_tokens + 12
+    for h in ("x-plexus-model-id", "x-plexus-provider", "x-plexus-signature"):
+        assert len(raw.headers[h]) in (64, 128), (h, raw.headers[h])
+    assert len(raw.headers["x-plexus-attestation"]) == 2 * (32 * 4 + 8)
+
+    # Streaming chat: the same text, usage in the final chunk, attestation alongside.
+    stream = client.chat.completions.create(
+        model=chat_model,
+        messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, usage, plexus, reasons = [], None, None, []
+    for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        for c in chunk.choices:
+            if c.delta.content:
+                pieces.append(c.delta.content)
+            if c.finish_reason:
+                reasons.append(c.finish_reason)
+        if chunk.usage:
+            usage = chunk.usage
+        extra = chunk.model_extra or {}
+        if extra.get("plexus"):
+            plexus = extra["plexus"]
+    assert "".join(pieces) == text, pieces
+    assert len(pieces) > 3, "streamed in several chunks"
+    assert reasons == ["stop"], reasons
+    assert usage is not None and usage.completion_tokens == 12 and usage.prompt_tokens == chat.usage.prompt_tokens
+    assert plexus and plexus["attestation"]["output_tokens"] == 12, plexus
+    assert plexus["model_id"] == raw.headers["x-plexus-model-id"]
+    assert plexus["provider"] == raw.headers["x-plexus-provider"]
+
+    # Sensible English from a real model.
+    story = client.chat.completions.create(
+        model=chat_model,
+        messages=[{"role": "user", "content": "Name three colors."}],
+        temperature=0,
+        max_tokens=24,
+    )
+    assert story.choices[0].message.content == "1. Red\n2. Blue\n3. Green", story.choices[0].message.content
+
+    # Legacy completions.
+    comp = client.completions.create(model=chat_model, prompt="The capital of France is", max_tokens=5, temperature=0)
+    assert comp.object == "text_completion" and comp.usage.completion_tokens == 5, comp
+    assert len(comp.choices[0].text) > 0
+
+    # Embeddings (the SDK asks for base64 by default): related above unrelated, reference cosine.
+    sentences = ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]
+    emb = client.embeddings.create(model=embed_model, input=sentences)
+    vecs = [d.embedding for d in emb.data]
+    assert [d.index for d in emb.data] == [0, 1, 2]
+    assert all(len(v) == 384 for v in vecs)
+    assert abs(cos(vecs[0], vecs[1]) - 0.755337) < 1e-4, cos(vecs[0], vecs[1])
+    assert cos(vecs[0], vecs[1]) > cos(vecs[0], vecs[2])
+    assert emb.usage.prompt_tokens == 8 + 11 + 8, emb.usage
+    floats = client.embeddings.create(model=embed_model, input="A man is eating food.", encoding_format="float")
+    assert max(abs(a - b) for a, b in zip(floats.data[0].embedding, vecs[0])) < 1e-6
+
+    # Errors are typed by the SDK.
+    for kwargs, error in (
+        (dict(model=chat_model, messages=[]), openai.BadRequestError),
+        (dict(model="no-such-model", messages=[{"role": "user", "content": "hi"}]), openai.NotFoundError),
+        (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], max_tokens=10**9), openai.BadRequestError),
+    ):
+        try:
+            client.chat.completions.create(**kwargs)
+        except error as e:
+            assert e.body and e.body.get("message"), e.body
+        else:
+            raise AssertionError(f"expected {error.__name__} for {kwargs}")
+
+    print("openai e2e: OK")
+
+
+if __name__ == "__main__":
+    main()

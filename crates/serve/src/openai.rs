@@ -1,0 +1,368 @@
+//! The OpenAI wire format: request bodies as clients send them, responses as the official SDKs
+//! parse them. Unknown request fields are ignored (SDKs send many); fields we cannot honour are
+//! refused with a 400 rather than silently ignored.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ServeError;
+
+/// `"stop"`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopField {
+    pub(crate) fn into_vec(self) -> Vec<String> {
+        match self {
+            StopField::One(s) => vec![s],
+            StopField::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct StreamOptions {
+    #[serde(default)]
+    pub(crate) include_usage: bool,
+}
+
+/// Sampling and length fields shared by chat and completions.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CommonParams {
+    pub(crate) max_tokens: Option<u32>,
+    pub(crate) max_completion_tokens: Option<u32>,
+    pub(crate) temperature: Option<f32>,
+    pub(crate) top_p: Option<f32>,
+    /// Not OpenAI; llama-server and vLLM accept it.
+    pub(crate) top_k: Option<u32>,
+    /// Not OpenAI; llama-server and vLLM accept it.
+    pub(crate) min_p: Option<f32>,
+    pub(crate) seed: Option<i64>,
+    pub(crate) stop: Option<StopField>,
+    pub(crate) n: Option<u32>,
+    #[serde(default)]
+    pub(crate) stream: bool,
+    pub(crate) stream_options: Option<StreamOptions>,
+    pub(crate) logprobs: Option<Value>,
+    pub(crate) top_logprobs: Option<Value>,
+    pub(crate) tools: Option<Value>,
+    pub(crate) response_format: Option<Value>,
+}
+
+impl CommonParams {
+    /// Refuses the parameters this server cannot honour.
+    pub(crate) fn check_supported(&self) -> Result<(), ServeError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ServeError::bad("n", "only n=1 is supported"));
+        }
+        if self.logprobs.as_ref().is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
+            || self.top_logprobs.as_ref().is_some_and(|v| !v.is_null())
+        {
+            return Err(ServeError::bad("logprobs", "logprobs are not supported"));
+        }
+        if self.tools.as_ref().is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty())) {
+            return Err(ServeError::bad("tools", "tool calling is not supported"));
+        }
+        let format = self.response_format.as_ref().and_then(|rf| rf.get("type")).and_then(Value::as_str);
+        if format.is_some_and(|t| t != "text") {
+            return Err(ServeError::bad("response_format", "only the `text` response format is supported"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn include_usage(&self) -> bool {
+        self.stream_options.as_ref().is_some_and(|o| o.include_usage)
+    }
+
+    pub(crate) fn max_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+}
+
+/// Message content: a string, or a list of parts of which only text is supported.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ContentPart {
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    pub(crate) text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Message {
+    pub(crate) role: String,
+    pub(crate) content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatRequest {
+    pub(crate) model: String,
+    pub(crate) messages: Vec<Message>,
+    #[serde(flatten)]
+    pub(crate) params: CommonParams,
+    /// vLLM's extension: continue the final assistant message instead of starting a new turn.
+    #[serde(default)]
+    pub(crate) continue_final_message: bool,
+}
+
+/// `"prompt"` of a completion: a string or a one-element list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum PromptField {
+    One(String),
+    Many(Vec<Value>),
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct CompletionRequest {
+    pub(crate) model: String,
+    pub(crate) prompt: PromptField,
+    #[serde(flatten)]
+    pub(crate) params: CommonParams,
+    #[serde(default)]
+    pub(crate) echo: bool,
+    pub(crate) suffix: Option<String>,
+    pub(crate) best_of: Option<u32>,
+}
+
+/// `"input"` of embeddings: a string, a list of strings, or token ids (refused).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum EmbeddingInput {
+    One(String),
+    Many(Vec<Value>),
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EmbeddingRequest {
+    pub(crate) model: String,
+    pub(crate) input: EmbeddingInput,
+    pub(crate) encoding_format: Option<String>,
+    pub(crate) dimensions: Option<u32>,
+}
+
+// ---- responses ----
+
+#[derive(Debug, Serialize)]
+pub(crate) struct PromptTokensDetails {
+    pub(crate) cached_tokens: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct UsageBody {
+    pub(crate) prompt_tokens: u32,
+    pub(crate) completion_tokens: u32,
+    pub(crate) total_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+impl UsageBody {
+    pub(crate) fn new(prompt: u32, completion: u32, cached: u32) -> Self {
+        UsageBody {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            prompt_tokens_details: Some(PromptTokensDetails { cached_tokens: cached }),
+        }
+    }
+}
+
+/// The attestation block of a stream's final chunk.
+#[derive(Debug, Serialize)]
+pub(crate) struct PlexusBlock {
+    pub(crate) attestation: plexus_types::Attestation,
+    /// Hex of the canonical encoding, as in the `x-plexus-attestation` header.
+    pub(crate) attestation_hex: String,
+    pub(crate) signature: String,
+    pub(crate) provider: String,
+    pub(crate) model_id: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct AssistantMessage {
+    pub(crate) role: &'static str,
+    pub(crate) content: String,
+    pub(crate) refusal: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ChatChoice {
+    pub(crate) index: u32,
+    pub(crate) message: AssistantMessage,
+    pub(crate) logprobs: Option<Value>,
+    pub(crate) finish_reason: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ChatCompletion {
+    pub(crate) id: String,
+    pub(crate) object: &'static str,
+    pub(crate) created: u64,
+    pub(crate) model: String,
+    pub(crate) system_fingerprint: String,
+    pub(crate) choices: Vec<ChatChoice>,
+    pub(crate) usage: UsageBody,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) content: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ChunkChoice {
+    pub(crate) index: u32,
+    pub(crate) delta: Delta,
+    pub(crate) logprobs: Option<Value>,
+    pub(crate) finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ChatChunk<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) object: &'static str,
+    pub(crate) created: u64,
+    pub(crate) model: &'a str,
+    pub(crate) system_fingerprint: &'a str,
+    pub(crate) choices: Vec<ChunkChoice>,
+    /// Present (possibly null) when the client asked for usage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) usage: Option<Option<UsageBody>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) plexus: Option<PlexusBlock>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct CompletionChoice {
+    pub(crate) index: u32,
+    pub(crate) text: String,
+    pub(crate) logprobs: Option<Value>,
+    pub(crate) finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct TextCompletion<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) object: &'static str,
+    pub(crate) created: u64,
+    pub(crate) model: &'a str,
+    pub(crate) system_fingerprint: &'a str,
+    pub(crate) choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) usage: Option<Option<UsageBody>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) plexus: Option<PlexusBlock>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct EmbeddingData {
+    pub(crate) object: &'static str,
+    pub(crate) index: u32,
+    pub(crate) embedding: EmbeddingVector,
+}
+
+/// A vector as floats, or as base64 of little-endian f32 (what the Python SDK asks for by
+/// default).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct EmbeddingUsage {
+    pub(crate) prompt_tokens: u32,
+    pub(crate) total_tokens: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct EmbeddingList {
+    pub(crate) object: &'static str,
+    pub(crate) data: Vec<EmbeddingData>,
+    pub(crate) model: String,
+    pub(crate) usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ModelObject {
+    pub(crate) id: String,
+    pub(crate) object: &'static str,
+    pub(crate) created: u64,
+    pub(crate) owned_by: &'static str,
+    /// Plexus details: content id, engine, context, manifest.
+    pub(crate) plexus: Value,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ModelList {
+    pub(crate) object: &'static str,
+    pub(crate) data: Vec<ModelObject>,
+}
+
+/// Standard base64 (RFC 4648, with padding).
+pub(crate) fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+    }
+
+    #[test]
+    fn parses_sdk_shaped_requests() {
+        let r: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],
+                "max_completion_tokens":5,"stream":true,"stream_options":{"include_usage":true},
+                "stop":"x","seed":3,"user":"ignored","frequency_penalty":0}"#,
+        )
+        .unwrap();
+        assert_eq!(r.params.max_tokens(), Some(5));
+        assert!(r.params.include_usage());
+        assert_eq!(r.params.stop.unwrap().into_vec(), vec!["x"]);
+        let r: ChatRequest = serde_json::from_str(r#"{"model":"m","messages":[],"n":2}"#).unwrap();
+        assert!(r.params.check_supported().is_err());
+    }
+}
