@@ -187,14 +187,14 @@ pub mod keys {
 // ---------------------------------------------------------------------------------------------
 
 /// An account's spendable balance and next nonce.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Account {
     pub balance: Amount,
     pub nonce: u64,
 }
 
 /// An account's bonded stake and where its node listens for peers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stake {
     pub bonded: Amount,
     pub p2p_address: String,
@@ -208,7 +208,8 @@ pub struct Provider {
 }
 
 /// Lifecycle of a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SessionStatus {
     Open,
     /// Settled and refunded: no further claims.
@@ -216,7 +217,7 @@ pub enum SessionStatus {
 }
 
 /// An escrowed payment channel between a client and a provider.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Session {
     pub client: Address,
     pub provider: Address,
@@ -254,7 +255,7 @@ impl Session {
 }
 
 /// Conflicting-vote evidence, recorded once per offence.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct EvidenceRecord {
     pub offender: Address,
     pub epoch: u64,
@@ -265,7 +266,7 @@ pub struct EvidenceRecord {
 }
 
 /// A validator of one epoch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ValidatorEntry {
     pub address: Address,
     pub stake: Amount,
@@ -273,7 +274,7 @@ pub struct ValidatorEntry {
 }
 
 /// Money in each bucket. The sum of the buckets always equals `total`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Supply {
     pub total: Amount,
     pub balances: Amount,
@@ -409,7 +410,7 @@ impl Read for AddressList {
     }
 }
 
-/// Unbonding amounts that mature at one height.
+/// Unbonding amounts that mature at one height (at most [`limits::SCHEDULE_BUCKET_MAX`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnbondingBucket(pub Vec<(Address, Amount)>);
 
@@ -426,11 +427,11 @@ impl EncodeSize for UnbondingBucket {
 impl Read for UnbondingBucket {
     type Cfg = ();
     fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
-        Ok(UnbondingBucket(read_vec(buf, usize::MAX, &((), ()))?))
+        Ok(UnbondingBucket(read_vec(buf, limits::SCHEDULE_BUCKET_MAX, &((), ()))?))
     }
 }
 
-/// Sessions whose refund falls at one height.
+/// Sessions whose refund falls at one height (at most [`limits::SCHEDULE_BUCKET_MAX`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HashList(pub Vec<Hash>);
 
@@ -447,7 +448,7 @@ impl EncodeSize for HashList {
 impl Read for HashList {
     type Cfg = ();
     fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
-        Ok(HashList(read_vec(buf, usize::MAX, &())?))
+        Ok(HashList(read_vec(buf, limits::SCHEDULE_BUCKET_MAX, &())?))
     }
 }
 

@@ -15,11 +15,11 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use commonware_runtime::{Clock, Metrics, Spawner, Storage};
 use futures::Stream;
-use plexus_execution::state::{self as st, Session, SessionStatus, Stake, UnbondingBucket, scan_table};
+use plexus_execution::state::{self as st, Session, Stake, UnbondingBucket, scan_table};
 use plexus_types::tx::ProviderInfo;
 use plexus_types::{Address, Amount, Hash, ModelManifest, SignedTx};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::value::RawValue;
 
 use crate::chain::{ChainState, SubmitError};
 
@@ -61,9 +61,14 @@ impl ApiError {
     }
 }
 
+#[derive(Serialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (self.status, Json(ErrorEnvelope { error: ErrorBody { code: self.code, message: self.message } })).into_response()
     }
 }
 
@@ -97,6 +102,7 @@ where
         .route("/chain/v1/models/{id}", get(model::<E>))
         .route("/chain/v1/sessions", get(sessions::<E>))
         .route("/chain/v1/sessions/{id}", get(session::<E>))
+        .route("/chain/v1/evidence", get(evidence::<E>))
         .route("/chain/v1/stream", get(stream::<E>))
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
@@ -106,9 +112,41 @@ async fn metrics<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<Api
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], (s.metrics)())
 }
 
+// ---- response bodies ----
+//
+// Amounts are u128 and may exceed what a `serde_json::Value` number holds, so every response is
+// a typed struct serialized straight to text (JSON numbers of any size), never built with `json!`.
+
+#[derive(Serialize)]
+struct ValidatorBody<'a> {
+    address: &'a Address,
+    stake: Amount,
+    p2p_address: &'a str,
+}
+
+fn validator_bodies(set: &st::ValidatorSet) -> Vec<ValidatorBody<'_>> {
+    set.0.iter().map(|v| ValidatorBody { address: &v.address, stake: v.stake, p2p_address: &v.p2p_address }).collect()
+}
+
+#[derive(Serialize)]
+struct StatusBody<'a> {
+    chain_id: &'a str,
+    height: u64,
+    finalized_height: u64,
+    state_height: Option<u64>,
+    latest_block_hash: Hash,
+    latest_block_time_ms: Option<u64>,
+    state_root: Hash,
+    epoch: u64,
+    validators: Vec<ValidatorBody<'a>>,
+    versions: plexus_types::VersionVector,
+    mempool_txs: usize,
+    node: &'a NodeInfo,
+}
+
 async fn status<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
     State(s): State<Arc<ApiState<E>>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let (height, hash) = s.chain.tip();
     let (state_height, root) = s.chain.state().committed();
     let (versions, chain, validators) = s.chain.read(|store| {
@@ -117,77 +155,98 @@ async fn status<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
         (store.versions(), chain, validators)
     });
     let latest = s.chain.blocks().by_height(height).await.map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(json!({
-        "chain_id": s.chain.chain_id(),
-        "height": height,
-        "finalized_height": height,
-        "state_height": state_height,
-        "latest_block_hash": hash,
-        "latest_block_time_ms": latest.map(|r| r.block.header.timestamp_ms),
-        "state_root": root,
-        "epoch": chain.epoch,
-        "validators": validators.0.iter().map(|v| json!({"address": v.address, "stake": v.stake, "p2p_address": v.p2p_address})).collect::<Vec<_>>(),
-        "versions": versions,
-        "mempool_txs": s.chain.mempool_len(),
-        "node": s.node,
-    })))
+    Ok(Json(StatusBody {
+        chain_id: s.chain.chain_id(),
+        height,
+        finalized_height: height,
+        state_height,
+        latest_block_hash: hash,
+        latest_block_time_ms: latest.map(|r| r.block.header.timestamp_ms),
+        state_root: root,
+        epoch: chain.epoch,
+        validators: validator_bodies(&validators),
+        versions,
+        mempool_txs: s.chain.mempool_len(),
+        node: &s.node,
+    })
+    .into_response())
 }
 
-async fn params<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<Value> {
-    Json(serde_json::to_value(s.chain.params()).expect("params serialize"))
+async fn params<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<plexus_types::Params> {
+    Json(s.chain.params())
 }
 
-async fn supply<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<Value> {
+#[derive(Serialize)]
+struct SupplyBody {
+    #[serde(flatten)]
+    supply: st::Supply,
+    conserved: bool,
+}
+
+async fn supply<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<SupplyBody> {
     let supply = s.chain.read(|store| store.supply());
-    Json(json!({
-        "total": supply.total,
-        "balances": supply.balances,
-        "bonded": supply.bonded,
-        "unbonding": supply.unbonding,
-        "escrow": supply.escrow,
-        "treasury": supply.treasury,
-        "deposits": supply.deposits,
-        "burned": supply.burned,
-        "conserved": supply.is_conserved(),
-    }))
+    let conserved = supply.is_conserved();
+    Json(SupplyBody { supply, conserved })
 }
 
-async fn validators<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<Value> {
+#[derive(Serialize)]
+struct ValidatorsBody<'a> {
+    epoch: u64,
+    validators: Vec<ValidatorBody<'a>>,
+    next: Option<Vec<ValidatorBody<'a>>>,
+}
+
+async fn validators<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Response {
     let (epoch, set, next) = s.chain.read(|store| {
         let epoch = store.chain().epoch;
         (epoch, store.validators(epoch).unwrap_or_default(), store.validators(epoch + 1))
     });
-    let show = |set: &st::ValidatorSet| {
-        set.0.iter().map(|v| json!({"address": v.address, "stake": v.stake, "p2p_address": v.p2p_address})).collect::<Vec<_>>()
-    };
-    Json(json!({"epoch": epoch, "validators": show(&set), "next": next.as_ref().map(show)}))
+    Json(ValidatorsBody { epoch, validators: validator_bodies(&set), next: next.as_ref().map(validator_bodies) }).into_response()
 }
 
-async fn block_json<E: Storage + Clock + Metrics + Spawner>(s: &ApiState<E>, record: plexus_store::BlockRecord) -> Value {
-    let results: Value = serde_json::from_slice(&record.results_json).unwrap_or(Value::Null);
-    json!({
-        "hash": record.block.hash(),
-        "header": record.block.header,
-        "txs": record.block.txs.iter().map(|t| json!({"hash": t.hash(), "tx": t})).collect::<Vec<_>>(),
-        "results": results,
-        "finalization": hex::encode(&record.finalization),
-        "chain_id": s.chain.chain_id(),
+#[derive(Serialize)]
+struct TxBody<'a> {
+    hash: Hash,
+    tx: &'a SignedTx,
+}
+
+#[derive(Serialize)]
+struct BlockBody<'a> {
+    hash: Hash,
+    header: &'a plexus_types::Header,
+    txs: Vec<TxBody<'a>>,
+    /// The stored execution results, verbatim.
+    results: Option<&'a RawValue>,
+    finalization: String,
+    chain_id: &'a str,
+}
+
+fn block_response<E: Storage + Clock + Metrics + Spawner>(s: &ApiState<E>, record: &plexus_store::BlockRecord) -> Response {
+    let results: Option<&RawValue> = serde_json::from_slice(&record.results_json).ok();
+    Json(BlockBody {
+        hash: record.block.hash(),
+        header: &record.block.header,
+        txs: record.block.txs.iter().map(|t| TxBody { hash: t.hash(), tx: t }).collect(),
+        results,
+        finalization: hex::encode(&record.finalization),
+        chain_id: s.chain.chain_id(),
     })
+    .into_response()
 }
 
 async fn latest_block<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
     State(s): State<Arc<ApiState<E>>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let (height, _) = s.chain.tip();
     let record = s.chain.blocks().by_height(height).await.map_err(|e| ApiError::internal(e.to_string()))?;
     let record = record.ok_or_else(|| ApiError::not_found(format!("block {height}")))?;
-    Ok(Json(block_json(&s, record).await))
+    Ok(block_response(&s, &record))
 }
 
 async fn block<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
     State(s): State<Arc<ApiState<E>>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let record = if let Ok(height) = id.parse::<u64>() {
         s.chain.blocks().by_height(height).await
     } else {
@@ -196,7 +255,7 @@ async fn block<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
     }
     .map_err(|e| ApiError::internal(e.to_string()))?;
     let record = record.ok_or_else(|| ApiError::not_found(format!("block {id}")))?;
-    Ok(Json(block_json(&s, record).await))
+    Ok(block_response(&s, &record))
 }
 
 /// A transaction to submit: hex of its canonical encoding.
@@ -234,13 +293,18 @@ fn submit_error(e: SubmitError) -> ApiError {
     ApiError { status, code, message: e.to_string() }
 }
 
+#[derive(Serialize)]
+struct HashBody {
+    hash: Hash,
+}
+
 /// `POST /chain/v1/txs` with JSON `{"tx": "<hex>"}` or the raw bytes
 /// (`Content-Type: application/octet-stream`).
 async fn submit<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
     State(s): State<Arc<ApiState<E>>>,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<HashBody>)> {
     let is_binary = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -256,7 +320,7 @@ async fn submit<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
         s.chain.metrics().txs_rejected.inc();
         submit_error(e)
     })?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"hash": hash}))))
+    Ok((StatusCode::ACCEPTED, Json(HashBody { hash })))
 }
 
 #[derive(Deserialize)]
@@ -267,32 +331,67 @@ struct BatchBody {
 /// Most transactions in one batch submission.
 const BATCH_TXS_MAX: usize = 4096;
 
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchResult {
+    Ok { hash: Hash },
+    Err { error: ErrorBody },
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct BatchResults {
+    results: Vec<BatchResult>,
+}
+
 /// `POST /chain/v1/txs/batch` with `{"txs": ["<hex>", ...]}`: one result per transaction.
 async fn submit_batch<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
     State(s): State<Arc<ApiState<E>>>,
-    Json(body): Json<BatchBody>,
-) -> ApiResult<Json<Value>> {
+    body: Bytes,
+) -> ApiResult<Json<BatchResults>> {
+    let body: BatchBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("expected {{\"txs\": [\"<hex>\", ...]}}: {e}")))?;
     if body.txs.len() > BATCH_TXS_MAX {
         return Err(ApiError::bad_request("batch_too_large", format!("at most {BATCH_TXS_MAX} transactions per batch")));
     }
-    let results: Vec<Value> = body
+    let results = body
         .txs
         .iter()
         .map(|hex_tx| match decode_tx(hex_tx).and_then(|tx| s.chain.submit(tx, true).map_err(submit_error)) {
-            Ok(hash) => json!({"hash": hash}),
+            Ok(hash) => BatchResult::Ok { hash },
             Err(e) => {
                 s.chain.metrics().txs_rejected.inc();
-                json!({"error": {"code": e.code, "message": e.message}})
+                BatchResult::Err { error: ErrorBody { code: e.code, message: e.message } }
             }
         })
         .collect();
-    Ok(Json(json!({"results": results})))
+    Ok(Json(BatchResults { results }))
+}
+
+#[derive(Deserialize)]
+struct StoredResults<'a> {
+    #[serde(borrow)]
+    txs: Vec<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct TxLookupBody<'a> {
+    hash: Hash,
+    height: u64,
+    index: usize,
+    tx: &'a SignedTx,
+    result: Option<&'a RawValue>,
 }
 
 async fn tx<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
     State(s): State<Arc<ApiState<E>>>,
     Path(hash): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let hash: Hash = parse("tx hash", &hash)?;
     let height = s.chain.blocks().tx_height(&hash).await.map_err(|e| ApiError::internal(e.to_string()))?;
     let Some(height) = height else {
@@ -306,120 +405,137 @@ async fn tx<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
         .map_err(|e| ApiError::internal(e.to_string()))?
         .ok_or_else(|| ApiError::internal(format!("block {height} is indexed but missing")))?;
     let index = record.block.txs.iter().position(|t| t.hash() == hash).ok_or_else(|| ApiError::internal("index mismatch"))?;
-    let results: Value = serde_json::from_slice(&record.results_json).unwrap_or(Value::Null);
-    Ok(Json(json!({
-        "hash": hash,
-        "height": height,
-        "index": index,
-        "tx": record.block.txs[index],
-        "result": results["txs"][index],
-    })))
+    let results: Option<StoredResults<'_>> = serde_json::from_slice(&record.results_json).ok();
+    let result = results.and_then(|r| r.txs.get(index).copied());
+    Ok(Json(TxLookupBody { hash, height, index, tx: &record.block.txs[index], result }).into_response())
+}
+
+#[derive(Serialize)]
+struct AccountBody {
+    address: Address,
+    balance: Amount,
+    nonce: u64,
+    bonded: Amount,
+    unbonding: Amount,
+    p2p_address: String,
 }
 
 async fn account<E: Storage + Clock + Metrics + Spawner>(
     State(s): State<Arc<ApiState<E>>>,
     Path(address): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AccountBody>> {
     let address: Address = parse("address", &address)?;
     let view = s.chain.state().view();
+    // Unbonding buckets are keyed by release height, so there are at most
+    // `unbonding_delay_blocks` of them.
     let unbonding: Amount = scan_table(view.map(), st::table::UNBONDING)
         .flat_map(|(k, v)| st::decode_record::<UnbondingBucket>(k, v).0)
         .filter(|(a, _)| a == &address)
-        .map(|(_, amount)| amount)
-        .sum();
+        .fold(0, |acc: Amount, (_, amount)| acc.saturating_add(amount));
     let mut overlay = plexus_execution::Overlay::new(&*view);
     let store = st::Store::new(&mut overlay);
     let (account, stake) = (store.account(&address), store.stake(&address));
     let Stake { bonded, p2p_address } = stake;
-    Ok(Json(json!({
-        "address": address,
-        "balance": account.balance,
-        "nonce": account.nonce,
-        "bonded": bonded,
-        "unbonding": unbonding,
-        "p2p_address": p2p_address,
-    })))
+    Ok(Json(AccountBody { address, balance: account.balance, nonce: account.nonce, bonded, unbonding, p2p_address }))
 }
 
-fn provider_json(address: &Address, info: &ProviderInfo, registered_height: u64, bonded: Amount) -> Value {
-    json!({
-        "address": address,
-        "endpoint": info.endpoint,
-        "region": info.region,
-        "hardware": info.hardware,
-        "prices": info.prices,
-        "versions": info.versions,
-        "registered_height": registered_height,
-        "bonded": bonded,
-    })
+#[derive(Serialize)]
+struct ProviderBody<'a> {
+    address: &'a Address,
+    endpoint: &'a str,
+    region: &'a str,
+    hardware: &'a str,
+    prices: &'a [plexus_types::tx::ModelPrice],
+    versions: &'a plexus_types::version::SupportedVersions,
+    registered_height: u64,
+    bonded: Amount,
 }
 
-async fn providers<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<Value> {
+fn provider_body<'a>(address: &'a Address, info: &'a ProviderInfo, registered_height: u64, bonded: Amount) -> ProviderBody<'a> {
+    ProviderBody {
+        address,
+        endpoint: &info.endpoint,
+        region: &info.region,
+        hardware: &info.hardware,
+        prices: &info.prices,
+        versions: &info.versions,
+        registered_height,
+        bonded,
+    }
+}
+
+#[derive(Serialize)]
+struct ProvidersBody<'a> {
+    providers: Vec<ProviderBody<'a>>,
+}
+
+async fn providers<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Response {
     let view = s.chain.state().view();
-    let list: Vec<Value> = scan_table(view.map(), st::table::PROVIDER)
+    let found: Vec<(Address, st::Provider, Amount)> = scan_table(view.map(), st::table::PROVIDER)
         .filter_map(|(k, v)| {
             let address = Address(commonware_codec::DecodeExt::decode(commonware_codec::Copying(&k[1..])).ok()?);
             let p: st::Provider = st::decode_record(k, v);
             let bonded = view.map().get(&st::keys::stake(&address)).map(|b| st::decode_record::<Stake>(k, b).bonded).unwrap_or(0);
-            Some(provider_json(&address, &p.info, p.registered_height, bonded))
+            Some((address, p, bonded))
         })
         .collect();
-    Json(json!({"providers": list}))
+    drop(view);
+    let providers = found.iter().map(|(a, p, bonded)| provider_body(a, &p.info, p.registered_height, *bonded)).collect();
+    Json(ProvidersBody { providers }).into_response()
 }
 
 async fn provider<E: Storage + Clock + Metrics + Spawner>(
     State(s): State<Arc<ApiState<E>>>,
     Path(address): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let address: Address = parse("address", &address)?;
     let found = s.chain.read(|store| {
         store.read::<st::Provider>(&st::keys::provider(&address)).map(|p| (p, store.stake(&address).bonded))
     });
     let (p, bonded) = found.ok_or_else(|| ApiError::not_found(format!("provider {address}")))?;
-    Ok(Json(provider_json(&address, &p.info, p.registered_height, bonded)))
+    Ok(Json(provider_body(&address, &p.info, p.registered_height, bonded)).into_response())
 }
 
-fn model_json(m: &ModelManifest) -> Value {
-    json!({"id": m.id(), "manifest": m})
+#[derive(Serialize)]
+struct ModelBody {
+    id: Hash,
+    manifest: ModelManifest,
 }
 
-async fn models<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<Value> {
+fn model_body(manifest: ModelManifest) -> ModelBody {
+    ModelBody { id: manifest.id(), manifest }
+}
+
+#[derive(Serialize)]
+struct ModelsBody {
+    models: Vec<ModelBody>,
+}
+
+async fn models<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<ModelsBody> {
     let view = s.chain.state().view();
-    let list: Vec<Value> = scan_table(view.map(), st::table::MODEL)
-        .map(|(k, v)| model_json(&st::decode_record::<ModelManifest>(k, v)))
-        .collect();
-    Json(json!({"models": list}))
+    let models = scan_table(view.map(), st::table::MODEL).map(|(k, v)| model_body(st::decode_record::<ModelManifest>(k, v))).collect();
+    Json(ModelsBody { models })
 }
 
 async fn model<E: Storage + Clock + Metrics + Spawner>(
     State(s): State<Arc<ApiState<E>>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ModelBody>> {
     let id: Hash = parse("model id", &id)?;
     let m = s.chain.read(|store| store.read::<ModelManifest>(&st::keys::model(&id)));
-    Ok(Json(model_json(&m.ok_or_else(|| ApiError::not_found(format!("model {id}")))?)))
+    Ok(Json(model_body(m.ok_or_else(|| ApiError::not_found(format!("model {id}")))?)))
 }
 
-fn session_json(id: &Hash, s: &Session) -> Value {
-    json!({
-        "id": id,
-        "client": s.client,
-        "provider": s.provider,
-        "model": s.model,
-        "deposit": s.deposit,
-        "price": s.price,
-        "max_input_per_1k": s.max_input_per_1k,
-        "max_output_per_1k": s.max_output_per_1k,
-        "opened_height": s.opened_height,
-        "expiry_height": s.expiry_height,
-        "settled_seq": s.settled_seq,
-        "settled_input_tokens": s.settled_input_tokens,
-        "settled_output_tokens": s.settled_output_tokens,
-        "settled_amount": s.settled_amount,
-        "remaining": s.remaining(),
-        "refunded": s.refunded,
-        "status": match s.status { SessionStatus::Open => "open", SessionStatus::Closed => "closed" },
-    })
+#[derive(Serialize)]
+struct SessionBody {
+    id: Hash,
+    #[serde(flatten)]
+    session: Session,
+    remaining: Amount,
+}
+
+fn session_body(id: Hash, session: Session) -> SessionBody {
+    SessionBody { id, remaining: session.remaining(), session }
 }
 
 #[derive(Deserialize)]
@@ -431,30 +547,47 @@ struct SessionFilter {
 /// Most sessions listed at once.
 const SESSIONS_LIST_MAX: usize = 1_000;
 
+#[derive(Serialize)]
+struct SessionsBody {
+    sessions: Vec<SessionBody>,
+}
+
 async fn sessions<E: Storage + Clock + Metrics + Spawner>(
     State(s): State<Arc<ApiState<E>>>,
     Query(filter): Query<SessionFilter>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SessionsBody>> {
     let client: Option<Address> = filter.client.as_deref().map(|c| parse("client", c)).transpose()?;
     let provider: Option<Address> = filter.provider.as_deref().map(|p| parse("provider", p)).transpose()?;
     let view = s.chain.state().view();
-    let list: Vec<Value> = scan_table(view.map(), st::table::SESSION)
+    let sessions = scan_table(view.map(), st::table::SESSION)
         .map(|(k, v)| (Hash::from_bytes(k[1..33].try_into().expect("session keys hold a hash")), st::decode_record::<Session>(k, v)))
         .filter(|(_, sess)| client.as_ref().is_none_or(|c| &sess.client == c))
         .filter(|(_, sess)| provider.as_ref().is_none_or(|p| &sess.provider == p))
         .take(SESSIONS_LIST_MAX)
-        .map(|(id, sess)| session_json(&id, &sess))
+        .map(|(id, sess)| session_body(id, sess))
         .collect();
-    Ok(Json(json!({"sessions": list})))
+    Ok(Json(SessionsBody { sessions }))
 }
 
 async fn session<E: Storage + Clock + Metrics + Spawner>(
     State(s): State<Arc<ApiState<E>>>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SessionBody>> {
     let id: Hash = parse("session id", &id)?;
     let found = s.chain.read(|store| store.read::<Session>(&st::keys::session(&id)));
-    Ok(Json(session_json(&id, &found.ok_or_else(|| ApiError::not_found(format!("session {id}")))?)))
+    Ok(Json(session_body(id, found.ok_or_else(|| ApiError::not_found(format!("session {id}")))?)))
+}
+
+#[derive(Serialize)]
+struct EvidenceBody {
+    evidence: Vec<st::EvidenceRecord>,
+}
+
+/// Conflicting-vote offences recorded on-chain.
+async fn evidence<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<EvidenceBody> {
+    let view = s.chain.state().view();
+    let evidence = scan_table(view.map(), st::table::EVIDENCE).map(|(k, v)| st::decode_record::<st::EvidenceRecord>(k, v)).collect();
+    Json(EvidenceBody { evidence })
 }
 
 /// `GET /chain/v1/stream`: every finalized block with its transaction results and events, as
