@@ -134,15 +134,23 @@ impl Mempool {
             replaced = Some(existing.hash);
         }
         let size = tx.encode_size();
-        if let Some(old) = replaced {
-            self.remove(&old);
-        }
-        while self.by_hash.len() >= self.config.txs_max || self.bytes + size > self.config.bytes_max {
-            let Some(&(lowest_fee, _, lowest)) = self.by_fee.iter().next() else { break };
+        // Decide every eviction before changing anything, so a refused transaction leaves the
+        // pool exactly as it was (including the one it would have replaced).
+        let mut count = self.by_hash.len() - usize::from(replaced.is_some());
+        let mut bytes = self.bytes - replaced.map_or(0, |h| self.size_of(&h));
+        let mut evict = Vec::new();
+        let mut lowest = self.by_fee.iter().filter(|(_, _, h)| Some(*h) != replaced);
+        while count >= self.config.txs_max || bytes + size > self.config.bytes_max {
+            let Some(&(lowest_fee, _, hash)) = lowest.next() else { return Err(MempoolError::Full { fee }) };
             if lowest_fee >= fee {
                 return Err(MempoolError::Full { fee });
             }
-            self.remove(&lowest);
+            count -= 1;
+            bytes -= self.size_of(&hash);
+            evict.push(hash);
+        }
+        for hash in replaced.iter().chain(&evict) {
+            self.remove(hash);
         }
         self.seq += 1;
         let entry = Entry { tx: Arc::new(tx), hash, seq: self.seq, size };
@@ -154,6 +162,11 @@ impl Mempool {
             Some(old) => Inserted::Replaced(old),
             None => Inserted::New,
         })
+    }
+
+    fn size_of(&self, hash: &Hash) -> usize {
+        let (sender, nonce) = &self.by_hash[hash];
+        self.by_sender[sender][nonce].size
     }
 
     pub fn remove(&mut self, hash: &Hash) -> Option<Arc<SignedTx>> {
@@ -262,5 +275,38 @@ mod tests {
         let fees: Vec<Amount> = m.candidates(|_| 0, 10).iter().map(|t| t.tx.fee).collect();
         assert_eq!(fees, vec![50, 12, 11]);
         assert!(matches!(m.insert(tx(&keys[0], 9, 50), 0), Err(MempoolError::NonceTooFarAhead { .. })));
+    }
+
+    #[test]
+    fn refused_replacement_keeps_the_original() {
+        // Full pool, every fee above the replacement's: the replacement is refused and the
+        // transaction it would have replaced stays.
+        let mut m = Mempool::new(MempoolConfig { txs_max: 2, bytes_max: usize::MAX, per_sender_max: 4 });
+        let a = PrivateKey::from_seed(1);
+        let b = PrivateKey::from_seed(2);
+        m.insert(tx(&a, 0, 100), 0).unwrap();
+        m.insert(tx(&a, 1, 10), 0).unwrap();
+        let original = tx(&a, 1, 10).hash();
+        // Replacing a1 frees its own slot, so it fits without evicting anything.
+        assert!(matches!(m.insert(tx(&a, 1, 20), 0), Ok(Inserted::Replaced(h)) if h == original));
+        // A new sender with a low fee cannot evict the higher fees.
+        assert!(matches!(m.insert(tx(&b, 0, 15), 0), Err(MempoolError::Full { .. })));
+        assert_eq!(m.len(), 2);
+        let bytes_before = m.bytes();
+        let mut small = Mempool::new(MempoolConfig { txs_max: 10, bytes_max: bytes_before, per_sender_max: 4 });
+        small.insert(tx(&a, 0, 100), 0).unwrap();
+        small.insert(tx(&b, 0, 300), 0).unwrap();
+        // A bigger replacement that needs room the pool cannot free is refused, original kept.
+        let bigger = Transaction {
+            signer: a.address(),
+            nonce: 0,
+            fee: 200,
+            payload: Payload::Stake { amount: 1, p2p_address: "127.0.0.1:1".into() },
+        }
+        .sign(&a, "c");
+        let kept = tx(&a, 0, 100).hash();
+        assert!(matches!(small.insert(bigger, 0), Err(MempoolError::Full { .. })));
+        assert!(small.contains(&kept));
+        assert_eq!(small.len(), 2);
     }
 }
