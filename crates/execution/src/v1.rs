@@ -253,7 +253,7 @@ fn apply_payload(
             store.transfer(signer, to, *amount)?;
             events.push(Event::Transfer { from: signer.clone(), to: to.clone(), amount: *amount });
         }
-        Payload::Stake { amount, p2p_address } => stake(store, signer, *amount, p2p_address, events)?,
+        Payload::Stake { amount, p2p_address } => stake(store, params, signer, *amount, p2p_address, events)?,
         Payload::Unstake { amount } => unstake(store, params, env, signer, *amount, events)?,
         Payload::RegisterProvider(info) => {
             let bonded = store.stake(signer).bonded;
@@ -454,8 +454,11 @@ pub fn session_id(client: &Address, nonce: u64) -> Hash {
     hash_parts(&[b"plexus/session", client.as_bytes(), &nonce.to_be_bytes()])
 }
 
+/// The staker index holds validator candidates only (bonded at least `min_stake`), so dust
+/// stakes cannot fill it and lock real candidates out.
 fn stake(
     store: &mut Store<'_, '_>,
+    params: &Params,
     signer: &Address,
     amount: Amount,
     p2p_address: &str,
@@ -468,7 +471,8 @@ fn stake(
         return Err(invalid(format!("p2p address {p2p_address:?} is not ip:port")));
     }
     let mut record = store.stake(signer);
-    if record.bonded == 0 {
+    let bonded = record.bonded.checked_add(amount).ok_or(ExecError::Overflow)?;
+    if bonded >= params.min_stake {
         let mut stakers: AddressList = store.read(keys::STAKERS).unwrap_or_default();
         if let Err(pos) = stakers.0.binary_search(signer) {
             if stakers.0.len() >= limits::STAKERS_MAX {
@@ -479,7 +483,7 @@ fn stake(
         }
     }
     store.debit(signer, amount, Bucket::Bonded)?;
-    record.bonded = record.bonded.checked_add(amount).ok_or(ExecError::Overflow)?;
+    record.bonded = bonded;
     if !p2p_address.is_empty() {
         record.p2p_address = p2p_address.to_string();
     }
@@ -502,18 +506,25 @@ fn unstake(
     }
     record.bonded -= amount;
     store.shift(amount, Bucket::Bonded, Bucket::Unbonding)?;
-    let release = env.height + params.unbonding_delay_blocks as u64;
-    let key = keys::unbonding(release);
-    let mut bucket: UnbondingBucket = store.read(&key).unwrap_or_default();
+    let mut release = env.height + params.unbonding_delay_blocks as u64;
+    let mut bucket: UnbondingBucket = loop {
+        let bucket: UnbondingBucket = store.read(&keys::unbonding(release)).unwrap_or_default();
+        if bucket.0.len() < limits::SCHEDULE_BUCKET_MAX {
+            break bucket;
+        }
+        release += 1;
+    };
     bucket.0.push((signer.clone(), amount));
-    store.write(key, &bucket);
-    if record.bonded == 0 {
-        store.overlay.delete(keys::stake(signer));
+    store.write(keys::unbonding(release), &bucket);
+    if record.bonded < params.min_stake {
         let mut stakers: AddressList = store.read(keys::STAKERS).unwrap_or_default();
         if let Ok(pos) = stakers.0.binary_search(signer) {
             stakers.0.remove(pos);
             store.write(keys::STAKERS.to_vec(), &stakers);
         }
+    }
+    if record.bonded == 0 {
+        store.overlay.delete(keys::stake(signer));
     } else {
         store.write(keys::stake(signer), &record);
     }
@@ -536,11 +547,19 @@ fn open_session(store: &Store<'_, '_>, id: &Hash) -> Result<Session, ExecError> 
     Ok(session)
 }
 
-fn schedule_refund(store: &mut Store<'_, '_>, id: &Hash, height: Height) {
-    let key = keys::session_expiry(height);
-    let mut list: HashList = store.read(&key).unwrap_or_default();
-    list.0.push(*id);
-    store.write(key, &list);
+/// Schedules a session's refund at `height`, or the first later height with room. An entry
+/// left behind at another height is harmless: refunds skip sessions that are already closed.
+fn schedule_refund(store: &mut Store<'_, '_>, id: &Hash, mut height: Height) {
+    loop {
+        let key = keys::session_expiry(height);
+        let mut list: HashList = store.read(&key).unwrap_or_default();
+        if list.0.len() < limits::SCHEDULE_BUCKET_MAX {
+            list.0.push(*id);
+            store.write(key, &list);
+            return;
+        }
+        height += 1;
+    }
 }
 
 fn unschedule_refund(store: &mut Store<'_, '_>, id: &Hash, height: Height) {

@@ -35,6 +35,10 @@ pub mod limits {
     pub const STAKERS_MAX: usize = 1_000;
     /// Largest validator set any parameter may ask for.
     pub const VALIDATORS_MAX: u128 = 100;
+    /// Most entries scheduled at one height (unbondings maturing, session refunds). A full
+    /// height pushes new entries to the next height with room, so each block's scheduled work
+    /// and each stored record stay bounded however many accounts pick the same height.
+    pub const SCHEDULE_BUCKET_MAX: usize = 1_024;
     /// Longest p2p address string, in bytes.
     pub const P2P_ADDRESS_BYTES_MAX: usize = 64;
 }
