@@ -477,8 +477,14 @@ impl EncodeSize for SignedTx {
 }
 impl Read for SignedTx {
     type Cfg = ();
+    /// Wherever a transaction is decoded (API, gossip, inside a block) it must fit
+    /// [`limits::TX_BYTES_MAX`]: the field bounds alone would allow a larger one.
     fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
-        Ok(SignedTx { tx: Transaction::read(buf)?, signature: Sig::read(buf)? })
+        let tx = SignedTx { tx: Transaction::read(buf)?, signature: Sig::read(buf)? };
+        if tx.encode_size() > limits::TX_BYTES_MAX {
+            return Err(Error::Invalid("transaction", "larger than TX_BYTES_MAX"));
+        }
+        Ok(tx)
     }
 }
 
