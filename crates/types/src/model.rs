@@ -6,7 +6,7 @@ use bytes::BufMut;
 use commonware_codec::{Buf, EncodeSize, Error, Read, ReadExt, Write};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{read_str, str_size, to_vec, write_str};
+use crate::codec::{read_str, str_size, write_str};
 use crate::crypto::{Hash, hash};
 
 /// A model id: the hash of its [`ModelManifest`].
@@ -60,9 +60,19 @@ pub struct ModelManifest {
 }
 
 impl ModelManifest {
-    /// The model id: SHA-256 of the canonical encoding.
+    /// The model id: SHA-256 of everything that determines what the model computes — engine,
+    /// weights, tokenizer, template, quantisation and context length — but not the name, which
+    /// is only a label: the same weights pulled by name or served from a path have one id.
     pub fn id(&self) -> ModelId {
-        hash(&to_vec(self))
+        let mut buf = Vec::with_capacity(self.encode_size());
+        buf.extend_from_slice(b"plexus/model/v1");
+        self.engine.tag().write(&mut buf);
+        self.weights_sha256.write(&mut buf);
+        self.tokenizer_sha256.write(&mut buf);
+        self.template_sha256.write(&mut buf);
+        write_str(&self.quantization, &mut buf);
+        self.context_length.write(&mut buf);
+        hash(&buf)
     }
 }
 
@@ -108,6 +118,7 @@ impl Read for ModelManifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::to_vec;
     use commonware_codec::{Copying, DecodeExt};
 
     fn manifest() -> ModelManifest {
@@ -129,10 +140,16 @@ mod tests {
         assert_eq!(bytes.len(), m.encode_size());
         assert_eq!(ModelManifest::decode(Copying(&bytes[..])).unwrap(), m);
         // Golden: the id of this manifest must never change, or every registered model would.
-        assert_eq!(
-            m.id().to_string(),
-            hash(&bytes).to_string(),
-        );
+        assert_eq!(m.id().to_string(), "1a1285e146ea1adab4668f8f69b32880f904d5edd24e76621d428bd6efbee8cb");
+        let mut renamed = m.clone();
+        renamed.name = "another-label".into();
+        assert_eq!(renamed.id(), m.id(), "the name is a label, not part of the identity");
+        let mut other = m.clone();
+        other.quantization = "Q8_0".into();
+        assert_ne!(other.id(), m.id());
+        let mut other = m.clone();
+        other.weights_sha256 = hash(b"w2");
+        assert_ne!(other.id(), m.id());
         let mut other = m.clone();
         other.context_length = 4096;
         assert_ne!(other.id(), m.id());
