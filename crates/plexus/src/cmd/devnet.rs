@@ -91,9 +91,23 @@ fn up(home: &Path, validators: u16, base_port: u16, epoch_length: u64, reset: bo
 
     let exe = std::env::current_exe().context("cannot find the plexus binary")?;
     let mut children: Vec<Child> = Vec::new();
+    let spawned = spawn_nodes(&exe, &mut info, &mut children);
+    if let Err(e) = spawned {
+        stop_all(&mut children);
+        return Err(e);
+    }
+    std::fs::write(&manifest, serde_json::to_string_pretty(&info)?)?;
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = rt.block_on(supervise(&info, &mut children, timeout));
+    stop_all(&mut children);
+    result
+}
+
+fn spawn_nodes(exe: &Path, info: &mut DevnetInfo, children: &mut Vec<Child>) -> anyhow::Result<()> {
     for node in &mut info.nodes {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-        let child = Command::new(&exe)
+        let child = Command::new(exe)
             .args(["node", "run", "--home"])
             .arg(&node.home)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| super::DEFAULT_LOG_FILTER.into()))
@@ -105,12 +119,7 @@ fn up(home: &Path, validators: u16, base_port: u16, epoch_length: u64, reset: bo
         node.pid = Some(child.id());
         children.push(child);
     }
-    std::fs::write(&manifest, serde_json::to_string_pretty(&info)?)?;
-
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = rt.block_on(supervise(&info, &mut children, timeout));
-    stop_all(&mut children);
-    result
+    Ok(())
 }
 
 fn create(home: &Path, validators: u16, base_port: u16, epoch_length: u64) -> anyhow::Result<DevnetInfo> {
@@ -180,6 +189,9 @@ async fn supervise(info: &DevnetInfo, children: &mut [Child], timeout: Duration)
     bar.set_message("starting validators and waiting for finalized blocks");
     bar.enable_steady_tick(Duration::from_millis(120));
     let started = Instant::now();
+    // One signal listener for the whole run, so a Ctrl-C during start-up is not lost either.
+    let shutdown = plexus_node::run::shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         for (node, child) in info.nodes.iter().zip(children.iter_mut()) {
             if let Some(status) = child.try_wait()? {
@@ -199,7 +211,14 @@ async fn supervise(info: &DevnetInfo, children: &mut [Child], timeout: Duration)
             bar.finish_and_clear();
             bail!("no finalized blocks after {:?}; see the logs in {}", timeout, info.home.display());
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            _ = &mut shutdown => {
+                bar.finish_and_clear();
+                eprintln!("\nstopping the devnet…");
+                return Ok(());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
     bar.finish_and_clear();
     print_summary(info);
@@ -208,7 +227,7 @@ async fn supervise(info: &DevnetInfo, children: &mut [Child], timeout: Duration)
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = plexus_node::run::shutdown_signal() => {
+            _ = &mut shutdown => {
                 eprintln!("\nstopping the devnet…");
                 return Ok(());
             }
