@@ -166,8 +166,19 @@ impl Session {
         }
     }
 
-    /// Records new text; an error from metering ends the generation.
+    /// Records new text; an error from metering ends the generation. Metering is asked first,
+    /// so text it refuses is neither sent nor counted: a partial attestation covers exactly
+    /// what the client received.
     fn on_text(&mut self, text: &str, completion_tokens: u32) -> Result<(), ServeError> {
+        if completion_tokens >= self.next_meter {
+            if let Some(ticket) = &self.ticket {
+                self.state.metering.progress(ticket, self.prompt_tokens, completion_tokens)?;
+            }
+            let every = self.state.config.meter_every_tokens.get();
+            while self.next_meter <= completion_tokens {
+                self.next_meter = self.next_meter.saturating_add(every);
+            }
+        }
         let now = Instant::now();
         let new_tokens = completion_tokens.saturating_sub(self.completion_tokens);
         match self.last_token {
@@ -190,15 +201,6 @@ impl Session {
         self.last_token = Some(now);
         self.completion_tokens = completion_tokens;
         self.text.push_str(text);
-        if completion_tokens >= self.next_meter {
-            let every = self.state.config.meter_every_tokens.get();
-            while self.next_meter <= completion_tokens {
-                self.next_meter = self.next_meter.saturating_add(every);
-            }
-            if let Some(ticket) = &self.ticket {
-                self.state.metering.progress(ticket, self.prompt_tokens, completion_tokens)?;
-            }
-        }
         Ok(())
     }
 
