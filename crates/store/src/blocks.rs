@@ -157,7 +157,7 @@ impl<E: Storage + Clock + Metrics + Spawner> BlockStore<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commonware_runtime::{Runner, deterministic};
+    use commonware_runtime::{Runner, Supervisor as _, deterministic};
     use plexus_types::tx::{Payload, Transaction};
     use plexus_types::{Header, PrivateKey, VersionVector};
 

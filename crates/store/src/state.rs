@@ -306,7 +306,7 @@ async fn load_mirror<E: Storage + Clock + Metrics + Spawner>(db: &Db<E>, max: us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commonware_runtime::{Runner, deterministic};
+    use commonware_runtime::{Runner, Supervisor as _, deterministic};
 
     fn changes(pairs: &[(&[u8], Option<&[u8]>)]) -> ChangeSet {
         pairs.iter().map(|(k, v)| (k.to_vec(), v.map(|v| v.to_vec()))).collect()

@@ -1,4 +1,5 @@
 //! End-to-end tests: real `plexus` processes talking over loopback sockets.
 
 mod chain;
+mod serve;
 mod util;
