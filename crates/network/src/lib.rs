@@ -1,1 +1,109 @@
-//! placeholder
+//! Communicate with the chain's registered nodes over authenticated, encrypted TCP: consensus
+//! votes and certificates, block broadcast and backfill, and transaction gossip, each on its
+//! own rate-limited channel.
+//!
+//! Peers are identified by their ed25519 keys; the node tells the [`Oracle`] which keys (and
+//! addresses) make up each epoch's peer set, and connections from anyone else are refused. The
+//! handshake is Commonware's authenticated key exchange over the chain's own namespace, so a
+//! node of one chain can never talk to a node of another.
+//!
+//! This crate does not decide who the peers are (the chain's staking state does), does not
+//! interpret messages (consensus and gossip do), and does not discover peers on its own.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use commonware_cryptography::{ChaCha20Poly1305, ed25519};
+use commonware_p2p::authenticated::lookup;
+use commonware_runtime::{Clock, Metrics, Network as RNetwork, Quota, Resolver, Spawner};
+use commonware_stream::{cups, sake};
+use rand_core::CryptoRng;
+
+/// A peer's identity on the wire.
+pub type PublicKey = ed25519::PublicKey;
+/// Sends to peers on one channel.
+pub type Sender<E> = lookup::Sender<PublicKey, E>;
+/// Receives from peers on one channel.
+pub type Receiver = lookup::Receiver<PublicKey>;
+/// Tells the network which peers make up each peer set.
+pub type Oracle = lookup::Oracle<PublicKey>;
+
+/// Where and how this node talks to peers. None of these has to match across the network,
+/// except `chain_id`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where this node listens; must equal the p2p address it staked with.
+    pub listen: SocketAddr,
+    /// The chain id: part of the handshake namespace, so it must match every peer's.
+    pub chain_id: String,
+    /// Most peers in one peer set.
+    pub peers_max: NonZeroUsize,
+    /// Accept peers on private and loopback addresses (local networks).
+    pub allow_private_ips: bool,
+    /// Largest application message, in bytes. Sending a larger one is a bug (it panics).
+    pub message_bytes_max: u32,
+    /// Capacity of each channel's inbound mailbox, in messages.
+    pub mailbox_messages: NonZeroUsize,
+}
+
+/// One logical channel and its inbound rate limit per peer.
+#[derive(Clone, Copy, Debug)]
+pub struct Channel {
+    pub id: u64,
+    pub messages_per_second: NonZeroU32,
+}
+
+/// How far apart two nodes' clocks may be when they shake hands.
+pub const HANDSHAKE_SYNCHRONY_BOUND: Duration = Duration::from_secs(5);
+/// Oldest handshake message accepted.
+pub const HANDSHAKE_AGE_MAX: Duration = Duration::from_secs(10);
+
+/// The handshake namespace of a chain.
+pub fn namespace(chain_id: &str) -> Vec<u8> {
+    let mut ns = plexus_types::namespace::P2P.to_vec();
+    ns.push(b'/');
+    ns.extend_from_slice(chain_id.as_bytes());
+    ns
+}
+
+/// A started network: one sender/receiver pair per requested channel, in the order asked for,
+/// and the oracle that sets the peer sets.
+pub struct Network<E: Spawner + Clock + Metrics + RNetwork> {
+    pub channels: Vec<(Sender<E>, Receiver)>,
+    pub oracle: Oracle,
+}
+
+/// Binds `config.listen` and starts dialing and accepting peers. The network runs until the
+/// runtime stops.
+pub fn start<E>(context: E, key: ed25519::PrivateKey, config: &Config, channels: &[Channel]) -> Network<E>
+where
+    E: Spawner + Clock + CryptoRng + RNetwork + Resolver + Metrics,
+{
+    let handshake = cups::Cups::<_, ChaCha20Poly1305>::new(
+        sake::Sake {
+            signer: key,
+            synchrony_bound: HANDSHAKE_SYNCHRONY_BOUND,
+            max_handshake_age: HANDSHAKE_AGE_MAX,
+            version: sake::Version::V1,
+        },
+        cups::Version::V1,
+    );
+    let namespace = namespace(&config.chain_id);
+    let build = if config.allow_private_ips { lookup::Config::local } else { lookup::Config::recommended };
+    let p2p = build(
+        handshake,
+        &namespace,
+        config.listen,
+        config.peers_max,
+        config.message_bytes_max,
+        config.mailbox_messages,
+    );
+    let (mut network, oracle) = lookup::Network::new(context, p2p);
+    let channels = channels
+        .iter()
+        .map(|c| network.register(c.id, Quota::per_second(c.messages_per_second)))
+        .collect();
+    network.start();
+    Network { channels, oracle }
+}

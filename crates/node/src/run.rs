@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use commonware_cryptography::ChaCha20Poly1305;
-use commonware_p2p::authenticated::lookup;
-use commonware_runtime::{Metrics as _, Quota, Runner as _, Spawner as _, Supervisor as _, tokio as cw_tokio};
-use commonware_stream::{cups, sake};
+use commonware_runtime::{Metrics as _, Runner as _, Spawner as _, Supervisor as _, tokio as cw_tokio};
 use plexus_consensus::{Channels, Timeouts};
 use plexus_types::{Genesis, Params};
 use tracing::{error, info};
@@ -101,41 +98,41 @@ async fn node(context: cw_tokio::Context, cfg: NodeConfig, key: plexus_types::Pr
     info!(height, %hash, "chain state loaded");
 
     // Authenticated p2p: validators dial each other; followers dial validators.
-    let namespace = {
-        let mut ns = plexus_types::namespace::P2P.to_vec();
-        ns.push(b'/');
-        ns.extend_from_slice(genesis.chain_id.as_bytes());
-        ns
-    };
-    let handshake = cups::Cups::<_, ChaCha20Poly1305>::new(
-        sake::Sake {
-            signer: key.0.clone(),
-            synchrony_bound: Duration::from_secs(5),
-            max_handshake_age: Duration::from_secs(10),
-            version: sake::Version::V1,
-        },
-        cups::Version::V1,
-    );
     let max_message = plexus_consensus::max_message_size(plexus_types::params::limits::VALIDATORS_MAX as u32)
         .max(crate::gossip::MESSAGE_BYTES_MAX as u32 + 64);
-    let peers_max = NonZeroUsize::new(cfg.p2p.peers_max.max(2)).expect("non-zero");
-    let mailbox = NonZeroUsize::new(4096).expect("non-zero");
-    let p2p_cfg = if cfg.p2p.allow_private_ips {
-        lookup::Config::local(handshake, &namespace, cfg.p2p.listen, peers_max, max_message, mailbox)
-    } else {
-        lookup::Config::recommended(handshake, &namespace, cfg.p2p.listen, peers_max, max_message, mailbox)
+    let network_cfg = plexus_network::Config {
+        listen: cfg.p2p.listen,
+        chain_id: genesis.chain_id.clone(),
+        peers_max: NonZeroUsize::new(cfg.p2p.peers_max.max(2)).expect("non-zero"),
+        allow_private_ips: cfg.p2p.allow_private_ips,
+        message_bytes_max: max_message,
+        mailbox_messages: NonZeroUsize::new(4096).expect("non-zero"),
     };
-    let (mut network, oracle) = lookup::Network::new(context.child("p2p"), p2p_cfg);
-    let quota = |per_second: u32| Quota::per_second(NonZeroU32::new(per_second).expect("non-zero"));
-    let channels = Channels {
-        votes: network.register(channel::VOTES, quota(4096)),
-        certificates: network.register(channel::CERTIFICATES, quota(4096)),
-        resolver: network.register(channel::RESOLVER, quota(1024)),
-        backfill: network.register(channel::BACKFILL, quota(1024)),
-        blocks: network.register(channel::BLOCKS, quota(256)),
+    let rate = |per_second: u32| NonZeroU32::new(per_second).expect("non-zero");
+    let channel = |id: u64, per_second: u32| plexus_network::Channel { id, messages_per_second: rate(per_second) };
+    let plexus_network::Network { channels, oracle } = plexus_network::start(
+        context.child("p2p"),
+        key.0.clone(),
+        &network_cfg,
+        &[
+            channel(channel::VOTES, 4096),
+            channel(channel::CERTIFICATES, 4096),
+            channel(channel::RESOLVER, 1024),
+            channel(channel::BACKFILL, 1024),
+            channel(channel::BLOCKS, 256),
+            channel(channel::TXS, 4096),
+        ],
+    );
+    let mut channels = channels.into_iter();
+    let mut next = || channels.next().expect("one pair per registered channel");
+    let consensus_channels = Channels {
+        votes: next(),
+        certificates: next(),
+        resolver: next(),
+        backfill: next(),
+        blocks: next(),
     };
-    let txs = network.register(channel::TXS, quota(4096));
-    network.start();
+    let txs = next();
 
     let gossip = crate::gossip::start(&context, chain.clone(), txs);
     chain.set_gossip(gossip);
@@ -151,7 +148,7 @@ async fn node(context: cw_tokio::Context, cfg: NodeConfig, key: plexus_types::Pr
         timeouts: timeouts(&params),
         mailbox_size: NonZeroUsize::new(1024).expect("non-zero"),
     };
-    let consensus = plexus_consensus::start(context.child("consensus"), consensus_cfg, channels, oracle.clone(), oracle);
+    let consensus = plexus_consensus::start(context.child("consensus"), consensus_cfg, consensus_channels, oracle.clone(), oracle);
 
     // HTTP API on the same runtime.
     let metrics_context = context.child("metrics");
