@@ -126,6 +126,18 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 blocks.by_height(0).await?.ok_or(plexus_store::StoreError::NoGenesis)?.block
             }
         };
+        let versions = {
+            let view = state.view();
+            let mut o = Overlay::new(&*view);
+            Store::new(&mut o).versions()
+        };
+        if !crate::SUPPORTED_VERSIONS.supports(&versions) {
+            return Err(plexus_store::StoreError::Unsupported(format!(
+                "this chain runs versions {versions:?}, outside what this binary supports ({:?}); \
+                 install a newer plexus binary",
+                crate::SUPPORTED_VERSIONS
+            )));
+        }
         let height = state.committed().0.expect("genesis is committed");
         let record = blocks
             .by_height(height)

@@ -17,4 +17,19 @@ pub mod metrics;
 pub mod run;
 
 pub use chain::ChainState;
+
+use plexus_types::version::{SupportedVersions, VersionRange};
+
+/// The versions of every layer this binary can run. A node refuses to open a chain whose active
+/// versions are outside these ranges (it would compute different state), and providers signal
+/// them on-chain so upgrades wait until enough stake runs a binary that supports them.
+pub const SUPPORTED_VERSIONS: SupportedVersions = SupportedVersions {
+    consensus: VersionRange { min: 1, max: 1 },
+    data: VersionRange { min: 1, max: 1 },
+    execution: VersionRange {
+        min: *plexus_execution::SUPPORTED_EXECUTION_VERSIONS.start(),
+        max: *plexus_execution::SUPPORTED_EXECUTION_VERSIONS.end(),
+    },
+    network: VersionRange { min: 1, max: 1 },
+};
 pub use config::NodeConfig;

@@ -55,4 +55,7 @@ pub enum StoreError {
     Corrupt(String),
     #[error("state was never initialised with genesis")]
     NoGenesis,
+    /// The stored chain needs a binary that runs other versions of its layers.
+    #[error("{0}")]
+    Unsupported(String),
 }
