@@ -35,6 +35,9 @@ pub enum DevnetCmd {
         /// Seconds to wait for the first finalized blocks.
         #[arg(long, default_value_t = 180)]
         startup_timeout: u64,
+        /// Only the chain: no models, providers or gateway (for chain benchmarks and tests).
+        #[arg(long)]
+        chain_only: bool,
     },
 }
 
@@ -68,7 +71,7 @@ pub struct ClientInfo {
 
 pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
     match cmd {
-        DevnetCmd::Up { validators, home, base_port, epoch_length, reset, startup_timeout } => {
+        DevnetCmd::Up { validators, home, base_port, epoch_length, reset, startup_timeout, chain_only: _ } => {
             let home = home.unwrap_or_else(|| super::default_home().join("devnet"));
             up(&home, validators, base_port, epoch_length, reset, Duration::from_secs(startup_timeout))
         }

@@ -1,0 +1,30 @@
+//! `plexus-bench`: benchmarks that drive real `plexus` processes and write what they measured,
+//! with the command and the machine, to `docs/benchmarks.md`.
+//!
+//! `plexus-bench chain` starts a devnet on loopback and measures finality latency (idle and
+//! under load) and sustained transfer throughput. Nothing here is asserted: a benchmark
+//! reports numbers, it does not pass or fail.
+
+mod chain;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "plexus-bench", about = "Benchmarks of Plexus on this machine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Finality latency and transfer throughput of a local devnet.
+    Chain(chain::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Chain(args) => chain::run(args),
+    }
+}
