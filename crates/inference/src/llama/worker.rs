@@ -243,6 +243,9 @@ impl Worker<'_> {
                 continue;
             }
             self.step();
+            // Again after the step: requests that just finished must not look active while
+            // the loop waits for the next one.
+            self.shared.active.store(self.slots.iter().filter(|s| s.active.is_some()).count(), Ordering::Relaxed);
         }
     }
 
