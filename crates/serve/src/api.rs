@@ -87,6 +87,10 @@ impl AppState {
     }
 
     fn fail(&self, e: ServeError) -> Response {
+        let e = match e {
+            ServeError::Busy { message, .. } => ServeError::Busy { message, retry_after_secs: self.config.retry_after_secs },
+            e => e,
+        };
         self.metrics.error(e.kind_label());
         e.into_response()
     }
@@ -278,6 +282,8 @@ struct Shape {
     model: String,
     fingerprint: String,
     include_usage: bool,
+    /// Annotate chunks with running token counts ([`crate::HEADER_PROGRESS`]).
+    progress: bool,
 }
 
 fn finish_reason(r: FinishReason) -> &'static str {
@@ -299,7 +305,9 @@ impl Shape {
         role: bool,
         finish: Option<&'static str>,
         plexus: Option<PlexusBlock>,
+        counts: Option<ProgressBlock>,
     ) -> String {
+        let plexus_usage = if self.progress { counts } else { None };
         let usage = self.include_usage.then_some(None);
         match self.wire {
             Wire::Chat => Self::to_json(&ChatChunk {
@@ -316,6 +324,7 @@ impl Shape {
                 }],
                 usage,
                 plexus,
+                plexus_usage,
             }),
             Wire::Completion => Self::to_json(&TextCompletion {
                 id: &self.id,
@@ -331,6 +340,7 @@ impl Shape {
                 }],
                 usage,
                 plexus,
+                plexus_usage,
             }),
         }
     }
@@ -347,6 +357,7 @@ impl Shape {
                 choices: vec![],
                 usage: Some(Some(usage)),
                 plexus: Some(plexus),
+                plexus_usage: None,
             }),
             Wire::Completion => Self::to_json(&TextCompletion {
                 id: &self.id,
@@ -357,6 +368,7 @@ impl Shape {
                 choices: vec![],
                 usage: Some(Some(usage)),
                 plexus: Some(plexus),
+                plexus_usage: None,
             }),
         }
     }
@@ -393,6 +405,7 @@ impl Shape {
                 }],
                 usage: Some(Some(usage)),
                 plexus: None,
+                plexus_usage: None,
             }),
         }
     }
@@ -566,6 +579,7 @@ async fn generate(
         model: info.name.clone(),
         fingerprint: format!("plexus-{}", &info.id.to_string()[..16]),
         include_usage,
+        progress: headers.contains_key(crate::HEADER_PROGRESS),
     };
     if stream {
         let headers = state.identity_headers(&info.id);
@@ -600,7 +614,8 @@ fn stream_events(
 ) -> impl futures::Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
         if shape.wire == Wire::Chat {
-            yield Ok(SseEvent::default().data(shape.chunk(Some(String::new()), true, None, None)));
+            let counts = ProgressBlock { prompt_tokens: session.prompt_tokens, completion_tokens: 0 };
+            yield Ok(SseEvent::default().data(shape.chunk(Some(String::new()), true, None, None, Some(counts))));
         }
         loop {
             match generation.next().await {
@@ -610,18 +625,19 @@ fn stream_events(
                         yield Ok(SseEvent::default().data(e.body_json()));
                         break;
                     }
-                    yield Ok(SseEvent::default().data(shape.chunk(Some(text), false, None, None)));
+                    let counts = ProgressBlock { prompt_tokens: session.prompt_tokens, completion_tokens };
+                    yield Ok(SseEvent::default().data(shape.chunk(Some(text), false, None, None, Some(counts))));
                 }
                 Some(Event::Done(finish)) => {
                     let (attestation, signature) = session.complete(&finish);
                     let plexus = state.plexus_block(attestation, &signature);
                     let reason = finish_reason(finish.reason);
                     if shape.include_usage {
-                        yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(reason), None)));
+                        yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(reason), None, None)));
                         let usage = UsageBody::new(finish.prompt_tokens, finish.completion_tokens, finish.cached_tokens);
                         yield Ok(SseEvent::default().data(shape.usage_chunk(usage, plexus)));
                     } else {
-                        yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(reason), Some(plexus))));
+                        yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(reason), Some(plexus), None)));
                     }
                     yield Ok(SseEvent::default().data("[DONE]"));
                     break;

@@ -41,6 +41,10 @@ pub const HEADER_ATTESTATION: &str = "x-plexus-attestation";
 /// Response header: hex of the provider's signature over the attestation.
 pub const HEADER_SIGNATURE: &str = "x-plexus-signature";
 
+/// Request header: when present (any value), every streamed chunk carries `plexus_usage`
+/// with the running prompt and completion token counts.
+pub const HEADER_PROGRESS: &str = "x-plexus-progress";
+
 /// Server settings. None of these has to match across the network.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {

@@ -189,6 +189,14 @@ pub(crate) struct PlexusBlock {
     pub(crate) model_id: String,
 }
 
+/// Running token counts on each streamed chunk, sent when the request asked for them with
+/// [`crate::HEADER_PROGRESS`] (a gateway signing receipts mid-stream needs them).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct ProgressBlock {
+    pub(crate) prompt_tokens: u32,
+    pub(crate) completion_tokens: u32,
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct AssistantMessage {
     pub(crate) role: &'static str,
@@ -244,6 +252,8 @@ pub(crate) struct ChatChunk<'a> {
     pub(crate) usage: Option<Option<UsageBody>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) plexus: Option<PlexusBlock>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) plexus_usage: Option<ProgressBlock>,
 }
 
 #[derive(Debug, Serialize)]
@@ -266,6 +276,8 @@ pub(crate) struct TextCompletion<'a> {
     pub(crate) usage: Option<Option<UsageBody>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) plexus: Option<PlexusBlock>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) plexus_usage: Option<ProgressBlock>,
 }
 
 #[derive(Debug, Serialize)]
