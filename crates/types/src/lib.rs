@@ -50,4 +50,6 @@ pub mod namespace {
     pub const CONSENSUS: &[u8] = b"plexus/consensus/v1";
     /// Peer-to-peer handshakes (passed to the network layer).
     pub const P2P: &[u8] = b"plexus/p2p/v1";
+    /// A session's client proving to a provider that it holds the session's key.
+    pub const SESSION_AUTH: &[u8] = b"plexus/session-auth/v1";
 }

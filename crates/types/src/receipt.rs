@@ -73,6 +73,22 @@ impl SignedReceipt {
     pub fn verify(&self, client: &Address) -> bool {
         client.verify(namespace::RECEIPT, &to_vec(&self.receipt), &self.signature)
     }
+
+    /// Decodes exactly one signed receipt from untrusted bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        crate::codec::decode_bounded(bytes, Self::SIZE, &())
+    }
+
+    /// Hex of the canonical encoding (how receipts travel in HTTP headers and bodies).
+    pub fn to_hex(&self) -> String {
+        hex::encode(to_vec(self))
+    }
+
+    /// Parses [`SignedReceipt::to_hex`] output from untrusted text.
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let bytes = hex::decode(text.trim()).map_err(|e| format!("receipt is not hex: {e}"))?;
+        Self::decode(&bytes).map_err(|e| format!("receipt does not decode: {e}"))
+    }
 }
 
 impl Write for SignedReceipt {
@@ -133,6 +149,17 @@ impl Read for Attestation {
 }
 
 impl Attestation {
+    /// Decodes exactly one attestation from untrusted bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        crate::codec::decode_bounded(bytes, Self::SIZE, &())
+    }
+
+    /// Parses the hex of an attestation's encoding (the `x-plexus-attestation` header).
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let bytes = hex::decode(text.trim()).map_err(|e| format!("attestation is not hex: {e}"))?;
+        Self::decode(&bytes).map_err(|e| format!("attestation does not decode: {e}"))
+    }
+
     pub fn hash(&self) -> Hash {
         crate::hash(&to_vec(self))
     }
@@ -146,10 +173,44 @@ impl Attestation {
     }
 }
 
+/// Extends a receipt's `outputs_root` with one more response: a hash chain over the attestation
+/// hashes in the order the client received them, starting from [`Hash::ZERO`].
+pub fn extend_outputs_root(root: &Hash, attestation: &Hash) -> Hash {
+    crate::hash_parts(&[b"plexus/outputs/v1", root.as_bytes(), attestation.as_bytes()])
+}
+
+/// A client's proof, to one provider, that it holds the key of a session: the provider answers
+/// with a bearer token for that session's requests. `nonce` must grow with each proof so an old
+/// one cannot be replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionAuth {
+    pub session: Hash,
+    pub provider: Address,
+    pub nonce: u64,
+}
+
+impl SessionAuth {
+    fn message(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(32 + 32 + 8);
+        m.extend_from_slice(self.session.as_bytes());
+        m.extend_from_slice(self.provider.as_bytes());
+        m.extend_from_slice(&self.nonce.to_be_bytes());
+        m
+    }
+
+    pub fn sign(&self, client: &PrivateKey) -> Sig {
+        client.sign(namespace::SESSION_AUTH, &self.message())
+    }
+
+    pub fn verify(&self, client: &Address, sig: &Sig) -> bool {
+        client.verify(namespace::SESSION_AUTH, &self.message(), sig)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use commonware_codec::{Copying, DecodeExt};
+
 
     #[test]
     fn receipt_signature_roundtrip() {
@@ -167,7 +228,9 @@ mod tests {
         assert!(!signed.verify(&PrivateKey::from_seed(4).address()));
         let bytes = to_vec(&signed);
         assert_eq!(bytes.len(), SignedReceipt::SIZE);
-        let back = SignedReceipt::decode(Copying(&bytes[..])).unwrap();
+        let back = SignedReceipt::decode(&bytes).unwrap();
+        assert!(SignedReceipt::decode(&bytes[1..]).is_err());
+        assert_eq!(SignedReceipt::from_hex(&signed.to_hex()).unwrap(), signed);
         assert_eq!(back, signed);
         let mut forged = signed.clone();
         forged.receipt.cum_amount += 1;
