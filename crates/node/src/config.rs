@@ -50,6 +50,36 @@ per_sender_max = 256
 [runtime]
 # Worker threads for networking, consensus and the API (0 = number of CPUs).
 worker_threads = 0
+
+[provider]
+# Serve models over an OpenAI-compatible API and earn from client sessions. Needs bonded stake
+# of at least the chain's min_provider_stake (`plexus tx stake`); the node registers its models
+# and itself on-chain when it starts, and settles client receipts automatically.
+enabled = false
+# Where the OpenAI-compatible API listens.
+listen = "127.0.0.1:8080"
+# The URL clients use to reach it, published on-chain (empty = http://<listen>).
+endpoint = ""
+# Free-form region label clients can route by, e.g. "eu-west".
+region = "local"
+# Free-form hardware description (empty = detected CPU count and memory).
+hardware = ""
+# Models to serve: cached names, model ids, GGUF files or BERT directories
+# (`plexus model pull <name>` fetches the known ones).
+models = ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+# Prices in base units (one millionth of a PLX) per 1,000 tokens, for every model served.
+input_price_per_1k = 10000
+output_price_per_1k = 40000
+# Threads for each text model (0 = number of CPUs).
+threads = 0
+# Requests a text model decodes together, and the KV cache tokens they share.
+parallel = 4
+ctx_tokens = 8192
+# Delivered tokens a client may leave unacknowledged (no newer signed receipt) before its
+# requests are refused or cut off: the most this node can lose to a client that stops paying.
+credit_tokens = 512
+# Seconds between batches of receipt claims (urgent ones go at once).
+claim_interval_secs = 15
 "#;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,6 +96,70 @@ pub struct NodeConfig {
     pub mempool: MempoolSection,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub provider: ProviderSection,
+}
+
+/// Serving models for pay. See the template for what each field means.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    /// Serve models and earn from sessions.
+    pub enabled: bool,
+    /// Listen address of the OpenAI-compatible API.
+    pub listen: SocketAddr,
+    /// The URL registered on-chain; empty means `http://<listen>`.
+    #[serde(default)]
+    pub endpoint: String,
+    /// Region label clients route by.
+    pub region: String,
+    /// Hardware description; empty means detected.
+    #[serde(default)]
+    pub hardware: String,
+    /// Models to serve (names, ids or paths).
+    pub models: Vec<String>,
+    /// Base units per 1,000 input tokens.
+    pub input_price_per_1k: u64,
+    /// Base units per 1,000 output tokens.
+    pub output_price_per_1k: u64,
+    /// Threads per text model (0 = number of CPUs).
+    #[serde(default)]
+    pub threads: u32,
+    /// Requests decoded together per text model.
+    pub parallel: u32,
+    /// KV cache tokens per text model.
+    pub ctx_tokens: u32,
+    /// Unacknowledged tokens allowed per session.
+    pub credit_tokens: u64,
+    /// Seconds between claim batches.
+    pub claim_interval_secs: u64,
+}
+
+impl Default for ProviderSection {
+    fn default() -> Self {
+        ProviderSection {
+            enabled: false,
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            endpoint: String::new(),
+            region: "local".into(),
+            hardware: String::new(),
+            models: vec!["smollm2-135m-instruct".into(), "all-minilm-l6-v2".into()],
+            input_price_per_1k: 10_000,
+            output_price_per_1k: 40_000,
+            threads: 0,
+            parallel: 4,
+            ctx_tokens: 8192,
+            credit_tokens: 512,
+            claim_interval_secs: 15,
+        }
+    }
+}
+
+impl ProviderSection {
+    /// The endpoint published on-chain.
+    pub fn public_endpoint(&self) -> String {
+        if self.endpoint.is_empty() { format!("http://{}", self.listen) } else { self.endpoint.clone() }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -149,6 +243,12 @@ impl NodeConfig {
         if let Some(v) = get("PLEXUS_RUNTIME_WORKER_THREADS") {
             self.runtime.worker_threads = parse("PLEXUS_RUNTIME_WORKER_THREADS", v)?;
         }
+        if let Some(v) = get("PLEXUS_PROVIDER_ENABLED") {
+            self.provider.enabled = parse("PLEXUS_PROVIDER_ENABLED", v)?;
+        }
+        if let Some(v) = get("PLEXUS_PROVIDER_LISTEN") {
+            self.provider.listen = parse("PLEXUS_PROVIDER_LISTEN", v)?;
+        }
         Ok(())
     }
 
@@ -157,6 +257,14 @@ impl NodeConfig {
         TEMPLATE
             .replace("listen = \"127.0.0.1:26656\"", &format!("listen = \"{p2p_listen}\""))
             .replace("listen = \"127.0.0.1:8545\"", &format!("listen = \"{api_listen}\""))
+    }
+
+    /// The template with this node's addresses filled in and serving models on `provider`.
+    pub fn template_provider(p2p_listen: SocketAddr, api_listen: SocketAddr, provider: SocketAddr, threads: u32) -> String {
+        Self::template(p2p_listen, api_listen)
+            .replace("enabled = false", "enabled = true")
+            .replace("listen = \"127.0.0.1:8080\"", &format!("listen = \"{provider}\""))
+            .replace("\nthreads = 0\n", &format!("\nthreads = {threads}\n"))
     }
 }
 
@@ -171,9 +279,22 @@ mod tests {
         assert_eq!(cfg.p2p.listen, "127.0.0.1:26656".parse().unwrap());
         assert_eq!(cfg.mempool.per_sender_max, 256);
         assert_eq!(cfg.genesis, PathBuf::from("genesis.json"));
+        assert_eq!(cfg.provider, ProviderSection::default(), "the template documents the defaults");
         let filled = NodeConfig::template("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         let cfg = NodeConfig::parse(&filled, Path::new("c")).unwrap();
         assert_eq!((cfg.p2p.listen.port(), cfg.api.listen.port()), (1, 2));
+        assert!(!cfg.provider.enabled);
+        let filled = NodeConfig::template_provider(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            "127.0.0.1:3".parse().unwrap(),
+            1,
+        );
+        let cfg = NodeConfig::parse(&filled, Path::new("c")).unwrap();
+        assert!(cfg.provider.enabled);
+        assert_eq!((cfg.p2p.listen.port(), cfg.api.listen.port(), cfg.provider.listen.port()), (1, 2, 3));
+        assert_eq!((cfg.provider.threads, cfg.runtime.worker_threads), (1, 0));
+        assert_eq!(cfg.provider.public_endpoint(), "http://127.0.0.1:3");
     }
 
     #[test]

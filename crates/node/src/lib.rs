@@ -14,6 +14,7 @@ pub mod gossip;
 pub mod keyfile;
 pub mod mempool;
 pub mod metrics;
+pub mod provider;
 pub mod run;
 
 pub use chain::ChainState;

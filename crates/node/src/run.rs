@@ -72,10 +72,16 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     };
     let runtime_cfg = cw_tokio::Config::new().with_storage_directory(&data_dir).with_worker_threads(workers);
     let runner = cw_tokio::Runner::new(runtime_cfg);
-    runner.start(|context| async move { node(context, cfg, key, genesis).await })
+    runner.start(|context| async move { node(context, cfg, key, genesis, data_dir).await })
 }
 
-async fn node(context: cw_tokio::Context, cfg: NodeConfig, key: plexus_types::PrivateKey, genesis: Genesis) -> anyhow::Result<()> {
+async fn node(
+    context: cw_tokio::Context,
+    cfg: NodeConfig,
+    key: plexus_types::PrivateKey,
+    genesis: Genesis,
+    data_dir: std::path::PathBuf,
+) -> anyhow::Result<()> {
     let metrics = NodeMetrics::new(&context.child("plexus"));
     let evidence = Arc::new(plexus_consensus::evidence::Verifier::new(&genesis.chain_id));
     let mempool = MempoolConfig {
@@ -163,6 +169,15 @@ async fn node(context: cw_tokio::Context, cfg: NodeConfig, key: plexus_types::Pr
         .with_context(|| format!("cannot listen for the API on {}", cfg.api.listen))?;
     info!(api = %cfg.api.listen, "chain API listening");
     let api = tokio::spawn(async move { axum::serve(listener, router).await });
+
+    if cfg.provider.enabled {
+        let provider_cfg = cfg.provider.clone();
+        let engines = tokio::task::spawn_blocking(move || crate::provider::load_engines(&provider_cfg))
+            .await
+            .context("the model loading task failed")??;
+        crate::provider::start(chain.clone(), key.clone(), cfg.provider.clone(), &data_dir.join("provider-ledger.log"), engines)
+            .await?;
+    }
 
     let reason = tokio::select! {
         _ = shutdown_signal() => "signal",

@@ -2,6 +2,7 @@
 //! parsing and output helpers.
 
 pub mod devnet;
+pub mod gateway;
 pub mod genesis;
 pub mod keys;
 pub mod model;
@@ -21,7 +22,9 @@ use serde_json::Value;
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only on a terminal: devnet nodes log to files.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 /// Our own logs at info; the engine's internals only when something is wrong.

@@ -1,0 +1,190 @@
+//! The node as an inference provider: loads its models, serves them over the OpenAI-compatible
+//! API with paid-session metering, registers its models and itself on-chain, and settles
+//! receipts — all from the `[provider]` section of its config.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use commonware_runtime::{Clock, Metrics, Spawner, Storage};
+use plexus_execution::state::{self as st, Session, SessionStatus};
+use plexus_inference::models::{ModelCache, Progress, resolve};
+use plexus_inference::{Engine, EngineConfig, LlamaConfig, load_engine};
+use plexus_provider::{ChainView, Provider, ProviderConfig, SessionView};
+use plexus_types::tx::{ModelPrice, Payload, ProviderInfo};
+use plexus_types::{Hash, Height, ModelManifest, PrivateKey};
+use tracing::{info, warn};
+
+use crate::chain::ChainState;
+use crate::config::ProviderSection;
+
+impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> ChainView for ChainState<E> {
+    fn session(&self, id: &Hash) -> Option<SessionView> {
+        self.read(|store| {
+            let s: Session = store.read(&st::keys::session(id))?;
+            let grace = store.params().session_grace_blocks as u64;
+            Some(SessionView {
+                client: s.client,
+                provider: s.provider,
+                model: s.model,
+                deposit: s.deposit,
+                price: s.price,
+                expiry_height: s.expiry_height,
+                refund_height: s.expiry_height.saturating_add(grace),
+                settled_seq: s.settled_seq,
+                open: s.status == SessionStatus::Open,
+            })
+        })
+    }
+
+    fn height(&self) -> Height {
+        self.tip().0
+    }
+
+    fn submit(&self, payload: Payload) -> Result<Hash, String> {
+        self.submit_own(payload).map_err(|e| e.to_string())
+    }
+}
+
+/// Loads the configured models (blocking: reads and checks model files).
+pub fn load_engines(cfg: &ProviderSection) -> anyhow::Result<Vec<Arc<dyn Engine>>> {
+    let defaults = LlamaConfig::default();
+    let threads = NonZeroU32::new(cfg.threads).unwrap_or(defaults.threads);
+    let config = EngineConfig {
+        llama: LlamaConfig {
+            threads,
+            threads_batch: threads,
+            parallel: NonZeroU32::new(cfg.parallel).context("provider.parallel must be at least 1")?,
+            ctx_tokens: NonZeroU32::new(cfg.ctx_tokens).context("provider.ctx_tokens must be at least 1")?,
+            queue_max: NonZeroUsize::new(64).expect("non-zero"),
+            ..defaults
+        },
+        ..EngineConfig::default()
+    };
+    if cfg.models.is_empty() {
+        anyhow::bail!("provider.models is empty: name at least one model to serve");
+    }
+    let cache = ModelCache::from_env();
+    let mut engines = Vec::new();
+    for spec in &cfg.models {
+        let model = resolve(&cache, spec, true, Progress::Hide).with_context(|| format!("resolving model `{spec}`"))?;
+        let engine = load_engine(&model, &config).with_context(|| format!("loading model `{spec}`"))?;
+        info!(target: "provider", name = %model.manifest.name, id = %model.id, "model loaded");
+        engines.push(engine);
+    }
+    Ok(engines)
+}
+
+fn hardware() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb >> 20);
+    format!("{cpus} vCPU {}, {mem_gib} GiB", std::env::consts::ARCH)
+}
+
+/// What this node publishes on-chain about itself.
+pub fn provider_info(cfg: &ProviderSection, manifests: &[ModelManifest]) -> ProviderInfo {
+    ProviderInfo {
+        endpoint: cfg.public_endpoint(),
+        region: cfg.region.clone(),
+        hardware: if cfg.hardware.is_empty() { hardware() } else { cfg.hardware.clone() },
+        prices: manifests
+            .iter()
+            .map(|m| ModelPrice {
+                model: m.id(),
+                input_per_1k: u128::from(cfg.input_price_per_1k),
+                output_per_1k: u128::from(cfg.output_price_per_1k),
+            })
+            .collect(),
+        versions: crate::SUPPORTED_VERSIONS,
+    }
+}
+
+/// Starts serving: the OpenAI-compatible API with metering and payment routes on
+/// `cfg.listen`, the claimer, and on-chain registration. Returns when the listener is bound.
+pub async fn start<E>(
+    chain: ChainState<E>,
+    key: PrivateKey,
+    cfg: ProviderSection,
+    ledger_path: &Path,
+    engines: Vec<Arc<dyn Engine>>,
+) -> anyhow::Result<()>
+where
+    E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static,
+{
+    let config = ProviderConfig {
+        credit_tokens: cfg.credit_tokens,
+        claim_interval: Duration::from_secs(cfg.claim_interval_secs.max(1)),
+        ..ProviderConfig::new(ledger_path.to_path_buf())
+    };
+    let provider = Provider::open(chain.clone(), key.address(), config).context("opening the receipt ledger")?;
+    let manifests: Vec<ModelManifest> = engines.iter().map(|e| e.info().manifest.clone()).collect();
+    let server = plexus_serve::Server::new(key, engines).with_metering(provider.metering());
+    let router = server.router().merge(plexus_provider::router(provider.clone()));
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen for inference on {}", cfg.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    info!(target: "provider", %addr, endpoint = %cfg.public_endpoint(), "serving models");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            warn!(target: "provider", "inference server stopped: {e}");
+        }
+    });
+    tokio::spawn(provider.run_claims());
+    tokio::spawn(register(chain, provider_info(&cfg, &manifests), manifests));
+    Ok(())
+}
+
+/// Registers the served models and this provider on-chain, and keeps the registration equal
+/// to `info` (re-registering if it changes, e.g. after a restart with new prices).
+async fn register<E>(chain: ChainState<E>, info: ProviderInfo, manifests: Vec<ModelManifest>)
+where
+    E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static,
+{
+    let me = chain.address();
+    let mut warned_stake = false;
+    let mut sent_at: Option<Height> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let height = chain.tip().0;
+        if sent_at.is_some_and(|h| height < h + 10) {
+            continue; // let what we sent finalize first
+        }
+        let (missing, current, bonded, min_stake) = chain.read(|store| {
+            let missing: Vec<ModelManifest> =
+                manifests.iter().filter(|m| store.read::<ModelManifest>(&st::keys::model(&m.id())).is_none()).cloned().collect();
+            let current = store.read::<st::Provider>(&st::keys::provider(&me)).map(|p| p.info);
+            (missing, current, store.stake(&me).bonded, store.params().min_provider_stake)
+        });
+        if missing.is_empty() && current.as_ref() == Some(&info) {
+            if sent_at.take().is_some() {
+                info!(target: "provider", endpoint = %info.endpoint, models = info.prices.len(), "registered on-chain");
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            continue;
+        }
+        if bonded < min_stake {
+            if !warned_stake {
+                warn!(target: "provider", bonded, min_stake, "cannot register as a provider: bond at least min_provider_stake (`plexus tx stake`)");
+                warned_stake = true;
+            }
+            continue;
+        }
+        for m in missing {
+            if let Err(e) = chain.submit_own(Payload::RegisterModel(m.clone())) {
+                warn!(target: "provider", model = %m.name, "cannot register the model: {e}");
+            }
+        }
+        match chain.submit_own(Payload::RegisterProvider(info.clone())) {
+            Ok(hash) => info!(target: "provider", %hash, "registering as a provider"),
+            Err(e) => warn!(target: "provider", "cannot register as a provider: {e}"),
+        }
+        sent_at = Some(height);
+    }
+}
