@@ -40,6 +40,8 @@ enum Command {
     Model(cmd::model::ModelCmd),
     /// Serve models over an OpenAI-compatible API without a chain (like llama-server).
     Serve(cmd::serve::ServeArgs),
+    /// Run a local OpenAI-compatible gateway that pays providers per token.
+    Gateway(cmd::gateway::GatewayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +56,7 @@ fn main() -> std::process::ExitCode {
         Command::Devnet(c) => cmd::devnet::run(c),
         Command::Model(c) => cmd::model::run(c),
         Command::Serve(a) => cmd::serve::run(a),
+        Command::Gateway(a) => cmd::gateway::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

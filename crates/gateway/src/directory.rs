@@ -1,0 +1,188 @@
+//! Which providers serve which models, from the chain, refreshed in the background; and how
+//! each provider has been doing for this gateway (latency, load, failures), for routing.
+//!
+//! Routing is power-of-two-choices: two random eligible providers, and the one with the lower
+//! score — measured latency times requests in flight, weighted by price — wins. A provider
+//! that fails is cooled down for a while and tried last.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use plexus_types::tx::ModelPrice;
+use plexus_types::{Address, Amount, ModelId, ModelManifest};
+use rand::RngExt as _;
+
+use crate::chain::{ChainClient, ProviderRecord};
+
+/// How long a failed provider is tried only as a last resort.
+const COOLDOWN: Duration = Duration::from_secs(10);
+/// Weight of a new latency sample in the moving average.
+const EWMA_ALPHA: f64 = 0.3;
+/// Latency assumed for a provider not measured yet, in ms (tried early, not first).
+const UNMEASURED_MS: f64 = 200.0;
+
+/// Limits on which providers the gateway uses.
+#[derive(Clone, Debug, Default)]
+pub struct Constraints {
+    /// Only providers whose region label equals this.
+    pub region: Option<String>,
+    /// Highest price per 1k input tokens accepted.
+    pub max_input_per_1k: Option<Amount>,
+    /// Highest price per 1k output tokens accepted.
+    pub max_output_per_1k: Option<Amount>,
+}
+
+/// A provider able to serve one model.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub provider: Address,
+    pub endpoint: String,
+    pub region: String,
+    pub model: ModelId,
+    pub model_name: String,
+    pub price: ModelPrice,
+}
+
+/// A model the network serves, for `/v1/models`.
+#[derive(Clone, Debug)]
+pub struct NetworkModel {
+    pub id: ModelId,
+    pub manifest: ModelManifest,
+    pub providers: usize,
+    pub cheapest_output_per_1k: Amount,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    providers: Vec<ProviderRecord>,
+    models: BTreeMap<ModelId, ModelManifest>,
+}
+
+#[derive(Default, Clone)]
+struct Stats {
+    ewma_ms: Option<f64>,
+    inflight: u32,
+    cooldown_until: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct Directory {
+    snapshot: RwLock<Snapshot>,
+    stats: Mutex<HashMap<Address, Stats>>,
+}
+
+impl Directory {
+    /// Reads providers and models from the chain.
+    pub async fn refresh(&self, chain: &ChainClient) -> Result<(), crate::GatewayError> {
+        let (providers, models) = (chain.providers().await?, chain.models().await?);
+        let models = models.into_iter().map(|m| (m.id, m.manifest)).collect();
+        *self.snapshot.write().expect("directory lock") = Snapshot { providers, models };
+        Ok(())
+    }
+
+    /// Every provider serving `model` (a name or an id) within `constraints`.
+    pub fn candidates(&self, model: &str, constraints: &Constraints) -> Vec<Candidate> {
+        let snap = self.snapshot.read().expect("directory lock");
+        let mut out = Vec::new();
+        for p in &snap.providers {
+            if constraints.region.as_ref().is_some_and(|r| r != &p.region) {
+                continue;
+            }
+            for price in &p.prices {
+                let Some(manifest) = snap.models.get(&price.model) else { continue };
+                if manifest.name != model && price.model.to_string() != model {
+                    continue;
+                }
+                if constraints.max_input_per_1k.is_some_and(|m| price.input_per_1k > m)
+                    || constraints.max_output_per_1k.is_some_and(|m| price.output_per_1k > m)
+                {
+                    continue;
+                }
+                out.push(Candidate {
+                    provider: p.address.clone(),
+                    endpoint: p.endpoint.trim_end_matches('/').to_string(),
+                    region: p.region.clone(),
+                    model: price.model,
+                    model_name: manifest.name.clone(),
+                    price: *price,
+                });
+            }
+        }
+        out
+    }
+
+    /// The models on offer, by name.
+    pub fn models(&self, constraints: &Constraints) -> Vec<NetworkModel> {
+        let snap = self.snapshot.read().expect("directory lock");
+        let mut by_id: BTreeMap<ModelId, NetworkModel> = BTreeMap::new();
+        for p in &snap.providers {
+            if constraints.region.as_ref().is_some_and(|r| r != &p.region) {
+                continue;
+            }
+            for price in &p.prices {
+                let Some(manifest) = snap.models.get(&price.model) else { continue };
+                let m = by_id.entry(price.model).or_insert_with(|| NetworkModel {
+                    id: price.model,
+                    manifest: manifest.clone(),
+                    providers: 0,
+                    cheapest_output_per_1k: price.output_per_1k,
+                });
+                m.providers += 1;
+                m.cheapest_output_per_1k = m.cheapest_output_per_1k.min(price.output_per_1k);
+            }
+        }
+        by_id.into_values().collect()
+    }
+
+    pub fn provider_count(&self) -> usize {
+        self.snapshot.read().expect("directory lock").providers.len()
+    }
+
+    /// Picks one of `candidates`, skipping `exclude`d providers: two at random, the better
+    /// scored wins; providers cooling down after a failure only when nothing else is left.
+    pub fn pick(&self, candidates: &[Candidate], exclude: &[Address]) -> Option<Candidate> {
+        let stats = self.stats.lock().expect("stats lock");
+        let now = Instant::now();
+        let open: Vec<&Candidate> = candidates.iter().filter(|c| !exclude.contains(&c.provider)).collect();
+        let healthy: Vec<&Candidate> = open
+            .iter()
+            .copied()
+            .filter(|c| stats.get(&c.provider).and_then(|s| s.cooldown_until).is_none_or(|t| t <= now))
+            .collect();
+        let pool = if healthy.is_empty() { open } else { healthy };
+        if pool.is_empty() {
+            return None;
+        }
+        let cheapest = pool.iter().map(|c| c.price.output_per_1k + c.price.input_per_1k).min().unwrap_or(0);
+        let score = |c: &Candidate| {
+            let s = stats.get(&c.provider).cloned().unwrap_or_default();
+            let price = (c.price.output_per_1k + c.price.input_per_1k) as f64;
+            let price_factor = if cheapest == 0 { 1.0 + price } else { price / cheapest as f64 };
+            s.ewma_ms.unwrap_or(UNMEASURED_MS) * f64::from(1 + s.inflight) * price_factor.max(1.0)
+        };
+        let mut rng = rand::rng();
+        let a = pool[rng.random_range(0..pool.len())];
+        let b = pool[rng.random_range(0..pool.len())];
+        Some(if score(a) <= score(b) { a.clone() } else { b.clone() })
+    }
+
+    pub fn started(&self, provider: &Address) {
+        self.stats.lock().expect("stats lock").entry(provider.clone()).or_default().inflight += 1;
+    }
+
+    /// Records how a request to `provider` went: `Some(latency)` on success.
+    pub fn finished(&self, provider: &Address, latency: Option<Duration>) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        let s = stats.entry(provider.clone()).or_default();
+        s.inflight = s.inflight.saturating_sub(1);
+        match latency {
+            Some(l) => {
+                let ms = l.as_secs_f64() * 1e3;
+                s.ewma_ms = Some(s.ewma_ms.map_or(ms, |old| (1.0 - EWMA_ALPHA) * old + EWMA_ALPHA * ms));
+                s.cooldown_until = None;
+            }
+            None => s.cooldown_until = Some(Instant::now() + COOLDOWN),
+        }
+    }
+}

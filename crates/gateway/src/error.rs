@@ -1,0 +1,88 @@
+//! Gateway errors, shaped as OpenAI errors for the app behind it.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The app's request is malformed.
+    #[error("{message}")]
+    BadRequest { message: String, param: Option<String> },
+    /// No provider on the network serves the model (within the gateway's constraints).
+    #[error("{0}")]
+    NoProvider(String),
+    /// Every provider tried failed.
+    #[error("{0}")]
+    Upstream(String),
+    /// The chain could not be reached or answered unexpectedly.
+    #[error("chain: {0}")]
+    Chain(String),
+    /// The chain refused a request or transaction.
+    #[error("chain refused ({code}): {message}")]
+    Rejected { code: String, message: String, status: u16 },
+    /// The client account cannot pay (opening or topping up a session).
+    #[error("{0}")]
+    Funds(String),
+    /// Bad settings.
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<String>,
+    code: Option<&'a str>,
+}
+
+impl GatewayError {
+    pub fn bad(param: &str, message: impl Into<String>) -> Self {
+        GatewayError::BadRequest { message: message.into(), param: Some(param.into()) }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::NoProvider(_) => StatusCode::NOT_FOUND,
+            GatewayError::Funds(_) => StatusCode::PAYMENT_REQUIRED,
+            GatewayError::Upstream(_) | GatewayError::Chain(_) | GatewayError::Rejected { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::Config(_) | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            GatewayError::BadRequest { .. } => ("invalid_request_error", None),
+            GatewayError::NoProvider(_) => ("invalid_request_error", Some("model_not_found")),
+            GatewayError::Funds(_) => ("insufficient_quota", Some("insufficient_quota")),
+            _ => ("api_error", None),
+        }
+    }
+
+    /// The JSON body, also sent as an SSE `data:` line when a stream fails.
+    pub fn body_json(&self) -> String {
+        let (kind, code) = self.kind();
+        let param = match self {
+            GatewayError::BadRequest { param, .. } => param.clone(),
+            _ => None,
+        };
+        serde_json::to_string(&Body { error: Detail { message: self.to_string(), kind, param, code } })
+            .unwrap_or_else(|_| "{}".into())
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        (self.status(), [(axum::http::header::CONTENT_TYPE, "application/json")], self.body_json()).into_response()
+    }
+}

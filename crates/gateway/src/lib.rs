@@ -1,0 +1,172 @@
+//! The client-side gateway: a local OpenAI-compatible server that unmodified SDKs point at.
+//! It holds the client's key, finds providers and models on the chain, opens and tops up
+//! prepaid sessions, signs cumulative receipts for exactly the tokens it received, routes by
+//! price, measured latency and load, and fails over — mid-stream too.
+//!
+//! What it does not do: it never sends a request's content anywhere but to the provider that
+//! serves it, never trusts a provider's word without its signature (every response's
+//! attestation is checked against the provider's on-chain key), and never signs a receipt for
+//! more than the escrow holds.
+//!
+//! The app sees plain OpenAI responses. Extra headers (`x-plexus-provider`,
+//! `x-plexus-session`, the provider's attestation) say who answered; a stream's usage chunk
+//! lists each provider's part under `plexus.segments`.
+
+mod chain;
+mod directory;
+mod error;
+mod metrics;
+mod proxy;
+mod session;
+mod sse;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use plexus_types::{Amount, PrivateKey, UNITS_PER_PLX};
+use tracing::{info, warn};
+
+pub use chain::ChainClient;
+pub use directory::Constraints;
+pub use error::GatewayError;
+pub use session::default_home;
+
+/// Gateway settings. Nothing here has to match anyone else's.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Chain API URLs, tried in order.
+    pub nodes: Vec<String>,
+    /// Where the session table is kept.
+    pub home: PathBuf,
+    /// Where the OpenAI-compatible API listens.
+    pub listen: SocketAddr,
+    /// Escrow put into each new session, and into each top-up, in base units.
+    pub deposit: Amount,
+    /// Blocks a session stays open.
+    pub session_blocks: u64,
+    /// Which providers to use.
+    pub constraints: Constraints,
+    /// Output tokens between receipts during a stream.
+    pub receipt_every_tokens: u64,
+    /// Providers tried per request before giving up.
+    pub attempts_max: u32,
+    /// Largest request body from the app, in bytes.
+    pub request_bytes_max: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            nodes: vec!["http://127.0.0.1:8545".into()],
+            home: default_home(),
+            listen: "127.0.0.1:8000".parse().expect("valid address"),
+            deposit: 5 * UNITS_PER_PLX,
+            session_blocks: 36_000,
+            constraints: Constraints::default(),
+            receipt_every_tokens: 64,
+            attempts_max: 4,
+            request_bytes_max: 4 << 20,
+        }
+    }
+}
+
+/// A running gateway's state.
+pub struct Gateway {
+    app: Arc<proxy::App>,
+}
+
+impl Gateway {
+    /// Connects to the chain and loads the session table.
+    pub async fn start(config: GatewayConfig, key: PrivateKey) -> Result<Gateway, GatewayError> {
+        std::fs::create_dir_all(&config.home)
+            .map_err(|e| GatewayError::Config(format!("cannot create {}: {e}", config.home.display())))?;
+        let chain = Arc::new(ChainClient::new(config.nodes.clone())?);
+        let (chain_id, height) = chain.chain_id_and_height().await?;
+        let params = chain.params().await?;
+        let (_, balance) = chain.account(&key.address()).await?;
+        info!(target: "gateway", %chain_id, height, client = %key.address(), balance, "connected to the chain");
+        if balance < config.deposit {
+            warn!(target: "gateway", balance, deposit = config.deposit, "the client account holds less than one session deposit");
+        }
+        let sessions = Arc::new(session::Sessions::new(key, chain.clone(), chain_id, params.min_tx_fee, config.clone())?);
+        let directory = Arc::new(directory::Directory::default());
+        if let Err(e) = directory.refresh(&chain).await {
+            warn!(target: "gateway", "cannot read providers yet: {e}");
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(600))
+            .build()
+            .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?;
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?;
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let app = Arc::new(proxy::App {
+            config,
+            chain,
+            directory,
+            sessions,
+            http,
+            stream_http,
+            metrics: metrics::Metrics::new(),
+            started,
+            next_id: AtomicU64::new(1),
+        });
+        spawn_background(&app);
+        Ok(Gateway { app })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        proxy::router(self.app.clone())
+    }
+
+    /// Serves until `shutdown`, then closes every session on-chain so the unused escrow
+    /// comes back once providers have settled.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let result = axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await;
+        info!(target: "gateway", "closing sessions");
+        self.app.sessions.close_all().await;
+        result
+    }
+}
+
+fn spawn_background(app: &Arc<proxy::App>) {
+    let a = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Err(e) = a.directory.refresh(&a.chain).await {
+                warn!(target: "gateway", "cannot refresh providers: {e}");
+            }
+        }
+    });
+    let a = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
+        loop {
+            tick.tick().await;
+            n += 1;
+            if let Err(e) = a.sessions.save() {
+                warn!(target: "gateway", "{e}");
+            }
+            if n % 2 == 0 {
+                a.sessions.deliver_outbox().await;
+            }
+            if n % 30 == 0 {
+                a.sessions.prune().await;
+            }
+        }
+    });
+}

@@ -1,0 +1,67 @@
+//! Prometheus metrics of the gateway, served as text on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EndpointLabel {
+    pub(crate) endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DirectionLabel {
+    pub(crate) direction: &'static str,
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Requests from the app, by endpoint.
+    requests: Family<EndpointLabel, Counter>,
+    /// Times a request or stream moved to another provider.
+    pub(crate) failovers: Counter,
+    /// Receipts signed.
+    pub(crate) receipts_signed: Counter,
+    /// Responses whose attestation did not verify.
+    pub(crate) attestation_failures: Counter,
+    /// Tokens acknowledged, input and output.
+    tokens: Family<DirectionLabel, Counter>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("plexus_gateway");
+        let m = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            failovers: Counter::default(),
+            receipts_signed: Counter::default(),
+            attestation_failures: Counter::default(),
+            tokens: Family::default(),
+        };
+        registry.register("requests", "Requests from the app, by endpoint", m.requests.clone());
+        registry.register("failovers", "Times a request or stream moved to another provider", m.failovers.clone());
+        registry.register("receipts_signed", "Receipts signed", m.receipts_signed.clone());
+        registry.register("attestation_failures", "Responses whose attestation did not verify", m.attestation_failures.clone());
+        registry.register("tokens", "Tokens acknowledged, by direction", m.tokens.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub(crate) fn request(&self, endpoint: &str) {
+        self.requests.get_or_create(&EndpointLabel { endpoint: endpoint.to_owned() }).inc();
+    }
+
+    pub(crate) fn tokens(&self, input: u64, output: u64) {
+        self.tokens.get_or_create(&DirectionLabel { direction: "input" }).inc_by(input);
+        self.tokens.get_or_create(&DirectionLabel { direction: "output" }).inc_by(output);
+    }
+
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
