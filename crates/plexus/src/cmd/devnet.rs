@@ -1,29 +1,42 @@
-//! `plexus devnet up`: a whole local network in one command — genesis, one home per validator,
-//! real `plexus node run` processes on loopback — supervised until Ctrl-C or SIGTERM.
+//! `plexus devnet up`: a whole local network in one command — the models pulled, genesis, one
+//! home per validator, real `plexus node run` processes on loopback that are validators and
+//! providers at once, a funded client and its gateway — supervised until Ctrl-C or SIGTERM.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
+use plexus_inference::models::{ModelCache, Progress};
 use plexus_node::{NodeConfig, keyfile};
 use plexus_types::genesis::{GenesisAccount, GenesisValidator};
 use plexus_types::{Genesis, Params, PrivateKey, UNITS_PER_PLX};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The models every devnet provider serves.
+pub const DEVNET_MODELS: [&str; 2] = ["smollm2-135m-instruct", "all-minilm-l6-v2"];
+
 #[derive(Subcommand)]
 pub enum DevnetCmd {
     /// Create (or resume) a local network and run it in the foreground.
+    #[command(long_about = "Create (or resume) a local network and run it in the foreground.\n\n\
+Pulls the models (once, into the shared cache), writes genesis and one home per validator, and \
+starts every validator as a real `plexus node run` process that also serves SmolLM2 and MiniLM as a \
+provider. Then it starts `plexus gateway` with a funded client key and prints its OpenAI base URL. \
+Everything is described in DIR/devnet.json. Ctrl-C stops it all; running it again resumes.\n\n\
+Ports: node i uses BASE+10i (p2p), BASE+10i+1 (chain API) and BASE+10i+2 (inference); the gateway \
+uses BASE+10N.")]
     Up {
-        /// Number of validators.
+        /// Number of validators (each also a provider).
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
         validators: u16,
-        /// Directory for the network (homes, logs, devnet.json).
+        /// Directory for the network (homes, logs, devnet.json; default ~/.plexus/devnet).
         #[arg(long)]
         home: Option<PathBuf>,
-        /// First port; node i uses base+10i (p2p) and base+10i+1 (API).
+        /// First port (see above).
         #[arg(long, default_value_t = 26600)]
         base_port: u16,
         /// Blocks per epoch.
@@ -32,12 +45,21 @@ pub enum DevnetCmd {
         /// Delete an existing network in this directory and start a new one.
         #[arg(long)]
         reset: bool,
-        /// Seconds to wait for the first finalized blocks.
-        #[arg(long, default_value_t = 180)]
+        /// Seconds to wait for the network to be ready.
+        #[arg(long, default_value_t = 300)]
         startup_timeout: u64,
         /// Only the chain: no models, providers or gateway (for chain benchmarks and tests).
         #[arg(long)]
         chain_only: bool,
+        /// Threads for each provider's text model (0 = every core).
+        #[arg(long, default_value_t = 0)]
+        threads: u32,
+        /// Seconds between each provider's batches of receipt claims.
+        #[arg(long, default_value_t = 5)]
+        claim_interval: u64,
+        /// Tokens a provider delivers beyond a client's last receipt before it stops serving it.
+        #[arg(long, default_value_t = 512)]
+        credit_tokens: u64,
     },
 }
 
@@ -48,6 +70,9 @@ pub struct DevnetInfo {
     pub home: PathBuf,
     pub nodes: Vec<NodeInfo>,
     pub client: ClientInfo,
+    /// Absent for `--chain-only` networks.
+    #[serde(default)]
+    pub gateway: Option<GatewayInfo>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +81,9 @@ pub struct NodeInfo {
     pub address: String,
     pub api: String,
     pub p2p: String,
+    /// The node's OpenAI-compatible inference endpoint (absent for `--chain-only`).
+    #[serde(default)]
+    pub inference: Option<String>,
     pub home: PathBuf,
     pub key_file: PathBuf,
     pub log: PathBuf,
@@ -69,72 +97,117 @@ pub struct ClientInfo {
     pub key_file: PathBuf,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GatewayInfo {
+    /// The OpenAI base URL, e.g. `http://127.0.0.1:26640/v1`.
+    pub url: String,
+    pub home: PathBuf,
+    pub log: PathBuf,
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+struct Options {
+    validators: u16,
+    base_port: u16,
+    epoch_length: u64,
+    chain_only: bool,
+    threads: u32,
+    claim_interval: u64,
+    credit_tokens: u64,
+}
+
 pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
     match cmd {
-        DevnetCmd::Up { validators, home, base_port, epoch_length, reset, startup_timeout, chain_only: _ } => {
+        DevnetCmd::Up {
+            validators,
+            home,
+            base_port,
+            epoch_length,
+            reset,
+            startup_timeout,
+            chain_only,
+            threads,
+            claim_interval,
+            credit_tokens,
+        } => {
             let home = home.unwrap_or_else(|| super::default_home().join("devnet"));
-            up(&home, validators, base_port, epoch_length, reset, Duration::from_secs(startup_timeout))
+            let options = Options { validators, base_port, epoch_length, chain_only, threads, claim_interval, credit_tokens };
+            up(&home, &options, reset, Duration::from_secs(startup_timeout))
         }
     }
 }
 
-fn up(home: &Path, validators: u16, base_port: u16, epoch_length: u64, reset: bool, timeout: Duration) -> anyhow::Result<()> {
+/// The processes of a running devnet; stopped (gateway first) when dropped.
+struct Children {
+    nodes: Vec<Child>,
+    gateway: Option<Child>,
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        // The gateway closes its sessions on the way out, which needs the chain still up.
+        if let Some(g) = self.gateway.as_mut() {
+            stop_all(std::slice::from_mut(g), Duration::from_secs(20));
+        }
+        stop_all(&mut self.nodes, Duration::from_secs(10));
+    }
+}
+
+fn up(home: &Path, options: &Options, reset: bool, timeout: Duration) -> anyhow::Result<()> {
     let manifest = home.join("devnet.json");
     if reset && home.exists() {
         std::fs::remove_dir_all(home).with_context(|| format!("cannot remove {}", home.display()))?;
     }
     let mut info = if manifest.exists() {
         let text = std::fs::read_to_string(&manifest)?;
-        let info: DevnetInfo = serde_json::from_str(&text).with_context(|| format!("{} is corrupt; use --reset", manifest.display()))?;
+        let info: DevnetInfo =
+            serde_json::from_str(&text).with_context(|| format!("{} is corrupt; use --reset", manifest.display()))?;
         eprintln!("resuming the devnet in {} ({} validators); use --reset for a new one", home.display(), info.nodes.len());
         info
     } else {
-        create(home, validators, base_port, epoch_length)?
+        create(home, options)?
     };
+    let with_models = info.gateway.is_some();
+    if with_models {
+        pull_models()?;
+    }
 
     let exe = std::env::current_exe().context("cannot find the plexus binary")?;
-    let mut children: Vec<Child> = Vec::new();
-    let spawned = spawn_nodes(&exe, &mut info, &mut children);
-    if let Err(e) = spawned {
-        stop_all(&mut children);
-        return Err(e);
-    }
+    let mut children = Children { nodes: Vec::new(), gateway: None };
+    spawn_nodes(&exe, &mut info, &mut children.nodes)?;
     std::fs::write(&manifest, serde_json::to_string_pretty(&info)?)?;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = rt.block_on(supervise(&info, &mut children, timeout));
-    stop_all(&mut children);
-    result
+    rt.block_on(supervise(&exe, &manifest, &mut info, &mut children, timeout))
 }
 
-fn spawn_nodes(exe: &Path, info: &mut DevnetInfo, children: &mut Vec<Child>) -> anyhow::Result<()> {
-    for node in &mut info.nodes {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-        let child = Command::new(exe)
-            .args(["node", "run", "--home"])
-            .arg(&node.home)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| super::DEFAULT_LOG_FILTER.into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {}", node.name))?;
-        node.pid = Some(child.id());
-        children.push(child);
+/// Fetches the devnet's models into the shared cache, with a progress bar.
+fn pull_models() -> anyhow::Result<()> {
+    let cache = ModelCache::from_env();
+    for name in DEVNET_MODELS {
+        if cache.find(name)?.is_none() {
+            eprintln!("pulling {name} into {} (once)…", cache.root().display());
+        }
+        cache.pull(name, Progress::Show).with_context(|| format!("pulling {name}"))?;
     }
     Ok(())
 }
 
-fn create(home: &Path, validators: u16, base_port: u16, epoch_length: u64) -> anyhow::Result<DevnetInfo> {
-    if base_port as u32 + 10 * validators as u32 + 2 > u16::MAX as u32 {
-        bail!("--base-port {base_port} leaves no room for {validators} nodes");
+fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
+    let validators = options.validators;
+    if options.base_port as u32 + 10 * validators as u32 + 2 > u16::MAX as u32 {
+        bail!("--base-port {} leaves no room for {validators} nodes", options.base_port);
     }
     std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
     let chain_id = "plexus-devnet".to_string();
     let mut params = Params::default();
-    params.set("epoch_length_blocks", epoch_length as u128)?;
+    params.set("epoch_length_blocks", options.epoch_length as u128)?;
+    // A short grace period (30 s of blocks), so a closed session's refund shows within a minute.
+    params.set("session_grace_blocks", 150)?;
     let stake = 10 * params.min_stake;
     let balance = 1_000_000 * UNITS_PER_PLX;
+    let base = options.base_port;
 
     let mut nodes = Vec::new();
     let mut genesis_validators = Vec::new();
@@ -145,9 +218,18 @@ fn create(home: &Path, validators: u16, base_port: u16, epoch_length: u64) -> an
         std::fs::create_dir_all(dir.join("data"))?;
         let key = PrivateKey::generate();
         keyfile::save(&dir.join("key.json"), &key)?;
-        let p2p = format!("127.0.0.1:{}", base_port + 10 * i);
-        let api = format!("127.0.0.1:{}", base_port + 10 * i + 1);
-        std::fs::write(dir.join("config.toml"), NodeConfig::template(p2p.parse()?, api.parse()?))?;
+        let p2p = format!("127.0.0.1:{}", base + 10 * i);
+        let api = format!("127.0.0.1:{}", base + 10 * i + 1);
+        let inference = format!("127.0.0.1:{}", base + 10 * i + 2);
+        let config = if options.chain_only {
+            NodeConfig::template(p2p.parse()?, api.parse()?)
+        } else {
+            NodeConfig::template_provider(p2p.parse()?, api.parse()?, inference.parse()?, options.threads)
+                .replace("claim_interval_secs = 15", &format!("claim_interval_secs = {}", options.claim_interval.max(1)))
+                .replace("credit_tokens = 512", &format!("credit_tokens = {}", options.credit_tokens))
+                .replace("region = \"local\"", &format!("region = \"devnet-{}\"", i % 2))
+        };
+        std::fs::write(dir.join("config.toml"), config)?;
         genesis_validators.push(GenesisValidator { address: key.address(), stake, p2p_address: p2p.clone() });
         accounts.push(GenesisAccount { address: key.address(), balance });
         nodes.push(NodeInfo {
@@ -155,6 +237,7 @@ fn create(home: &Path, validators: u16, base_port: u16, epoch_length: u64) -> an
             address: key.address().to_string(),
             api: format!("http://{api}"),
             p2p,
+            inference: (!options.chain_only).then(|| format!("http://{inference}")),
             key_file: dir.join("key.json"),
             log: dir.join("node.log"),
             home: dir,
@@ -173,46 +256,121 @@ fn create(home: &Path, validators: u16, base_port: u16, epoch_length: u64) -> an
         std::fs::write(node.home.join("genesis.json"), genesis.to_json())?;
     }
     std::fs::write(home.join("genesis.json"), genesis.to_json())?;
+    let gateway = (!options.chain_only).then(|| GatewayInfo {
+        url: format!("http://127.0.0.1:{}/v1", base + 10 * validators),
+        home: home.join("gateway"),
+        log: home.join("gateway").join("gateway.log"),
+        pid: None,
+    });
     Ok(DevnetInfo {
         chain_id,
         home: home.to_path_buf(),
         nodes,
         client: ClientInfo { address: client.address().to_string(), key_file: client_dir.join("key.json") },
+        gateway,
     })
 }
 
-async fn height_of(http: &reqwest::Client, api: &str) -> Option<(u64, String)> {
-    let v: Value = http.get(format!("{api}/chain/v1/status")).send().await.ok()?.json().await.ok()?;
-    Some((v["height"].as_u64()?, v["state_root"].as_str()?.to_string()))
+fn log_filter() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| super::DEFAULT_LOG_FILTER.into())
 }
 
-async fn supervise(info: &DevnetInfo, children: &mut [Child], timeout: Duration) -> anyhow::Result<()> {
+fn spawn_nodes(exe: &Path, info: &mut DevnetInfo, children: &mut Vec<Child>) -> anyhow::Result<()> {
+    for node in &mut info.nodes {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let child = Command::new(exe)
+            .args(["node", "run", "--home"])
+            .arg(&node.home)
+            .env("RUST_LOG", log_filter())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C in the terminal reaches only the supervisor,
+            // which stops the gateway before the nodes it needs.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {}", node.name))?;
+        node.pid = Some(child.id());
+        children.push(child);
+    }
+    Ok(())
+}
+
+fn spawn_gateway(exe: &Path, info: &mut DevnetInfo) -> anyhow::Result<Option<Child>> {
+    let Some(g) = info.gateway.as_mut() else { return Ok(None) };
+    std::fs::create_dir_all(&g.home)?;
+    let listen = g.url.trim_start_matches("http://").trim_end_matches("/v1").to_string();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&g.log)?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["gateway", "--listen", &listen, "--home"]).arg(&g.home).arg("--key").arg(&info.client.key_file);
+    for n in &info.nodes {
+        cmd.args(["--node", &n.api]);
+    }
+    let child = cmd
+        .env("RUST_LOG", log_filter())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the gateway")?;
+    g.pid = Some(child.id());
+    Ok(Some(child))
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
+}
+
+/// Whether every node has finalized a few blocks, and (with models) registered as a provider.
+async fn readiness(http: &reqwest::Client, info: &DevnetInfo) -> (bool, String) {
+    let mut heights = Vec::new();
+    for node in &info.nodes {
+        let h = get_json(http, &format!("{}/chain/v1/status", node.api)).await.and_then(|v| v["height"].as_u64());
+        heights.push(h.unwrap_or(0));
+    }
+    let chain_ready = heights.iter().all(|&h| h >= 2);
+    if info.gateway.is_none() {
+        return (chain_ready, format!("waiting for finalized blocks: heights {heights:?}"));
+    }
+    let providers = get_json(http, &format!("{}/chain/v1/providers", info.nodes[0].api))
+        .await
+        .and_then(|v| v["providers"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    let ready = chain_ready && providers >= info.nodes.len();
+    (ready, format!("heights {heights:?}; providers registered {providers}/{} (loading models)", info.nodes.len()))
+}
+
+async fn supervise(
+    exe: &Path,
+    manifest: &Path,
+    info: &mut DevnetInfo,
+    children: &mut Children,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message("starting validators and waiting for finalized blocks");
+    bar.set_message("starting validators");
     bar.enable_steady_tick(Duration::from_millis(120));
     let started = Instant::now();
     // One signal listener for the whole run, so a Ctrl-C during start-up is not lost either.
     let shutdown = plexus_node::run::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        for (node, child) in info.nodes.iter().zip(children.iter_mut()) {
+        for (node, child) in info.nodes.iter().zip(children.nodes.iter_mut()) {
             if let Some(status) = child.try_wait()? {
                 bar.finish_and_clear();
                 bail!("{} exited during startup ({status}); last log lines:\n{}", node.name, tail(&node.log, 20));
             }
         }
-        let mut heights = Vec::new();
-        for node in &info.nodes {
-            heights.push(height_of(&http, &node.api).await.map(|(h, _)| h).unwrap_or(0));
-        }
-        bar.set_message(format!("waiting for finalized blocks: heights {heights:?}"));
-        if heights.iter().all(|&h| h >= 2) {
+        let (ready, message) = readiness(&http, info).await;
+        bar.set_message(message);
+        if ready {
             break;
         }
         if started.elapsed() > timeout {
             bar.finish_and_clear();
-            bail!("no finalized blocks after {:?}; see the logs in {}", timeout, info.home.display());
+            bail!("the devnet was not ready after {:?}; see the logs in {}", timeout, info.home.display());
         }
         tokio::select! {
             _ = &mut shutdown => {
@@ -223,24 +381,51 @@ async fn supervise(info: &DevnetInfo, children: &mut [Child], timeout: Duration)
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+    children.gateway = spawn_gateway(exe, info)?;
+    if let Some(g) = &info.gateway {
+        bar.set_message("starting the gateway");
+        let health = g.url.trim_end_matches("/v1").to_string() + "/health";
+        loop {
+            if get_json(&http, &health).await.is_some() {
+                break;
+            }
+            if let Some(status) = children.gateway.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bar.finish_and_clear();
+                bail!("the gateway exited during startup ({status}); last log lines:\n{}", tail(&g.log, 20));
+            }
+            if started.elapsed() > timeout {
+                bar.finish_and_clear();
+                bail!("the gateway did not start; see {}", g.log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    std::fs::write(manifest, serde_json::to_string_pretty(&*info)?)?;
     bar.finish_and_clear();
     print_summary(info);
 
-    let mut reported = vec![false; children.len()];
+    let mut reported = vec![false; children.nodes.len() + 1];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = &mut shutdown => {
-                eprintln!("\nstopping the devnet…");
+                eprintln!("\nstopping the devnet (the gateway closes its sessions first)…");
                 return Ok(());
             }
             _ = tick.tick() => {
-                for (i, child) in children.iter_mut().enumerate() {
+                for (i, child) in children.nodes.iter_mut().enumerate() {
                     if !reported[i] {
                         if let Some(status) = child.try_wait()? {
                             reported[i] = true;
                             eprintln!("{} exited ({status}); the other validators continue. Log: {}", info.nodes[i].name, info.nodes[i].log.display());
                         }
+                    }
+                }
+                let last = children.nodes.len();
+                if let (Some(child), Some(g), false) = (children.gateway.as_mut(), info.gateway.as_ref(), reported[last]) {
+                    if let Some(status) = child.try_wait()? {
+                        reported[last] = true;
+                        eprintln!("the gateway exited ({status}). Log: {}", g.log.display());
                     }
                 }
             }
@@ -252,23 +437,46 @@ fn print_summary(info: &DevnetInfo) {
     println!("Plexus devnet is running: chain {} with {} validators", info.chain_id, info.nodes.len());
     println!();
     for n in &info.nodes {
-        println!("  {}  api {}  p2p {}  address {}", n.name, n.api, n.p2p, &n.address[..16]);
+        let inference = n.inference.as_deref().map(|u| format!("  inference {u}")).unwrap_or_default();
+        println!("  {}  api {}  p2p {}{inference}  address {}", n.name, n.api, n.p2p, &n.address[..16]);
     }
     println!();
     println!("  funded client key   {}", info.client.key_file.display());
     println!("  network description {}", info.home.join("devnet.json").display());
-    println!();
-    println!("Try:");
-    println!("  plexus query status --node {}", info.nodes[0].api);
-    println!(
-        "  plexus tx transfer --node {} --key {} --to {} --amount 5plx",
-        info.nodes[0].api,
-        info.client.key_file.display(),
-        info.nodes[1 % info.nodes.len()].address
-    );
+    if let Some(g) = &info.gateway {
+        let base = &g.url;
+        println!("  gateway (OpenAI)    {base}");
+        println!();
+        println!("Chat through the gateway (any OpenAI SDK works the same way):");
+        println!("  curl -N {base}/chat/completions -H 'Content-Type: application/json' \\");
+        println!("    -d '{{\"model\": \"smollm2-135m-instruct\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Name three rivers.\"}}]}}'");
+        println!();
+        println!("  python3 - <<'EOF'");
+        println!("  from openai import OpenAI");
+        println!("  client = OpenAI(base_url=\"{base}\", api_key=\"devnet\")");
+        println!("  for chunk in client.chat.completions.create(model=\"smollm2-135m-instruct\", stream=True,");
+        println!("          messages=[{{\"role\": \"user\", \"content\": \"Name three rivers.\"}}]):");
+        println!("      print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)");
+        println!("  print(client.embeddings.create(model=\"all-minilm-l6-v2\", input=\"hello\").data[0].embedding[:4])");
+        println!("  EOF");
+        println!();
+        println!("Then see who earned what:");
+        println!("  plexus query sessions --node {} --client {}", info.nodes[0].api, info.client.address);
+        println!("  curl {}/chain/v1/providers", info.nodes[0].api);
+    } else {
+        println!();
+        println!("Try:");
+        println!("  plexus query status --node {}", info.nodes[0].api);
+        println!(
+            "  plexus tx transfer --node {} --key {} --to {} --amount 5plx",
+            info.nodes[0].api,
+            info.client.key_file.display(),
+            info.nodes[1 % info.nodes.len()].address
+        );
+    }
     println!("  curl -N {}/chain/v1/stream", info.nodes[0].api);
     println!();
-    println!("Press Ctrl-C to stop all nodes (data stays in {}; run again to resume).", info.home.display());
+    println!("Press Ctrl-C to stop everything (data stays in {}; run again to resume).", info.home.display());
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -277,8 +485,8 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// SIGTERM every child, wait up to 10 s, then SIGKILL what is left.
-fn stop_all(children: &mut [Child]) {
+/// SIGTERM every child, wait up to `grace`, then SIGKILL what is left.
+fn stop_all(children: &mut [Child], grace: Duration) {
     for child in children.iter_mut() {
         if child.try_wait().ok().flatten().is_none() {
             // SAFETY: sending a signal to a child process we spawned.
@@ -287,7 +495,7 @@ fn stop_all(children: &mut [Child]) {
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + grace;
     for child in children.iter_mut() {
         while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));

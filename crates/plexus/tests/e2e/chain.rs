@@ -32,7 +32,7 @@ fn post_tx(api: &str, body: Value) -> (u16, Value) {
 fn devnet_finalizes_survives_sigkill_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("devnet");
-    let (devnet, info) = start_devnet(&home, 4, &["--epoch-length", "30"]);
+    let (devnet, info) = start_devnet(&home, 4, &["--chain-only", "--epoch-length", "30"]);
     let nodes: Vec<Value> = info["nodes"].as_array().unwrap().clone();
     let apis: Vec<String> = nodes.iter().map(|n| n["api"].as_str().unwrap().to_string()).collect();
     assert_eq!(apis.len(), 4);

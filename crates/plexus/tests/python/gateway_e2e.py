@@ -1,0 +1,131 @@
+"""Drives `plexus gateway` with the official OpenAI Python SDK, as an app would, and asserts on
+what comes back. Optionally kills the provider serving a stream in the middle of it.
+
+Usage: python3 gateway_e2e.py <devnet.json> [--kill-mid-stream]
+Prints one JSON line at the end with what the Rust test checks against the chain.
+Needs: pip install openai
+"""
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+import urllib.request
+
+from openai import OpenAI
+
+CHAT = "smollm2-135m-instruct"
+EMBED = "all-minilm-l6-v2"
+
+
+def cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def active_requests(node):
+    text = urllib.request.urlopen(node["inference"] + "/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("plexus_inference_active_requests")
+    )
+
+
+def basic(client):
+    out = {}
+    ids = sorted(m.id for m in client.models.list().data)
+    assert ids == sorted([CHAT, EMBED]), ids
+
+    # Streaming chat with usage: one stream, one id, sensible English.
+    text, ids, usage = "", set(), None
+    for chunk in client.chat.completions.create(
+        model=CHAT,
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0,
+        max_tokens=24,
+        messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+    ):
+        ids.add(chunk.id)
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        else:
+            usage = chunk
+    assert len(ids) == 1, ids
+    assert text == "The answer to this classic math problem is 4.", repr(text)
+    assert usage is not None and usage.usage.completion_tokens > 0, usage
+    segments = usage.model_extra["plexus"]["segments"]
+    assert len(segments) == 1 and segments[0]["complete"], segments
+    assert segments[0]["completion_tokens"] == usage.usage.completion_tokens
+    out["stream"] = {"text": text, "usage": usage.usage.model_dump(), "segments": segments}
+
+    # Non-streaming chat, with the provider's attestation passed through.
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT, temperature=0, max_tokens=24, messages=[{"role": "user", "content": "What is 2 plus 2?"}]
+    )
+    chat = raw.parse()
+    # Greedy: the same answer as the stream, from whichever provider served it.
+    assert chat.choices[0].message.content == text, (chat.choices[0].message.content, text)
+    for h in ("x-plexus-provider", "x-plexus-session", "x-plexus-attestation", "x-plexus-signature"):
+        assert raw.headers.get(h), h
+    out["chat"] = {"text": chat.choices[0].message.content, "provider": raw.headers["x-plexus-provider"]}
+
+    # Embeddings rank related sentences above unrelated ones.
+    e = client.embeddings.create(
+        model=EMBED, input=["A cat sat on the mat.", "A kitten rested on the rug.", "Quarterly tax filing deadlines."]
+    )
+    v = [d.embedding for d in e.data]
+    related, unrelated = cos(v[0], v[1]), cos(v[0], v[2])
+    assert len(v[0]) == 384 and related > unrelated + 0.2, (related, unrelated)
+    out["embeddings"] = {"related": related, "unrelated": unrelated, "prompt_tokens": e.usage.prompt_tokens}
+    return out
+
+
+def kill_mid_stream(client, info):
+    text, usage, killed, chunks = "", None, None, 0
+    stream = client.chat.completions.create(
+        model=CHAT,
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0,
+        max_tokens=400,
+        messages=[{"role": "user", "content": "Write a long story about a dragon who learns to cook."}],
+    )
+    for chunk in stream:
+        if not chunk.choices:
+            usage = chunk
+            continue
+        text += chunk.choices[0].delta.content or ""
+        chunks += 1
+        # Early, while most of the answer is still to be generated (not just in flight).
+        if chunks == 10 and killed is None:
+            for node in info["nodes"]:
+                if active_requests(node) > 0:
+                    os.kill(node["pid"], signal.SIGKILL)
+                    killed = node
+                    break
+            assert killed is not None, "no provider was serving the stream"
+    assert usage is not None, "the stream ended without its usage chunk"
+    segments = usage.model_extra["plexus"]["segments"]
+    assert len(segments) >= 2, segments
+    assert not segments[0]["complete"] and segments[-1]["complete"], segments
+    assert segments[0]["provider"] == killed["address"], (segments[0], killed["address"])
+    total = sum(s["completion_tokens"] for s in segments)
+    assert total == usage.usage.completion_tokens, (total, usage.usage)
+    assert len(text) > 200, repr(text)
+    return {"killed": killed["name"], "segments": segments, "text": text, "usage": usage.usage.model_dump()}
+
+
+def main():
+    info = json.load(open(sys.argv[1]))
+    client = OpenAI(base_url=info["gateway"]["url"], api_key="devnet", max_retries=0, timeout=300)
+    result = basic(client)
+    if "--kill-mid-stream" in sys.argv:
+        result["failover"] = kill_mid_stream(client, info)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
