@@ -244,6 +244,31 @@ impl Executor {
         }
     }
 
+    /// Admission of a transaction queued behind the sender's pending ones (which would move up to
+    /// `prior_spend` out of its balance): signature, fee, and whether the balance still covers
+    /// the fee and what the payload can spend. Constant time, unlike simulating the queue; the
+    /// block builder re-executes everything exactly and leaves out what no longer applies.
+    pub fn check_queued(&self, state: &dyn StateRead, tx: &SignedTx, prior_spend: Amount) -> Result<(), TxError> {
+        if !tx.verify(&self.chain_id) {
+            return Err(TxError::BadSignature);
+        }
+        let min = params(state).min_tx_fee;
+        if tx.tx.fee < min {
+            return Err(TxError::FeeTooLow { min, got: tx.tx.fee });
+        }
+        let mut overlay = Overlay::new(state);
+        let balance = state::Store::new(&mut overlay).account(&tx.tx.signer).balance;
+        let left = balance.saturating_sub(prior_spend);
+        if left < tx.tx.fee {
+            return Err(TxError::CannotPayFee { fee: tx.tx.fee, balance: left });
+        }
+        let needed = tx.tx.fee.saturating_add(max_spend(&tx.tx.payload));
+        if left < needed {
+            return Err(TxError::WouldFail(ExecError::InsufficientBalance { needed, available: left }));
+        }
+        Ok(())
+    }
+
     /// Applies one transaction (admission and payload, no block begin/end) to `state` and
     /// returns its writes. For simulating a sender's queued transactions.
     pub fn simulate_tx(&self, state: &dyn StateRead, height: Height, tx: &SignedTx) -> Result<ChangeSet, TxError> {
@@ -255,6 +280,16 @@ impl Executor {
 
     pub(crate) fn evidence(&self) -> &dyn EvidenceVerifier {
         self.evidence.as_ref()
+    }
+}
+
+/// The most a payload can move out of its signer's balance, besides the fee.
+pub fn max_spend(payload: &plexus_types::Payload) -> Amount {
+    use plexus_types::Payload;
+    match payload {
+        Payload::Transfer { amount, .. } | Payload::Stake { amount, .. } | Payload::TopUpSession { amount, .. } => *amount,
+        Payload::OpenSession { deposit, .. } | Payload::SubmitProposal { deposit, .. } => *deposit,
+        _ => 0,
     }
 }
 

@@ -316,7 +316,13 @@ async fn submit<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
             .map_err(|e| ApiError::bad_request("bad_json", format!("expected {{\"tx\": \"<hex>\"}}: {e}")))?;
         decode_tx(&parsed.tx)?
     };
-    let hash = s.chain.submit(tx, true).map_err(|e| {
+    // Admission checks a signature and simulates the sender's queue: off the async workers,
+    // which also run consensus.
+    let chain = s.chain.clone();
+    let submitted = tokio::task::spawn_blocking(move || chain.submit(tx, true))
+        .await
+        .map_err(|e| ApiError::internal(format!("admission task: {e}")))?;
+    let hash = submitted.map_err(|e| {
         s.chain.metrics().txs_rejected.inc();
         submit_error(e)
     })?;
@@ -359,17 +365,21 @@ async fn submit_batch<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'st
     if body.txs.len() > BATCH_TXS_MAX {
         return Err(ApiError::bad_request("batch_too_large", format!("at most {BATCH_TXS_MAX} transactions per batch")));
     }
-    let results = body
-        .txs
-        .iter()
-        .map(|hex_tx| match decode_tx(hex_tx).and_then(|tx| s.chain.submit(tx, true).map_err(submit_error)) {
-            Ok(hash) => BatchResult::Ok { hash },
-            Err(e) => {
-                s.chain.metrics().txs_rejected.inc();
-                BatchResult::Err { error: ErrorBody { code: e.code, message: e.message } }
-            }
-        })
-        .collect();
+    let chain = s.chain.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        body.txs
+            .iter()
+            .map(|hex_tx| match decode_tx(hex_tx).and_then(|tx| chain.submit(tx, true).map_err(submit_error)) {
+                Ok(hash) => BatchResult::Ok { hash },
+                Err(e) => {
+                    chain.metrics().txs_rejected.inc();
+                    BatchResult::Err { error: ErrorBody { code: e.code, message: e.message } }
+                }
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("admission task: {e}")))?;
     Ok(Json(BatchResults { results }))
 }
 

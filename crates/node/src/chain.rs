@@ -27,6 +27,12 @@ use tracing::{debug, info, warn};
 use crate::mempool::{Inserted, Mempool, MempoolConfig, MempoolError};
 use crate::metrics::NodeMetrics;
 
+/// How long building a proposal may take: verifiers spend about as long, and all of it must fit
+/// well inside the leader and notarization timeouts or views time out under load.
+const BUILD_BUDGET: std::time::Duration = std::time::Duration::from_millis(150);
+/// Fewest transactions a proposal may hold whatever the measured cost.
+const BLOCK_TXS_FLOOR: usize = 200;
+
 /// A block executed on top of its parent but not final yet.
 struct Pending {
     header: Header,
@@ -77,6 +83,8 @@ struct Inner<E: Storage + Clock + Metrics + Spawner> {
     pending: Mutex<HashMap<Hash, Arc<Pending>>>,
     epoch_length: u64,
     txs_committed: AtomicU64,
+    /// Moving average of the time to build a proposal, per transaction, in ns.
+    tx_cost_ns: AtomicU64,
     mempool: Mutex<Mempool>,
     finalized_tx: broadcast::Sender<Arc<FinalizedBlock>>,
     gossip: Mutex<Option<Gossip>>,
@@ -161,6 +169,8 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 pending: Mutex::new(HashMap::new()),
                 epoch_length: genesis.params.epoch_length_blocks as u64,
                 txs_committed: AtomicU64::new(txs_committed),
+                // A conservative first guess (a signature check and a few writes) until measured.
+                tx_cost_ns: AtomicU64::new(50_000),
                 mempool: Mutex::new(Mempool::new(mempool)),
                 finalized_tx,
                 gossip: Mutex::new(None),
@@ -244,18 +254,18 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             Store::new(&mut o).account(&tx.tx.signer).nonce
         };
         let pending = self.inner.mempool.lock().expect("mempool lock").pending_of(&tx.tx.signer, account_nonce);
-        // Simulate the sender's pending transactions first so nonce and balance are current.
-        let mut prior = ChangeSet::new();
-        for p in pending.iter().take_while(|p| p.tx.nonce < tx.tx.nonce) {
-            let base = Layered { base: &*view, changes: &prior };
-            match self.inner.executor.simulate_tx(&base, height + 1, p) {
-                // Values are absolute, so later writes simply replace earlier ones.
-                Ok(changes) => prior.extend(changes),
-                Err(_) => break,
-            }
+        let prior: Vec<&Arc<SignedTx>> = pending.iter().take_while(|p| p.tx.nonce < tx.tx.nonce).collect();
+        if prior.is_empty() {
+            // The sender's next transaction: check it fully, for a precise error now.
+            self.inner.executor.check_tx(&*view, height + 1, &tx)?;
+        } else {
+            // Queued behind others: a constant-time check of signature, fee and balance
+            // (simulating the whole queue on every admission is quadratic in its length).
+            let spend = prior
+                .iter()
+                .fold(0u128, |acc, p| acc.saturating_add(p.tx.fee).saturating_add(plexus_execution::max_spend(&p.tx.payload)));
+            self.inner.executor.check_queued(&*view, &tx, spend)?;
         }
-        let base = Layered { base: &*view, changes: &prior };
-        self.inner.executor.check_tx(&base, height + 1, &tx)?;
         drop(view);
         let inserted = self.inner.mempool.lock().expect("mempool lock").insert(tx.clone(), account_nonce)?;
         if let Inserted::Replaced(old) = inserted {
@@ -307,6 +317,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         env: &BlockEnv,
         build: Option<Vec<SignedTx>>,
         txs: &[SignedTx],
+        check_signatures: bool,
     ) -> Option<Result<(Vec<SignedTx>, BlockOutcome, Arc<Speculative>), plexus_execution::BlockError>> {
         let (ancestors, result) = {
             let view = self.inner.state.view();
@@ -330,7 +341,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                             (included, outcome)
                         })
                 }
-                None => self.inner.executor.execute_block(&base, env, txs, true).map(|o| (txs.to_vec(), o)),
+                None => self.inner.executor.execute_block(&base, env, txs, check_signatures).map(|o| (txs.to_vec(), o)),
             };
             (ancestors, result)
         };
@@ -347,6 +358,25 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             .unwrap_or_else(|e| panic!("state store failed; halting: {e}"));
         drop(ancestors);
         Some(Ok((included, outcome, spec)))
+    }
+
+    /// Most transactions to put in the next proposal so that building it (and so verifying it
+    /// elsewhere) stays within [`BUILD_BUDGET`]: from the measured cost per transaction of
+    /// recent proposals. Which transactions a proposer includes is its own choice, so this
+    /// wall-clock measure never affects what any node computes.
+    fn block_txs_budget(&self) -> usize {
+        let ns = self.inner.tx_cost_ns.load(Ordering::Relaxed).max(1);
+        ((BUILD_BUDGET.as_nanos() as u64 / ns) as usize).clamp(BLOCK_TXS_FLOOR, plexus_types::params::limits::BLOCK_TXS_MAX)
+    }
+
+    fn record_build_cost(&self, elapsed: std::time::Duration, txs: usize) {
+        if txs < BLOCK_TXS_FLOOR / 2 {
+            return; // too few to measure the per-transaction cost
+        }
+        let sample = (elapsed.as_nanos() as u64 / txs as u64).max(1);
+        let old = self.inner.tx_cost_ns.load(Ordering::Relaxed);
+        let new = (old * 3 + sample) / 4;
+        self.inner.tx_cost_ns.store(new, Ordering::Relaxed);
     }
 
     fn epoch_of(&self, height: Height) -> u64 {
@@ -379,7 +409,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 // Never saw it before (e.g. caught up from peers): execute it now.
                 let env = BlockEnv { height, proposer: block.header.proposer.clone() };
                 let (_, outcome, spec) = self
-                    .execute_on(&tip_hash, &env, None, &block.txs)
+                    .execute_on(&tip_hash, &env, None, &block.txs, true)
                     .await
                     .expect("the parent of a finalized block is the committed tip")
                     .unwrap_or_else(|e| panic!("finalized block {height} ({hash}) does not execute: {e}; halting"));
@@ -461,10 +491,11 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
             let mut o = Overlay::new(&*view);
             let store = Store::new(&mut o);
             let params = store.params();
-            self.inner.mempool.lock().expect("mempool lock").candidates(|a| store.account(a).nonce, params.max_block_txs as usize * 2)
+            let cap = (params.max_block_txs as usize).min(self.block_txs_budget());
+            self.inner.mempool.lock().expect("mempool lock").candidates(|a| store.account(a).nonce, cap)
         };
         let started = std::time::Instant::now();
-        let (txs, outcome, spec) = match self.execute_on(&parent.hash(), &env, Some(candidates), &[]).await? {
+        let (txs, outcome, spec) = match self.execute_on(&parent.hash(), &env, Some(candidates), &[], false).await? {
             Ok(r) => r,
             Err(e) => {
                 warn!(height, "cannot build on this parent: {e}");
@@ -484,7 +515,9 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
             state_root: spec.root,
         };
         let block = Block { header, txs };
-        self.inner.metrics.build_seconds.observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        self.inner.metrics.build_seconds.observe(elapsed.as_secs_f64());
+        self.record_build_cost(elapsed, block.txs.len());
         let pending = Pending { header: block.header.clone(), changes: outcome.changes.clone(), outcome, spec };
         self.inner.pending.lock().expect("pending lock").insert(block.hash(), Arc::new(pending));
         Some(block)
@@ -514,8 +547,18 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
             return false;
         }
         let started = std::time::Instant::now();
+        // Transactions in our mempool had their signatures checked on admission; check only the
+        // others (half the work of a full block for a validator that saw the gossip).
+        let unverified: Vec<usize> = {
+            let mempool = self.inner.mempool.lock().expect("mempool lock");
+            block.txs.iter().enumerate().filter(|(_, t)| !mempool.contains(&t.hash())).map(|(i, _)| i).collect()
+        };
+        if let Some(i) = unverified.into_iter().find(|&i| !block.txs[i].verify(self.chain_id())) {
+            warn!(height = header.height, %hash, index = i, "rejecting block with a bad transaction signature");
+            return false;
+        }
         let env = BlockEnv { height: header.height, proposer: header.proposer.clone() };
-        let Some(result) = self.execute_on(&header.parent, &env, None, &block.txs).await else {
+        let Some(result) = self.execute_on(&header.parent, &env, None, &block.txs, false).await else {
             warn!(height = header.height, %hash, "rejecting block that does not extend the finalized chain");
             return false;
         };

@@ -74,7 +74,9 @@ where
             let _ = sender.send(Recipients::All, message, false);
         }
     });
-    context.child("gossip_in").spawn(move |_| async move {
+    // Admission checks signatures: its own thread, so a burst of gossip cannot starve
+    // consensus on the shared executor.
+    context.child("gossip_in").dedicated().spawn(move |_| async move {
         loop {
             let Ok((peer, message)) = receiver.recv().await else {
                 warn!("gossip channel closed");
