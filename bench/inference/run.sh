@@ -14,6 +14,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+# Same cargo target directory and model cache as the other scripts.
+source "$ROOT/scripts/lib.sh"
+ensure_system_packages
 CACHE=${PLEXUS_BENCH_CACHE:-$HOME/.cache/plexus/bench}
 THREADS=${BENCH_THREADS:-2}
 LLAMA_VERSION=11434.0.0
@@ -52,8 +55,8 @@ fi
 
 # 3. plexus, release build (target-cpu=native comes from .cargo/config.toml, as for llama.cpp).
 echo "== building plexus (release)"
-(cd "$ROOT" && cargo build --release -p plexus --bin plexus)
-PLEXUS=$ROOT/target/release/plexus
+(cd "$ROOT" && cargo build --release --locked -p plexus --bin plexus)
+PLEXUS=$CARGO_TARGET_DIR/release/plexus
 
 # 4. The models, from the shared cache.
 "$PLEXUS" model pull smollm2-135m-instruct >/dev/null

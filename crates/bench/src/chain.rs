@@ -48,12 +48,16 @@ pub struct Args {
     /// Write the results to this file's "## Chain" section.
     #[arg(long)]
     docs: Option<PathBuf>,
+    /// Keep the devnet's directory (logs, data) instead of deleting it.
+    #[arg(long)]
+    keep: bool,
 }
 
 /// Kills the devnet (and so its nodes) when the benchmark ends, however it ends.
 struct Devnet {
     child: Child,
     home: PathBuf,
+    keep: bool,
 }
 
 impl Drop for Devnet {
@@ -66,7 +70,11 @@ impl Drop for Devnet {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.home);
+        if self.keep {
+            eprintln!("kept the devnet in {}", self.home.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.home);
+        }
     }
 }
 
@@ -88,13 +96,13 @@ fn start_devnet(args: &Args) -> anyhow::Result<(Devnet, Value)> {
         .args(["devnet", "up", "--chain-only", "--validators", &args.validators.to_string()])
         .args(["--base-port", &base.to_string(), "--home"])
         .arg(&home)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot run {}", args.plexus.display()))?;
     let stdout = child.stdout.take().expect("piped");
-    let devnet = Devnet { child, home: home.clone() };
+    let devnet = Devnet { child, home: home.clone(), keep: args.keep };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

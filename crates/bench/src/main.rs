@@ -2,10 +2,13 @@
 //! with the command and the machine, to `docs/benchmarks.md`.
 //!
 //! `plexus-bench chain` starts a devnet on loopback and measures finality latency (idle and
-//! under load) and sustained transfer throughput. Nothing here is asserted: a benchmark
+//! under load) and sustained transfer throughput. `plexus-bench paid` measures what paying per
+//! token costs: the gateway and receipts against the provider and the engine alone, metered
+//! requests per second, and chain bytes per settled session. Nothing here is asserted: a benchmark
 //! reports numbers, it does not pass or fail.
 
 mod chain;
+mod paid;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -21,10 +24,13 @@ struct Cli {
 enum Command {
     /// Finality latency and transfer throughput of a local devnet.
     Chain(chain::Args),
+    /// Protocol overhead of paid inference, metered requests per second, chain bytes per session.
+    Paid(paid::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Chain(args) => chain::run(args),
+        Command::Paid(args) => paid::run(args),
     }
 }
