@@ -188,7 +188,6 @@ where
         schemes,
         page_cache,
         prefix,
-        timeouts: cfg.timeouts.clone(),
         mailbox_size: cfg.mailbox_size,
         wrapper,
         blocker,
@@ -341,7 +340,6 @@ where
     schemes: EpochSchemes,
     page_cache: CacheRef,
     prefix: String,
-    timeouts: crate::Timeouts,
     mailbox_size: NonZeroUsize,
     wrapper: Wrapper<E, C>,
     blocker: B,
@@ -368,7 +366,7 @@ where
         let _ = manager.track(epoch, AddressableTrackedPeers::new(primary, secondary));
         let scheme = self.schemes.get(epoch).expect("registered above");
         let voting = self.schemes.scoped_can_sign(epoch);
-        info!(epoch, validators = peers.validators.len(), voting, floor = %Hash(floor), "entering epoch");
+        info!(epoch, validators = peers.validators.len(), voting, floor = %Hash(floor), leader_timeout = ?peers.timeouts.leader, "entering epoch");
 
         if let Some(old) = self.engine.take() {
             old.abort();
@@ -392,11 +390,11 @@ where
                 replay_buffer: NonZeroUsize::new(1 << 20).expect("non-zero"),
                 write_buffer: NonZeroUsize::new(1 << 20).expect("non-zero"),
                 page_cache: self.page_cache.clone(),
-                leader_timeout: self.timeouts.leader,
-                certification_timeout: self.timeouts.certification,
-                timeout_retry: self.timeouts.retry,
-                view_retention: ViewDelta::new(self.timeouts.view_retention),
-                skip: match self.timeouts.skip {
+                leader_timeout: peers.timeouts.leader,
+                certification_timeout: peers.timeouts.certification,
+                timeout_retry: peers.timeouts.retry,
+                view_retention: ViewDelta::new(peers.timeouts.view_retention),
+                skip: match peers.timeouts.skip {
                     Some(timeout) => SkipPolicy::Enabled { timeout, budget: SkipBudget::Participants },
                     None => SkipPolicy::Disabled,
                 },

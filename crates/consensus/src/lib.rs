@@ -51,13 +51,16 @@ pub struct Round {
     pub leader: Address,
 }
 
-/// Who is connected during an epoch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Who is connected during an epoch, and how the epoch's engine is timed.
+#[derive(Clone, Debug)]
 pub struct EpochPeers {
     /// The epoch's validators and their p2p addresses. Never empty.
     pub validators: Vec<(Address, SocketAddr)>,
     /// Other nodes (providers, full nodes) allowed to connect and follow.
     pub others: Vec<(Address, SocketAddr)>,
+    /// The epoch's consensus timing, from chain parameters when the epoch starts (so a
+    /// parameter change takes effect at the next epoch boundary).
+    pub timeouts: Timeouts,
 }
 
 /// What consensus needs from the chain. Implemented by the node; every method must be
@@ -129,6 +132,8 @@ pub struct Config<C: Chain> {
     pub epoch_length: NonZeroU64,
     /// Prefix of every storage partition consensus creates.
     pub partition_prefix: String,
+    /// Only `block_interval` is read from here; each epoch's timeouts come with its
+    /// [`EpochPeers`].
     pub timeouts: Timeouts,
     /// Capacity of internal mailboxes.
     pub mailbox_size: NonZeroUsize,

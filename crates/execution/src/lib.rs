@@ -13,8 +13,12 @@
 //! bytes and are verified like any other signature.
 
 pub mod genesis;
+pub mod gov;
 pub mod state;
 pub mod v1;
+pub mod v2;
+#[cfg(feature = "faulty-version")]
+pub mod faulty;
 #[cfg(test)]
 mod tests;
 
@@ -23,7 +27,7 @@ use std::fmt;
 use plexus_types::{Address, Amount, Block, Hash, Height, SignedTx};
 use serde::Serialize;
 
-pub use state::{ChangeSet, Overlay, StateRead};
+pub use state::{ChangeSet, Layered, Overlay, StateRead};
 pub use v1::{max_cost, price_of, session_id};
 
 /// Why a transaction's payload failed (the fee is still charged and the nonce still advances).
@@ -105,6 +109,28 @@ pub enum Event {
     SessionClosed { session: Hash, paid: Amount, refunded: Amount },
     EvidenceRecorded { offender: Address, epoch: u64, view: u64, kind: String },
     ValidatorSetChosen { epoch: u64, validators: Vec<Address>, total_stake: Amount },
+    ProposalSubmitted { proposal: u64, proposer: Address, voting_end: Height },
+    Voted { proposal: u64, voter: Address, option: plexus_types::tx::VoteOption },
+    ProposalDecided {
+        proposal: u64,
+        status: gov::ProposalStatus,
+        yes: Amount,
+        no: Amount,
+        abstain: Amount,
+        veto: Amount,
+        /// Paid to the voters from the treasury.
+        voter_rewards: Amount,
+    },
+    ParamChanged { name: String, value: u128 },
+    TreasurySpent { to: Address, amount: Amount },
+    VersionsSignalled { staker: Address, shadow_ok: bool },
+    UpgradeScheduled { upgrade: u64, layer: plexus_types::Layer, version: u16, activation_height: Height },
+    UpgradeActivated { upgrade: u64, layer: plexus_types::Layer, version: u16, height: Height },
+    UpgradeExpired { upgrade: u64, layer: plexus_types::Layer, version: u16 },
+    /// A block failed under a newly activated version and was executed under the previous one.
+    UpgradeAborted { layer: plexus_types::Layer, version: u16, previous: u16, height: Height, reason: String },
+    /// Execution v2: the proposer's share of the block's fees.
+    ProposerRewarded { proposer: Address, amount: Amount },
 }
 
 /// The outcome of one transaction in a block.
@@ -180,7 +206,37 @@ impl fmt::Debug for Executor {
 }
 
 /// Execution versions this binary can run.
-pub const SUPPORTED_EXECUTION_VERSIONS: std::ops::RangeInclusive<u16> = 1..=1;
+#[cfg(not(feature = "faulty-version"))]
+pub const SUPPORTED_EXECUTION_VERSIONS: std::ops::RangeInclusive<u16> = 1..=2;
+/// Execution versions this binary can run (with the test-only faulty version 3).
+#[cfg(feature = "faulty-version")]
+pub const SUPPORTED_EXECUTION_VERSIONS: std::ops::RangeInclusive<u16> = 1..=3;
+
+/// How running a block under one version went wrong.
+enum Failure {
+    /// The block is invalid (bad transaction, wrong height, malformed): the same under any version.
+    Block(BlockError),
+    /// The version broke an invariant or panicked: the version is at fault, not the block.
+    Version(String),
+}
+
+fn classify(result: std::thread::Result<Result<BlockOutcome, BlockError>>) -> Result<BlockOutcome, Failure> {
+    match result {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(BlockError::Invariant(reason))) => Err(Failure::Version(reason)),
+        Ok(Err(e)) => Err(Failure::Block(e)),
+        Err(panic) => Err(Failure::Version(panic_message(&panic))),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    format!("panicked: {text}")
+}
 
 impl Executor {
     pub fn new(chain_id: impl Into<String>, evidence: std::sync::Arc<dyn EvidenceVerifier>) -> Self {
@@ -194,6 +250,11 @@ impl Executor {
     /// Executes a block's transactions on `state` (the parent's post-state). With
     /// `check_signatures` false the caller vouches that every signature was already verified
     /// (e.g. by the mempool on admission).
+    ///
+    /// If the active execution version (above 1) breaks an invariant or panics on this block,
+    /// the block is executed under the previous version instead, and the outcome records the
+    /// upgrade as aborted and sets the previous version active: every node does the same, so the
+    /// chain goes on instead of halting.
     pub fn execute_block(
         &self,
         state: &dyn StateRead,
@@ -207,27 +268,105 @@ impl Executor {
             }
         }
         let version = read_execution_version(state);
+        let run = |v: u16| classify(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_version(v, state, env, txs))));
+        match run(version) {
+            Ok(outcome) => Ok(outcome),
+            Err(Failure::Block(e)) => Err(e),
+            Err(Failure::Version(reason)) if version > 1 => match run(version - 1) {
+                Ok(outcome) => Ok(self.aborted(state, env, outcome, version, &reason)),
+                Err(Failure::Block(e)) => Err(e),
+                Err(Failure::Version(again)) => Err(BlockError::Invariant(format!(
+                    "version {version} failed ({reason}) and so did version {} ({again})",
+                    version - 1
+                ))),
+            },
+            Err(Failure::Version(reason)) => Err(BlockError::Invariant(reason)),
+        }
+    }
+
+    /// Runs one version, with no fallback: what [`Executor::execute_block`] and shadow runs use.
+    fn run_version(&self, version: u16, state: &dyn StateRead, env: &BlockEnv, txs: &[SignedTx]) -> Result<BlockOutcome, BlockError> {
         match version {
             1 => v1::execute_block(self, state, env, txs),
+            2 => v2::execute_block(self, state, env, txs),
+            #[cfg(feature = "faulty-version")]
+            faulty::VERSION => faulty::execute_block(self, state, env, txs),
             v => Err(BlockError::UnsupportedVersion(v)),
         }
     }
 
+    /// Adds the record of an aborted upgrade to an outcome computed under the previous version.
+    fn aborted(&self, state: &dyn StateRead, env: &BlockEnv, mut outcome: BlockOutcome, version: u16, reason: &str) -> BlockOutcome {
+        tracing::warn!(target: "execution", height = env.height, version, "execution version failed ({reason}); running the block under the previous version");
+        let after = Layered { base: state, changes: &outcome.changes };
+        let mut overlay = Overlay::new(&after);
+        let mut store = state::Store::new(&mut overlay);
+        gov::record_abort(&mut store, version, version - 1, env.height, reason, &mut outcome.block_events);
+        let changes = overlay.into_changes();
+        outcome.changes.extend(changes);
+        outcome
+    }
+
+    /// Runs `version` on a block in shadow: nothing is kept; `Err` says how it failed (an
+    /// invariant, a panic, or an invalid block). Nodes run a pending execution version this way
+    /// before signalling that they are ready for it.
+    pub fn shadow(&self, version: u16, state: &dyn StateRead, env: &BlockEnv, txs: &[SignedTx]) -> Result<(), String> {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_version_shadow(version, state, env, txs)));
+        match classify(run) {
+            Ok(_) => Ok(()),
+            Err(Failure::Version(reason)) => Err(reason),
+            Err(Failure::Block(e)) => Err(e.to_string()),
+        }
+    }
+
+    /// A shadow run executes a block under a version its state does not have yet.
+    fn run_version_shadow(&self, version: u16, state: &dyn StateRead, env: &BlockEnv, txs: &[SignedTx]) -> Result<BlockOutcome, BlockError> {
+        let mut versions: plexus_types::VersionVector = read_versions(state);
+        versions.execution = version;
+        let mut changes = ChangeSet::new();
+        changes.insert(state::keys::VERSIONS.to_vec(), Some(plexus_types::codec::to_vec(&versions)));
+        let view = Layered { base: state, changes: &changes };
+        self.run_version(version, &view, env, txs)
+    }
+
     /// Builds a block body from candidate transactions (best first): each is included if it is
     /// admissible on the state left by the ones before it. Returns the included transactions,
-    /// the outcome, and the candidates left out with the reason.
+    /// the outcome, and the candidates left out with the reason. Falls back to the previous
+    /// execution version exactly as [`Executor::execute_block`] does.
     pub fn build_block(
         &self,
         state: &dyn StateRead,
         env: &BlockEnv,
-        candidates: impl IntoIterator<Item = SignedTx>,
+        candidates: Vec<SignedTx>,
         max_txs: usize,
         max_bytes: usize,
     ) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
         let version = read_execution_version(state);
-        match version {
-            1 => Ok(v1::build_block(self, state, env, candidates, max_txs, max_bytes)),
-            v => Err(BlockError::UnsupportedVersion(v)),
+        let build = |v: u16| {
+            let candidates = candidates.clone();
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match v {
+                1 => Ok(v1::build_block(self, state, env, candidates, max_txs, max_bytes)),
+                2 => v2::build_block(self, state, env, candidates, max_txs, max_bytes),
+                #[cfg(feature = "faulty-version")]
+                faulty::VERSION => faulty::build_block(self, state, env, candidates, max_txs, max_bytes),
+                v => Err(BlockError::UnsupportedVersion(v)),
+            }));
+            match run {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(BlockError::Invariant(reason))) => Err(Failure::Version(reason)),
+                Ok(Err(e)) => Err(Failure::Block(e)),
+                Err(panic) => Err(Failure::Version(panic_message(&panic))),
+            }
+        };
+        match build(version) {
+            Ok(r) => Ok(r),
+            Err(Failure::Block(e)) => Err(e),
+            Err(Failure::Version(reason)) if version > 1 => match build(version - 1) {
+                Ok((included, outcome, dropped)) => Ok((included, self.aborted(state, env, outcome, version, &reason), dropped)),
+                Err(Failure::Block(e)) => Err(e),
+                Err(Failure::Version(again)) => Err(BlockError::Invariant(again)),
+            },
+            Err(Failure::Version(reason)) => Err(BlockError::Invariant(reason)),
         }
     }
 
@@ -238,10 +377,8 @@ impl Executor {
         if !tx.verify(&self.chain_id) {
             return Err(TxError::BadSignature);
         }
-        match read_execution_version(state) {
-            1 => v1::check_tx(self, state, height, tx),
-            v => Err(TxError::WouldFail(ExecError::Unsupported("this execution version", v))),
-        }
+        // Admission is the same in every version so far.
+        v1::check_tx(self, state, height, tx)
     }
 
     /// Admission of a transaction queued behind the sender's pending ones (which would move up to
@@ -272,10 +409,7 @@ impl Executor {
     /// Applies one transaction (admission and payload, no block begin/end) to `state` and
     /// returns its writes. For simulating a sender's queued transactions.
     pub fn simulate_tx(&self, state: &dyn StateRead, height: Height, tx: &SignedTx) -> Result<ChangeSet, TxError> {
-        match read_execution_version(state) {
-            1 => v1::simulate_tx(self, state, height, tx),
-            v => Err(TxError::WouldFail(ExecError::Unsupported("this execution version", v))),
-        }
+        v1::simulate_tx(self, state, height, tx)
     }
 
     pub(crate) fn evidence(&self) -> &dyn EvidenceVerifier {
@@ -293,9 +427,13 @@ pub fn max_spend(payload: &plexus_types::Payload) -> Amount {
     }
 }
 
-fn read_execution_version(state: &dyn StateRead) -> u16 {
+fn read_versions(state: &dyn StateRead) -> plexus_types::VersionVector {
     let bytes = state.get(state::keys::VERSIONS).expect("versions are written at genesis");
-    state::decode_record::<plexus_types::VersionVector>(state::keys::VERSIONS, &bytes).execution
+    state::decode_record::<plexus_types::VersionVector>(state::keys::VERSIONS, &bytes)
+}
+
+fn read_execution_version(state: &dyn StateRead) -> u16 {
+    read_versions(state).execution
 }
 
 /// Verifies all signatures of a block at once; returns the index of the first bad one.

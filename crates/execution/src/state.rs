@@ -17,7 +17,7 @@ use commonware_codec::{Buf, Copying, Decode, EncodeSize, Error as CodecError, Fi
 use plexus_types::codec::{read_str, read_vec, str_size, to_vec, write_str};
 use plexus_types::params::limits;
 use plexus_types::tx::{ModelPrice, ProviderInfo};
-use plexus_types::version::{SupportedVersions, VersionVector};
+use plexus_types::version::VersionVector;
 use plexus_types::{Address, Amount, Hash, Height, ModelId, ModelManifest, Params};
 
 use crate::ExecError;
@@ -117,6 +117,7 @@ pub mod table {
     pub const VOTE: u8 = 0x0c;
     pub const SIGNAL: u8 = 0x0d;
     pub const UPGRADE: u8 = 0x0e;
+    pub const PARAM_CHANGES: u8 = 0x0f;
 }
 
 fn key(prefix: u8, body: &[u8]) -> Vec<u8> {
@@ -172,6 +173,9 @@ pub mod keys {
     }
     pub fn upgrade(id: u64) -> Vec<u8> {
         key(table::UPGRADE, &id.to_be_bytes())
+    }
+    pub fn param_changes(h: Height) -> Vec<u8> {
+        key(table::PARAM_CHANGES, &h.to_be_bytes())
     }
     pub const SUPPLY: &[u8] = b"\x00supply";
     pub const VERSIONS: &[u8] = b"\x00versions";
@@ -682,6 +686,14 @@ pub fn audit(map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Supply, String> {
     for (k, v) in scan_table(map, table::SESSION) {
         s.escrow += decode_record::<Session>(k, v).remaining();
     }
+    let open_deposits: Amount = scan_table(map, table::PROPOSAL)
+        .map(|(k, v)| decode_record::<crate::gov::Proposal>(k, v))
+        .filter(|p| p.status == crate::gov::ProposalStatus::Voting)
+        .map(|p| p.deposit)
+        .sum();
+    if open_deposits != recorded.deposits {
+        return Err(format!("open proposals hold {open_deposits} in deposits, the supply says {}", recorded.deposits));
+    }
     if s != recorded {
         return Err(format!("aggregates {recorded:?} differ from records {s:?}"));
     }
@@ -701,7 +713,3 @@ pub fn read_model(store: &Store<'_, '_>, id: &ModelId) -> Option<ModelManifest> 
     store.read(&keys::model(id))
 }
 
-/// Versions supported by a signer, as last signalled.
-pub fn read_signal(store: &Store<'_, '_>, a: &Address) -> Option<SupportedVersions> {
-    store.read(&keys::signal(a))
-}

@@ -25,7 +25,7 @@ struct Chain {
 }
 
 fn params() -> Params {
-    Params { epoch_length_blocks: 10, unbonding_delay_blocks: 5, session_grace_blocks: 3, ..Params::default() }
+    Params { epoch_length_blocks: 10, unbonding_delay_blocks: 5, session_grace_blocks: 3, voting_period_blocks: 10, ..Params::default() }
 }
 
 impl Chain {
@@ -417,5 +417,319 @@ proptest! {
             prop_assert!(audit(&c.state).is_ok(), "{:?}", audit(&c.state));
         }
         for _ in 0..8 { c.block(vec![]); }
+    }
+}
+
+// ---- governance and upgrades ----
+
+mod governance {
+    use super::*;
+    use crate::gov::{self, ProposalStatus, UpgradeStatus};
+    use plexus_types::tx::{ProposalKind, VoteOption};
+    use plexus_types::version::VersionRange;
+    use plexus_types::Layer;
+
+    fn read<T>(c: &Chain, f: impl FnOnce(&Store<'_, '_>) -> T) -> T {
+        let mut o = Overlay::new(&c.state);
+        let s = Store::new(&mut o);
+        f(&s)
+    }
+
+    fn until(c: &mut Chain, height: u64) {
+        while c.height < height {
+            c.block(vec![]);
+        }
+    }
+
+    /// Submits `kind` from account 3 (no stake: anyone may propose) and returns its id.
+    fn propose(c: &mut Chain, kind: ProposalKind) -> u64 {
+        let deposit = params().proposal_deposit_min;
+        let t = c.tx(3, Payload::SubmitProposal { kind, deposit });
+        let out = c.block(vec![t]);
+        assert_eq!(out.results[0].error, None);
+        read(c, |s| gov::meta(s).next_proposal - 1)
+    }
+
+    fn vote(c: &mut Chain, who: usize, id: u64, option: VoteOption) {
+        let t = c.tx(who, Payload::Vote { proposal: id, option });
+        let out = c.block(vec![t]);
+        assert_eq!(out.results[0].error, None, "vote by {who}");
+    }
+
+    fn proposal(c: &Chain, id: u64) -> gov::Proposal {
+        read(c, |s| gov::proposal(s, id).unwrap())
+    }
+
+    /// Collects `n` transaction fees into the treasury.
+    fn fill_treasury(c: &mut Chain, n: usize) {
+        let to = c.addr(3);
+        let txs: Vec<SignedTx> = (0..n).map(|_| c.tx(2, Payload::Transfer { to: to.clone(), amount: 1 })).collect();
+        c.block(txs);
+    }
+
+    fn signal(c: &mut Chain, who: usize, execution_max: u16, shadow_ok: bool) {
+        let versions = SupportedVersions { execution: VersionRange { min: 1, max: execution_max }, ..SupportedVersions::V1_ONLY };
+        let t = c.tx(who, Payload::SignalVersions { versions, shadow_ok });
+        let out = c.block(vec![t]);
+        assert_eq!(out.results[0].error, None);
+    }
+
+    #[test]
+    fn passed_parameter_change_applies_at_its_height_and_voters_are_paid() {
+        let mut c = Chain::new(4);
+        fill_treasury(&mut c, 30);
+        let proposer_before = c.balance(3);
+        let voting = params().voting_period_blocks as u64;
+        let effective = c.height + 1 + voting + 5;
+        let id = propose(&mut c, ProposalKind::ParamChange { name: "min_tx_fee".into(), value: 2_000, effective_height: effective });
+        let deposit = params().proposal_deposit_min;
+        assert_eq!(c.balance(3), proposer_before - deposit - 1_000, "deposit and fee taken");
+        assert_eq!(read(&c, |s| s.supply().deposits), deposit);
+        vote(&mut c, 0, id, VoteOption::No);
+        vote(&mut c, 1, id, VoteOption::Yes);
+        vote(&mut c, 0, id, VoteOption::Yes); // a later vote replaces the earlier one
+        let (v0, v1) = (c.balance(0), c.balance(1));
+        let end = proposal(&c, id).voting_end;
+        until(&mut c, end);
+        let p = proposal(&c, id);
+        assert_eq!(p.status, ProposalStatus::Passed);
+        assert_eq!(p.yes, 3 * params().min_stake);
+        assert_eq!((p.no, p.abstain, p.veto), (0, 0, 0));
+        assert_eq!(c.balance(3), proposer_before - 1_000, "deposit refunded");
+        assert_eq!((c.balance(0), c.balance(1)), (v0 + params().voter_reward, v1 + params().voter_reward));
+        assert_eq!(read(&c, |s| s.supply().deposits), 0);
+        until(&mut c, effective - 1);
+        assert_eq!(read(&c, |s| s.params().min_tx_fee), 1_000, "not before its height");
+        c.block(vec![]);
+        assert_eq!(read(&c, |s| s.params().min_tx_fee), 2_000);
+        // A transaction at the old minimum is now refused.
+        let to = c.addr(1);
+        let t = c.tx(0, Payload::Transfer { to, amount: 1 });
+        assert!(matches!(c.try_block(vec![t]), Err(BlockError::Tx { error: TxError::FeeTooLow { .. }, .. })));
+    }
+
+    #[test]
+    fn veto_burns_the_deposit_and_no_quorum_refunds_it() {
+        let mut c = Chain::new(4);
+        let id = propose(&mut c, ProposalKind::Text { text: "rename the token".into() });
+        vote(&mut c, 1, id, VoteOption::NoWithVeto); // 2/3 of the stake
+        vote(&mut c, 0, id, VoteOption::Yes);
+        let end = proposal(&c, id).voting_end;
+        until(&mut c, end);
+        assert_eq!(proposal(&c, id).status, ProposalStatus::Vetoed);
+        let supply = read(&c, |s| s.supply());
+        assert_eq!(supply.burned, params().proposal_deposit_min, "a vetoed deposit is burned");
+
+        let before = c.balance(3);
+        let id = propose(&mut c, ProposalKind::Text { text: "nobody cares".into() });
+        let end = proposal(&c, id).voting_end;
+        until(&mut c, end);
+        assert_eq!(proposal(&c, id).status, ProposalStatus::NoQuorum);
+        assert_eq!(c.balance(3), before - 1_000, "refunded, only the fee is gone");
+
+        // Rejected: more no than yes.
+        let id = propose(&mut c, ProposalKind::Text { text: "maybe".into() });
+        vote(&mut c, 1, id, VoteOption::No);
+        vote(&mut c, 0, id, VoteOption::Yes);
+        let end = proposal(&c, id).voting_end;
+        until(&mut c, end);
+        assert_eq!(proposal(&c, id).status, ProposalStatus::Rejected);
+    }
+
+    #[test]
+    fn bad_proposals_and_votes_are_refused() {
+        let mut c = Chain::new(4);
+        let deposit = params().proposal_deposit_min;
+        let bad = [
+            ProposalKind::ParamChange { name: "epoch_length_blocks".into(), value: 20, effective_height: 1_000 },
+            ProposalKind::ParamChange { name: "no_such_param".into(), value: 1, effective_height: 1_000 },
+            ProposalKind::ParamChange { name: "quorum_bps".into(), value: 20_000, effective_height: 1_000 },
+            ProposalKind::ParamChange { name: "quorum_bps".into(), value: 100, effective_height: 2 },
+            ProposalKind::Upgrade { layer: Layer::Execution, version: 3, activation_height: 1_000, deadline_height: 2_000 },
+            ProposalKind::Upgrade { layer: Layer::Execution, version: 2, activation_height: 1_000, deadline_height: 900 },
+            ProposalKind::TreasurySpend { to: PrivateKey::from_seed(0).address(), amount: 0 },
+            ProposalKind::Text { text: "  ".into() },
+        ];
+        for kind in bad {
+            let t = c.tx(3, Payload::SubmitProposal { kind: kind.clone(), deposit });
+            assert!(c.block(vec![t]).results[0].error.is_some(), "{kind:?} must be refused");
+        }
+        let t = c.tx(3, Payload::SubmitProposal { kind: ProposalKind::Text { text: "x".into() }, deposit: deposit - 1 });
+        assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("proposal_deposit_min"));
+        let id = propose(&mut c, ProposalKind::Text { text: "x".into() });
+        let t = c.tx(3, Payload::Vote { proposal: id, option: VoteOption::Yes });
+        assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("bonded stake"));
+        let t = c.tx(0, Payload::Vote { proposal: id + 7, option: VoteOption::Yes });
+        assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("not found"));
+        let t = c.tx(3, Payload::SignalVersions { versions: SupportedVersions::V1_ONLY, shadow_ok: true });
+        assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("stakers"));
+    }
+
+    #[test]
+    fn treasury_spends_pay_only_what_the_treasury_holds() {
+        let mut c = Chain::new(4);
+        fill_treasury(&mut c, 30);
+        let to = c.addr(2);
+        let id = propose(&mut c, ProposalKind::TreasurySpend { to: to.clone(), amount: 1_000_000 * PLX });
+        vote(&mut c, 1, id, VoteOption::Yes);
+        let before = c.balance(2);
+        let end = proposal(&c, id).voting_end;
+        until(&mut c, end);
+        let p = proposal(&c, id);
+        assert_eq!(p.status, ProposalStatus::Passed);
+        assert!(p.outcome.contains("not paid"), "{}", p.outcome);
+        assert_eq!(c.balance(2), before);
+        let treasury = read(&c, |s| s.supply().treasury);
+        let id = propose(&mut c, ProposalKind::TreasurySpend { to, amount: treasury / 2 });
+        vote(&mut c, 1, id, VoteOption::Yes);
+        let end = proposal(&c, id).voting_end;
+        until(&mut c, end);
+        assert_eq!(c.balance(2), before + treasury / 2);
+    }
+
+    fn upgrade_to_v2(c: &mut Chain) -> (u64, u64) {
+        let voting = params().voting_period_blocks as u64;
+        let activation = c.height + 1 + voting + 3;
+        let id = propose(
+            c,
+            ProposalKind::Upgrade { layer: Layer::Execution, version: 2, activation_height: activation, deadline_height: activation + 40 },
+        );
+        vote(c, 0, id, VoteOption::Yes);
+        vote(c, 1, id, VoteOption::Yes);
+        let end = proposal(c, id).voting_end;
+        until(c, end);
+        assert_eq!(proposal(c, id).status, ProposalStatus::Passed);
+        let upgrade = read(c, |s| gov::meta(s).pending[0]);
+        (upgrade, activation)
+    }
+
+    #[test]
+    fn an_upgrade_waits_for_two_thirds_readiness_then_runs_version_two() {
+        let mut c = Chain::new(4);
+        let (uid, activation) = upgrade_to_v2(&mut c);
+        // Only validator 1 (2/3 of the stake, 6666 bps) is ready: not enough, it waits.
+        signal(&mut c, 1, 2, true);
+        until(&mut c, activation + 2);
+        let u = read(&c, |s| gov::upgrade(s, uid).unwrap());
+        assert_eq!((u.status, u.ready_bps), (UpgradeStatus::Pending, 6_666));
+        assert_eq!(read(&c, |s| s.versions().execution), 1);
+        // A signal without a passing shadow run does not count.
+        signal(&mut c, 0, 2, false);
+        assert_eq!(read(&c, |s| gov::upgrade(s, uid).unwrap().status), UpgradeStatus::Pending);
+        signal(&mut c, 0, 2, true);
+        let u = read(&c, |s| gov::upgrade(s, uid).unwrap());
+        assert_eq!(u.status, UpgradeStatus::Active);
+        assert_eq!(read(&c, |s| s.versions().execution), 2);
+        assert_eq!(u.activated_height, c.height + 1);
+        // Version 2 pays the proposer (account 0) half of the block's fees.
+        let before = c.balance(0);
+        let (a2, a3) = (c.addr(2), c.addr(3));
+        let txs = vec![c.tx(2, Payload::Transfer { to: a3, amount: 1 }), c.tx(3, Payload::Transfer { to: a2, amount: 1 })];
+        let out = c.block(txs);
+        assert!(out.block_events.iter().any(|e| matches!(e, Event::ProposerRewarded { amount: 1_000, .. })), "{:?}", out.block_events);
+        assert_eq!(c.balance(0), before + 1_000);
+    }
+
+    #[test]
+    fn an_upgrade_that_is_never_ready_expires_without_a_halt() {
+        let mut c = Chain::new(4);
+        let (uid, activation) = upgrade_to_v2(&mut c);
+        until(&mut c, activation + 40);
+        let u = read(&c, |s| gov::upgrade(s, uid).unwrap());
+        assert_eq!(u.status, UpgradeStatus::Expired);
+        assert!(u.note.contains("readiness 0 bps"), "{}", u.note);
+        assert_eq!(read(&c, |s| s.versions().execution), 1);
+        let to = c.addr(3);
+        let t = c.tx(2, Payload::Transfer { to, amount: 1 });
+        c.block(vec![t]);
+    }
+
+    #[test]
+    fn shadow_runs_report_failures_without_keeping_anything() {
+        let c = Chain::new(4);
+        let env = BlockEnv { height: 1, proposer: c.addr(0) };
+        assert_eq!(c.exec.shadow(2, &c.state, &env, &[]), Ok(()));
+        assert!(c.exec.shadow(99, &c.state, &env, &[]).unwrap_err().contains("not supported"));
+    }
+
+    #[cfg(feature = "faulty-version")]
+    #[test]
+    fn a_faulty_version_rolls_back_by_itself_and_the_chain_goes_on() {
+        let mut c = Chain::new(4);
+        let (_, activation) = upgrade_to_v2(&mut c);
+        signal(&mut c, 0, 3, true);
+        signal(&mut c, 1, 3, true);
+        until(&mut c, activation + 1);
+        assert_eq!(read(&c, |s| s.versions().execution), 2);
+        // Now the faulty version 3.
+        let voting = params().voting_period_blocks as u64;
+        let at = c.height + 1 + voting + 2;
+        let id = propose(&mut c, ProposalKind::Upgrade { layer: Layer::Execution, version: 3, activation_height: at, deadline_height: at + 20 });
+        vote(&mut c, 1, id, VoteOption::Yes);
+        until(&mut c, at + 1);
+        assert_eq!(read(&c, |s| s.versions().execution), 3);
+        let uid = read(&c, |s| gov::meta(s).last_activated[2]);
+        // Empty blocks pass under v3; the first block with a transaction breaks conservation.
+        c.block(vec![]);
+        let before = c.balance(3);
+        let to = c.addr(3);
+        let t = c.tx(2, Payload::Transfer { to, amount: 5 });
+        let out = c.block(vec![t]);
+        assert!(out.block_events.iter().any(|e| matches!(e, Event::UpgradeAborted { version: 3, previous: 2, .. })));
+        assert_eq!(out.results[0].error, None, "the block's transactions still applied, under version 2");
+        assert_eq!(c.balance(3), before + 5);
+        assert_eq!(read(&c, |s| s.versions().execution), 2);
+        let u = read(&c, |s| gov::upgrade(s, uid).unwrap());
+        assert_eq!(u.status, UpgradeStatus::Aborted);
+        assert!(u.note.contains("supply not conserved"), "{}", u.note);
+        // And blocks keep coming under version 2 (the audit in `block` checks every one).
+        let to = c.addr(2);
+        let t = c.tx(3, Payload::Transfer { to, amount: 1 });
+        c.block(vec![t]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+        /// Whatever the votes, deposits are held exactly while voting and leave exactly once
+        /// (refunded or burned), the tally follows the rules, and supply is conserved.
+        #[test]
+        fn tallies_and_deposits_follow_the_rules(votes in proptest::collection::vec((0usize..2, 0u8..5), 0..6), extra in 0u128..3) {
+            let mut c = Chain::new(4);
+            // Give account 2 some stake so three voters weigh differently.
+            let t = c.tx(2, Payload::Stake { amount: params().min_stake * (extra + 1), p2p_address: String::new() });
+            c.block(vec![t]);
+            let id = propose(&mut c, ProposalKind::Text { text: "p".into() });
+            let mut last = BTreeMap::new();
+            for (who, choice) in votes {
+                let who = if choice == 4 { 2 } else { who };
+                let option = [VoteOption::Yes, VoteOption::No, VoteOption::Abstain, VoteOption::NoWithVeto, VoteOption::Yes][choice as usize];
+                vote(&mut c, who, id, option);
+                last.insert(who, option);
+            }
+            prop_assert_eq!(read(&c, |s| s.supply().deposits), params().proposal_deposit_min);
+            let burned_before = read(&c, |s| s.supply().burned);
+            let end = proposal(&c, id).voting_end;
+        until(&mut c, end);
+            let p = proposal(&c, id);
+            let stake = |i: usize| read(&c, |s| s.stake(&c.addr(i)).bonded);
+            let weight = |o: VoteOption| last.iter().filter(|(_, v)| **v == o).map(|(w, _)| stake(*w)).sum::<Amount>();
+            let (yes, no, abstain, veto) = (weight(VoteOption::Yes), weight(VoteOption::No), weight(VoteOption::Abstain), weight(VoteOption::NoWithVeto));
+            prop_assert_eq!((p.yes, p.no, p.abstain, p.veto), (yes, no, abstain, veto));
+            let bonded = read(&c, |s| s.supply().bonded);
+            let voted = yes + no + abstain + veto;
+            let expected = if voted == 0 || voted * 10_000 < bonded * 3_340 {
+                ProposalStatus::NoQuorum
+            } else if veto * 10_000 >= voted * 3_340 {
+                ProposalStatus::Vetoed
+            } else if yes * 10_000 > (yes + no + veto) * 5_000 {
+                ProposalStatus::Passed
+            } else {
+                ProposalStatus::Rejected
+            };
+            prop_assert_eq!(p.status, expected);
+            prop_assert_eq!(read(&c, |s| s.supply().deposits), 0);
+            let burned = read(&c, |s| s.supply().burned) - burned_before;
+            prop_assert_eq!(burned, if expected == ProposalStatus::Vetoed { params().proposal_deposit_min } else { 0 });
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Execution version 1. Never edited once a network has run it: a change of behaviour is a new
 //! module beside this one, selected by the execution version in state.
 //!
-//! Block order: mature unbondings and session refunds due at this height, then the
-//! transactions in order, then (at the last block of an epoch) the next epoch's validator set.
+//! Block order: parameter changes due at this height, mature unbondings and session refunds,
+//! then the transactions in order, then governance (votes closing here, upgrades activating or
+//! expiring), then (at the last block of an epoch) the next epoch's validator set.
 
 use plexus_types::params::limits;
 use plexus_types::tx::{ModelPrice, Payload};
@@ -14,7 +15,6 @@ use crate::state::{
 };
 use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, TxError, TxResult};
 
-const VERSION: u16 = 1;
 
 pub(crate) fn execute_block(
     exec: &Executor,
@@ -107,8 +107,10 @@ fn begin_block(overlay: &mut Overlay<'_>, env: &BlockEnv) -> Result<(Params, Vec
     if env.height != chain.height + 1 {
         return Err(BlockError::Height { state: chain.height, got: env.height });
     }
-    let params = store.params();
+    // Parameter changes due at this height apply to this block.
     let mut events = Vec::new();
+    crate::gov::begin_block(&mut store, env.height, &mut events)?;
+    let params = store.params();
     mature_unbonding(&mut store, env.height, &mut events)?;
     refund_expired_sessions(&mut store, env.height, &mut events)?;
     Ok((params, events))
@@ -116,6 +118,7 @@ fn begin_block(overlay: &mut Overlay<'_>, env: &BlockEnv) -> Result<(Params, Vec
 
 fn end_block(overlay: &mut Overlay<'_>, params: &Params, env: &BlockEnv, events: &mut Vec<Event>) -> Result<(), BlockError> {
     let mut store = Store::new(overlay);
+    crate::gov::end_block(&mut store, params, env, events)?;
     let mut chain = store.chain();
     chain.height = env.height;
     if params.is_epoch_last(env.height) {
@@ -442,8 +445,10 @@ fn apply_payload(
                 kind: proof.kind.to_string(),
             });
         }
-        Payload::SubmitProposal { .. } | Payload::Vote { .. } | Payload::SignalVersions { .. } => {
-            return Err(ExecError::Unsupported("governance", VERSION));
+        Payload::SubmitProposal { kind, deposit } => crate::gov::submit(store, params, env, signer, kind, *deposit, events)?,
+        Payload::Vote { proposal, option } => crate::gov::vote(store, env, signer, *proposal, *option, events)?,
+        Payload::SignalVersions { versions, shadow_ok } => {
+            crate::gov::signal_versions(store, env, signer, *versions, *shadow_ok, events)?
         }
     }
     Ok(())

@@ -103,6 +103,10 @@ where
         .route("/chain/v1/sessions", get(sessions::<E>))
         .route("/chain/v1/sessions/{id}", get(session::<E>))
         .route("/chain/v1/evidence", get(evidence::<E>))
+        .route("/chain/v1/proposals", get(proposals::<E>))
+        .route("/chain/v1/proposals/{id}", get(proposal::<E>))
+        .route("/chain/v1/upgrades", get(upgrades::<E>))
+        .route("/chain/v1/signals", get(signals::<E>))
         .route("/chain/v1/stream", get(stream::<E>))
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
@@ -142,6 +146,10 @@ struct StatusBody<'a> {
     versions: plexus_types::VersionVector,
     mempool_txs: usize,
     node: &'a NodeInfo,
+    /// Upgrades approved and not yet active, with their readiness now.
+    pending_upgrades: Vec<UpgradeBody>,
+    /// What this node's binary supports, and its shadow runs.
+    upgrade_node: NodeUpgradeState,
 }
 
 async fn status<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
@@ -168,6 +176,12 @@ async fn status<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
         versions,
         mempool_txs: s.chain.mempool_len(),
         node: &s.node,
+        pending_upgrades: upgrades_body(&s)
+            .upgrades
+            .into_iter()
+            .filter(|u| u.upgrade.status == plexus_execution::gov::UpgradeStatus::Pending)
+            .collect(),
+        upgrade_node: node_upgrade_state(&s),
     })
     .into_response())
 }
@@ -598,6 +612,156 @@ async fn evidence<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<Ap
     let view = s.chain.state().view();
     let evidence = scan_table(view.map(), st::table::EVIDENCE).map(|(k, v)| st::decode_record::<st::EvidenceRecord>(k, v)).collect();
     Json(EvidenceBody { evidence })
+}
+
+// ---- governance ----
+
+#[derive(Serialize)]
+struct ProposalBody {
+    id: u64,
+    #[serde(flatten)]
+    proposal: plexus_execution::gov::Proposal,
+}
+
+#[derive(Serialize)]
+struct ProposalsBody {
+    proposals: Vec<ProposalBody>,
+}
+
+/// Most proposals listed at once (newest first).
+const PROPOSALS_LIST_MAX: usize = 200;
+
+async fn proposals<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<ProposalsBody> {
+    let view = s.chain.state().view();
+    let mut list: Vec<ProposalBody> = scan_table(view.map(), st::table::PROPOSAL)
+        .map(|(k, v)| ProposalBody {
+            id: u64::from_be_bytes(k[1..9].try_into().expect("proposal keys hold a u64")),
+            proposal: st::decode_record(k, v),
+        })
+        .collect();
+    list.reverse();
+    list.truncate(PROPOSALS_LIST_MAX);
+    Json(ProposalsBody { proposals: list })
+}
+
+#[derive(Serialize)]
+struct VoteBody {
+    voter: Address,
+    option: Option<plexus_types::tx::VoteOption>,
+    stake: Amount,
+}
+
+#[derive(Serialize)]
+struct ProposalDetail {
+    id: u64,
+    #[serde(flatten)]
+    proposal: plexus_execution::gov::Proposal,
+    /// Votes cast so far (while voting), with the voters' current stake.
+    votes: Vec<VoteBody>,
+    voting_blocks_left: u64,
+}
+
+async fn proposal<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
+    State(s): State<Arc<ApiState<E>>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ProposalDetail>> {
+    let id: u64 = id.parse().map_err(|e| ApiError::bad_request("bad_argument", format!("proposal id: {e}")))?;
+    let height = s.chain.tip().0;
+    let found = s.chain.read(|store| {
+        let p = plexus_execution::gov::proposal(store, id)?;
+        let votes = p
+            .voters
+            .iter()
+            .map(|v| VoteBody {
+                voter: v.clone(),
+                option: store.read(&st::keys::vote(id, v)),
+                stake: store.stake(v).bonded,
+            })
+            .collect();
+        Some((p, votes))
+    });
+    let (proposal, votes) = found.ok_or_else(|| ApiError::not_found(format!("proposal {id}")))?;
+    let voting_blocks_left = if proposal.status == plexus_execution::gov::ProposalStatus::Voting {
+        proposal.voting_end.saturating_sub(height)
+    } else {
+        0
+    };
+    Ok(Json(ProposalDetail { id, proposal, votes, voting_blocks_left }))
+}
+
+#[derive(Serialize)]
+struct UpgradeBody {
+    id: u64,
+    #[serde(flatten)]
+    upgrade: plexus_execution::gov::Upgrade,
+    /// For pending upgrades: readiness now, in basis points of candidate stake.
+    ready_bps_now: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct UpgradesBody {
+    versions: plexus_types::VersionVector,
+    readiness_needed_bps: u128,
+    upgrades: Vec<UpgradeBody>,
+    /// This node's binary and shadow runs.
+    node: NodeUpgradeState,
+}
+
+#[derive(Serialize)]
+struct NodeUpgradeState {
+    supported: plexus_types::version::SupportedVersions,
+    shadow_version: u16,
+    shadow_blocks_passed: u64,
+    shadow_failure: Option<String>,
+}
+
+fn node_upgrade_state<E: Storage + Clock + Metrics + Spawner>(s: &ApiState<E>) -> NodeUpgradeState {
+    let (shadow_version, shadow_blocks_passed, shadow_failure) = s.chain.shadow_state();
+    NodeUpgradeState { supported: crate::supported_versions(), shadow_version, shadow_blocks_passed, shadow_failure }
+}
+
+fn upgrades_body<E: Storage + Clock + Metrics + Spawner>(s: &ApiState<E>) -> UpgradesBody {
+    let (versions, readiness_needed_bps, upgrades) = s.chain.read(|store| {
+        let mut list = Vec::new();
+        let meta = plexus_execution::gov::meta(store);
+        for id in 0..meta.next_upgrade {
+            if let Some(u) = plexus_execution::gov::upgrade(store, id) {
+                let now = (u.status == plexus_execution::gov::UpgradeStatus::Pending)
+                    .then(|| plexus_execution::gov::readiness(store, u.layer, u.version));
+                list.push(UpgradeBody { id, upgrade: u, ready_bps_now: now });
+            }
+        }
+        (store.versions(), store.params().upgrade_readiness_bps, list)
+    });
+    UpgradesBody { versions, readiness_needed_bps, upgrades, node: node_upgrade_state(s) }
+}
+
+async fn upgrades<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<UpgradesBody> {
+    Json(upgrades_body(&s))
+}
+
+#[derive(Serialize)]
+struct SignalBody {
+    staker: Address,
+    stake: Amount,
+    signal: Option<plexus_execution::gov::Signal>,
+}
+
+#[derive(Serialize)]
+struct SignalsBody {
+    signals: Vec<SignalBody>,
+}
+
+async fn signals<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<SignalsBody> {
+    let signals = s.chain.read(|store| {
+        let stakers: st::AddressList = store.read(st::keys::STAKERS).unwrap_or_default();
+        stakers
+            .0
+            .iter()
+            .map(|a| SignalBody { staker: a.clone(), stake: store.stake(a).bonded, signal: plexus_execution::gov::signal(store, a) })
+            .collect()
+    });
+    Json(SignalsBody { signals })
 }
 
 /// `GET /chain/v1/stream`: every finalized block with its transaction results and events, as

@@ -33,6 +33,26 @@ const BUILD_BUDGET: std::time::Duration = std::time::Duration::from_millis(150);
 /// Fewest transactions a proposal may hold whatever the measured cost.
 const BLOCK_TXS_FLOOR: usize = 200;
 
+/// Shadow runs of a pending execution version: how many blocks passed, the first failure.
+#[derive(Default)]
+struct Shadow {
+    version: u16,
+    passed: u64,
+    failure: Option<String>,
+}
+
+/// Blocks a pending execution version must pass in shadow before this node signals readiness.
+pub const SHADOW_BLOCKS_MIN: u64 = 3;
+
+/// A block body executed on its parent's state.
+struct Executed {
+    txs: Vec<SignedTx>,
+    outcome: BlockOutcome,
+    spec: Arc<Speculative>,
+    /// The versions it ran under (its parent's post-state).
+    versions: VersionVector,
+}
+
 /// A block executed on top of its parent but not final yet.
 struct Pending {
     header: Header,
@@ -85,6 +105,7 @@ struct Inner<E: Storage + Clock + Metrics + Spawner> {
     txs_committed: AtomicU64,
     /// Moving average of the time to build a proposal, per transaction, in ns.
     tx_cost_ns: AtomicU64,
+    shadow: Mutex<Shadow>,
     mempool: Mutex<Mempool>,
     finalized_tx: broadcast::Sender<Arc<FinalizedBlock>>,
     gossip: Mutex<Option<Gossip>>,
@@ -139,11 +160,11 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             let mut o = Overlay::new(&*view);
             Store::new(&mut o).versions()
         };
-        if !crate::SUPPORTED_VERSIONS.supports(&versions) {
+        let supported = crate::supported_versions();
+        if !supported.supports(&versions) {
             return Err(plexus_store::StoreError::Unsupported(format!(
-                "this chain runs versions {versions:?}, outside what this binary supports ({:?}); \
-                 install a newer plexus binary",
-                crate::SUPPORTED_VERSIONS
+                "this chain runs versions {versions:?}, outside what this binary supports ({supported:?}); \
+                 install a newer plexus binary"
             )));
         }
         let height = state.committed().0.expect("genesis is committed");
@@ -171,6 +192,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 txs_committed: AtomicU64::new(txs_committed),
                 // A conservative first guess (a signature check and a few writes) until measured.
                 tx_cost_ns: AtomicU64::new(50_000),
+                shadow: Mutex::new(Shadow::default()),
                 mempool: Mutex::new(Mempool::new(mempool)),
                 finalized_tx,
                 gossip: Mutex::new(None),
@@ -318,8 +340,8 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         build: Option<Vec<SignedTx>>,
         txs: &[SignedTx],
         check_signatures: bool,
-    ) -> Option<Result<(Vec<SignedTx>, BlockOutcome, Arc<Speculative>), plexus_execution::BlockError>> {
-        let (ancestors, result) = {
+    ) -> Option<Result<Executed, plexus_execution::BlockError>> {
+        let (ancestors, result, versions) = {
             let view = self.inner.state.view();
             let committed = (view.height().expect("genesis is committed"), view.block());
             let ancestors = self.pending_chain(parent, committed)?;
@@ -328,6 +350,11 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 merged.extend(p.changes.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
             let base = Layered { base: &*view, changes: &merged };
+            // The versions the block runs under: those of its parent's post-state.
+            let versions = {
+                let mut o = Overlay::new(&base);
+                Store::new(&mut o).versions()
+            };
             let result = match build {
                 Some(candidates) => {
                     let params = plexus_execution::params(&base);
@@ -343,7 +370,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 }
                 None => self.inner.executor.execute_block(&base, env, txs, check_signatures).map(|o| (txs.to_vec(), o)),
             };
-            (ancestors, result)
+            (ancestors, result, versions)
         };
         let (included, outcome) = match result {
             Ok(r) => r,
@@ -357,7 +384,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             .await
             .unwrap_or_else(|e| panic!("state store failed; halting: {e}"));
         drop(ancestors);
-        Some(Ok((included, outcome, spec)))
+        Some(Ok(Executed { txs: included, outcome, spec, versions }))
     }
 
     /// Most transactions to put in the next proposal so that building it (and so verifying it
@@ -388,8 +415,53 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         self.inner.epoch_length
     }
 
-    fn versions(&self) -> VersionVector {
-        self.read(|s| s.versions())
+    /// The execution version an approved upgrade is waiting to activate, if any.
+    pub fn pending_execution_upgrade(&self) -> Option<u16> {
+        self.read(|store| {
+            let meta = plexus_execution::gov::meta(store);
+            meta.pending
+                .iter()
+                .filter_map(|id| plexus_execution::gov::upgrade(store, *id))
+                .find(|u| u.layer == plexus_types::Layer::Execution && u.status == plexus_execution::gov::UpgradeStatus::Pending)
+                .map(|u| u.version)
+        })
+    }
+
+    /// Whether this node's shadow runs of execution `version` have passed on recent blocks.
+    pub fn shadow_ok(&self, version: u16) -> bool {
+        let s = self.inner.shadow.lock().expect("shadow lock");
+        s.version == version && s.failure.is_none() && s.passed >= SHADOW_BLOCKS_MIN
+    }
+
+    /// What the last shadow runs found: (version, blocks passed, first failure).
+    pub fn shadow_state(&self) -> (u16, u64, Option<String>) {
+        let s = self.inner.shadow.lock().expect("shadow lock");
+        (s.version, s.passed, s.failure.clone())
+    }
+
+    /// Runs a pending execution version this binary supports on `block` (on its parent's
+    /// state, the committed tip) and remembers how it went.
+    fn shadow_run(&self, block: &Block) {
+        let Some(version) = self.pending_execution_upgrade() else { return };
+        if !crate::supported_versions().execution.contains(version) {
+            return;
+        }
+        let env = BlockEnv { height: block.header.height, proposer: block.header.proposer.clone() };
+        let result = {
+            let view = self.inner.state.view();
+            self.inner.executor.shadow(version, &*view, &env, &block.txs)
+        };
+        let mut s = self.inner.shadow.lock().expect("shadow lock");
+        if s.version != version {
+            *s = Shadow { version, passed: 0, failure: None };
+        }
+        match result {
+            Ok(()) => s.passed += 1,
+            Err(reason) => {
+                warn!(height = block.header.height, version, "shadow run of the pending execution version failed: {reason}");
+                s.failure.get_or_insert(format!("height {}: {reason}", block.header.height));
+            }
+        }
     }
 
     /// Applies a finalized block: archive, commit state, publish. Idempotent by height.
@@ -408,7 +480,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             None => {
                 // Never saw it before (e.g. caught up from peers): execute it now.
                 let env = BlockEnv { height, proposer: block.header.proposer.clone() };
-                let (_, outcome, spec) = self
+                let Executed { outcome, spec, .. } = self
                     .execute_on(&tip_hash, &env, None, &block.txs, true)
                     .await
                     .expect("the parent of a finalized block is the committed tip")
@@ -417,6 +489,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 Arc::new(Pending { header: block.header.clone(), changes: outcome.changes.clone(), outcome, spec })
             }
         };
+        self.shadow_run(block);
         let finalized = Arc::new(FinalizedBlock {
             height,
             hash,
@@ -495,7 +568,7 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
             self.inner.mempool.lock().expect("mempool lock").candidates(|a| store.account(a).nonce, cap)
         };
         let started = std::time::Instant::now();
-        let (txs, outcome, spec) = match self.execute_on(&parent.hash(), &env, Some(candidates), &[], false).await? {
+        let Executed { txs, outcome, spec, versions } = match self.execute_on(&parent.hash(), &env, Some(candidates), &[], false).await? {
             Ok(r) => r,
             Err(e) => {
                 warn!(height, "cannot build on this parent: {e}");
@@ -510,7 +583,7 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
             view: round.view,
             proposer: round.leader,
             timestamp_ms: (self.inner.now_ms)(),
-            versions: self.versions(),
+            versions,
             txs_root: txs_root(&txs),
             state_root: spec.root,
         };
@@ -542,10 +615,6 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
             warn!(height = header.height, epoch = header.epoch, "rejecting block from the wrong epoch");
             return false;
         }
-        if header.versions != self.versions() {
-            warn!(height = header.height, "rejecting block with the wrong version vector");
-            return false;
-        }
         let started = std::time::Instant::now();
         // Transactions in our mempool had their signatures checked on admission; check only the
         // others (half the work of a full block for a validator that saw the gossip).
@@ -562,13 +631,17 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
             warn!(height = header.height, %hash, "rejecting block that does not extend the finalized chain");
             return false;
         };
-        let (_, outcome, spec) = match result {
+        let Executed { outcome, spec, versions, .. } = match result {
             Ok(r) => r,
             Err(e) => {
                 warn!(height = header.height, %hash, "rejecting block: {e}");
                 return false;
             }
         };
+        if header.versions != versions {
+            warn!(height = header.height, "rejecting block with the wrong version vector");
+            return false;
+        }
         if spec.root != header.state_root {
             warn!(height = header.height, %hash, ours = %spec.root, theirs = %header.state_root, "rejecting block with a wrong state root");
             return false;
@@ -607,7 +680,7 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
                 others.extend(parse(&address, &stake.p2p_address));
             }
         }
-        Some(EpochPeers { validators, others })
+        Some(EpochPeers { validators, others, timeouts: crate::run::timeouts(&store.params()) })
     }
 
     fn report_evidence(&self, evidence: Vec<u8>) {

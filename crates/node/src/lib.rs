@@ -16,6 +16,7 @@ pub mod mempool;
 pub mod metrics;
 pub mod provider;
 pub mod run;
+pub mod upgrade;
 
 pub use chain::ChainState;
 
@@ -33,4 +34,17 @@ pub const SUPPORTED_VERSIONS: SupportedVersions = SupportedVersions {
     },
     network: VersionRange { min: 1, max: 1 },
 };
+
+/// Environment variable capping the highest execution version this node will run and signal,
+/// so one binary can stand in for an older one (rolling-upgrade tests and rehearsals).
+pub const EXECUTION_VERSION_MAX_ENV: &str = "PLEXUS_EXECUTION_VERSION_MAX";
+
+/// [`SUPPORTED_VERSIONS`], capped by [`EXECUTION_VERSION_MAX_ENV`] when it is set.
+pub fn supported_versions() -> SupportedVersions {
+    let mut v = SUPPORTED_VERSIONS;
+    if let Some(cap) = std::env::var(EXECUTION_VERSION_MAX_ENV).ok().and_then(|s| s.trim().parse::<u16>().ok()) {
+        v.execution.max = v.execution.max.min(cap).max(v.execution.min);
+    }
+    v
+}
 pub use config::NodeConfig;

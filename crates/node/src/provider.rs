@@ -101,7 +101,7 @@ pub fn provider_info(cfg: &ProviderSection, manifests: &[ModelManifest]) -> Prov
                 output_per_1k: u128::from(cfg.output_price_per_1k),
             })
             .collect(),
-        versions: crate::SUPPORTED_VERSIONS,
+        versions: crate::supported_versions(),
     }
 }
 

@@ -170,6 +170,8 @@ async fn node(
     info!(api = %cfg.api.listen, "chain API listening");
     let api = tokio::spawn(async move { axum::serve(listener, router).await });
 
+    tokio::spawn(crate::upgrade::signal_loop(chain.clone()));
+
     if cfg.provider.enabled {
         let provider_cfg = cfg.provider.clone();
         let engines = tokio::task::spawn_blocking(move || crate::provider::load_engines(&provider_cfg))

@@ -42,6 +42,9 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Run a local OpenAI-compatible gateway that pays providers per token.
     Gateway(cmd::gateway::GatewayArgs),
+    /// Propose and vote on parameter changes and upgrades; see their status.
+    #[command(subcommand)]
+    Gov(cmd::gov::GovCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Model(c) => cmd::model::run(c),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Gateway(a) => cmd::gateway::run(a),
+        Command::Gov(c) => cmd::gov::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -138,6 +138,24 @@ params! {
     activity_timeout_views: 256, 16, 100_000;
     /// Consensus: views a validator may miss before it is skipped as a leader.
     skip_timeout_views: 32, 1, 10_000;
+    /// Governance: smallest deposit that submits a proposal, in base units. Refunded unless the
+    /// proposal is vetoed.
+    proposal_deposit_min: 100_000_000, 1, u128::MAX;
+    /// Governance: blocks a proposal stays open for votes.
+    voting_period_blocks: 300, 10, 10_000_000;
+    /// Governance: share of all bonded stake that must vote for a tally to count, in basis points.
+    quorum_bps: 3_340, 1, 10_000;
+    /// Governance: share of yes among yes, no and veto needed to pass, in basis points.
+    threshold_bps: 5_000, 1, 10_000;
+    /// Governance: share of veto among all votes that rejects a proposal and burns its deposit,
+    /// in basis points.
+    veto_bps: 3_340, 1, 10_000;
+    /// Governance: paid from the treasury (collected fees) to each voter of a decided proposal,
+    /// in base units; less when the treasury holds less.
+    voter_reward: 10_000, 0, 1_000_000_000_000;
+    /// Upgrades: share of validator-candidate stake that must have signalled support before an
+    /// approved upgrade activates, in basis points.
+    upgrade_readiness_bps: 6_667, 1, 10_000;
 }
 
 /// A rejected parameter change.
@@ -148,6 +166,9 @@ pub enum ParamError {
     #[error("parameter {name} = {value} is outside [{min}, {max}]")]
     OutOfBounds { name: String, value: u128, min: u128, max: u128 },
 }
+
+/// Parameters a proposal may not change: the consensus layer of version 1 fixes them at genesis.
+pub const FIXED_AT_GENESIS: &[&str] = &["epoch_length_blocks"];
 
 impl Params {
     /// The epoch containing `height`. Epoch `e` is heights `[e·L, (e+1)·L − 1]`, so epoch 0
@@ -179,7 +200,7 @@ mod tests {
         let json = serde_json::to_string(&Params::default()).unwrap();
         assert_eq!(
             json,
-            r#"{"min_tx_fee":1000,"min_stake":1000000000,"min_provider_stake":100000000,"max_validators":32,"unbonding_delay_blocks":600,"epoch_length_blocks":100,"max_block_txs":10000,"max_block_bytes":4194304,"min_session_deposit":1000,"max_session_blocks":1000000,"session_grace_blocks":100,"protocol_fee_bps":200,"block_interval_ms":200,"leader_timeout_ms":1000,"notarization_timeout_ms":2000,"nullify_retry_ms":10000,"activity_timeout_views":256,"skip_timeout_views":32}"#
+            r#"{"min_tx_fee":1000,"min_stake":1000000000,"min_provider_stake":100000000,"max_validators":32,"unbonding_delay_blocks":600,"epoch_length_blocks":100,"max_block_txs":10000,"max_block_bytes":4194304,"min_session_deposit":1000,"max_session_blocks":1000000,"session_grace_blocks":100,"protocol_fee_bps":200,"block_interval_ms":200,"leader_timeout_ms":1000,"notarization_timeout_ms":2000,"nullify_retry_ms":10000,"activity_timeout_views":256,"skip_timeout_views":32,"proposal_deposit_min":100000000,"voting_period_blocks":300,"quorum_bps":3340,"threshold_bps":5000,"veto_bps":3340,"voter_reward":10000,"upgrade_readiness_bps":6667}"#
         );
         Params::default().validate().unwrap();
     }
@@ -191,7 +212,7 @@ mod tests {
         assert!(matches!(p.set("nope", 1), Err(ParamError::Unknown(_))));
         p.set("epoch_length_blocks", 50).unwrap();
         assert_eq!(p.get("epoch_length_blocks"), Some(50));
-        assert_eq!(Params::NAMES.len(), 18);
+        assert_eq!(Params::NAMES.len(), 25);
     }
 
     #[test]

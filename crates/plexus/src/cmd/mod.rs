@@ -4,6 +4,7 @@
 pub mod devnet;
 pub mod gateway;
 pub mod genesis;
+pub mod gov;
 pub mod keys;
 pub mod model;
 pub mod node;

@@ -1,0 +1,50 @@
+//! A deliberately faulty execution version 3, compiled only with the `faulty-version` feature
+//! (tests and demonstrations of automatic rollback; never in a release build). It runs version
+//! 2, then credits the proposer one base unit out of nothing on every block with transactions:
+//! the supply check fails, and the chain must fall back to version 2 by itself.
+
+use plexus_types::{Hash, SignedTx};
+
+use crate::state::{Layered, Overlay, StateRead, Store};
+use crate::{BlockEnv, BlockError, BlockOutcome, Executor, TxError, v2};
+
+pub const VERSION: u16 = 3;
+
+pub(crate) fn execute_block(exec: &Executor, state: &dyn StateRead, env: &BlockEnv, txs: &[SignedTx]) -> Result<BlockOutcome, BlockError> {
+    let mut outcome = v2::execute_block(exec, state, env, txs)?;
+    corrupt(state, env, &mut outcome, !txs.is_empty())?;
+    Ok(outcome)
+}
+
+pub(crate) fn build_block(
+    exec: &Executor,
+    state: &dyn StateRead,
+    env: &BlockEnv,
+    candidates: impl IntoIterator<Item = SignedTx>,
+    max_txs: usize,
+    max_bytes: usize,
+) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+    let (included, mut outcome, dropped) = v2::build_block(exec, state, env, candidates, max_txs, max_bytes)?;
+    corrupt(state, env, &mut outcome, !included.is_empty())?;
+    Ok((included, outcome, dropped))
+}
+
+fn corrupt(state: &dyn StateRead, env: &BlockEnv, outcome: &mut BlockOutcome, has_txs: bool) -> Result<(), BlockError> {
+    if !has_txs {
+        return Ok(());
+    }
+    let after = Layered { base: state, changes: &outcome.changes };
+    let mut overlay = Overlay::new(&after);
+    let mut store = Store::new(&mut overlay);
+    let mut account = store.account(&env.proposer);
+    account.balance += 1;
+    store.set_account(&env.proposer, &account);
+    let mut supply = store.supply();
+    supply.balances += 1;
+    store.set_supply(&supply);
+    if !supply.is_conserved() {
+        return Err(BlockError::Invariant(format!("supply not conserved after block {}: {supply:?}", env.height)));
+    }
+    outcome.changes.extend(overlay.into_changes());
+    Ok(())
+}

@@ -1,0 +1,740 @@
+//! Governance and upgrades: stake-weighted proposals and votes, parameter changes at a defined
+//! height, treasury spends, and per-layer upgrades gated on signalled readiness.
+//!
+//! Rules, all in integers:
+//! - A proposal locks `deposit >= proposal_deposit_min` in the Deposits bucket and is open for
+//!   `voting_period_blocks`. Any account with bonded stake votes yes / no / abstain / veto; a
+//!   later vote replaces an earlier one. Weights are bonded stake when the vote closes.
+//! - At the close: turnout below `quorum_bps` of all bonded stake → no quorum (deposit
+//!   refunded); veto at or above `veto_bps` of the votes → vetoed (deposit burned); yes above
+//!   `threshold_bps` of yes+no+veto → passed (refunded); otherwise rejected (refunded). Voters of
+//!   a decided proposal are paid `voter_reward` each from the treasury while it lasts.
+//! - A passed parameter change applies at the start of its `effective_height` (the next block
+//!   if that has passed). A passed upgrade activates at its `activation_height` or the first
+//!   block after it at which stakers holding `upgrade_readiness_bps` of validator-candidate stake
+//!   have signalled support (for execution: with a passing shadow run); consensus upgrades only
+//!   at an epoch boundary. If it is not ready by `deadline_height` it expires: never a halt.
+//!
+//! Invariant: deposits of open proposals equal the Deposits bucket of the supply.
+
+use commonware_codec::{Buf, EncodeSize, Error as CodecError, Read, ReadExt, Write};
+use bytes::BufMut;
+use plexus_types::codec::{read_str, read_vec, str_size, write_str};
+use plexus_types::params::{FIXED_AT_GENESIS, limits};
+use plexus_types::tx::{ProposalKind, VoteOption};
+use plexus_types::version::{Layer, SupportedVersions};
+use plexus_types::{Address, Amount, Height, Params};
+use serde::Serialize;
+
+use crate::state::{AddressList, Bucket, Store, keys};
+use crate::{BlockEnv, BlockError, Event, ExecError};
+
+/// Most proposals open for votes at once (bounds the work of every block).
+pub const OPEN_PROPOSALS_MAX: usize = 64;
+/// Most approved upgrades waiting for activation at once.
+pub const PENDING_UPGRADES_MAX: usize = 16;
+/// Most distinct voters on one proposal (every staker can vote).
+pub const VOTERS_MAX: usize = limits::STAKERS_MAX;
+/// Most parameter changes taking effect at one height.
+pub const PARAM_CHANGES_PER_HEIGHT_MAX: usize = 64;
+
+/// Where a proposal stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProposalStatus {
+    Voting,
+    Passed,
+    Rejected,
+    Vetoed,
+    NoQuorum,
+}
+
+/// Where an approved upgrade stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpgradeStatus {
+    /// Waiting for its height and for readiness.
+    Pending,
+    Active,
+    /// Not ready by its deadline.
+    Expired,
+    /// Activated, then failed under the new version and rolled back.
+    Aborted,
+}
+
+/// Counters and indexes of the governance module.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GovMeta {
+    pub next_proposal: u64,
+    pub next_upgrade: u64,
+    /// Proposals open for votes, oldest first.
+    pub open: Vec<u64>,
+    /// Upgrades approved and not yet active or expired.
+    pub pending: Vec<u64>,
+    /// The last activated upgrade of each layer (0 = none), in [`Layer::ALL`] order.
+    pub last_activated: [u64; 4],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Proposal {
+    pub proposer: Address,
+    pub kind: ProposalKind,
+    pub deposit: Amount,
+    pub submit_height: Height,
+    pub voting_end: Height,
+    pub status: ProposalStatus,
+    pub voters: Vec<Address>,
+    pub yes: Amount,
+    pub no: Amount,
+    pub abstain: Amount,
+    pub veto: Amount,
+    /// What happened when it was decided (effects applied, or why not).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Upgrade {
+    pub proposal: u64,
+    pub layer: Layer,
+    pub version: u16,
+    pub activation_height: Height,
+    pub deadline_height: Height,
+    pub status: UpgradeStatus,
+    /// The first height executed under the new version (0 until active).
+    pub activated_height: Height,
+    /// Readiness last measured, in basis points of candidate stake.
+    pub ready_bps: u64,
+    pub note: String,
+}
+
+/// What a staker's binary supports, as it last signalled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Signal {
+    pub versions: SupportedVersions,
+    /// Its shadow run of the pending execution version passed.
+    pub shadow_ok: bool,
+    pub height: Height,
+}
+
+/// Parameter changes that take effect at one height.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParamChanges(pub Vec<(String, u128)>);
+
+// ---- encoding ----
+
+fn write_u64s(v: &[u64], buf: &mut impl BufMut) {
+    v.to_vec().write(buf)
+}
+
+impl Write for GovMeta {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.next_proposal.write(buf);
+        self.next_upgrade.write(buf);
+        write_u64s(&self.open, buf);
+        write_u64s(&self.pending, buf);
+        for x in self.last_activated {
+            x.write(buf);
+        }
+    }
+}
+impl EncodeSize for GovMeta {
+    fn encode_size(&self) -> usize {
+        16 + self.open.encode_size() + self.pending.encode_size() + 32
+    }
+}
+impl Read for GovMeta {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        let next_proposal = u64::read(buf)?;
+        let next_upgrade = u64::read(buf)?;
+        let open = read_vec(buf, OPEN_PROPOSALS_MAX, &())?;
+        let pending = read_vec(buf, PENDING_UPGRADES_MAX, &())?;
+        let mut last_activated = [0u64; 4];
+        for x in &mut last_activated {
+            *x = u64::read(buf)?;
+        }
+        Ok(GovMeta { next_proposal, next_upgrade, open, pending, last_activated })
+    }
+}
+
+fn status_tag(s: ProposalStatus) -> u8 {
+    match s {
+        ProposalStatus::Voting => 0,
+        ProposalStatus::Passed => 1,
+        ProposalStatus::Rejected => 2,
+        ProposalStatus::Vetoed => 3,
+        ProposalStatus::NoQuorum => 4,
+    }
+}
+
+fn upgrade_tag(s: UpgradeStatus) -> u8 {
+    match s {
+        UpgradeStatus::Pending => 0,
+        UpgradeStatus::Active => 1,
+        UpgradeStatus::Expired => 2,
+        UpgradeStatus::Aborted => 3,
+    }
+}
+
+/// Longest outcome or note text stored, in bytes.
+const NOTE_BYTES_MAX: usize = 512;
+
+fn clip(mut s: String) -> String {
+    if s.len() > NOTE_BYTES_MAX {
+        let mut end = NOTE_BYTES_MAX;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+impl Write for Proposal {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.proposer.write(buf);
+        self.kind.write(buf);
+        self.deposit.write(buf);
+        self.submit_height.write(buf);
+        self.voting_end.write(buf);
+        status_tag(self.status).write(buf);
+        self.voters.write(buf);
+        self.yes.write(buf);
+        self.no.write(buf);
+        self.abstain.write(buf);
+        self.veto.write(buf);
+        write_str(&self.outcome, buf);
+    }
+}
+impl EncodeSize for Proposal {
+    fn encode_size(&self) -> usize {
+        32 + self.kind.encode_size() + 16 + 8 + 8 + 1 + self.voters.encode_size() + 64 + str_size(&self.outcome)
+    }
+}
+impl Read for Proposal {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        Ok(Proposal {
+            proposer: Address::read(buf)?,
+            kind: ProposalKind::read(buf)?,
+            deposit: u128::read(buf)?,
+            submit_height: u64::read(buf)?,
+            voting_end: u64::read(buf)?,
+            status: match u8::read(buf)? {
+                0 => ProposalStatus::Voting,
+                1 => ProposalStatus::Passed,
+                2 => ProposalStatus::Rejected,
+                3 => ProposalStatus::Vetoed,
+                4 => ProposalStatus::NoQuorum,
+                t => return Err(CodecError::InvalidEnum(t)),
+            },
+            voters: read_vec(buf, VOTERS_MAX, &())?,
+            yes: u128::read(buf)?,
+            no: u128::read(buf)?,
+            abstain: u128::read(buf)?,
+            veto: u128::read(buf)?,
+            outcome: read_str(buf, NOTE_BYTES_MAX)?,
+        })
+    }
+}
+
+impl Write for Upgrade {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.proposal.write(buf);
+        self.layer.write(buf);
+        self.version.write(buf);
+        self.activation_height.write(buf);
+        self.deadline_height.write(buf);
+        upgrade_tag(self.status).write(buf);
+        self.activated_height.write(buf);
+        self.ready_bps.write(buf);
+        write_str(&self.note, buf);
+    }
+}
+impl EncodeSize for Upgrade {
+    fn encode_size(&self) -> usize {
+        8 + 1 + 2 + 8 + 8 + 1 + 8 + 8 + str_size(&self.note)
+    }
+}
+impl Read for Upgrade {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        Ok(Upgrade {
+            proposal: u64::read(buf)?,
+            layer: Layer::read(buf)?,
+            version: u16::read(buf)?,
+            activation_height: u64::read(buf)?,
+            deadline_height: u64::read(buf)?,
+            status: match u8::read(buf)? {
+                0 => UpgradeStatus::Pending,
+                1 => UpgradeStatus::Active,
+                2 => UpgradeStatus::Expired,
+                3 => UpgradeStatus::Aborted,
+                t => return Err(CodecError::InvalidEnum(t)),
+            },
+            activated_height: u64::read(buf)?,
+            ready_bps: u64::read(buf)?,
+            note: read_str(buf, NOTE_BYTES_MAX)?,
+        })
+    }
+}
+
+impl Write for Signal {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.versions.write(buf);
+        self.shadow_ok.write(buf);
+        self.height.write(buf);
+    }
+}
+impl EncodeSize for Signal {
+    fn encode_size(&self) -> usize {
+        16 + 1 + 8
+    }
+}
+impl Read for Signal {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        Ok(Signal { versions: SupportedVersions::read(buf)?, shadow_ok: bool::read(buf)?, height: u64::read(buf)? })
+    }
+}
+
+impl Write for ParamChanges {
+    fn write(&self, buf: &mut impl BufMut) {
+        (self.0.len() as u32).write(buf);
+        for (name, value) in &self.0 {
+            write_str(name, buf);
+            value.write(buf);
+        }
+    }
+}
+impl EncodeSize for ParamChanges {
+    fn encode_size(&self) -> usize {
+        4 + self.0.iter().map(|(n, _)| str_size(n) + 16).sum::<usize>()
+    }
+}
+impl Read for ParamChanges {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        let n = u32::read(buf)? as usize;
+        if n > PARAM_CHANGES_PER_HEIGHT_MAX {
+            return Err(CodecError::Invalid("param changes", "too many"));
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push((read_str(buf, plexus_types::tx::PARAM_NAME_BYTES_MAX)?, u128::read(buf)?));
+        }
+        Ok(ParamChanges(out))
+    }
+}
+
+// ---- reading ----
+
+pub fn meta(store: &Store<'_, '_>) -> GovMeta {
+    store.read(keys::GOVERNANCE).unwrap_or_default()
+}
+
+pub fn proposal(store: &Store<'_, '_>, id: u64) -> Option<Proposal> {
+    store.read(&keys::proposal(id))
+}
+
+pub fn upgrade(store: &Store<'_, '_>, id: u64) -> Option<Upgrade> {
+    store.read(&keys::upgrade(id))
+}
+
+pub fn signal(store: &Store<'_, '_>, a: &Address) -> Option<Signal> {
+    store.read(&keys::signal(a))
+}
+
+fn layer_index(layer: Layer) -> usize {
+    Layer::ALL.iter().position(|l| *l == layer).expect("every layer is in ALL")
+}
+
+fn invalid(msg: impl Into<String>) -> ExecError {
+    ExecError::Invalid(msg.into())
+}
+
+/// `a * bps / 10_000`, rounded down, without overflow.
+fn share(a: Amount, bps: u128) -> Amount {
+    a / 10_000 * bps + a % 10_000 * bps / 10_000
+}
+
+/// Readiness for `layer` at `version`, in basis points of validator-candidate stake.
+pub fn readiness(store: &Store<'_, '_>, layer: Layer, version: u16) -> u64 {
+    let stakers: AddressList = store.read(keys::STAKERS).unwrap_or_default();
+    let (mut ready, mut total) = (0u128, 0u128);
+    for a in &stakers.0 {
+        let bonded = store.stake(a).bonded;
+        total = total.saturating_add(bonded);
+        let supports = signal(store, a).is_some_and(|s| {
+            s.versions.get(layer).contains(version) && (layer != Layer::Execution || s.shadow_ok)
+        });
+        if supports {
+            ready = ready.saturating_add(bonded);
+        }
+    }
+    if total == 0 {
+        return 0;
+    }
+    // ready <= total, so the quotient is at most 10_000.
+    (ready.saturating_mul(10_000) / total) as u64
+}
+
+// ---- transactions ----
+
+pub(crate) fn submit(
+    store: &mut Store<'_, '_>,
+    params: &Params,
+    env: &BlockEnv,
+    signer: &Address,
+    kind: &ProposalKind,
+    deposit: Amount,
+    events: &mut Vec<Event>,
+) -> Result<(), ExecError> {
+    if deposit < params.proposal_deposit_min {
+        return Err(invalid(format!("deposit {deposit} is below proposal_deposit_min {}", params.proposal_deposit_min)));
+    }
+    let voting_end = env.height + params.voting_period_blocks as u64;
+    match kind {
+        ProposalKind::ParamChange { name, value, effective_height } => {
+            if FIXED_AT_GENESIS.contains(&name.as_str()) {
+                return Err(invalid(format!("{name} is fixed at genesis in consensus version 1")));
+            }
+            let mut probe = params.clone();
+            probe.set(name, *value).map_err(|e| invalid(e.to_string()))?;
+            if *effective_height <= voting_end {
+                return Err(invalid(format!("effective_height must be after the vote closes at {voting_end}")));
+            }
+        }
+        ProposalKind::Upgrade { layer, version, activation_height, deadline_height } => {
+            let current = store.versions().get(*layer);
+            if *version != current + 1 {
+                return Err(invalid(format!("{} is at version {current}; an upgrade goes to {}", layer.name(), current + 1)));
+            }
+            if *activation_height <= voting_end {
+                return Err(invalid(format!("activation_height must be after the vote closes at {voting_end}")));
+            }
+            if deadline_height <= activation_height {
+                return Err(invalid("deadline_height must be after activation_height"));
+            }
+        }
+        ProposalKind::TreasurySpend { amount, .. } => {
+            if *amount == 0 {
+                return Err(invalid("a treasury spend must be positive"));
+            }
+        }
+        ProposalKind::Text { text } => {
+            if text.trim().is_empty() {
+                return Err(invalid("a text proposal needs text"));
+            }
+        }
+    }
+    let mut meta = meta(store);
+    if meta.open.len() >= OPEN_PROPOSALS_MAX {
+        return Err(ExecError::Forbidden(format!("{OPEN_PROPOSALS_MAX} proposals are already open; wait for one to close")));
+    }
+    store.debit(signer, deposit, Bucket::Deposits)?;
+    let id = meta.next_proposal;
+    meta.next_proposal += 1;
+    meta.open.push(id);
+    store.write(keys::GOVERNANCE.to_vec(), &meta);
+    store.write(
+        keys::proposal(id),
+        &Proposal {
+            proposer: signer.clone(),
+            kind: kind.clone(),
+            deposit,
+            submit_height: env.height,
+            voting_end,
+            status: ProposalStatus::Voting,
+            voters: Vec::new(),
+            yes: 0,
+            no: 0,
+            abstain: 0,
+            veto: 0,
+            outcome: String::new(),
+        },
+    );
+    events.push(Event::ProposalSubmitted { proposal: id, proposer: signer.clone(), voting_end });
+    Ok(())
+}
+
+pub(crate) fn vote(
+    store: &mut Store<'_, '_>,
+    env: &BlockEnv,
+    signer: &Address,
+    id: u64,
+    option: VoteOption,
+    events: &mut Vec<Event>,
+) -> Result<(), ExecError> {
+    let mut p = proposal(store, id).ok_or_else(|| ExecError::NotFound(format!("proposal {id}")))?;
+    if p.status != ProposalStatus::Voting || env.height > p.voting_end {
+        return Err(invalid(format!("proposal {id} is not open for votes")));
+    }
+    if store.stake(signer).bonded == 0 {
+        return Err(ExecError::Forbidden("only accounts with bonded stake vote".into()));
+    }
+    if let Err(pos) = p.voters.binary_search(signer) {
+        if p.voters.len() >= VOTERS_MAX {
+            return Err(ExecError::Forbidden(format!("proposal {id} has {VOTERS_MAX} voters already")));
+        }
+        p.voters.insert(pos, signer.clone());
+        store.write(keys::proposal(id), &p);
+    }
+    store.write(keys::vote(id, signer), &option);
+    events.push(Event::Voted { proposal: id, voter: signer.clone(), option });
+    Ok(())
+}
+
+pub(crate) fn signal_versions(
+    store: &mut Store<'_, '_>,
+    env: &BlockEnv,
+    signer: &Address,
+    versions: SupportedVersions,
+    shadow_ok: bool,
+    events: &mut Vec<Event>,
+) -> Result<(), ExecError> {
+    if store.stake(signer).bonded == 0 {
+        return Err(ExecError::Forbidden("only stakers signal readiness".into()));
+    }
+    store.write(keys::signal(signer), &Signal { versions, shadow_ok, height: env.height });
+    events.push(Event::VersionsSignalled { staker: signer.clone(), shadow_ok });
+    Ok(())
+}
+
+// ---- block boundaries ----
+
+/// Start of a block: parameter changes that take effect at this height.
+pub(crate) fn begin_block(store: &mut Store<'_, '_>, height: Height, events: &mut Vec<Event>) -> Result<(), BlockError> {
+    let key = keys::param_changes(height);
+    let Some(changes) = store.read::<ParamChanges>(&key) else { return Ok(()) };
+    store.overlay.delete(key);
+    for (name, value) in changes.0 {
+        store.set_param(&name, value);
+        events.push(Event::ParamChanged { name, value });
+    }
+    Ok(())
+}
+
+/// End of a block: close the votes that end here, then activate or expire upgrades.
+pub(crate) fn end_block(store: &mut Store<'_, '_>, params: &Params, env: &BlockEnv, events: &mut Vec<Event>) -> Result<(), BlockError> {
+    let mut meta = meta(store);
+    let closing: Vec<u64> = meta.open.iter().copied().filter(|id| proposal(store, *id).is_some_and(|p| p.voting_end <= env.height)).collect();
+    if !closing.is_empty() {
+        meta.open.retain(|id| !closing.contains(id));
+        for id in closing {
+            tally(store, params, env, &mut meta, id, events)?;
+        }
+    }
+    let mut still = Vec::new();
+    for id in meta.pending.clone() {
+        let Some(mut u) = upgrade(store, id) else { continue };
+        if env.height + 1 < u.activation_height {
+            still.push(id);
+            continue;
+        }
+        u.ready_bps = readiness(store, u.layer, u.version);
+        let ready = u128::from(u.ready_bps) >= params.upgrade_readiness_bps;
+        let boundary = u.layer != Layer::Consensus || params.is_epoch_last(env.height);
+        let current = store.versions().get(u.layer);
+        if current + 1 != u.version {
+            u.status = UpgradeStatus::Expired;
+            u.note = clip(format!("{} moved to version {current} meanwhile", u.layer.name()));
+            events.push(Event::UpgradeExpired { upgrade: id, layer: u.layer, version: u.version });
+        } else if ready && boundary {
+            let mut versions = store.versions();
+            versions.set(u.layer, u.version);
+            store.write(keys::VERSIONS.to_vec(), &versions);
+            u.status = UpgradeStatus::Active;
+            u.activated_height = env.height + 1;
+            meta.last_activated[layer_index(u.layer)] = id;
+            events.push(Event::UpgradeActivated { upgrade: id, layer: u.layer, version: u.version, height: env.height + 1 });
+        } else if env.height >= u.deadline_height {
+            u.status = UpgradeStatus::Expired;
+            u.note = clip(format!("readiness {} bps at the deadline, {} needed", u.ready_bps, params.upgrade_readiness_bps));
+            events.push(Event::UpgradeExpired { upgrade: id, layer: u.layer, version: u.version });
+        } else {
+            still.push(id);
+        }
+        store.write(keys::upgrade(id), &u);
+    }
+    meta.pending = still;
+    store.write(keys::GOVERNANCE.to_vec(), &meta);
+    Ok(())
+}
+
+fn tally(
+    store: &mut Store<'_, '_>,
+    params: &Params,
+    env: &BlockEnv,
+    meta: &mut GovMeta,
+    id: u64,
+    events: &mut Vec<Event>,
+) -> Result<(), BlockError> {
+    let internal = |e: ExecError| BlockError::Invariant(format!("governance: {e}"));
+    let mut p = proposal(store, id).expect("open proposals exist");
+    let (mut yes, mut no, mut abstain, mut veto) = (0u128, 0u128, 0u128, 0u128);
+    for voter in &p.voters {
+        let weight = store.stake(voter).bonded;
+        let option: VoteOption = store.read(&keys::vote(id, voter)).expect("every listed voter voted");
+        store.overlay.delete(keys::vote(id, voter));
+        let slot = match option {
+            VoteOption::Yes => &mut yes,
+            VoteOption::No => &mut no,
+            VoteOption::Abstain => &mut abstain,
+            VoteOption::NoWithVeto => &mut veto,
+        };
+        *slot = slot.saturating_add(weight);
+    }
+    let voted = yes.saturating_add(no).saturating_add(abstain).saturating_add(veto);
+    let bonded = store.supply().bonded;
+    (p.yes, p.no, p.abstain, p.veto) = (yes, no, abstain, veto);
+    p.status = if voted == 0 || voted < share(bonded, params.quorum_bps) {
+        ProposalStatus::NoQuorum
+    } else if veto >= share(voted, params.veto_bps) {
+        ProposalStatus::Vetoed
+    } else if yes > share(yes.saturating_add(no).saturating_add(veto), params.threshold_bps) {
+        ProposalStatus::Passed
+    } else {
+        ProposalStatus::Rejected
+    };
+    // The deposit: burned on a veto, refunded otherwise.
+    if p.status == ProposalStatus::Vetoed {
+        store.shift(p.deposit, Bucket::Deposits, Bucket::Burn).map_err(internal)?;
+    } else {
+        store.credit(&p.proposer, p.deposit, Bucket::Deposits).map_err(internal)?;
+    }
+    // Voters of a decided proposal are paid from collected fees while they last.
+    let mut rewarded = 0;
+    if p.status != ProposalStatus::NoQuorum && params.voter_reward > 0 {
+        for voter in &p.voters {
+            let reward = params.voter_reward.min(store.supply().treasury);
+            if reward == 0 {
+                break;
+            }
+            store.credit(voter, reward, Bucket::Treasury).map_err(internal)?;
+            rewarded += reward;
+        }
+    }
+    p.outcome = if p.status == ProposalStatus::Passed { enact(store, env, meta, id, &p.kind, events)? } else { String::new() };
+    p.outcome = clip(p.outcome);
+    events.push(Event::ProposalDecided { proposal: id, status: p.status, yes, no, abstain, veto, voter_rewards: rewarded });
+    store.write(keys::proposal(id), &p);
+    Ok(())
+}
+
+/// Carries out a passed proposal; returns what was done.
+fn enact(
+    store: &mut Store<'_, '_>,
+    env: &BlockEnv,
+    meta: &mut GovMeta,
+    id: u64,
+    kind: &ProposalKind,
+    events: &mut Vec<Event>,
+) -> Result<String, BlockError> {
+    Ok(match kind {
+        ProposalKind::ParamChange { name, value, effective_height } => {
+            let mut at = (*effective_height).max(env.height + 1);
+            loop {
+                let key = keys::param_changes(at);
+                let mut list: ParamChanges = store.read(&key).unwrap_or_default();
+                if list.0.len() < PARAM_CHANGES_PER_HEIGHT_MAX {
+                    list.0.push((name.clone(), *value));
+                    store.write(key, &list);
+                    break;
+                }
+                at += 1;
+            }
+            format!("{name} = {value} from height {at}")
+        }
+        ProposalKind::Upgrade { layer, version, activation_height, deadline_height } => {
+            if meta.pending.len() >= PENDING_UPGRADES_MAX {
+                return Ok(format!("not scheduled: {PENDING_UPGRADES_MAX} upgrades are already pending"));
+            }
+            let uid = meta.next_upgrade;
+            meta.next_upgrade += 1;
+            meta.pending.push(uid);
+            store.write(
+                keys::upgrade(uid),
+                &Upgrade {
+                    proposal: id,
+                    layer: *layer,
+                    version: *version,
+                    activation_height: *activation_height,
+                    deadline_height: *deadline_height,
+                    status: UpgradeStatus::Pending,
+                    activated_height: 0,
+                    ready_bps: 0,
+                    note: String::new(),
+                },
+            );
+            events.push(Event::UpgradeScheduled { upgrade: uid, layer: *layer, version: *version, activation_height: *activation_height });
+            format!("upgrade {uid}: {} to version {version} from height {activation_height} once ready", layer.name())
+        }
+        ProposalKind::TreasurySpend { to, amount } => {
+            let treasury = store.supply().treasury;
+            if treasury < *amount {
+                format!("not paid: the treasury holds {treasury}, less than {amount}")
+            } else {
+                store.credit(to, *amount, Bucket::Treasury).map_err(|e| BlockError::Invariant(format!("treasury spend: {e}")))?;
+                events.push(Event::TreasurySpent { to: to.clone(), amount: *amount });
+                format!("paid {amount} to {to}")
+            }
+        }
+        ProposalKind::Text { .. } => "noted".into(),
+    })
+}
+
+/// Records that execution `version` failed at `height` and the chain went back to `previous`.
+pub(crate) fn record_abort(store: &mut Store<'_, '_>, version: u16, previous: u16, height: Height, reason: &str, events: &mut Vec<Event>) {
+    let mut versions = store.versions();
+    versions.set(Layer::Execution, previous);
+    store.write(keys::VERSIONS.to_vec(), &versions);
+    let meta = meta(store);
+    let id = meta.last_activated[layer_index(Layer::Execution)];
+    if let Some(mut u) = upgrade(store, id).filter(|u| u.version == version) {
+        u.status = UpgradeStatus::Aborted;
+        u.note = clip(format!("failed at height {height}: {reason}; back to version {previous}"));
+        store.write(keys::upgrade(id), &u);
+    }
+    events.push(Event::UpgradeAborted { layer: Layer::Execution, version, previous, height, reason: clip(reason.to_string()) });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_round_down_without_overflow() {
+        assert_eq!(share(10_000, 3_340), 3_340);
+        assert_eq!(share(3, 5_000), 1);
+        assert_eq!(share(u128::MAX, 10_000), u128::MAX);
+    }
+
+    #[test]
+    fn records_roundtrip() {
+        use commonware_codec::{Copying, DecodeExt};
+        let a = plexus_types::PrivateKey::from_seed(1).address();
+        let p = Proposal {
+            proposer: a.clone(),
+            kind: ProposalKind::Upgrade { layer: Layer::Execution, version: 2, activation_height: 10, deadline_height: 20 },
+            deposit: 5,
+            submit_height: 1,
+            voting_end: 3,
+            status: ProposalStatus::Passed,
+            voters: vec![a],
+            yes: 1,
+            no: 2,
+            abstain: 3,
+            veto: 4,
+            outcome: "x".into(),
+        };
+        let bytes = plexus_types::codec::to_vec(&p);
+        assert_eq!(bytes.len(), p.encode_size());
+        assert_eq!(Proposal::decode(Copying(&bytes[..])).unwrap(), p);
+        let m = GovMeta { next_proposal: 3, next_upgrade: 1, open: vec![1, 2], pending: vec![0], last_activated: [0, 0, 7, 0] };
+        let bytes = plexus_types::codec::to_vec(&m);
+        assert_eq!(bytes.len(), m.encode_size());
+        assert_eq!(GovMeta::decode(Copying(&bytes[..])).unwrap(), m);
+        assert_eq!(clip("é".repeat(400)).len(), 512);
+    }
+}
