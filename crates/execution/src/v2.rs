@@ -1,6 +1,7 @@
 //! Execution version 2: version 1 with a block reward. Half of the transaction fees a block
 //! collects (rounded down; the odd unit stays in the treasury) go to the block's proposer
-//! instead of the treasury, paying validators for the blocks they produce. Everything else is
+//! instead of the treasury, paying validators for the blocks they produce — never more than the
+//! treasury holds after the block (voter rewards come out of it too). Everything else is
 //! version 1, called unchanged.
 
 use plexus_types::{Amount, Hash, SignedTx};
@@ -34,13 +35,14 @@ pub fn proposer_reward(fees: Amount) -> Amount {
 
 fn reward(state: &dyn StateRead, env: &BlockEnv, outcome: &mut BlockOutcome) -> Result<(), BlockError> {
     let fees = outcome.results.iter().fold(0u128, |acc, r| acc.saturating_add(r.fee));
-    let amount = proposer_reward(fees);
-    if amount == 0 {
-        return Ok(());
-    }
     let after = Layered { base: state, changes: &outcome.changes };
     let mut overlay = Overlay::new(&after);
     let mut store = Store::new(&mut overlay);
+    // Governance may have paid voters out of the treasury in this very block.
+    let amount = proposer_reward(fees).min(store.supply().treasury);
+    if amount == 0 {
+        return Ok(());
+    }
     store
         .credit(&env.proposer, amount, Bucket::Treasury)
         .map_err(|e| BlockError::Invariant(format!("proposer reward: {e}")))?;

@@ -357,12 +357,9 @@ impl Sessions {
             Ok(r) => {
                 let status = r.status();
                 let body = r.text().await.unwrap_or_default();
-                // An older receipt than the provider holds is already superseded there.
-                let superseded = status.as_u16() == 400 && body.contains("is not above");
-                if !superseded {
-                    warn!(target: "gateway::receipts", %url, %status, "receipt refused: {body}");
-                }
-                superseded
+                warn!(target: "gateway::receipts", %url, %status, "receipt refused: {body}");
+                // A refused receipt will not be accepted later either; a newer one replaces it.
+                status.is_client_error()
             }
             Err(_) => false,
         };

@@ -49,6 +49,7 @@ pub struct Sim {
     /// Funded accounts that the workload sends from.
     pub accounts: Vec<PrivateKey>,
     nonces: BTreeMap<usize, u64>,
+    pending_nonce: BTreeMap<plexus_types::Address, u64>,
 }
 
 /// The genesis of a simulated network with `validators` validators.
@@ -57,6 +58,8 @@ pub fn genesis(validators: usize, epoch_length: u64) -> (Genesis, Vec<PrivateKey
     let accounts: Vec<PrivateKey> = (1000..1008).map(PrivateKey::from_seed).collect();
     let mut params = Params::default();
     params.set("epoch_length_blocks", epoch_length as u128).expect("valid epoch length");
+    // Short votes, so governance scenarios run in a few simulated seconds.
+    params.set("voting_period_blocks", 10).expect("valid voting period");
     let genesis = Genesis {
         chain_id: CHAIN_ID.into(),
         accounts: keys
@@ -122,7 +125,7 @@ impl Sim {
         .await;
         network.start();
         link_all(context, &oracle, &keys, lossy).await;
-        let mut sim = Sim { genesis, nodes: Vec::new(), oracle, accounts, nonces: BTreeMap::new() };
+        let mut sim = Sim { genesis, nodes: Vec::new(), oracle, accounts, nonces: BTreeMap::new(), pending_nonce: BTreeMap::new() };
         for (index, key) in keys.into_iter().enumerate() {
             sim.nodes.push(SimNode {
                 key,
@@ -260,6 +263,34 @@ impl Sim {
         if chain.submit(tx, true).is_ok() {
             *nonce += 1;
         }
+    }
+
+    /// Signs `payload` with `signer` (its next nonce) and submits it to a running node.
+    pub fn submit_as(&mut self, signer: &PrivateKey, payload: Payload) -> Result<Hash, String> {
+        let chain = self.any_chain().ok_or("no node is running")?;
+        let state_nonce = chain.read(|s| s.account(&signer.address()).nonce);
+        let pending = self.pending_nonce.entry(signer.address()).or_insert(0);
+        *pending = (*pending).max(state_nonce);
+        let tx = Transaction { signer: signer.address(), nonce: *pending, fee: self.genesis.params.min_tx_fee, payload }
+            .sign(signer, CHAIN_ID);
+        let hash = chain.submit(tx, true).map_err(|e| e.to_string())?;
+        *pending += 1;
+        Ok(hash)
+    }
+
+    /// The chain state of the first honest running node.
+    pub fn any_chain(&self) -> Option<ChainState<Context>> {
+        self.nodes.iter().filter(|n| !n.byzantine).find_map(|n| n.chain.lock().expect("slot").clone())
+    }
+
+    /// Reads the same value from every honest running node.
+    pub fn read_all<T>(&self, f: impl Fn(&plexus_execution::state::Store<'_, '_>) -> T) -> Vec<T> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.byzantine)
+            .filter_map(|n| n.chain.lock().expect("slot").clone())
+            .map(|c| c.read(&f))
+            .collect()
     }
 
     /// Safety: every pair of honest running nodes agrees on every finalized block both have,
