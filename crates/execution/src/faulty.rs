@@ -1,7 +1,9 @@
 //! A deliberately faulty execution version 3, compiled only with the `faulty-version` feature
 //! (tests and demonstrations of automatic rollback; never in a release build). It runs version
-//! 2, then credits the proposer one base unit out of nothing on every block with transactions:
-//! the supply check fails, and the chain must fall back to version 2 by itself.
+//! 2, then — once it is really active, so shadow runs before activation pass, like a bug that
+//! only shows in production — credits the proposer one base unit out of nothing on every block
+//! with transactions: the supply check fails, and the chain must fall back to version 2 by
+//! itself.
 
 use plexus_types::{Hash, SignedTx};
 
@@ -36,6 +38,12 @@ fn corrupt(state: &dyn StateRead, env: &BlockEnv, outcome: &mut BlockOutcome, ha
     let after = Layered { base: state, changes: &outcome.changes };
     let mut overlay = Overlay::new(&after);
     let mut store = Store::new(&mut overlay);
+    let last = crate::gov::meta(&store).last_activated[2];
+    let active = crate::gov::upgrade(&store, last)
+        .is_some_and(|u| u.version == VERSION && u.status == crate::gov::UpgradeStatus::Active);
+    if !active {
+        return Ok(());
+    }
     let mut account = store.account(&env.proposer);
     account.balance += 1;
     store.set_account(&env.proposer, &account);

@@ -438,7 +438,11 @@ async fn tx<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
 struct AccountBody {
     address: Address,
     balance: Amount,
+    /// The nonce of the account's next transaction to be executed.
     nonce: u64,
+    /// The nonce a new transaction should use: `nonce` plus the account's transactions already
+    /// waiting in this node's mempool.
+    next_nonce: u64,
     bonded: Amount,
     unbonding: Amount,
     p2p_address: String,
@@ -460,7 +464,8 @@ async fn account<E: Storage + Clock + Metrics + Spawner>(
     let store = st::Store::new(&mut overlay);
     let (account, stake) = (store.account(&address), store.stake(&address));
     let Stake { bonded, p2p_address } = stake;
-    Ok(Json(AccountBody { address, balance: account.balance, nonce: account.nonce, bonded, unbonding, p2p_address }))
+    let next_nonce = s.chain.next_nonce(&address, account.nonce);
+    Ok(Json(AccountBody { address, balance: account.balance, nonce: account.nonce, next_nonce, bonded, unbonding, p2p_address }))
 }
 
 #[derive(Serialize)]

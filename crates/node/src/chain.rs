@@ -242,6 +242,11 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         *self.inner.gossip.lock().expect("gossip lock") = Some(gossip);
     }
 
+    /// The nonce a new transaction from `sender` should use, counting its pending ones.
+    pub fn next_nonce(&self, sender: &Address, account_nonce: u64) -> u64 {
+        self.inner.mempool.lock().expect("mempool lock").next_nonce(sender, account_nonce)
+    }
+
     pub fn mempool_len(&self) -> usize {
         self.inner.mempool.lock().expect("mempool lock").len()
     }

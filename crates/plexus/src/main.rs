@@ -70,3 +70,12 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_line_is_well_formed() {
+        // Clap checks names, conflicts and defaults of every subcommand here, not at run time.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

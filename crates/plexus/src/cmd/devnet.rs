@@ -205,6 +205,8 @@ fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
     params.set("epoch_length_blocks", options.epoch_length as u128)?;
     // A short grace period (30 s of blocks), so a closed session's refund shows within a minute.
     params.set("session_grace_blocks", 150)?;
+    // Votes of 10 s (50 blocks), so a proposal can be tried out in a minute.
+    params.set("voting_period_blocks", 50)?;
     let stake = 10 * params.min_stake;
     let balance = 1_000_000 * UNITS_PER_PLX;
     let base = options.base_port;

@@ -64,9 +64,9 @@ pub enum ProposeCmd {
         /// consensus, data, execution or network.
         #[arg(long)]
         layer: Layer,
-        /// Default: the layer's current version plus one.
+        /// The version to go to (default: the layer's current version plus one).
         #[arg(long)]
-        version: Option<u16>,
+        to_version: Option<u16>,
         /// Earliest activation height (default: 10 blocks after the vote closes).
         #[arg(long)]
         activation_height: Option<u64>,
@@ -149,10 +149,10 @@ fn propose(cmd: ProposeCmd) -> anyhow::Result<()> {
             let at = effective_height.unwrap_or(c.height + c.voting_period + 10);
             (common, ProposalKind::ParamChange { name, value, effective_height: at })
         }
-        ProposeCmd::Upgrade { common, layer, version, activation_height, deadline_height } => {
+        ProposeCmd::Upgrade { common, layer, to_version, activation_height, deadline_height } => {
             let c = chain(&common.opts.node)?;
             let current = c.versions[layer.name()].as_u64().context("status versions")? as u16;
-            let version = version.unwrap_or(current + 1);
+            let version = to_version.unwrap_or(current + 1);
             let activation = activation_height.unwrap_or(c.height + c.voting_period + 10);
             let deadline = deadline_height.unwrap_or(activation + 10 * c.voting_period);
             (common, ProposalKind::Upgrade { layer, version, activation_height: activation, deadline_height: deadline })

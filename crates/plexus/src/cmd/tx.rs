@@ -187,7 +187,11 @@ pub fn submit(opts: &TxOpts, payload: Payload) -> anyhow::Result<Value> {
     let chain_id = status["chain_id"].as_str().context("status has no chain_id")?.to_string();
     let nonce = match opts.nonce {
         Some(n) => n,
-        None => client.get(&format!("/chain/v1/accounts/{}", key.address()))?["nonce"].as_u64().unwrap_or(0),
+        None => {
+            // Past any of the account's transactions still waiting (e.g. a node's own claims).
+            let account = client.get(&format!("/chain/v1/accounts/{}", key.address()))?;
+            account["next_nonce"].as_u64().or_else(|| account["nonce"].as_u64()).unwrap_or(0)
+        }
     };
     let fee = match opts.fee {
         Some(f) => f,

@@ -3,4 +3,5 @@
 mod chain;
 mod paid;
 mod serve;
+mod upgrade;
 mod util;
