@@ -7,8 +7,13 @@
 //! handshake is Commonware's authenticated key exchange over the chain's own namespace, so a
 //! node of one chain can never talk to a node of another.
 //!
+//! [`hello`] negotiates the network protocol version with each peer and keeps out peers that
+//! cannot speak the chain's active version.
+//!
 //! This crate does not decide who the peers are (the chain's staking state does), does not
 //! interpret messages (consensus and gossip do), and does not discover peers on its own.
+
+pub mod hello;
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};

@@ -30,6 +30,8 @@ pub struct ApiState<E: Storage + Clock + Metrics + Spawner> {
     pub metrics: Box<dyn Fn() -> String + Send + Sync>,
     /// Facts about this node for `/chain/v1/status`.
     pub node: NodeInfo,
+    /// The network protocol version negotiated with each peer.
+    pub peer_versions: plexus_network::hello::PeerVersions,
 }
 
 /// Facts about the serving node.
@@ -107,6 +109,7 @@ where
         .route("/chain/v1/proposals/{id}", get(proposal::<E>))
         .route("/chain/v1/upgrades", get(upgrades::<E>))
         .route("/chain/v1/signals", get(signals::<E>))
+        .route("/chain/v1/peers", get(peers::<E>))
         .route("/chain/v1/stream", get(stream::<E>))
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
@@ -767,6 +770,41 @@ async fn signals<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<Api
             .collect()
     });
     Json(SignalsBody { signals })
+}
+
+#[derive(Serialize)]
+struct PeerBody {
+    address: Address,
+    min: u16,
+    max: u16,
+    negotiated: Option<u16>,
+    seen_ms_ago: u64,
+}
+
+#[derive(Serialize)]
+struct PeersBody {
+    /// This binary's network protocol range, and the chain's active version.
+    supported: plexus_types::VersionRange,
+    active: u16,
+    peers: Vec<PeerBody>,
+}
+
+/// The network protocol version negotiated with each peer that announced itself.
+async fn peers<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<PeersBody> {
+    let active = s.chain.read(|store| store.versions().network);
+    let peers = s
+        .peer_versions
+        .snapshot()
+        .into_iter()
+        .map(|(k, v)| PeerBody {
+            address: Address(k),
+            min: v.range.min,
+            max: v.range.max,
+            negotiated: v.negotiated,
+            seen_ms_ago: v.last_seen.elapsed().as_millis() as u64,
+        })
+        .collect();
+    Json(PeersBody { supported: crate::supported_versions().network, active, peers })
 }
 
 /// `GET /chain/v1/stream`: every finalized block with its transaction results and events, as

@@ -26,6 +26,7 @@ pub mod channel {
     pub const BACKFILL: u64 = 3;
     pub const BLOCKS: u64 = 4;
     pub const TXS: u64 = 5;
+    pub const HELLO: u64 = 6;
 }
 
 /// Consensus timing from chain parameters.
@@ -127,6 +128,7 @@ async fn node(
             channel(channel::BACKFILL, 1024),
             channel(channel::BLOCKS, 256),
             channel(channel::TXS, 4096),
+            channel(channel::HELLO, 4),
         ],
     );
     let mut channels = channels.into_iter();
@@ -139,7 +141,20 @@ async fn node(
         blocks: next(),
     };
     let txs = next();
+    let hello = next();
 
+    let peer_versions = plexus_network::hello::PeerVersions::default();
+    {
+        let chain = chain.clone();
+        let ours = crate::supported_versions().network;
+        tokio::spawn(plexus_network::hello::run(
+            ours,
+            move || chain.read(|s| s.versions().network),
+            hello,
+            oracle.clone(),
+            peer_versions.clone(),
+        ));
+    }
     let gossip = crate::gossip::start(&context, chain.clone(), txs);
     chain.set_gossip(gossip);
 
@@ -162,6 +177,7 @@ async fn node(
         chain: chain.clone(),
         metrics: Box::new(move || metrics_context.encode()),
         node: NodeInfo { address: key.address(), p2p_listen: cfg.p2p.listen.to_string(), version: env!("CARGO_PKG_VERSION") },
+        peer_versions,
     });
     let router = crate::api::router(api_state, cfg.api.body_bytes_max);
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
