@@ -365,9 +365,9 @@ pub fn readiness(store: &Store<'_, '_>, layer: Layer, version: u16) -> u64 {
     for a in &stakers.0 {
         let bonded = store.stake(a).bonded;
         total = total.saturating_add(bonded);
-        let supports = signal(store, a).is_some_and(|s| {
-            s.versions.get(layer).contains(version) && (layer != Layer::Execution || s.shadow_ok)
-        });
+        // Execution versions and data migrations are dry-run by nodes before they signal.
+        let shadowed = matches!(layer, Layer::Execution | Layer::Data);
+        let supports = signal(store, a).is_some_and(|s| s.versions.get(layer).contains(version) && (!shadowed || s.shadow_ok));
         if supports {
             ready = ready.saturating_add(bonded);
         }
@@ -541,13 +541,36 @@ pub(crate) fn end_block(store: &mut Store<'_, '_>, params: &Params, env: &BlockE
             u.note = clip(format!("{} moved to version {current} meanwhile", u.layer.name()));
             events.push(Event::UpgradeExpired { upgrade: id, layer: u.layer, version: u.version });
         } else if ready && boundary {
-            let mut versions = store.versions();
-            versions.set(u.layer, u.version);
-            store.write(keys::VERSIONS.to_vec(), &versions);
-            u.status = UpgradeStatus::Active;
-            u.activated_height = env.height + 1;
-            meta.last_activated[layer_index(u.layer)] = id;
-            events.push(Event::UpgradeActivated { upgrade: id, layer: u.layer, version: u.version, height: env.height + 1 });
+            // A schema upgrade migrates the state in this block; one that fails is aborted.
+            let migrated = if u.layer == Layer::Data {
+                let checkpoint = store.overlay.checkpoint();
+                let result = crate::data::migrate(store, u.version).and_then(|n| crate::data::check(&*store.overlay, u.version).map(|()| n));
+                if result.is_err() {
+                    store.overlay.restore(checkpoint);
+                }
+                result.map(Some)
+            } else {
+                Ok(None)
+            };
+            match migrated {
+                Ok(records) => {
+                    let mut versions = store.versions();
+                    versions.set(u.layer, u.version);
+                    store.write(keys::VERSIONS.to_vec(), &versions);
+                    u.status = UpgradeStatus::Active;
+                    u.activated_height = env.height + 1;
+                    if let Some(n) = records {
+                        u.note = clip(format!("migrated {n} records"));
+                    }
+                    meta.last_activated[layer_index(u.layer)] = id;
+                    events.push(Event::UpgradeActivated { upgrade: id, layer: u.layer, version: u.version, height: env.height + 1 });
+                }
+                Err(reason) => {
+                    u.status = UpgradeStatus::Aborted;
+                    u.note = clip(format!("migration failed: {reason}"));
+                    events.push(Event::UpgradeAborted { layer: u.layer, version: u.version, previous: current, height: env.height, reason: u.note.clone() });
+                }
+            }
         } else if env.height >= u.deadline_height {
             u.status = UpgradeStatus::Expired;
             u.note = clip(format!("readiness {} bps at the deadline, {} needed", u.ready_bps, params.upgrade_readiness_bps));

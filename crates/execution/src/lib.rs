@@ -12,6 +12,7 @@
 //! transactions (consensus does) and does not know how inference runs: receipts arrive as signed
 //! bytes and are verified like any other signature.
 
+pub mod data;
 pub mod genesis;
 pub mod gov;
 pub mod state;
@@ -317,6 +318,17 @@ impl Executor {
             Err(Failure::Version(reason)) => Err(reason),
             Err(Failure::Block(e)) => Err(e.to_string()),
         }
+    }
+
+    /// Dry-runs the migration to data `version` on `state` and checks its result; nothing is kept.
+    pub fn shadow_migration(&self, version: u16, state: &dyn StateRead) -> Result<(), String> {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut overlay = Overlay::new(state);
+            let mut store = state::Store::new(&mut overlay);
+            data::migrate(&mut store, version)?;
+            data::check(&overlay, version)
+        }));
+        run.unwrap_or_else(|panic| Err(panic_message(&panic)))
     }
 
     /// A shadow run executes a block under a version its state does not have yet.

@@ -27,12 +27,37 @@ pub trait StateRead {
     /// The value stored under `key`, if any. Storage failures are fatal to the node and are not
     /// reported here: a node must not execute on state it could not read.
     fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
+
+    /// Every record of one table, in key order (deterministic on every node). Only schema
+    /// migrations scan: blocks never do, so block work stays bounded.
+    fn scan(&self, table: u8) -> Vec<(Vec<u8>, Vec<u8>)>;
 }
 
 impl StateRead for BTreeMap<Vec<u8>, Vec<u8>> {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         BTreeMap::get(self, key).cloned()
     }
+
+    fn scan(&self, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+        scan_table(self, table).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// A base table scan with writes layered on top, in key order.
+fn merge_scan(base: &dyn StateRead, writes: &ChangeSet, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.scan(table).into_iter().collect();
+    let end = if table == u8::MAX { None } else { Some(vec![table + 1]) };
+    let range = match &end {
+        Some(end) => writes.range(vec![table]..end.clone()),
+        None => writes.range(vec![table]..),
+    };
+    for (k, v) in range {
+        match v {
+            Some(v) => merged.insert(k.clone(), v.clone()),
+            None => merged.remove(k),
+        };
+    }
+    merged.into_iter().collect()
 }
 
 /// A set of writes: `None` deletes. Sorted, so applying it is deterministic.
@@ -83,6 +108,10 @@ impl StateRead for Overlay<'_> {
             None => self.base.get(key),
         }
     }
+
+    fn scan(&self, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+        merge_scan(self.base, &self.writes, table)
+    }
 }
 
 /// A read view of a base with a change set on top, without copying either.
@@ -97,6 +126,10 @@ impl StateRead for Layered<'_> {
             Some(value) => value.clone(),
             None => self.base.get(key),
         }
+    }
+
+    fn scan(&self, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+        merge_scan(self.base, self.changes, table)
     }
 }
 
@@ -118,6 +151,8 @@ pub mod table {
     pub const SIGNAL: u8 = 0x0d;
     pub const UPGRADE: u8 = 0x0e;
     pub const PARAM_CHANGES: u8 = 0x0f;
+    /// Data v2: sessions by client (key = client ‖ session, empty value).
+    pub const SESSION_BY_CLIENT: u8 = 0x10;
 }
 
 fn key(prefix: u8, body: &[u8]) -> Vec<u8> {
@@ -176,6 +211,11 @@ pub mod keys {
     }
     pub fn param_changes(h: Height) -> Vec<u8> {
         key(table::PARAM_CHANGES, &h.to_be_bytes())
+    }
+    pub fn session_by_client(client: &Address, session: &Hash) -> Vec<u8> {
+        let mut body = client.as_bytes().to_vec();
+        body.extend_from_slice(session.as_bytes());
+        key(table::SESSION_BY_CLIENT, &body)
     }
     pub const SUPPLY: &[u8] = b"\x00supply";
     pub const VERSIONS: &[u8] = b"\x00versions";

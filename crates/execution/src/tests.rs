@@ -688,6 +688,37 @@ mod governance {
         c.block(vec![t]);
     }
 
+    #[test]
+    fn data_v2_migration_indexes_sessions_at_activation_and_after() {
+        let mut c = with_provider();
+        let before = open(&mut c, 3, 5_000);
+        // The migration dry-runs on the current state without keeping anything.
+        assert_eq!(c.exec.shadow_migration(2, &c.state), Ok(()));
+        assert!(c.state.scan(crate::state::table::SESSION_BY_CLIENT).is_empty());
+        let voting = params().voting_period_blocks as u64;
+        let activation = c.height + 1 + voting + 3;
+        let id = propose(&mut c, ProposalKind::Upgrade { layer: Layer::Data, version: 2, activation_height: activation, deadline_height: activation + 30 });
+        vote(&mut c, 0, id, VoteOption::Yes);
+        vote(&mut c, 1, id, VoteOption::Yes);
+        let versions = SupportedVersions { data: VersionRange { min: 1, max: 2 }, ..SupportedVersions::V1_ONLY };
+        for who in [0, 1] {
+            let t = c.tx(who, Payload::SignalVersions { versions, shadow_ok: true });
+            c.block(vec![t]);
+        }
+        until(&mut c, activation + 1);
+        assert_eq!(read(&c, |s| s.versions().data), 2);
+        let u = read(&c, |s| gov::upgrade(s, 0).unwrap());
+        assert_eq!(u.status, UpgradeStatus::Active);
+        assert!(u.note.contains("migrated 1 records"), "{}", u.note);
+        let client = c.addr(3);
+        assert!(c.state.contains_key(&keys::session_by_client(&client, &before)));
+        // Sessions opened under v2 are indexed as they open.
+        let after = open(&mut c, 3, 5_000);
+        assert!(c.state.contains_key(&keys::session_by_client(&client, &after)));
+        assert_eq!(crate::data::check(&c.state, 2), Ok(()));
+        assert!(crate::data::check(&c.state, 2).is_ok() && crate::data::migrate(&mut Store::new(&mut Overlay::new(&c.state)), 3).is_err());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
         /// Whatever the votes, deposits are held exactly while voting and leave exactly once

@@ -343,6 +343,10 @@ fn apply_payload(
                 refunded: 0,
             };
             store.write(keys::session(&id), &session);
+            if store.versions().data >= 2 {
+                // Data v2 indexes sessions by client.
+                store.overlay.put(keys::session_by_client(signer, &id), Vec::new());
+            }
             schedule_refund(store, &id, expiry_height + params.session_grace_blocks as u64);
             events.push(Event::SessionOpened {
                 session: id,

@@ -590,7 +590,28 @@ async fn sessions<E: Storage + Clock + Metrics + Spawner>(
 ) -> ApiResult<Json<SessionsBody>> {
     let client: Option<Address> = filter.client.as_deref().map(|c| parse("client", c)).transpose()?;
     let provider: Option<Address> = filter.provider.as_deref().map(|p| parse("provider", p)).transpose()?;
+    let data_version = s.chain.read(|store| store.versions().data);
     let view = s.chain.state().view();
+    if let (Some(c), true) = (client.as_ref(), data_version >= 2) {
+        // Data v2 indexes sessions by client: read only this client's entries.
+        let mut start = vec![st::table::SESSION_BY_CLIENT];
+        start.extend_from_slice(c.as_bytes());
+        let mut end = start.clone();
+        end.extend_from_slice(&[0xff; 33]);
+        let sessions = view
+            .map()
+            .range(start..end)
+            .filter_map(|(k, _)| {
+                let id = Hash::from_bytes(k[33..65].try_into().ok()?);
+                let bytes = view.map().get(&st::keys::session(&id))?;
+                Some((id, st::decode_record::<Session>(&st::keys::session(&id), bytes)))
+            })
+            .filter(|(_, sess)| provider.as_ref().is_none_or(|p| &sess.provider == p))
+            .take(SESSIONS_LIST_MAX)
+            .map(|(id, sess)| session_body(id, sess))
+            .collect();
+        return Ok(Json(SessionsBody { sessions }));
+    }
     let sessions = scan_table(view.map(), st::table::SESSION)
         .map(|(k, v)| (Hash::from_bytes(k[1..33].try_into().expect("session keys hold a hash")), st::decode_record::<Session>(k, v)))
         .filter(|(_, sess)| client.as_ref().is_none_or(|c| &sess.client == c))

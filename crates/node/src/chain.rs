@@ -36,6 +36,7 @@ const BLOCK_TXS_FLOOR: usize = 200;
 /// Shadow runs of a pending execution version: how many blocks passed, the first failure.
 #[derive(Default)]
 struct Shadow {
+    layer: Option<plexus_types::Layer>,
     version: u16,
     passed: u64,
     failure: Option<String>,
@@ -420,22 +421,24 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         self.inner.epoch_length
     }
 
-    /// The execution version an approved upgrade is waiting to activate, if any.
-    pub fn pending_execution_upgrade(&self) -> Option<u16> {
+    /// The approved upgrade waiting to activate that this node must dry-run first (an
+    /// execution version or a data migration), if any.
+    pub fn pending_shadowed_upgrade(&self) -> Option<(plexus_types::Layer, u16)> {
+        use plexus_types::Layer;
         self.read(|store| {
             let meta = plexus_execution::gov::meta(store);
             meta.pending
                 .iter()
                 .filter_map(|id| plexus_execution::gov::upgrade(store, *id))
-                .find(|u| u.layer == plexus_types::Layer::Execution && u.status == plexus_execution::gov::UpgradeStatus::Pending)
-                .map(|u| u.version)
+                .find(|u| matches!(u.layer, Layer::Execution | Layer::Data) && u.status == plexus_execution::gov::UpgradeStatus::Pending)
+                .map(|u| (u.layer, u.version))
         })
     }
 
-    /// Whether this node's shadow runs of execution `version` have passed on recent blocks.
-    pub fn shadow_ok(&self, version: u16) -> bool {
+    /// Whether this node's shadow runs of `layer` at `version` have passed on recent blocks.
+    pub fn shadow_ok(&self, layer: plexus_types::Layer, version: u16) -> bool {
         let s = self.inner.shadow.lock().expect("shadow lock");
-        s.version == version && s.failure.is_none() && s.passed >= SHADOW_BLOCKS_MIN
+        s.layer == Some(layer) && s.version == version && s.failure.is_none() && s.passed >= SHADOW_BLOCKS_MIN
     }
 
     /// What the last shadow runs found: (version, blocks passed, first failure).
@@ -444,26 +447,32 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         (s.version, s.passed, s.failure.clone())
     }
 
-    /// Runs a pending execution version this binary supports on `block` (on its parent's
-    /// state, the committed tip) and remembers how it went.
+    /// Dry-runs a pending execution version (on `block`) or data migration (on the committed
+    /// state) that this binary supports, and remembers how it went.
     fn shadow_run(&self, block: &Block) {
-        let Some(version) = self.pending_execution_upgrade() else { return };
-        if !crate::supported_versions().execution.contains(version) {
+        use plexus_types::Layer;
+        let Some((layer, version)) = self.pending_shadowed_upgrade() else { return };
+        if !crate::supported_versions().get(layer).contains(version) {
             return;
         }
-        let env = BlockEnv { height: block.header.height, proposer: block.header.proposer.clone() };
         let result = {
             let view = self.inner.state.view();
-            self.inner.executor.shadow(version, &*view, &env, &block.txs)
+            match layer {
+                Layer::Execution => {
+                    let env = BlockEnv { height: block.header.height, proposer: block.header.proposer.clone() };
+                    self.inner.executor.shadow(version, &*view, &env, &block.txs)
+                }
+                _ => self.inner.executor.shadow_migration(version, &*view),
+            }
         };
         let mut s = self.inner.shadow.lock().expect("shadow lock");
-        if s.version != version {
-            *s = Shadow { version, passed: 0, failure: None };
+        if s.layer != Some(layer) || s.version != version {
+            *s = Shadow { layer: Some(layer), version, passed: 0, failure: None };
         }
         match result {
             Ok(()) => s.passed += 1,
             Err(reason) => {
-                warn!(height = block.header.height, version, "shadow run of the pending execution version failed: {reason}");
+                warn!(height = block.header.height, layer = layer.name(), version, "shadow run of a pending upgrade failed: {reason}");
                 s.failure.get_or_insert(format!("height {}: {reason}", block.header.height));
             }
         }

@@ -28,15 +28,15 @@ where
             continue;
         }
         let versions = crate::supported_versions();
-        let pending = chain.pending_execution_upgrade();
-        let shadow_ok = pending.is_some_and(|v| chain.shadow_ok(v));
+        let pending = chain.pending_shadowed_upgrade();
+        let shadow_ok = pending.is_some_and(|(layer, v)| chain.shadow_ok(layer, v));
         let (bonded, current) = chain.read(|s| (s.stake(&me).bonded, plexus_execution::gov::signal(s, &me)));
         if bonded == 0 || current.is_some_and(|c| c.versions == versions && c.shadow_ok == shadow_ok) {
             continue;
         }
         match chain.submit_own(Payload::SignalVersions { versions, shadow_ok }) {
             Ok(hash) => {
-                info!(target: "upgrade", %hash, execution_max = versions.execution.max, shadow_ok, ?pending, "signalled supported versions");
+                info!(target: "upgrade", %hash, execution_max = versions.execution.max, data_max = versions.data.max, shadow_ok, ?pending, "signalled supported versions");
                 sent_at = Some(height);
             }
             Err(e) => warn!(target: "upgrade", "cannot signal supported versions: {e}"),

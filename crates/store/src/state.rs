@@ -83,6 +83,10 @@ impl StateRead for Mirror {
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.map.get(key).cloned()
     }
+
+    fn scan(&self, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.map.scan(table)
+    }
 }
 
 /// A block's writes merkleized on top of its parent, not yet applied.
