@@ -22,7 +22,9 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 ensure_system_packages() {
     local missing=()
     command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-    if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/x86_64-linux-gnu/libclang*.so* /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
+    # Any one of these is enough for bindgen (a glob that matches nothing is not an error).
+    if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+        && ! compgen -G '/usr/lib/*-linux-gnu/libclang*.so*' >/dev/null; then
         missing+=(libclang-dev)
     fi
     command -v c++ >/dev/null 2>&1 || missing+=(g++)
