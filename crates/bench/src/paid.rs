@@ -489,9 +489,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn markdown(args: &Args, engine: Timing, provider: Timing, gateway: &GatewayRun, t: &Trivial) -> String {
     let date = Command::new("date").args(["-u", "+%F"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let pct = |a: f64, b: f64| (b - a) / a * 100.0;
     let lat_overhead = gateway.timing.p50_ms - provider.p50_ms;
-    let tput_overhead = pct(gateway.timing.rps, provider.rps) * -1.0;
+    // Throughput lost going through the gateway, in % of the provider's own (negative: gained).
+    let tput_overhead = (provider.rps - gateway.timing.rps) / provider.rps * 100.0;
     let goal = |ok: bool| if ok { "met" } else { "NOT met" };
     let bytes: usize = gateway.session_txs.iter().map(|(_, b)| b).sum();
     let txs: Vec<String> = gateway.session_txs.iter().map(|(k, b)| format!("{k} {b} B")).collect();
@@ -507,7 +507,7 @@ fn markdown(args: &Args, engine: Timing, provider: Timing, gateway: &GatewayRun,
          | engine in-process | {e50:.1} ms | {erps:.2} req/s | {et} |\n\
          | `plexus serve` (HTTP, no metering) | {p50:.1} ms | {prps:.2} req/s | {pt} |\n\
          | `plexus gateway` -> provider (metered, receipts) | {g50:.1} ms | {grps:.2} req/s | {gt} |\n\n\
-         Protocol overhead (gateway vs provider directly): {lat:+.1} ms p50 (goal <= 1 ms: {g1}), {tput:+.1}% throughput\n\
+         Protocol overhead (gateway vs provider directly): {lat:+.1} ms p50 (goal <= 1 ms: {g1}), {tput:.1}% less throughput\n\
          (goal <= 2%: {g2}). Server overhead (provider vs engine): {slat:+.1} ms p50.\n\n\
          Metered requests per second through one provider, trivial workload (an embedding fixture that answers\n\
          at once; the session held in memory instead of read from the chain; 32 concurrent clients in the same\n\
@@ -533,7 +533,7 @@ fn markdown(args: &Args, engine: Timing, provider: Timing, gateway: &GatewayRun,
         gt = gateway.timing.completion_tokens,
         lat = lat_overhead,
         g1 = goal(lat_overhead <= 1.0),
-        tput = -tput_overhead,
+        tput = tput_overhead,
         g2 = goal(tput_overhead <= 2.0),
         slat = provider.p50_ms - engine.p50_ms,
         mrps = t.metered_rps,
