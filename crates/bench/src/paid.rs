@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use futures::future::BoxFuture;
 use plexus_inference::models::{ModelCache, Progress};
 use plexus_inference::{
     ChatMessage, Embeddings, Engine, EngineConfig, Error as EngineError, Event, GenerateRequest, LlamaConfig, Load,
@@ -64,85 +65,92 @@ struct Timing {
     completion_tokens: u64,
 }
 
-fn stats(mut latencies: Vec<f64>, rps: f64, completion_tokens: u64) -> Timing {
-    latencies.sort_by(f64::total_cmp);
-    Timing { p50_ms: report::quantile(&latencies, 0.5), rps, completion_tokens }
-}
-
 // ---- 1. engine, server, gateway ----
 
-async fn engine_direct(args: &Args) -> anyhow::Result<Timing> {
+/// One timed request: its latency and completion tokens.
+type Request = Box<dyn Fn() -> BoxFuture<'static, anyhow::Result<(Duration, u64)>> + Send + Sync>;
+
+/// Times the setups interleaved, so that a noisy neighbour or a warming CPU weighs on all of
+/// them alike: request `i` of every setup runs before request `i + 1` of any, and the 4-client
+/// throughput runs alternate by setup over `ROUNDS` rounds.
+async fn measure_interleaved(args: &Args, setups: &[&Request]) -> anyhow::Result<Vec<Timing>> {
+    const ROUNDS: usize = 2;
+    for setup in setups {
+        for _ in 0..3 {
+            setup().await?; // warm-up: caches, connections, sessions
+        }
+    }
+    let mut latencies = vec![Vec::new(); setups.len()];
+    let mut tokens = vec![0; setups.len()];
+    for _ in 0..args.sequential {
+        for (k, setup) in setups.iter().enumerate() {
+            let (d, t) = setup().await?;
+            latencies[k].push(d.as_secs_f64() * 1e3);
+            tokens[k] = t;
+        }
+    }
+    let mut busy = vec![Duration::ZERO; setups.len()];
+    for _ in 0..ROUNDS {
+        for (k, setup) in setups.iter().enumerate() {
+            let started = Instant::now();
+            let clients = (0..4).map(|_| async {
+                for _ in 0..args.per_client {
+                    setup().await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            });
+            futures::future::try_join_all(clients).await?;
+            busy[k] += started.elapsed();
+        }
+    }
+    let requests = (ROUNDS * 4 * args.per_client) as f64;
+    Ok((0..setups.len())
+        .map(|k| {
+            let mut l = std::mem::take(&mut latencies[k]);
+            l.sort_by(f64::total_cmp);
+            Timing { p50_ms: report::quantile(&l, 0.5), rps: requests / busy[k].as_secs_f64(), completion_tokens: tokens[k] }
+        })
+        .collect())
+}
+
+/// The engine called in-process.
+async fn engine_direct(args: &Args) -> anyhow::Result<Request> {
     let model = ModelCache::from_env().pull(CHAT, Progress::Hide)?;
     let threads = std::num::NonZeroU32::new(args.threads).context("--threads")?;
     let config = EngineConfig { llama: LlamaConfig { threads, threads_batch: threads, ..LlamaConfig::default() }, ..EngineConfig::default() };
-    let engine = tokio::task::spawn_blocking(move || load_engine(&model, &config)).await??;
-    let once = |engine: Arc<dyn Engine>| async move {
-        let request = GenerateRequest {
-            prompt: Prompt::Chat { messages: vec![ChatMessage::new("user", PROMPT)], continue_final_message: false },
-            max_tokens: Some(MAX_TOKENS),
-            sampling: Sampling::Greedy,
-            stop: Vec::new(),
-        };
-        let started = Instant::now();
-        let prepared = engine.prepare(request)?;
-        let mut generation = engine.submit(prepared)?;
-        loop {
-            match generation.next().await {
-                Some(Event::Done(finish)) => return Ok::<_, anyhow::Error>((started.elapsed(), u64::from(finish.completion_tokens))),
-                Some(Event::Failed(e)) => return Err(e.into()),
-                Some(Event::Text { .. }) => {}
-                None => bail!("the engine stopped"),
+    let engine: Arc<dyn Engine> = tokio::task::spawn_blocking(move || load_engine(&model, &config)).await??;
+    Ok(Box::new(move || {
+        let engine = engine.clone();
+        Box::pin(async move {
+            let request = GenerateRequest {
+                prompt: Prompt::Chat { messages: vec![ChatMessage::new("user", PROMPT)], continue_final_message: false },
+                max_tokens: Some(MAX_TOKENS),
+                sampling: Sampling::Greedy,
+                stop: Vec::new(),
+            };
+            let started = Instant::now();
+            let prepared = engine.prepare(request)?;
+            let mut generation = engine.submit(prepared)?;
+            loop {
+                match generation.next().await {
+                    Some(Event::Done(finish)) => return Ok((started.elapsed(), u64::from(finish.completion_tokens))),
+                    Some(Event::Failed(e)) => return Err(e.into()),
+                    Some(Event::Text { .. }) => {}
+                    None => bail!("the engine stopped"),
+                }
             }
-        }
-    };
-    measure(args, || {
-        let e = engine.clone();
-        async move { once(e).await }
-    })
-    .await
+        })
+    }))
 }
 
-/// Times `request` one at a time, then with 4 at once.
-async fn measure<F, Fut>(args: &Args, request: F) -> anyhow::Result<Timing>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<(Duration, u64)>> + Send + 'static,
-{
-    for _ in 0..3 {
-        request().await?; // warm-up: caches, connections, sessions
-    }
-    let mut latencies = Vec::new();
-    let mut tokens = 0;
-    for _ in 0..args.sequential {
-        let (d, t) = request().await?;
-        latencies.push(d.as_secs_f64() * 1e3);
-        tokens = t;
-    }
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let batch: Vec<Fut> = (0..args.per_client).map(|_| request()).collect();
-        tasks.push(tokio::spawn(async move {
-            for f in batch {
-                f.await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let rps = (4 * args.per_client) as f64 / started.elapsed().as_secs_f64();
-    Ok(stats(latencies, rps, tokens))
-}
-
-async fn over_http(args: &Args, url: String) -> anyhow::Result<Timing> {
+/// A non-streaming chat completion to `url`.
+fn over_http(url: String) -> anyhow::Result<Request> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
     let body = json!({"model": CHAT, "temperature": 0, "max_tokens": MAX_TOKENS,
                       "messages": [{"role": "user", "content": PROMPT}]});
-    measure(args, || {
+    Ok(Box::new(move || {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
-        async move {
+        Box::pin(async move {
             let started = Instant::now();
             let r = http.post(&url).json(&body).send().await?;
             let status = r.status();
@@ -151,9 +159,8 @@ async fn over_http(args: &Args, url: String) -> anyhow::Result<Timing> {
                 bail!("{url}: HTTP {status}: {v}");
             }
             Ok((started.elapsed(), v["usage"]["completion_tokens"].as_u64().unwrap_or(0)))
-        }
-    })
-    .await
+        })
+    }))
 }
 
 struct Process(Child);
@@ -186,10 +193,11 @@ async fn wait_http(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn provider_direct(args: &Args) -> anyhow::Result<Timing> {
+/// `plexus serve` on its own, over HTTP.
+async fn provider_direct(args: &Args) -> anyhow::Result<(Process, Request)> {
     let port = free_port()?;
     let t = args.threads.to_string();
-    let _serve = Process(
+    let serve = Process(
         Command::new(&args.plexus)
             .args(["serve", "-m", CHAT, "--port", &port.to_string(), "--threads", &t, "--threads-batch", &t])
             .env("RUST_LOG", "warn")
@@ -198,20 +206,24 @@ async fn provider_direct(args: &Args) -> anyhow::Result<Timing> {
     );
     let base = format!("http://127.0.0.1:{port}");
     wait_http(&format!("{base}/health")).await?;
-    over_http(args, format!("{base}/v1/chat/completions")).await
+    Ok((serve, over_http(format!("{base}/v1/chat/completions"))?))
 }
 
-struct GatewayRun {
-    timing: Timing,
-    session_txs: Vec<(&'static str, usize)>,
-    session_requests: u64,
+/// A 1-validator devnet (its node serves the model) and its gateway.
+struct Devnet {
+    process: Process,
+    home: PathBuf,
+    /// The gateway's OpenAI base URL (`…/v1`).
+    url: String,
+    api: String,
+    start_height: u64,
 }
 
-async fn through_gateway(args: &Args) -> anyhow::Result<GatewayRun> {
+async fn start_devnet(args: &Args) -> anyhow::Result<Devnet> {
     let home = std::env::temp_dir().join(format!("plexus-bench-paid-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     let base = 31_000 + (std::process::id() % 2_000) as u16 * 10;
-    let mut devnet = Process(
+    let mut process = Process(
         Command::new(&args.plexus)
             .args(["devnet", "up", "--validators", "1", "--threads", &args.threads.to_string()])
             // Claims only when a session ends, so its chain footprint is one claim.
@@ -229,21 +241,23 @@ async fn through_gateway(args: &Args) -> anyhow::Result<GatewayRun> {
                 break v;
             }
         }
-        if let Some(status) = devnet.0.try_wait()? {
+        if let Some(status) = process.0.try_wait()? {
             bail!("the devnet exited ({status})");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let url = info["gateway"]["url"].as_str().context("gateway url")?.to_string();
-    let gateway = url.trim_end_matches("/v1").to_string();
-    wait_http(&format!("{gateway}/health")).await?;
+    wait_http(&format!("{}/health", url.trim_end_matches("/v1"))).await?;
     let api = info["nodes"][0]["api"].as_str().context("api")?.to_string();
-    let start: u64 = reqwest::get(format!("{api}/chain/v1/status")).await?.json::<Value>().await?["height"].as_u64().unwrap_or(0);
-    let timing = over_http(args, format!("{url}/chat/completions")).await?;
+    let start_height = reqwest::get(format!("{api}/chain/v1/status")).await?.json::<Value>().await?["height"].as_u64().unwrap_or(0);
+    Ok(Devnet { process, home, url, api, start_height })
+}
 
-    // Settle and close the session, then count its chain bytes.
-    let http = reqwest::Client::new();
-    let status: Value = http.post(format!("{gateway}/plexus/v1/close")).send().await?.json().await?;
+/// Settles and closes the gateway's session, then lists its transactions' encoded sizes.
+async fn session_bytes(devnet: Devnet) -> anyhow::Result<Vec<(&'static str, usize)>> {
+    let gateway = devnet.url.trim_end_matches("/v1");
+    let api = &devnet.api;
+    let status: Value = reqwest::Client::new().post(format!("{gateway}/plexus/v1/close")).send().await?.json().await?;
     let session = status["sessions"].as_array().and_then(|s| s.first()).context("a session")?.clone();
     let id: Hash = session["id"].as_str().context("session id")?.parse().map_err(anyhow::Error::msg)?;
     let client: Address = status["client"].as_str().context("client")?.parse().map_err(anyhow::Error::msg)?;
@@ -260,7 +274,7 @@ async fn through_gateway(args: &Args) -> anyhow::Result<GatewayRun> {
     }
     let end: u64 = reqwest::get(format!("{api}/chain/v1/status")).await?.json::<Value>().await?["height"].as_u64().unwrap_or(0);
     let mut session_txs = Vec::new();
-    for h in start..=end {
+    for h in devnet.start_height..=end {
         let block: Value = reqwest::get(format!("{api}/chain/v1/blocks/{h}")).await?.json().await?;
         for t in block["txs"].as_array().into_iter().flatten() {
             let tx: SignedTx = serde_json::from_value(t["tx"].clone())?;
@@ -269,7 +283,8 @@ async fn through_gateway(args: &Args) -> anyhow::Result<GatewayRun> {
                     Some("open_session")
                 }
                 Payload::Claim { receipts } if receipts.iter().any(|r| r.receipt.session == id) => Some("claim"),
-                Payload::CloseSession { session } if *session == id => Some("close_session"),
+                Payload::CloseSession { session } if *session == id && tx.tx.signer == client => Some("close_session (client)"),
+                Payload::CloseSession { session } if *session == id => Some("close_session (provider)"),
                 Payload::TopUpSession { session, .. } if *session == id => Some("top_up_session"),
                 _ => None,
             };
@@ -278,10 +293,35 @@ async fn through_gateway(args: &Args) -> anyhow::Result<GatewayRun> {
             }
         }
     }
-    drop(devnet);
+    let home = devnet.home.clone();
+    drop(devnet.process);
     let _ = std::fs::remove_dir_all(&home);
-    let session_requests = 3 + args.sequential as u64 + 4 * args.per_client as u64;
-    Ok(GatewayRun { timing, session_txs, session_requests })
+    Ok(session_txs)
+}
+
+struct Overhead {
+    engine: Timing,
+    provider: Timing,
+    gateway: Timing,
+    session_txs: Vec<(&'static str, usize)>,
+    session_requests: u64,
+}
+
+async fn overhead(args: &Args) -> anyhow::Result<Overhead> {
+    eprintln!("loading the engine in-process…");
+    let engine = engine_direct(args).await?;
+    eprintln!("starting plexus serve…");
+    let (serve, provider) = provider_direct(args).await?;
+    eprintln!("starting a 1-validator devnet and its gateway…");
+    let devnet = start_devnet(args).await?;
+    let gateway = over_http(format!("{}/chat/completions", devnet.url))?;
+    eprintln!("timing the three setups, interleaved…");
+    let timings = measure_interleaved(args, &[&engine, &provider, &gateway]).await?;
+    drop(serve);
+    drop(engine);
+    let session_txs = session_bytes(devnet).await?;
+    let session_requests = 3 + args.sequential as u64 + 2 * 4 * args.per_client as u64;
+    Ok(Overhead { engine: timings[0], provider: timings[1], gateway: timings[2], session_txs, session_requests })
 }
 
 // ---- 2. trivial workload ----
@@ -467,18 +507,13 @@ async fn trivial(args: &Args) -> anyhow::Result<Trivial> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let (engine, provider, gateway, trivial) = rt.block_on(async {
-        eprintln!("engine in-process…");
-        let engine = engine_direct(&args).await?;
-        eprintln!("plexus serve over HTTP…");
-        let provider = provider_direct(&args).await?;
-        eprintln!("plexus gateway in front of a devnet provider…");
-        let gateway = through_gateway(&args).await?;
+    let (overhead, trivial) = rt.block_on(async {
+        let overhead = overhead(&args).await?;
         eprintln!("trivial workload, metered and not…");
         let trivial = trivial(&args).await?;
-        Ok::<_, anyhow::Error>((engine, provider, gateway, trivial))
+        Ok::<_, anyhow::Error>((overhead, trivial))
     })?;
-    let body = markdown(&args, engine, provider, &gateway, &trivial);
+    let body = markdown(&args, &overhead, &trivial);
     println!("{body}");
     if let Some(docs) = &args.docs {
         report::write_section(docs, "Paid inference", &body)?;
@@ -487,21 +522,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn markdown(args: &Args, engine: Timing, provider: Timing, gateway: &GatewayRun, t: &Trivial) -> String {
+fn markdown(args: &Args, o: &Overhead, t: &Trivial) -> String {
+    let (engine, provider, gateway) = (o.engine, o.provider, o.gateway);
     let date = Command::new("date").args(["-u", "+%F"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let lat_overhead = gateway.timing.p50_ms - provider.p50_ms;
+    let lat_overhead = gateway.p50_ms - provider.p50_ms;
     // Throughput lost going through the gateway, in % of the provider's own (negative: gained).
-    let tput_overhead = (provider.rps - gateway.timing.rps) / provider.rps * 100.0;
+    let tput_overhead = (provider.rps - gateway.rps) / provider.rps * 100.0;
     let goal = |ok: bool| if ok { "met" } else { "NOT met" };
-    let bytes: usize = gateway.session_txs.iter().map(|(_, b)| b).sum();
-    let txs: Vec<String> = gateway.session_txs.iter().map(|(k, b)| format!("{k} {b} B")).collect();
+    let bytes: usize = o.session_txs.iter().map(|(_, b)| b).sum();
+    let txs: Vec<String> = o.session_txs.iter().map(|(k, b)| format!("{k} {b} B")).collect();
     format!(
         "`bench/paid/run.sh` (`plexus-bench paid --threads {threads}`). The same chat request every time (SmolLM2-135M\n\
-         Q4_1, greedy, {max} output tokens), {threads} model threads, in three setups measured one after another on\n\
-         this machine: the engine called in-process; `plexus serve` over loopback HTTP; and `plexus gateway` in\n\
-         front of a 1-validator devnet whose node serves the model (session, provider token, attestation check,\n\
-         one signed receipt per response). p50 of {seq} requests one at a time; throughput with 4 clients x {pc}\n\
-         requests. The devnet's validator keeps producing blocks meanwhile, on the same 2 cores.\n\n\
+         Q4_1, greedy, {max} output tokens), {threads} model threads, in three setups running side by side on this\n\
+         machine: the engine called in-process; `plexus serve` over loopback HTTP; and `plexus gateway` in front\n\
+         of a 1-validator devnet whose node serves the model (session, provider token, attestation check, one\n\
+         signed receipt per response). Interleaved, so that machine noise weighs on all three alike: p50 of {seq}\n\
+         requests one at a time, request i of every setup before request i+1 of any; throughput with 4 clients x\n\
+         {pc} requests, setups taking turns over 2 rounds. The devnet's validator keeps producing blocks\n\
+         meanwhile, on the same 2 cores.\n\n\
          Machine: {machine}. Commit {commit}, {date}.\n\n\
          | setup | p50 latency | throughput (4 clients) | output tokens |\n|---|---|---|---|\n\
          | engine in-process | {e50:.1} ms | {erps:.2} req/s | {et} |\n\
@@ -528,9 +566,9 @@ fn markdown(args: &Args, engine: Timing, provider: Timing, gateway: &GatewayRun,
         p50 = provider.p50_ms,
         prps = provider.rps,
         pt = provider.completion_tokens,
-        g50 = gateway.timing.p50_ms,
-        grps = gateway.timing.rps,
-        gt = gateway.timing.completion_tokens,
+        g50 = gateway.p50_ms,
+        grps = gateway.rps,
+        gt = gateway.completion_tokens,
         lat = lat_overhead,
         g1 = goal(lat_overhead <= 1.0),
         tput = tput_overhead,
@@ -541,9 +579,9 @@ fn markdown(args: &Args, engine: Timing, provider: Timing, gateway: &GatewayRun,
         urps = t.unmetered_rps,
         fails = t.failures,
         g3 = goal(t.metered_rps >= 20_000.0),
-        reqs = gateway.session_requests,
+        reqs = o.session_requests,
         bytes = bytes,
-        ntx = gateway.session_txs.len(),
+        ntx = o.session_txs.len(),
         txs = txs.join(", "),
     )
 }
