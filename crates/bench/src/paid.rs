@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     threads: u32,
     /// Requests timed one at a time, per setup.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 40)]
     sequential: usize,
     /// Requests per client in the 4-client throughput run, per setup.
     #[arg(long, default_value_t = 8)]
@@ -63,6 +63,11 @@ struct Timing {
     /// Requests per second with 4 clients.
     rps: f64,
     completion_tokens: u64,
+    /// How far apart two measurements of this same setup came out in this run: p50 of the
+    /// first half of the one-at-a-time requests against the second half, in ms...
+    p50_spread_ms: f64,
+    /// ...and the two throughput rounds, in % of their mean.
+    rps_spread_pct: f64,
 }
 
 // ---- 1. engine, server, gateway ----
@@ -90,6 +95,7 @@ async fn measure_interleaved(args: &Args, setups: &[&Request]) -> anyhow::Result
         }
     }
     let mut busy = vec![Duration::ZERO; setups.len()];
+    let mut round_rps = vec![Vec::new(); setups.len()];
     for _ in 0..ROUNDS {
         for (k, setup) in setups.iter().enumerate() {
             let started = Instant::now();
@@ -101,14 +107,27 @@ async fn measure_interleaved(args: &Args, setups: &[&Request]) -> anyhow::Result
             });
             futures::future::try_join_all(clients).await?;
             busy[k] += started.elapsed();
+            round_rps[k].push((4 * args.per_client) as f64 / started.elapsed().as_secs_f64());
         }
     }
     let requests = (ROUNDS * 4 * args.per_client) as f64;
     Ok((0..setups.len())
         .map(|k| {
-            let mut l = std::mem::take(&mut latencies[k]);
-            l.sort_by(f64::total_cmp);
-            Timing { p50_ms: report::quantile(&l, 0.5), rps: requests / busy[k].as_secs_f64(), completion_tokens: tokens[k] }
+            let p50 = |l: &[f64]| {
+                let mut l = l.to_vec();
+                l.sort_by(f64::total_cmp);
+                report::quantile(&l, 0.5)
+            };
+            let (first, second) = latencies[k].split_at(latencies[k].len() / 2);
+            let r = &round_rps[k];
+            let (lo, hi) = r.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            Timing {
+                p50_ms: p50(&latencies[k]),
+                rps: requests / busy[k].as_secs_f64(),
+                completion_tokens: tokens[k],
+                p50_spread_ms: (p50(first) - p50(second)).abs(),
+                rps_spread_pct: (hi - lo) / (r.iter().sum::<f64>() / r.len() as f64) * 100.0,
+            }
         })
         .collect())
 }
@@ -546,7 +565,9 @@ fn markdown(args: &Args, o: &Overhead, t: &Trivial) -> String {
          | `plexus serve` (HTTP, no metering) | {p50:.1} ms | {prps:.2} req/s | {pt} |\n\
          | `plexus gateway` -> provider (metered, receipts) | {g50:.1} ms | {grps:.2} req/s | {gt} |\n\n\
          Protocol overhead (gateway vs provider directly): {lat:+.1} ms p50 (goal <= 1 ms: {g1}), {tput:.1}% less throughput\n\
-         (goal <= 2%: {g2}). Server overhead (provider vs engine): {slat:+.1} ms p50.\n\n\
+         (goal <= 2%: {g2}). Server overhead (provider vs engine): {slat:+.1} ms p50. The noise floor of this run: the\n\
+         same setup measured twice (first half against second half of its requests; its two throughput rounds)\n\
+         differed by up to {nlat:.1} ms p50 and {ntput:.1}% throughput, so smaller differences are not resolved here.\n\n\
          Metered requests per second through one provider, trivial workload (an embedding fixture that answers\n\
          at once; the session held in memory instead of read from the chain; 32 concurrent clients in the same\n\
          process, each response acknowledged by a new signed receipt sent with the next request): **{mrps:.0} req/s**\n\
@@ -574,6 +595,8 @@ fn markdown(args: &Args, o: &Overhead, t: &Trivial) -> String {
         tput = tput_overhead,
         g2 = goal(tput_overhead <= 2.0),
         slat = provider.p50_ms - engine.p50_ms,
+        nlat = [engine, provider, gateway].iter().map(|t| t.p50_spread_ms).fold(0.0, f64::max),
+        ntput = [engine, provider, gateway].iter().map(|t| t.rps_spread_pct).fold(0.0, f64::max),
         mrps = t.metered_rps,
         receipts = t.receipts,
         urps = t.unmetered_rps,
