@@ -3,8 +3,10 @@
 
 Both servers get the same GGUF, the same prompts, greedy sampling with explicit parameters in
 every request, the same thread count, and the same KV layout (8192 unified cells, one slot per
-concurrent stream). Each scenario starts fresh server processes. Only the Python standard
-library is used, so the client costs the same for both.
+concurrent stream). Each scenario starts fresh server processes, and the two servers take turns
+in A-B-B-A order (llama-server, plexus, plexus, llama-server), so that drift in the machine's
+speed over the run weighs on both alike. Only the Python standard library is used, so the
+client costs the same for both.
 
 Run through bench/inference/run.sh, which builds both servers first.
 """
@@ -158,7 +160,7 @@ def single_stream(port, model, runs=5, max_tokens=256):
         if n > 1 and decode > 0:
             rates.append((n - 1) / decode)
         texts.append(text)
-    return {"ttft_ms": statistics.median(ttfts) * 1e3, "decode_tok_s": statistics.median(rates), "texts": texts}
+    return {"ttfts": ttfts, "rates": rates, "texts": texts}
 
 
 def concurrent(port, model, streams, requests_per_stream=3, max_tokens=128):
@@ -203,7 +205,7 @@ def shared_system(port, model, concurrency):
             t.start()
         for t in threads:
             t.join()
-    return {"ttft_ms_median": statistics.median(ttfts) * 1e3, "ttft_ms_mean": statistics.mean(ttfts) * 1e3}
+    return ttfts
 
 
 def embeddings(port, model, rounds=10):
@@ -273,27 +275,45 @@ def main():
             return json.loads(r.read())["data"][0]["id"]
 
     results = {"machine": machine_info(), "threads": args.threads, "ctx": args.ctx}
-    for label, start in (("llama-server", llama), ("plexus", plexus)):
-        r = {}
-        print(f"== {label}", flush=True)
-        with start(1) as s:
-            name = served_name(s.port)
-            stream_chat(s.port, name, [{"role": "user", "content": "Hello"}], 8)  # warm-up
-            r["single"] = single_stream(s.port, name)
-            print(f"  single stream: {r['single']['decode_tok_s']:.1f} tok/s, TTFT {r['single']['ttft_ms']:.1f} ms", flush=True)
-            r["agg1"] = concurrent(s.port, name, 1)
-        for n in (4, 8):
-            with start(n) as s:
+    servers = (("llama-server", llama), ("plexus", plexus))
+    raw = {label: {} for label, _ in servers}
+    # (scenario, slots): every scenario runs on each server twice, in A-B-B-A order.
+    for key, np in (("single", 1), ("agg4", 4), ("agg8", 8), ("shared1", 4), ("shared4", 4)):
+        print(f"== {key}", flush=True)
+        for label, start in servers + servers[::-1]:
+            with start(np) as s:
                 name = served_name(s.port)
-                stream_chat(s.port, name, [{"role": "user", "content": "Hello"}], 8)
-                r[f"agg{n}"] = concurrent(s.port, name, n)
+                stream_chat(s.port, name, [{"role": "user", "content": "Hello"}], 8)  # warm-up
+                got = raw[label].setdefault(key, [])
+                if key == "single":
+                    got.append(single_stream(s.port, name))
+                    raw[label].setdefault("agg1", []).append(concurrent(s.port, name, 1))
+                elif key.startswith("agg"):
+                    got.append(concurrent(s.port, name, np))
+                else:
+                    got.append(shared_system(s.port, name, int(key[len("shared"):])))
+    for label, _ in servers:
+        got = raw[label]
+        single = {k: [x for run in got["single"] for x in run[k]] for k in ("ttfts", "rates", "texts")}
+        r = {"single": {"ttft_ms": statistics.median(single["ttfts"]) * 1e3,
+                        "decode_tok_s": statistics.median(single["rates"]),
+                        "decode_tok_s_passes": [statistics.median(run["rates"]) for run in got["single"]],
+                        "texts": single["texts"]}}
+        for n in (1, 4, 8):
+            runs = got[f"agg{n}"]
+            r[f"agg{n}"] = {"tok_s": sum(x["tokens"] for x in runs) / sum(x["wall_s"] for x in runs),
+                            "tok_s_passes": [x["tok_s"] for x in runs]}
+        for c in (1, 4):
+            ttfts = [t for run in got[f"shared{c}"] for t in run]
+            r[f"shared{c}"] = {"ttft_ms_median": statistics.median(ttfts) * 1e3, "ttft_ms_mean": statistics.mean(ttfts) * 1e3}
+        results[label] = r
+        print(f"== {label}", flush=True)
+        print(f"  single stream: {r['single']['decode_tok_s']:.1f} tok/s (passes "
+              f"{', '.join(f'{x:.1f}' for x in r['single']['decode_tok_s_passes'])}), TTFT {r['single']['ttft_ms']:.1f} ms", flush=True)
         for n in (1, 4, 8):
             print(f"  aggregate x{n}: {r[f'agg{n}']['tok_s']:.1f} tok/s", flush=True)
         for c in (1, 4):
-            with start(4) as s:
-                r[f"shared{c}"] = shared_system(s.port, served_name(s.port), c)
             print(f"  shared system prompt, {c} at a time: TTFT median {r[f'shared{c}']['ttft_ms_median']:.1f} ms", flush=True)
-        results[label] = r
 
     port = free_port()
     argv = [args.plexus, "serve", "-m", args.embed_model, "--port", str(port), "--threads", str(args.threads)]
