@@ -203,13 +203,17 @@ fn status(node: &str, json: bool) -> anyhow::Result<()> {
         v["consensus"], v["data"], v["execution"], v["network"]
     );
     let n = &upgrades["node"];
+    let shadow = match n["shadow_version"].as_u64() {
+        Some(version) if version > 0 => format!(
+            "shadow runs of v{version}: {} blocks passed{}",
+            n["shadow_blocks_passed"],
+            n["shadow_failure"].as_str().map(|f| format!(", failed: {f}")).unwrap_or_default()
+        ),
+        _ => "no execution upgrade pending, so no shadow runs".into(),
+    };
     println!(
-        "this node supports execution {}..={}; shadow runs of v{}: {} blocks passed{}",
-        n["supported"]["execution"]["min"],
-        n["supported"]["execution"]["max"],
-        n["shadow_version"],
-        n["shadow_blocks_passed"],
-        n["shadow_failure"].as_str().map(|f| format!(", failed: {f}")).unwrap_or_default()
+        "this node supports execution {}..={}; {shadow}",
+        n["supported"]["execution"]["min"], n["supported"]["execution"]["max"],
     );
     let needed = upgrades["readiness_needed_bps"].as_u64().unwrap_or(0);
     for u in upgrades["upgrades"].as_array().into_iter().flatten() {
