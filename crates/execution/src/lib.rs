@@ -386,7 +386,13 @@ impl Executor {
     /// signature, nonce, fee and payload. Used by the mempool and the API so that bad
     /// transactions get a clear error before they are gossiped.
     pub fn check_tx(&self, state: &dyn StateRead, height: Height, tx: &SignedTx) -> Result<(), TxError> {
-        if !tx.verify(&self.chain_id) {
+        self.check_tx_signed(state, height, tx, false)
+    }
+
+    /// [`Executor::check_tx`], skipping the signature when `signature_verified` (the caller
+    /// checked it already, e.g. in a batch with [`SignedTx::verify_all`]).
+    pub fn check_tx_signed(&self, state: &dyn StateRead, height: Height, tx: &SignedTx, signature_verified: bool) -> Result<(), TxError> {
+        if !signature_verified && !tx.verify(&self.chain_id) {
             return Err(TxError::BadSignature);
         }
         // Admission is the same in every version so far.
@@ -398,7 +404,12 @@ impl Executor {
     /// the fee and what the payload can spend. Constant time, unlike simulating the queue; the
     /// block builder re-executes everything exactly and leaves out what no longer applies.
     pub fn check_queued(&self, state: &dyn StateRead, tx: &SignedTx, prior_spend: Amount) -> Result<(), TxError> {
-        if !tx.verify(&self.chain_id) {
+        self.check_queued_signed(state, tx, prior_spend, false)
+    }
+
+    /// [`Executor::check_queued`], skipping the signature when `signature_verified`.
+    pub fn check_queued_signed(&self, state: &dyn StateRead, tx: &SignedTx, prior_spend: Amount, signature_verified: bool) -> Result<(), TxError> {
+        if !signature_verified && !tx.verify(&self.chain_id) {
             return Err(TxError::BadSignature);
         }
         let min = params(state).min_tx_fee;

@@ -384,9 +384,14 @@ async fn submit_batch<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'st
     }
     let chain = s.chain.clone();
     let results = tokio::task::spawn_blocking(move || {
-        body.txs
-            .iter()
-            .map(|hex_tx| match decode_tx(hex_tx).and_then(|tx| chain.submit(tx, true).map_err(submit_error)) {
+        let decoded: Vec<Result<SignedTx, ApiError>> = body.txs.iter().map(|hex_tx| decode_tx(hex_tx)).collect();
+        // All signatures in one batch check; if any is bad, each is checked on its own below,
+        // so that every transaction gets its own answer.
+        let well_formed: Vec<&SignedTx> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
+        let all_signed = SignedTx::verify_all(&well_formed, chain.chain_id());
+        decoded
+            .into_iter()
+            .map(|d| match d.and_then(|tx| chain.submit_signed(tx, true, all_signed).map_err(submit_error)) {
                 Ok(hash) => BatchResult::Ok { hash },
                 Err(e) => {
                     chain.metrics().txs_rejected.inc();

@@ -268,6 +268,12 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
     /// Checks a transaction against the committed state plus the sender's pending transactions
     /// and, if admissible, adds it to the mempool and gossips it. Returns its hash.
     pub fn submit(&self, tx: SignedTx, gossip: bool) -> Result<Hash, SubmitError> {
+        self.submit_signed(tx, gossip, false)
+    }
+
+    /// [`ChainState::submit`] for a transaction whose signature the caller verified already
+    /// (`signature_verified`), e.g. with the rest of its batch.
+    pub fn submit_signed(&self, tx: SignedTx, gossip: bool, signature_verified: bool) -> Result<Hash, SubmitError> {
         let hash = tx.hash();
         {
             let mempool = self.inner.mempool.lock().expect("mempool lock");
@@ -285,14 +291,14 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         let prior: Vec<&Arc<SignedTx>> = pending.iter().take_while(|p| p.tx.nonce < tx.tx.nonce).collect();
         if prior.is_empty() {
             // The sender's next transaction: check it fully, for a precise error now.
-            self.inner.executor.check_tx(&*view, height + 1, &tx)?;
+            self.inner.executor.check_tx_signed(&*view, height + 1, &tx, signature_verified)?;
         } else {
             // Queued behind others: a constant-time check of signature, fee and balance
             // (simulating the whole queue on every admission is quadratic in its length).
             let spend = prior
                 .iter()
                 .fold(0u128, |acc, p| acc.saturating_add(p.tx.fee).saturating_add(plexus_execution::max_spend(&p.tx.payload)));
-            self.inner.executor.check_queued(&*view, &tx, spend)?;
+            self.inner.executor.check_queued_signed(&*view, &tx, spend, signature_verified)?;
         }
         drop(view);
         let inserted = self.inner.mempool.lock().expect("mempool lock").insert(tx.clone(), account_nonce)?;

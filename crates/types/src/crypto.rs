@@ -100,6 +100,20 @@ impl Address {
         self.0.verify(namespace, message, &sig.0)
     }
 
+    /// Checks many signatures under one namespace at once, each `(signer, message, signature)`;
+    /// true only if every one is valid (and the list is not empty). One multi-scalar
+    /// multiplication with random weights instead of one per signature: about twice as fast on
+    /// large batches, with the same acceptance rules as [`Address::verify`].
+    pub fn verify_batch(namespace: &[u8], items: &[(&Address, &[u8], &Sig)]) -> bool {
+        use commonware_cryptography::{BatchEntry, BatchVerifier as _};
+        ed25519::PublicKey::verify_batch(
+            &mut rand::rng(),
+            items,
+            |_, &(signer, message, sig)| BatchEntry { namespace, message, public_key: &signer.0, signature: &sig.0 },
+            &commonware_parallel::Sequential,
+        )
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_ref()
     }
@@ -117,10 +131,44 @@ fn fill_random(out: &mut [u8]) {
         .expect("the operating system provides randomness");
 }
 
+fn decode_plain<T: DecodeExt<()>, const N: usize>(raw: [u8; N]) -> Result<T, Error> {
+    T::decode(Copying(&raw[..]))
+}
+
+/// Public keys decoded recently on this thread, by their bytes, at most this many.
+const PUBLIC_KEY_CACHE_MAX: usize = 8192;
+
+thread_local! {
+    static PUBLIC_KEYS: std::cell::RefCell<std::collections::HashMap<[u8; 32], ed25519::PublicKey>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Decodes an ed25519 public key, remembering the result: decoding decompresses a curve point
+/// (a field exponentiation), and the same few thousand signers recur in every transaction,
+/// block and receipt a node reads. Only valid keys are kept; a full cache starts over. Lookups
+/// only, so the map's order never matters.
+fn decode_public_key(raw: [u8; 32]) -> Result<ed25519::PublicKey, Error> {
+    if let Some(key) = PUBLIC_KEYS.with(|c| c.borrow().get(&raw).cloned()) {
+        return Ok(key);
+    }
+    let key: ed25519::PublicKey = decode_plain(raw)?;
+    PUBLIC_KEYS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= PUBLIC_KEY_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(raw, key.clone());
+    });
+    Ok(key)
+}
+
 /// Implements the codec, hex `Display`/`FromStr`, `Debug` and serde (as a hex string) for a
 /// fixed-size newtype.
 macro_rules! fixed_newtype {
     ($name:ident, $inner:ty, $label:literal) => {
+        fixed_newtype!($name, $inner, $label, decode_plain);
+    };
+    ($name:ident, $inner:ty, $label:literal, $decode:ident) => {
         impl Write for $name {
             fn write(&self, buf: &mut impl BufMut) {
                 self.0.write(buf)
@@ -132,7 +180,8 @@ macro_rules! fixed_newtype {
         impl Read for $name {
             type Cfg = ();
             fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
-                <$inner>::read(buf).map($name)
+                let raw = <[u8; <$inner as FixedSize>::SIZE]>::read(buf)?;
+                $decode(raw).map($name)
             }
         }
         impl fmt::Display for $name {
@@ -159,7 +208,9 @@ macro_rules! fixed_newtype {
                         bytes.len()
                     ));
                 }
-                <$inner>::decode(Copying(&bytes[..]))
+                let mut raw = [0u8; <$inner as FixedSize>::SIZE];
+                raw.copy_from_slice(&bytes);
+                $decode(raw)
                     .map($name)
                     .map_err(|e| format!("invalid {}: {e}", $label))
             }
@@ -178,13 +229,54 @@ macro_rules! fixed_newtype {
     };
 }
 
-fixed_newtype!(Address, ed25519::PublicKey, "address");
+fixed_newtype!(Address, ed25519::PublicKey, "address", decode_public_key);
 fixed_newtype!(Hash, sha256::Digest, "hash");
 fixed_newtype!(Sig, ed25519::Signature, "signature");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_verification_accepts_only_all_valid() {
+        let keys: Vec<PrivateKey> = (0..5).map(PrivateKey::from_seed).collect();
+        let addrs: Vec<Address> = keys.iter().map(PrivateKey::address).collect();
+        let msgs: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1 + i as usize]).collect();
+        let sigs: Vec<Sig> = keys.iter().zip(&msgs).map(|(k, m)| k.sign(b"ns", m)).collect();
+        let items: Vec<(&Address, &[u8], &Sig)> = (0..5).map(|i| (&addrs[i], &msgs[i][..], &sigs[i])).collect();
+        assert!(Address::verify_batch(b"ns", &items));
+        assert!(!Address::verify_batch(b"other", &items), "the namespace is bound");
+        let mut swapped = items.clone();
+        swapped[2].2 = &sigs[3];
+        assert!(!Address::verify_batch(b"ns", &swapped), "one bad signature fails the batch");
+        assert!(!Address::verify_batch(b"ns", &[]));
+    }
+
+    #[test]
+    fn decoded_keys_are_the_same_from_the_cache() {
+        let addr = PrivateKey::from_seed(9).address();
+        let bytes = commonware_codec::Encode::encode(&addr);
+        let first = Address::decode(Copying(&bytes[..])).unwrap();
+        let again = Address::decode(Copying(&bytes[..])).unwrap();
+        assert_eq!(first, addr);
+        assert_eq!(again, addr);
+        let sig = PrivateKey::from_seed(9).sign(b"ns", b"m");
+        assert!(again.verify(b"ns", b"m", &sig));
+        // Bytes that are no curve point are refused every time, not remembered.
+        let mut refused = 0;
+        for y in 2u8..18 {
+            let mut raw = [0u8; 32];
+            raw[0] = y;
+            let once = Address::decode(Copying(&raw[..])).map(|a| a.as_bytes().to_vec());
+            let twice = Address::decode(Copying(&raw[..])).map(|a| a.as_bytes().to_vec());
+            assert_eq!(once.is_ok(), twice.is_ok());
+            if let (Ok(a), Ok(b)) = (&once, &twice) {
+                assert_eq!((a.as_slice(), b.as_slice()), (&raw[..], &raw[..]));
+            }
+            refused += usize::from(once.is_err());
+        }
+        assert!(refused > 0, "some of 16 small y coordinates are off the curve");
+    }
 
     #[test]
     fn address_hex_roundtrip_and_errors() {

@@ -164,6 +164,15 @@ impl SignedTx {
         self.tx.signer.verify(namespace::TX, &self.tx.signing_message(chain_id), &self.signature)
     }
 
+    /// True when every signature of `txs` is valid (see [`SignedTx::verify`]), checked in one
+    /// batch; false for an empty list.
+    pub fn verify_all(txs: &[&SignedTx], chain_id: &str) -> bool {
+        let messages: Vec<Vec<u8>> = txs.iter().map(|t| t.tx.signing_message(chain_id)).collect();
+        let items: Vec<(&Address, &[u8], &Sig)> =
+            txs.iter().zip(&messages).map(|(t, m)| (&t.tx.signer, &m[..], &t.signature)).collect();
+        Address::verify_batch(namespace::TX, &items)
+    }
+
     /// The transaction hash: SHA-256 of the signed encoding.
     pub fn hash(&self) -> Hash {
         hash(&to_vec(self))

@@ -89,6 +89,46 @@ fn devnet_finalizes_survives_sigkill_and_catches_up() {
     let after = account(&apis[0], &client);
     assert_eq!((before["balance"].clone(), before["nonce"].clone()), (after["balance"].clone(), after["nonce"].clone()));
 
+    // A batch is checked in one signature batch; one forged signature in it is refused on its
+    // own, and the rest of the batch is admitted as usual.
+    let stranger = plexus_types::PrivateKey::from_seed(4242);
+    let stranger_addr = stranger.address().to_string();
+    let out = plexus()
+        .args(["tx", "transfer", "--node", &apis[0], "--key", &client_key, "--to", &stranger_addr, "--amount", "1plx", "--json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let funded = account(&apis[0], &stranger_addr)["balance"].as_u64().unwrap();
+    assert!(funded > 0);
+    let chain_id = status(&apis[0])["chain_id"].as_str().unwrap().to_string();
+    let to_addr: plexus_types::Address = to.parse().unwrap();
+    let fee = 1_000u128;
+    let signed: Vec<plexus_types::SignedTx> = (0..3)
+        .map(|nonce| {
+            let payload = plexus_types::tx::Payload::Transfer { to: to_addr.clone(), amount: 1 };
+            plexus_types::tx::Transaction { signer: stranger.address(), nonce, fee, payload }.sign(&stranger, &chain_id)
+        })
+        .collect();
+    let hex_of = |t: &plexus_types::SignedTx| hex::encode(plexus_types::codec::to_vec(t));
+    let mut forged = signed[1].clone();
+    forged.signature = signed[0].signature.clone();
+    let batch = |txs: Vec<String>| -> Vec<Value> {
+        let r = http().post(format!("{}/chain/v1/txs/batch", apis[0])).json(&json!({ "txs": txs })).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.json::<Value>().unwrap()["results"].as_array().unwrap().clone()
+    };
+    let first = batch(vec![hex_of(&signed[0]), hex_of(&forged)]);
+    assert!(first[0]["hash"].is_string(), "{first:?}");
+    assert_eq!(first[1]["error"]["code"], "bad_signature", "{first:?}");
+    let second = batch(vec![hex_of(&signed[1]), hex_of(&signed[2])]);
+    assert!(second.iter().all(|r| r["hash"].is_string()), "{second:?}");
+    wait_for("the batch applied", Duration::from_secs(30), || {
+        (account(&apis[0], &stranger_addr)["nonce"].as_u64()? == 3).then_some(())
+    });
+    let spent = funded - account(&apis[0], &stranger_addr)["balance"].as_u64().unwrap();
+    assert_eq!(spent as u128, 3 * (fee + 1), "three transfers of 1 with their fees, the forged one not applied");
+
     // SIGKILL one validator: the others keep finalizing.
     let pid = nodes[3]["pid"].as_u64().unwrap() as libc::pid_t;
     unsafe {
