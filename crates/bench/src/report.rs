@@ -42,7 +42,9 @@ pub fn write_section(docs: &Path, title: &str, body: &str) -> anyhow::Result<()>
         Some(start) => {
             let rest = &existing[start + heading.len()..];
             let end = rest.find("\n## ").map_or(existing.len(), |i| start + heading.len() + i + 1);
-            format!("{}{}{}", &existing[..start], section, &existing[end..])
+            // A blank line before the next section, as Markdown wants.
+            let gap = if end < existing.len() { "\n" } else { "" };
+            format!("{}{}{}{}", &existing[..start], section, gap, &existing[end..])
         }
         None => format!("{}\n{}", existing.trim_end_matches('\n').to_string() + "\n", section),
     };
@@ -73,7 +75,7 @@ mod tests {
         write_section(&docs, "Inference", "two").unwrap();
         write_section(&docs, "Chain", "three").unwrap();
         let text = std::fs::read_to_string(&docs).unwrap();
-        assert!(text.contains("## Chain\n\nthree\n"));
+        assert!(text.contains("## Chain\n\nthree\n\n## Inference"), "{text}");
         assert!(text.contains("## Inference\n\ntwo\n"));
         assert!(!text.contains("one"));
         assert!(text.find("## Chain").unwrap() < text.find("## Inference").unwrap());

@@ -185,31 +185,56 @@ pub fn submit(opts: &TxOpts, payload: Payload) -> anyhow::Result<Value> {
     let client = Client::new(&opts.node)?;
     let status = client.get("/chain/v1/status")?;
     let chain_id = status["chain_id"].as_str().context("status has no chain_id")?.to_string();
-    let nonce = match opts.nonce {
+    let next_nonce = || -> anyhow::Result<u64> {
+        // Past any of the account's transactions still waiting (e.g. a node's own claims).
+        let account = client.get(&format!("/chain/v1/accounts/{}", key.address()))?;
+        Ok(account["next_nonce"].as_u64().or_else(|| account["nonce"].as_u64()).unwrap_or(0))
+    };
+    let mut nonce = match opts.nonce {
         Some(n) => n,
-        None => {
-            // Past any of the account's transactions still waiting (e.g. a node's own claims).
-            let account = client.get(&format!("/chain/v1/accounts/{}", key.address()))?;
-            account["next_nonce"].as_u64().or_else(|| account["nonce"].as_u64()).unwrap_or(0)
-        }
+        None => next_nonce()?,
     };
     let fee = match opts.fee {
         Some(f) => f,
         None => super::amount_of(&client.get("/chain/v1/params")?["min_tx_fee"]),
     };
     let kind = payload.kind();
-    let tx = Transaction { signer: key.address(), nonce, fee, payload }.sign(&key, &chain_id);
-    let hash = tx.hash();
+    let sign = |nonce: u64| Transaction { signer: key.address(), nonce, fee, payload: payload.clone() }.sign(&key, &chain_id);
+    let mut tx = sign(nonce);
+    let mut hash = tx.hash();
     client.post("/chain/v1/txs", &json!({"tx": hex::encode(to_vec(&tx))}))?;
     if opts.no_wait {
         return Ok(json!({"hash": hash, "kind": kind, "status": "submitted"}));
     }
-    let started = Instant::now();
+    let mut started = Instant::now();
+    let mut resubmitted = 0;
     loop {
         match client.get(&format!("/chain/v1/txs/{hash}")) {
             Ok(v) => return Ok(v),
             Err(e) if e.to_string().starts_with("not_found") => {}
             Err(e) => return Err(e),
+        }
+        // Another transaction from this key (say, the node's own, sent through another node)
+        // took our nonce: ours can never be final. Sign again with the next free nonce.
+        let account = client.get(&format!("/chain/v1/accounts/{}", key.address()))?;
+        let taken = account["nonce"].as_u64().is_some_and(|n| n > nonce);
+        // Look once more a little later, so that a lookup index lagging the account state can
+        // never make us send the same payload twice.
+        let still_missing = || {
+            std::thread::sleep(Duration::from_millis(500));
+            client.get(&format!("/chain/v1/txs/{hash}")).is_err()
+        };
+        if taken && still_missing() {
+            if opts.nonce.is_some() || resubmitted == NONCE_RETRIES_MAX {
+                bail!("nonce {nonce} was used by another transaction from {}; transaction {hash} will not be final", key.address());
+            }
+            resubmitted += 1;
+            nonce = next_nonce()?;
+            tx = sign(nonce);
+            hash = tx.hash();
+            eprintln!("nonce taken by another transaction from this key; sending again with nonce {nonce} as {hash}");
+            client.post("/chain/v1/txs", &json!({"tx": hex::encode(to_vec(&tx))}))?;
+            started = Instant::now();
         }
         if started.elapsed() > Duration::from_secs(60) {
             bail!("transaction {hash} was accepted but not finalized within 60 s; check `plexus query tx {hash}`");
@@ -217,6 +242,9 @@ pub fn submit(opts: &TxOpts, payload: Payload) -> anyhow::Result<Value> {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Times a transaction is signed again when another one from the same key took its nonce.
+const NONCE_RETRIES_MAX: u32 = 5;
 
 fn print_result(v: &Value) {
     let hash = v["hash"].as_str().unwrap_or("?");
