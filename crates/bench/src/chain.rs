@@ -202,8 +202,13 @@ impl Chain {
     }
 
     fn transfer(&self, key: &PrivateKey, nonce: u64, to: &Address, amount: Amount) -> SignedTx {
-        Transaction { signer: key.address(), nonce, fee: self.fee, payload: Payload::Transfer { to: to.clone(), amount } }
-            .sign(key, &self.chain_id)
+        Transaction {
+            signer: key.address(),
+            nonce,
+            fee: self.fee,
+            payload: Payload::Transfer { to: to.clone(), amount },
+        }
+        .sign(key, &self.chain_id)
     }
 
     /// Submits a batch to one node; returns how many were refused.
@@ -245,13 +250,18 @@ struct Results {
 }
 
 async fn measure(args: &Args, info: &Value) -> anyhow::Result<Results> {
-    let apis: Vec<String> =
-        info["nodes"].as_array().context("devnet.json nodes")?.iter().filter_map(|n| n["api"].as_str().map(String::from)).collect();
+    let apis: Vec<String> = info["nodes"]
+        .as_array()
+        .context("devnet.json nodes")?
+        .iter()
+        .filter_map(|n| n["api"].as_str().map(String::from))
+        .collect();
     let client = plexus_node::keyfile::load(Path::new(info["client"]["key_file"].as_str().context("client key")?))?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let params: Value = http.get(format!("{}/chain/v1/params", apis[0])).send().await?.json().await?;
     let fee = params["min_tx_fee"].as_u64().context("min_tx_fee")? as Amount;
-    let chain = Chain { http, apis: apis.clone(), chain_id: info["chain_id"].as_str().context("chain id")?.into(), fee };
+    let chain =
+        Chain { http, apis: apis.clone(), chain_id: info["chain_id"].as_str().context("chain id")?.into(), fee };
 
     let observed = Arc::new(Mutex::new(Observed::default()));
     let follower = tokio::spawn(follow(apis[0].clone(), observed.clone()));
@@ -272,7 +282,8 @@ async fn measure(args: &Args, info: &Value) -> anyhow::Result<Results> {
             bail!("{refused} funding transfers were refused");
         }
         nonce += txs.len() as u64;
-        wait_until(Duration::from_secs(60), || async { chain.nonce(&client.address()).await.ok() == Some(nonce) }).await?;
+        wait_until(Duration::from_secs(60), || async { chain.nonce(&client.address()).await.ok() == Some(nonce) })
+            .await?;
     }
 
     // Idle: one transfer every 250 ms.
@@ -295,8 +306,12 @@ async fn measure(args: &Args, info: &Value) -> anyhow::Result<Results> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (idle_block_ms, idle_tx_ms, idle_blocks) = {
         let o = observed.lock().expect("observed");
-        let idle: Vec<&Seen> = o.blocks[blocks_before..].iter().filter(|b| b.at <= idle_start + Duration::from_secs(args.idle_seconds)).collect();
-        let tx_ms: Vec<f64> = sent.iter().filter_map(|(h, at)| o.watched.get(h).map(|seen| (*seen - *at).as_secs_f64() * 1e3)).collect();
+        let idle: Vec<&Seen> = o.blocks[blocks_before..]
+            .iter()
+            .filter(|b| b.at <= idle_start + Duration::from_secs(args.idle_seconds))
+            .collect();
+        let tx_ms: Vec<f64> =
+            sent.iter().filter_map(|(h, at)| o.watched.get(h).map(|seen| (*seen - *at).as_secs_f64() * 1e3)).collect();
         (sorted(idle.iter().map(|b| b.latency_ms).collect()), sorted(tx_ms), idle.len())
     };
 
@@ -340,10 +355,12 @@ async fn measure(args: &Args, info: &Value) -> anyhow::Result<Results> {
 
     let o = observed.lock().expect("observed");
     let warmup = Duration::from_secs((args.seconds / 6).max(2));
-    let steady: Vec<&Seen> = o.blocks[blocks_at_load..].iter().filter(|b| b.at >= load_start + warmup && b.at <= load_end).collect();
+    let steady: Vec<&Seen> =
+        o.blocks[blocks_at_load..].iter().filter(|b| b.at >= load_start + warmup && b.at <= load_end).collect();
     let window_s = (load_end - (load_start + warmup)).as_secs_f64();
     let steady_txs: usize = steady.iter().map(|b| b.txs).sum();
-    let load_blocks: Vec<f64> = o.blocks[blocks_at_load..].iter().filter(|b| b.at <= load_end).map(|b| b.latency_ms).collect();
+    let load_blocks: Vec<f64> =
+        o.blocks[blocks_at_load..].iter().filter(|b| b.at <= load_end).map(|b| b.latency_ms).collect();
     Ok(Results {
         idle_block_ms,
         idle_tx_ms,
@@ -380,7 +397,11 @@ where
 impl Results {
     fn markdown(&self, args: &Args) -> String {
         let q = |v: &[f64], p: f64| report::quantile(v, p);
-        let date = Command::new("date").args(["-u", "+%F"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+        let date = Command::new("date")
+            .args(["-u", "+%F"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
         let goal = |ok: bool| if ok { "met" } else { "NOT met" };
         format!(
             "`bench/chain/run.sh` (`plexus-bench chain --validators {v} --accounts {a} --seconds {s}`): a {v}-validator\n\

@@ -136,13 +136,19 @@ async fn measure_interleaved(args: &Args, setups: &[&Request]) -> anyhow::Result
 async fn engine_direct(args: &Args) -> anyhow::Result<Request> {
     let model = ModelCache::from_env().pull(CHAT, Progress::Hide)?;
     let threads = std::num::NonZeroU32::new(args.threads).context("--threads")?;
-    let config = EngineConfig { llama: LlamaConfig { threads, threads_batch: threads, ..LlamaConfig::default() }, ..EngineConfig::default() };
+    let config = EngineConfig {
+        llama: LlamaConfig { threads, threads_batch: threads, ..LlamaConfig::default() },
+        ..EngineConfig::default()
+    };
     let engine: Arc<dyn Engine> = tokio::task::spawn_blocking(move || load_engine(&model, &config)).await??;
     Ok(Box::new(move || {
         let engine = engine.clone();
         Box::pin(async move {
             let request = GenerateRequest {
-                prompt: Prompt::Chat { messages: vec![ChatMessage::new("user", PROMPT)], continue_final_message: false },
+                prompt: Prompt::Chat {
+                    messages: vec![ChatMessage::new("user", PROMPT)],
+                    continue_final_message: false,
+                },
                 max_tokens: Some(MAX_TOKENS),
                 sampling: Sampling::Greedy,
                 stop: Vec::new(),
@@ -268,7 +274,8 @@ async fn start_devnet(args: &Args) -> anyhow::Result<Devnet> {
     let url = info["gateway"]["url"].as_str().context("gateway url")?.to_string();
     wait_http(&format!("{}/health", url.trim_end_matches("/v1"))).await?;
     let api = info["nodes"][0]["api"].as_str().context("api")?.to_string();
-    let start_height = reqwest::get(format!("{api}/chain/v1/status")).await?.json::<Value>().await?["height"].as_u64().unwrap_or(0);
+    let start_height =
+        reqwest::get(format!("{api}/chain/v1/status")).await?.json::<Value>().await?["height"].as_u64().unwrap_or(0);
     Ok(Devnet { process, home, url, api, start_height })
 }
 
@@ -291,18 +298,23 @@ async fn session_bytes(devnet: Devnet) -> anyhow::Result<Vec<(&'static str, usiz
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let end: u64 = reqwest::get(format!("{api}/chain/v1/status")).await?.json::<Value>().await?["height"].as_u64().unwrap_or(0);
+    let end: u64 =
+        reqwest::get(format!("{api}/chain/v1/status")).await?.json::<Value>().await?["height"].as_u64().unwrap_or(0);
     let mut session_txs = Vec::new();
     for h in devnet.start_height..=end {
         let block: Value = reqwest::get(format!("{api}/chain/v1/blocks/{h}")).await?.json().await?;
         for t in block["txs"].as_array().into_iter().flatten() {
             let tx: SignedTx = serde_json::from_value(t["tx"].clone())?;
             let about = match &tx.tx.payload {
-                Payload::OpenSession { .. } if plexus_execution::session_id(&tx.tx.signer, tx.tx.nonce) == id && tx.tx.signer == client => {
+                Payload::OpenSession { .. }
+                    if plexus_execution::session_id(&tx.tx.signer, tx.tx.nonce) == id && tx.tx.signer == client =>
+                {
                     Some("open_session")
                 }
                 Payload::Claim { receipts } if receipts.iter().any(|r| r.receipt.session == id) => Some("claim"),
-                Payload::CloseSession { session } if *session == id && tx.tx.signer == client => Some("close_session (client)"),
+                Payload::CloseSession { session } if *session == id && tx.tx.signer == client => {
+                    Some("close_session (client)")
+                }
                 Payload::CloseSession { session } if *session == id => Some("close_session (provider)"),
                 Payload::TopUpSession { session, .. } if *session == id => Some("top_up_session"),
                 _ => None,
@@ -439,7 +451,8 @@ async fn trivial(args: &Args) -> anyhow::Result<Trivial> {
         open: true,
     };
     let dir = std::env::temp_dir().join(format!("plexus-bench-ledger-{}", std::process::id()));
-    let provider = Provider::open(OneSession { id, view }, provider_key.address(), ProviderConfig::new(dir.join("ledger.log")))?;
+    let provider =
+        Provider::open(OneSession { id, view }, provider_key.address(), ProviderConfig::new(dir.join("ledger.log")))?;
     let metered = plexus_serve::Server::new(provider_key.clone(), vec![engine.clone()])
         .with_metering(provider.metering())
         .router()
@@ -455,7 +468,8 @@ async fn trivial(args: &Args) -> anyhow::Result<Trivial> {
     let unmetered_url = serve(unmetered).await?;
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let sig = plexus_types::receipt::SessionAuth { session: id, provider: provider_key.address(), nonce: 1 }.sign(&client);
+    let sig =
+        plexus_types::receipt::SessionAuth { session: id, provider: provider_key.address(), nonce: 1 }.sign(&client);
     let token: Value = http
         .post(format!("{metered_url}/plexus/v1/sessions/{id}/token"))
         .json(&json!({"nonce": 1, "signature": sig.to_string()}))
@@ -476,7 +490,14 @@ async fn trivial(args: &Args) -> anyhow::Result<Trivial> {
     let acks = Arc::new(Mutex::new(Acks { seq: 0, input: 0, latest: None, ahead: Default::default() }));
     let receipt_for = move |seq: u64, input: u64| {
         let owed = plexus_execution::price_of(&price, input, 0).unwrap_or(0);
-        Receipt { session: id, seq, cum_input_tokens: input, cum_output_tokens: 0, cum_amount: owed, outputs_root: Hash::ZERO }
+        Receipt {
+            session: id,
+            seq,
+            cum_input_tokens: input,
+            cum_output_tokens: 0,
+            cum_amount: owed,
+            outputs_root: Hash::ZERO,
+        }
     };
     let run = |url: String, metered: bool| {
         let (http, acks, client, token) = (http.clone(), acks.clone(), client.clone(), token.clone());
@@ -487,7 +508,8 @@ async fn trivial(args: &Args) -> anyhow::Result<Trivial> {
             let deadline = Instant::now() + Duration::from_secs(seconds);
             let mut tasks = Vec::new();
             for _ in 0..32 {
-                let (http, acks, client, token, url) = (http.clone(), acks.clone(), client.clone(), token.clone(), url.clone());
+                let (http, acks, client, token, url) =
+                    (http.clone(), acks.clone(), client.clone(), token.clone(), url.clone());
                 let (done, failed) = (done.clone(), failed.clone());
                 tasks.push(tokio::spawn(async move {
                     let body = json!({"model": "instant", "input": "hi"});
@@ -568,7 +590,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn markdown(args: &Args, o: &Overhead, t: &Trivial) -> String {
     let (engine, provider, gateway) = (o.engine, o.provider, o.gateway);
-    let date = Command::new("date").args(["-u", "+%F"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let lat_overhead = gateway.p50_ms - provider.p50_ms;
     // Throughput lost going through the gateway, in % of the provider's own (negative: gained).
     let tput_overhead = (provider.rps - gateway.rps) / provider.rps * 100.0;

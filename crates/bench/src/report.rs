@@ -35,7 +35,9 @@ pub fn commit() -> String {
 
 /// Replaces the `## <title>` section of `docs` (up to the next `## `) with `body`, or appends it.
 pub fn write_section(docs: &Path, title: &str, body: &str) -> anyhow::Result<()> {
-    let existing = std::fs::read_to_string(docs).unwrap_or_else(|_| "# Benchmarks\n\nMeasured on this repository's own machines; each section says how to reproduce it.\n".into());
+    let existing = std::fs::read_to_string(docs).unwrap_or_else(|_| {
+        "# Benchmarks\n\nMeasured on this repository's own machines; each section says how to reproduce it.\n".into()
+    });
     let heading = format!("## {title}\n");
     let section = format!("{heading}\n{}\n", body.trim_end());
     let updated = match existing.find(&heading) {

@@ -27,7 +27,11 @@ pub(crate) struct Adapter<C: Chain> {
 impl<C: Chain> Adapter<C> {
     /// Makes sure the chain knows the post-state of `head` by executing, oldest first, the
     /// ancestors it has not seen. Returns false if one of them is invalid (so is `head`).
-    async fn ensure_state(&self, head: Digested<ConsensusBlock>, ancestry: &mut (impl Ancestry<ConsensusBlock> + Unpin)) -> Option<bool> {
+    async fn ensure_state(
+        &self,
+        head: Digested<ConsensusBlock>,
+        ancestry: &mut (impl Ancestry<ConsensusBlock> + Unpin),
+    ) -> Option<bool> {
         let mut missing = vec![head];
         loop {
             let oldest = missing.last().expect("never empty");

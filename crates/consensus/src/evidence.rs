@@ -65,11 +65,8 @@ impl Verifier {
         if !verify(evidence, &scheme) {
             return Err("signatures do not verify".into());
         }
-        let offender = scheme
-            .participants()
-            .key(evidence.signer())
-            .ok_or("signer is not a validator of that epoch")?
-            .clone();
+        let offender =
+            scheme.participants().key(evidence.signer()).ok_or("signer is not a validator of that epoch")?.clone();
         Ok(VerifiedEvidence { offender: Address(offender), epoch, view: evidence.view().get(), kind })
     }
 }

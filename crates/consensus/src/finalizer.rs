@@ -57,7 +57,13 @@ const MARSHAL_VIEW_RETENTION: u64 = 16;
 type Wrapper<E, C> = Deferred<E, Scheme, Adapter<C>, ConsensusBlock, FixedEpocher>;
 
 /// Starts consensus on `context`. Returns when the node stops (the handle of the whole tree).
-pub fn start<E, C, S, R, M, B>(context: E, cfg: Config<C>, channels: Channels<S, R>, manager: M, blocker: B) -> Handle<()>
+pub fn start<E, C, S, R, M, B>(
+    context: E,
+    cfg: Config<C>,
+    channels: Channels<S, R>,
+    manager: M,
+    blocker: B,
+) -> Handle<()>
 where
     E: Spawner + Clock + Metrics + Storage + rand::CryptoRng + rand::Rng + Send + 'static,
     C: Chain,
@@ -82,7 +88,8 @@ where
     let namespace = crate::namespace(&cfg.chain_id);
     let epocher = FixedEpocher::new(cfg.epoch_length);
     let schemes = EpochSchemes::default();
-    let page_cache = CacheRef::new(NonZeroU16::new(4096).expect("non-zero"), NonZeroUsize::new(1024).expect("non-zero"));
+    let page_cache =
+        CacheRef::new(NonZeroU16::new(4096).expect("non-zero"), NonZeroUsize::new(1024).expect("non-zero"));
     let prefix = cfg.partition_prefix.clone();
 
     // Every epoch whose validator set is already committed gets its scheme, so marshal can
@@ -124,7 +131,11 @@ where
     broadcast.start(channels.blocks);
     let finalizations = immutable::Archive::init(
         context.child("finalizations"),
-        archive_config(&format!("{prefix}-finalizations"), page_cache.clone(), Scheme::certificate_codec_config_unbounded()),
+        archive_config(
+            &format!("{prefix}-finalizations"),
+            page_cache.clone(),
+            Scheme::certificate_codec_config_unbounded(),
+        ),
     )
     .await
     .unwrap_or_else(|e| panic!("cannot open the finalization archive: {e}"));
@@ -162,8 +173,12 @@ where
     )
     .await;
 
-    let wrapper: Wrapper<E, C> =
-        Deferred::new(context.child("deferred"), Adapter { chain: cfg.chain.clone(), block_interval: cfg.timeouts.block_interval }, mailbox.clone(), epocher.clone());
+    let wrapper: Wrapper<E, C> = Deferred::new(
+        context.child("deferred"),
+        Adapter { chain: cfg.chain.clone(), block_interval: cfg.timeouts.block_interval },
+        mailbox.clone(),
+        epocher.clone(),
+    );
 
     // Finalized blocks flow from marshal to the finalizer task; marshal keeps at most
     // `max_pending_acks` blocks unacknowledged, which bounds this channel.
@@ -175,7 +190,8 @@ where
     let (vote_mux, vote_handle, mut vote_backup) =
         Muxer::builder(context.child("vote_mux"), channels.votes.0, channels.votes.1).with_backup().build();
     vote_mux.start();
-    let (cert_mux, cert_handle) = Muxer::new(context.child("cert_mux"), channels.certificates.0, channels.certificates.1);
+    let (cert_mux, cert_handle) =
+        Muxer::new(context.child("cert_mux"), channels.certificates.0, channels.certificates.1);
     cert_mux.start();
     let (res_mux, res_handle) = Muxer::new(context.child("resolver_mux"), channels.resolver.0, channels.resolver.1);
     res_mux.start();
@@ -204,16 +220,15 @@ where
                 Processed::Block(h) | Processed::Absent(h) => h.get(),
             };
             let epoch = epocher.containing(Height::new(height + 1)).expect("epochs cover all heights").epoch().get();
-            let floor = if epoch == 0 {
-                genesis_digest
-            } else {
-                let boundary = epocher.last(Epoch::new(epoch - 1)).expect("epochs cover all heights");
-                mailbox
-                    .get_info(boundary)
-                    .await
-                    .map(|(_, digest)| digest)
-                    .unwrap_or_else(|| panic!("the boundary block {} is stored before its epoch ends", boundary.get()))
-            };
+            let floor =
+                if epoch == 0 {
+                    genesis_digest
+                } else {
+                    let boundary = epocher.last(Epoch::new(epoch - 1)).expect("epochs cover all heights");
+                    mailbox.get_info(boundary).await.map(|(_, digest)| digest).unwrap_or_else(|| {
+                        panic!("the boundary block {} is stored before its epoch ends", boundary.get())
+                    })
+                };
             (epoch, floor)
         }
     };
@@ -274,7 +289,13 @@ fn validator_set(peers: &EpochPeers) -> Set<PublicKey> {
     Set::from_iter_dedup(peers.validators.iter().map(|(a, _)| a.0.clone()))
 }
 
-fn register_scheme(schemes: &EpochSchemes, namespace: &[u8], signer: &commonware_cryptography::ed25519::PrivateKey, epoch: u64, peers: &EpochPeers) {
+fn register_scheme(
+    schemes: &EpochSchemes,
+    namespace: &[u8],
+    signer: &commonware_cryptography::ed25519::PrivateKey,
+    epoch: u64,
+    peers: &EpochPeers,
+) {
     let set = validator_set(peers);
     match Scheme::signer(namespace, set.clone(), signer.clone()) {
         Some(scheme) => schemes.register(epoch, scheme, true),
@@ -355,14 +376,26 @@ where
     S: Sender<PublicKey = PublicKey>,
     B: Blocker<PublicKey = PublicKey> + Clone + Send + 'static,
 {
-    async fn enter<M: AddressableManager<PublicKey = PublicKey>>(&mut self, epoch: u64, floor: Digest, manager: &mut M) {
+    async fn enter<M: AddressableManager<PublicKey = PublicKey>>(
+        &mut self,
+        epoch: u64,
+        floor: Digest,
+        manager: &mut M,
+    ) {
         let peers = self
             .chain
             .epoch_peers(epoch)
             .unwrap_or_else(|| panic!("the validator set of epoch {epoch} is committed before the epoch starts"));
         register_scheme(&self.schemes, &self.namespace, &self.signer, epoch, &peers);
         let primary = peer_map(&peers.validators);
-        let secondary = peer_map(&peers.others.iter().filter(|(a, _)| !peers.validators.iter().any(|(v, _)| v == a)).cloned().collect::<Vec<_>>());
+        let secondary = peer_map(
+            &peers
+                .others
+                .iter()
+                .filter(|(a, _)| !peers.validators.iter().any(|(v, _)| v == a))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         let _ = manager.track(epoch, AddressableTrackedPeers::new(primary, secondary));
         let scheme = self.schemes.get(epoch).expect("registered above");
         let voting = self.schemes.scoped_can_sign(epoch);
@@ -419,7 +452,8 @@ where
 }
 
 fn peer_map(peers: &[(plexus_types::Address, SocketAddr)]) -> Map<PublicKey, PeerAddress> {
-    let mut pairs: Vec<(PublicKey, PeerAddress)> = peers.iter().map(|(a, addr)| (a.0.clone(), PeerAddress::Symmetric(*addr))).collect();
+    let mut pairs: Vec<(PublicKey, PeerAddress)> =
+        peers.iter().map(|(a, addr)| (a.0.clone(), PeerAddress::Symmetric(*addr))).collect();
     pairs.sort_by(|a, b| a.0.cmp(&b.0));
     pairs.dedup_by(|a, b| a.0 == b.0);
     Map::try_from(pairs).expect("deduplicated above")

@@ -12,7 +12,12 @@ use crate::{BlockEnv, BlockError, BlockOutcome, Executor, TxError, v2};
 
 pub const VERSION: u16 = 3;
 
-pub(crate) fn execute_block(exec: &Executor, state: &dyn StateRead, env: &BlockEnv, txs: &[SignedTx]) -> Result<BlockOutcome, BlockError> {
+pub(crate) fn execute_block(
+    exec: &Executor,
+    state: &dyn StateRead,
+    env: &BlockEnv,
+    txs: &[SignedTx],
+) -> Result<BlockOutcome, BlockError> {
     let mut outcome = v2::execute_block(exec, state, env, txs)?;
     corrupt(state, env, &mut outcome, !txs.is_empty())?;
     Ok(outcome)

@@ -17,8 +17,8 @@
 //!
 //! Invariant: deposits of open proposals equal the Deposits bucket of the supply.
 
-use commonware_codec::{Buf, EncodeSize, Error as CodecError, Read, ReadExt, Write};
 use bytes::BufMut;
+use commonware_codec::{Buf, EncodeSize, Error as CodecError, Read, ReadExt, Write};
 use plexus_types::codec::{read_str, read_vec, str_size, write_str};
 use plexus_types::params::{FIXED_AT_GENESIS, limits};
 use plexus_types::tx::{ProposalKind, VoteOption};
@@ -367,7 +367,8 @@ pub fn readiness(store: &Store<'_, '_>, layer: Layer, version: u16) -> u64 {
         total = total.saturating_add(bonded);
         // Execution versions and data migrations are dry-run by nodes before they signal.
         let shadowed = matches!(layer, Layer::Execution | Layer::Data);
-        let supports = signal(store, a).is_some_and(|s| s.versions.get(layer).contains(version) && (!shadowed || s.shadow_ok));
+        let supports =
+            signal(store, a).is_some_and(|s| s.versions.get(layer).contains(version) && (!shadowed || s.shadow_ok));
         if supports {
             ready = ready.saturating_add(bonded);
         }
@@ -391,7 +392,10 @@ pub(crate) fn submit(
     events: &mut Vec<Event>,
 ) -> Result<(), ExecError> {
     if deposit < params.proposal_deposit_min {
-        return Err(invalid(format!("deposit {deposit} is below proposal_deposit_min {}", params.proposal_deposit_min)));
+        return Err(invalid(format!(
+            "deposit {deposit} is below proposal_deposit_min {}",
+            params.proposal_deposit_min
+        )));
     }
     let voting_end = env.height + params.voting_period_blocks as u64;
     match kind {
@@ -408,7 +412,11 @@ pub(crate) fn submit(
         ProposalKind::Upgrade { layer, version, activation_height, deadline_height } => {
             let current = store.versions().get(*layer);
             if *version != current + 1 {
-                return Err(invalid(format!("{} is at version {current}; an upgrade goes to {}", layer.name(), current + 1)));
+                return Err(invalid(format!(
+                    "{} is at version {current}; an upgrade goes to {}",
+                    layer.name(),
+                    current + 1
+                )));
             }
             if *activation_height <= voting_end {
                 return Err(invalid(format!("activation_height must be after the vote closes at {voting_end}")));
@@ -430,7 +438,9 @@ pub(crate) fn submit(
     }
     let mut meta = meta(store);
     if meta.open.len() >= OPEN_PROPOSALS_MAX {
-        return Err(ExecError::Forbidden(format!("{OPEN_PROPOSALS_MAX} proposals are already open; wait for one to close")));
+        return Err(ExecError::Forbidden(format!(
+            "{OPEN_PROPOSALS_MAX} proposals are already open; wait for one to close"
+        )));
     }
     store.debit(signer, deposit, Bucket::Deposits)?;
     let id = meta.next_proposal;
@@ -504,7 +514,11 @@ pub(crate) fn signal_versions(
 // ---- block boundaries ----
 
 /// Start of a block: parameter changes that take effect at this height.
-pub(crate) fn begin_block(store: &mut Store<'_, '_>, height: Height, events: &mut Vec<Event>) -> Result<(), BlockError> {
+pub(crate) fn begin_block(
+    store: &mut Store<'_, '_>,
+    height: Height,
+    events: &mut Vec<Event>,
+) -> Result<(), BlockError> {
     let key = keys::param_changes(height);
     let Some(changes) = store.read::<ParamChanges>(&key) else { return Ok(()) };
     store.overlay.delete(key);
@@ -516,9 +530,19 @@ pub(crate) fn begin_block(store: &mut Store<'_, '_>, height: Height, events: &mu
 }
 
 /// End of a block: close the votes that end here, then activate or expire upgrades.
-pub(crate) fn end_block(store: &mut Store<'_, '_>, params: &Params, env: &BlockEnv, events: &mut Vec<Event>) -> Result<(), BlockError> {
+pub(crate) fn end_block(
+    store: &mut Store<'_, '_>,
+    params: &Params,
+    env: &BlockEnv,
+    events: &mut Vec<Event>,
+) -> Result<(), BlockError> {
     let mut meta = meta(store);
-    let closing: Vec<u64> = meta.open.iter().copied().filter(|id| proposal(store, *id).is_some_and(|p| p.voting_end <= env.height)).collect();
+    let closing: Vec<u64> = meta
+        .open
+        .iter()
+        .copied()
+        .filter(|id| proposal(store, *id).is_some_and(|p| p.voting_end <= env.height))
+        .collect();
     if !closing.is_empty() {
         meta.open.retain(|id| !closing.contains(id));
         for id in closing {
@@ -544,7 +568,8 @@ pub(crate) fn end_block(store: &mut Store<'_, '_>, params: &Params, env: &BlockE
             // A schema upgrade migrates the state in this block; one that fails is aborted.
             let migrated = if u.layer == Layer::Data {
                 let checkpoint = store.overlay.checkpoint();
-                let result = crate::data::migrate(store, u.version).and_then(|n| crate::data::check(&*store.overlay, u.version).map(|()| n));
+                let result = crate::data::migrate(store, u.version)
+                    .and_then(|n| crate::data::check(&*store.overlay, u.version).map(|()| n));
                 if result.is_err() {
                     store.overlay.restore(checkpoint);
                 }
@@ -563,17 +588,29 @@ pub(crate) fn end_block(store: &mut Store<'_, '_>, params: &Params, env: &BlockE
                         u.note = clip(format!("migrated {n} records"));
                     }
                     meta.last_activated[layer_index(u.layer)] = id;
-                    events.push(Event::UpgradeActivated { upgrade: id, layer: u.layer, version: u.version, height: env.height + 1 });
+                    events.push(Event::UpgradeActivated {
+                        upgrade: id,
+                        layer: u.layer,
+                        version: u.version,
+                        height: env.height + 1,
+                    });
                 }
                 Err(reason) => {
                     u.status = UpgradeStatus::Aborted;
                     u.note = clip(format!("migration failed: {reason}"));
-                    events.push(Event::UpgradeAborted { layer: u.layer, version: u.version, previous: current, height: env.height, reason: u.note.clone() });
+                    events.push(Event::UpgradeAborted {
+                        layer: u.layer,
+                        version: u.version,
+                        previous: current,
+                        height: env.height,
+                        reason: u.note.clone(),
+                    });
                 }
             }
         } else if env.height >= u.deadline_height {
             u.status = UpgradeStatus::Expired;
-            u.note = clip(format!("readiness {} bps at the deadline, {} needed", u.ready_bps, params.upgrade_readiness_bps));
+            u.note =
+                clip(format!("readiness {} bps at the deadline, {} needed", u.ready_bps, params.upgrade_readiness_bps));
             events.push(Event::UpgradeExpired { upgrade: id, layer: u.layer, version: u.version });
         } else {
             still.push(id);
@@ -638,9 +675,18 @@ fn tally(
             rewarded += reward;
         }
     }
-    p.outcome = if p.status == ProposalStatus::Passed { enact(store, env, meta, id, &p.kind, events)? } else { String::new() };
+    p.outcome =
+        if p.status == ProposalStatus::Passed { enact(store, env, meta, id, &p.kind, events)? } else { String::new() };
     p.outcome = clip(p.outcome);
-    events.push(Event::ProposalDecided { proposal: id, status: p.status, yes, no, abstain, veto, voter_rewards: rewarded });
+    events.push(Event::ProposalDecided {
+        proposal: id,
+        status: p.status,
+        yes,
+        no,
+        abstain,
+        veto,
+        voter_rewards: rewarded,
+    });
     store.write(keys::proposal(id), &p);
     Ok(())
 }
@@ -690,7 +736,12 @@ fn enact(
                     note: String::new(),
                 },
             );
-            events.push(Event::UpgradeScheduled { upgrade: uid, layer: *layer, version: *version, activation_height: *activation_height });
+            events.push(Event::UpgradeScheduled {
+                upgrade: uid,
+                layer: *layer,
+                version: *version,
+                activation_height: *activation_height,
+            });
             format!("upgrade {uid}: {} to version {version} from height {activation_height} once ready", layer.name())
         }
         ProposalKind::TreasurySpend { to, amount } => {
@@ -698,7 +749,9 @@ fn enact(
             if treasury < *amount {
                 format!("not paid: the treasury holds {treasury}, less than {amount}")
             } else {
-                store.credit(to, *amount, Bucket::Treasury).map_err(|e| BlockError::Invariant(format!("treasury spend: {e}")))?;
+                store
+                    .credit(to, *amount, Bucket::Treasury)
+                    .map_err(|e| BlockError::Invariant(format!("treasury spend: {e}")))?;
                 events.push(Event::TreasurySpent { to: to.clone(), amount: *amount });
                 format!("paid {amount} to {to}")
             }
@@ -708,7 +761,14 @@ fn enact(
 }
 
 /// Records that execution `version` failed at `height` and the chain went back to `previous`.
-pub(crate) fn record_abort(store: &mut Store<'_, '_>, version: u16, previous: u16, height: Height, reason: &str, events: &mut Vec<Event>) {
+pub(crate) fn record_abort(
+    store: &mut Store<'_, '_>,
+    version: u16,
+    previous: u16,
+    height: Height,
+    reason: &str,
+    events: &mut Vec<Event>,
+) {
     let mut versions = store.versions();
     versions.set(Layer::Execution, previous);
     store.write(keys::VERSIONS.to_vec(), &versions);
@@ -719,7 +779,13 @@ pub(crate) fn record_abort(store: &mut Store<'_, '_>, version: u16, previous: u1
         u.note = clip(format!("failed at height {height}: {reason}; back to version {previous}"));
         store.write(keys::upgrade(id), &u);
     }
-    events.push(Event::UpgradeAborted { layer: Layer::Execution, version, previous, height, reason: clip(reason.to_string()) });
+    events.push(Event::UpgradeAborted {
+        layer: Layer::Execution,
+        version,
+        previous,
+        height,
+        reason: clip(reason.to_string()),
+    });
 }
 
 #[cfg(test)]
@@ -739,7 +805,12 @@ mod tests {
         let a = plexus_types::PrivateKey::from_seed(1).address();
         let p = Proposal {
             proposer: a.clone(),
-            kind: ProposalKind::Upgrade { layer: Layer::Execution, version: 2, activation_height: 10, deadline_height: 20 },
+            kind: ProposalKind::Upgrade {
+                layer: Layer::Execution,
+                version: 2,
+                activation_height: 10,
+                deadline_height: 20,
+            },
             deposit: 5,
             submit_height: 1,
             voting_end: 3,
@@ -754,7 +825,13 @@ mod tests {
         let bytes = plexus_types::codec::to_vec(&p);
         assert_eq!(bytes.len(), p.encode_size());
         assert_eq!(Proposal::decode(Copying(&bytes[..])).unwrap(), p);
-        let m = GovMeta { next_proposal: 3, next_upgrade: 1, open: vec![1, 2], pending: vec![0], last_activated: [0, 0, 7, 0] };
+        let m = GovMeta {
+            next_proposal: 3,
+            next_upgrade: 1,
+            open: vec![1, 2],
+            pending: vec![0],
+            last_activated: [0, 0, 7, 0],
+        };
         let bytes = plexus_types::codec::to_vec(&m);
         assert_eq!(bytes.len(), m.encode_size());
         assert_eq!(GovMeta::decode(Copying(&bytes[..])).unwrap(), m);

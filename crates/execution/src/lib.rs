@@ -13,15 +13,15 @@
 //! bytes and are verified like any other signature.
 
 pub mod data;
+#[cfg(feature = "faulty-version")]
+pub mod faulty;
 pub mod genesis;
 pub mod gov;
 pub mod state;
-pub mod v1;
-pub mod v2;
-#[cfg(feature = "faulty-version")]
-pub mod faulty;
 #[cfg(test)]
 mod tests;
+pub mod v1;
+pub mod v2;
 
 use std::fmt;
 
@@ -85,15 +85,50 @@ pub enum BlockError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Transfer { from: Address, to: Address, amount: Amount },
-    Staked { staker: Address, amount: Amount, bonded: Amount },
-    Unbonding { staker: Address, amount: Amount, release_height: Height },
-    Unbonded { staker: Address, amount: Amount },
-    ProviderRegistered { provider: Address, endpoint: String },
-    ProviderDeregistered { provider: Address, reason: String },
-    ModelRegistered { model: Hash, name: String },
-    SessionOpened { session: Hash, client: Address, provider: Address, model: Hash, deposit: Amount, expiry_height: Height },
-    SessionToppedUp { session: Hash, amount: Amount, deposit: Amount },
+    Transfer {
+        from: Address,
+        to: Address,
+        amount: Amount,
+    },
+    Staked {
+        staker: Address,
+        amount: Amount,
+        bonded: Amount,
+    },
+    Unbonding {
+        staker: Address,
+        amount: Amount,
+        release_height: Height,
+    },
+    Unbonded {
+        staker: Address,
+        amount: Amount,
+    },
+    ProviderRegistered {
+        provider: Address,
+        endpoint: String,
+    },
+    ProviderDeregistered {
+        provider: Address,
+        reason: String,
+    },
+    ModelRegistered {
+        model: Hash,
+        name: String,
+    },
+    SessionOpened {
+        session: Hash,
+        client: Address,
+        provider: Address,
+        model: Hash,
+        deposit: Amount,
+        expiry_height: Height,
+    },
+    SessionToppedUp {
+        session: Hash,
+        amount: Amount,
+        deposit: Amount,
+    },
     SessionSettled {
         session: Hash,
         provider: Address,
@@ -105,13 +140,41 @@ pub enum Event {
         /// Of which to the treasury.
         fee: Amount,
     },
-    ReceiptRejected { session: Hash, seq: u64, reason: String },
-    SessionClosing { session: Hash, refund_height: Height },
-    SessionClosed { session: Hash, paid: Amount, refunded: Amount },
-    EvidenceRecorded { offender: Address, epoch: u64, view: u64, kind: String },
-    ValidatorSetChosen { epoch: u64, validators: Vec<Address>, total_stake: Amount },
-    ProposalSubmitted { proposal: u64, proposer: Address, voting_end: Height },
-    Voted { proposal: u64, voter: Address, option: plexus_types::tx::VoteOption },
+    ReceiptRejected {
+        session: Hash,
+        seq: u64,
+        reason: String,
+    },
+    SessionClosing {
+        session: Hash,
+        refund_height: Height,
+    },
+    SessionClosed {
+        session: Hash,
+        paid: Amount,
+        refunded: Amount,
+    },
+    EvidenceRecorded {
+        offender: Address,
+        epoch: u64,
+        view: u64,
+        kind: String,
+    },
+    ValidatorSetChosen {
+        epoch: u64,
+        validators: Vec<Address>,
+        total_stake: Amount,
+    },
+    ProposalSubmitted {
+        proposal: u64,
+        proposer: Address,
+        voting_end: Height,
+    },
+    Voted {
+        proposal: u64,
+        voter: Address,
+        option: plexus_types::tx::VoteOption,
+    },
     ProposalDecided {
         proposal: u64,
         status: gov::ProposalStatus,
@@ -122,16 +185,48 @@ pub enum Event {
         /// Paid to the voters from the treasury.
         voter_rewards: Amount,
     },
-    ParamChanged { name: String, value: u128 },
-    TreasurySpent { to: Address, amount: Amount },
-    VersionsSignalled { staker: Address, shadow_ok: bool },
-    UpgradeScheduled { upgrade: u64, layer: plexus_types::Layer, version: u16, activation_height: Height },
-    UpgradeActivated { upgrade: u64, layer: plexus_types::Layer, version: u16, height: Height },
-    UpgradeExpired { upgrade: u64, layer: plexus_types::Layer, version: u16 },
+    ParamChanged {
+        name: String,
+        value: u128,
+    },
+    TreasurySpent {
+        to: Address,
+        amount: Amount,
+    },
+    VersionsSignalled {
+        staker: Address,
+        shadow_ok: bool,
+    },
+    UpgradeScheduled {
+        upgrade: u64,
+        layer: plexus_types::Layer,
+        version: u16,
+        activation_height: Height,
+    },
+    UpgradeActivated {
+        upgrade: u64,
+        layer: plexus_types::Layer,
+        version: u16,
+        height: Height,
+    },
+    UpgradeExpired {
+        upgrade: u64,
+        layer: plexus_types::Layer,
+        version: u16,
+    },
     /// A block failed under a newly activated version and was executed under the previous one.
-    UpgradeAborted { layer: plexus_types::Layer, version: u16, previous: u16, height: Height, reason: String },
+    UpgradeAborted {
+        layer: plexus_types::Layer,
+        version: u16,
+        previous: u16,
+        height: Height,
+        reason: String,
+    },
     /// Execution v2: the proposer's share of the block's fees.
-    ProposerRewarded { proposer: Address, amount: Amount },
+    ProposerRewarded {
+        proposer: Address,
+        amount: Amount,
+    },
 }
 
 /// The outcome of one transaction in a block.
@@ -269,7 +364,9 @@ impl Executor {
             }
         }
         let version = read_execution_version(state);
-        let run = |v: u16| classify(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_version(v, state, env, txs))));
+        let run = |v: u16| {
+            classify(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_version(v, state, env, txs))))
+        };
         match run(version) {
             Ok(outcome) => Ok(outcome),
             Err(Failure::Block(e)) => Err(e),
@@ -286,7 +383,13 @@ impl Executor {
     }
 
     /// Runs one version, with no fallback: what [`Executor::execute_block`] and shadow runs use.
-    fn run_version(&self, version: u16, state: &dyn StateRead, env: &BlockEnv, txs: &[SignedTx]) -> Result<BlockOutcome, BlockError> {
+    fn run_version(
+        &self,
+        version: u16,
+        state: &dyn StateRead,
+        env: &BlockEnv,
+        txs: &[SignedTx],
+    ) -> Result<BlockOutcome, BlockError> {
         match version {
             1 => v1::execute_block(self, state, env, txs),
             2 => v2::execute_block(self, state, env, txs),
@@ -297,7 +400,14 @@ impl Executor {
     }
 
     /// Adds the record of an aborted upgrade to an outcome computed under the previous version.
-    fn aborted(&self, state: &dyn StateRead, env: &BlockEnv, mut outcome: BlockOutcome, version: u16, reason: &str) -> BlockOutcome {
+    fn aborted(
+        &self,
+        state: &dyn StateRead,
+        env: &BlockEnv,
+        mut outcome: BlockOutcome,
+        version: u16,
+        reason: &str,
+    ) -> BlockOutcome {
         tracing::warn!(target: "execution", height = env.height, version, "execution version failed ({reason}); running the block under the previous version");
         let after = Layered { base: state, changes: &outcome.changes };
         let mut overlay = Overlay::new(&after);
@@ -312,7 +422,9 @@ impl Executor {
     /// invariant, a panic, or an invalid block). Nodes run a pending execution version this way
     /// before signalling that they are ready for it.
     pub fn shadow(&self, version: u16, state: &dyn StateRead, env: &BlockEnv, txs: &[SignedTx]) -> Result<(), String> {
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_version_shadow(version, state, env, txs)));
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run_version_shadow(version, state, env, txs)
+        }));
         match classify(run) {
             Ok(_) => Ok(()),
             Err(Failure::Version(reason)) => Err(reason),
@@ -332,7 +444,13 @@ impl Executor {
     }
 
     /// A shadow run executes a block under a version its state does not have yet.
-    fn run_version_shadow(&self, version: u16, state: &dyn StateRead, env: &BlockEnv, txs: &[SignedTx]) -> Result<BlockOutcome, BlockError> {
+    fn run_version_shadow(
+        &self,
+        version: u16,
+        state: &dyn StateRead,
+        env: &BlockEnv,
+        txs: &[SignedTx],
+    ) -> Result<BlockOutcome, BlockError> {
         let mut versions: plexus_types::VersionVector = read_versions(state);
         versions.execution = version;
         let mut changes = ChangeSet::new();
@@ -374,7 +492,9 @@ impl Executor {
             Ok(r) => Ok(r),
             Err(Failure::Block(e)) => Err(e),
             Err(Failure::Version(reason)) if version > 1 => match build(version - 1) {
-                Ok((included, outcome, dropped)) => Ok((included, self.aborted(state, env, outcome, version, &reason), dropped)),
+                Ok((included, outcome, dropped)) => {
+                    Ok((included, self.aborted(state, env, outcome, version, &reason), dropped))
+                }
                 Err(Failure::Block(e)) => Err(e),
                 Err(Failure::Version(again)) => Err(BlockError::Invariant(again)),
             },
@@ -391,7 +511,13 @@ impl Executor {
 
     /// [`Executor::check_tx`], skipping the signature when `signature_verified` (the caller
     /// checked it already, e.g. in a batch with [`SignedTx::verify_all`]).
-    pub fn check_tx_signed(&self, state: &dyn StateRead, height: Height, tx: &SignedTx, signature_verified: bool) -> Result<(), TxError> {
+    pub fn check_tx_signed(
+        &self,
+        state: &dyn StateRead,
+        height: Height,
+        tx: &SignedTx,
+        signature_verified: bool,
+    ) -> Result<(), TxError> {
         if !signature_verified && !tx.verify(&self.chain_id) {
             return Err(TxError::BadSignature);
         }
@@ -408,7 +534,13 @@ impl Executor {
     }
 
     /// [`Executor::check_queued`], skipping the signature when `signature_verified`.
-    pub fn check_queued_signed(&self, state: &dyn StateRead, tx: &SignedTx, prior_spend: Amount, signature_verified: bool) -> Result<(), TxError> {
+    pub fn check_queued_signed(
+        &self,
+        state: &dyn StateRead,
+        tx: &SignedTx,
+        prior_spend: Amount,
+        signature_verified: bool,
+    ) -> Result<(), TxError> {
         if !signature_verified && !tx.verify(&self.chain_id) {
             return Err(TxError::BadSignature);
         }
@@ -444,7 +576,9 @@ impl Executor {
 pub fn max_spend(payload: &plexus_types::Payload) -> Amount {
     use plexus_types::Payload;
     match payload {
-        Payload::Transfer { amount, .. } | Payload::Stake { amount, .. } | Payload::TopUpSession { amount, .. } => *amount,
+        Payload::Transfer { amount, .. } | Payload::Stake { amount, .. } | Payload::TopUpSession { amount, .. } => {
+            *amount
+        }
         Payload::OpenSession { deposit, .. } | Payload::SubmitProposal { deposit, .. } => *deposit,
         _ => 0,
     }

@@ -290,11 +290,7 @@ pub struct Session {
 impl Session {
     /// Escrow still locked for this session.
     pub fn remaining(&self) -> Amount {
-        if self.status == SessionStatus::Closed {
-            0
-        } else {
-            self.deposit - self.settled_amount
-        }
+        if self.status == SessionStatus::Closed { 0 } else { self.deposit - self.settled_amount }
     }
 }
 
@@ -530,9 +526,8 @@ impl ValidatorSet {
 /// Decodes a stored record. State is written only by execution, so a record that does not
 /// decode means the store is corrupt: the node must stop rather than execute on it.
 pub fn decode_record<T: Decode<Cfg = ()>>(key: &[u8], bytes: &[u8]) -> T {
-    T::decode_cfg(Copying(bytes), &()).unwrap_or_else(|e| {
-        panic!("state is corrupt: record under key {} does not decode: {e}", hex::encode(key))
-    })
+    T::decode_cfg(Copying(bytes), &())
+        .unwrap_or_else(|e| panic!("state is corrupt: record under key {} does not decode: {e}", hex::encode(key)))
 }
 
 /// Typed reads and writes over an [`Overlay`]: the only way execution touches state.
@@ -713,7 +708,13 @@ pub fn scan_table<'m>(
 /// compares. Used by tests and the simulator on full in-memory copies of state.
 pub fn audit(map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Supply, String> {
     let recorded: Supply = decode_record(keys::SUPPLY, map.get(keys::SUPPLY).ok_or("no supply record")?);
-    let mut s = Supply { total: recorded.total, treasury: recorded.treasury, deposits: recorded.deposits, burned: recorded.burned, ..Supply::default() };
+    let mut s = Supply {
+        total: recorded.total,
+        treasury: recorded.treasury,
+        deposits: recorded.deposits,
+        burned: recorded.burned,
+        ..Supply::default()
+    };
     for (k, v) in scan_table(map, table::ACCOUNT) {
         s.balances += decode_record::<Account>(k, v).balance;
     }
@@ -745,11 +746,13 @@ pub fn audit(map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Supply, String> {
 
 /// Provider info bounds are checked on decode; re-export for the API.
 pub fn provider_info_size_max() -> usize {
-    limits::ENDPOINT_BYTES_MAX + limits::REGION_BYTES_MAX + limits::HARDWARE_BYTES_MAX + 64 * limits::PROVIDER_MODELS_MAX
+    limits::ENDPOINT_BYTES_MAX
+        + limits::REGION_BYTES_MAX
+        + limits::HARDWARE_BYTES_MAX
+        + 64 * limits::PROVIDER_MODELS_MAX
 }
 
 /// A model record is just its manifest.
 pub fn read_model(store: &Store<'_, '_>, id: &ModelId) -> Option<ModelManifest> {
     store.read(&keys::model(id))
 }
-

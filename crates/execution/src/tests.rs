@@ -25,7 +25,13 @@ struct Chain {
 }
 
 fn params() -> Params {
-    Params { epoch_length_blocks: 10, unbonding_delay_blocks: 5, session_grace_blocks: 3, voting_period_blocks: 10, ..Params::default() }
+    Params {
+        epoch_length_blocks: 10,
+        unbonding_delay_blocks: 5,
+        session_grace_blocks: 3,
+        voting_period_blocks: 10,
+        ..Params::default()
+    }
 }
 
 impl Chain {
@@ -187,7 +193,10 @@ fn invalid_transactions_invalidate_the_block() {
     let mut tx = c.tx(0, Payload::Transfer { to: c.addr(1), amount: 1 });
     tx.tx.nonce = 7;
     let tx = tx.tx.sign(&c.keys[0], CHAIN);
-    assert!(matches!(c.try_block(vec![tx.clone()]), Err(BlockError::Tx { error: TxError::WrongNonce { expected: 0, got: 7 }, .. })));
+    assert!(matches!(
+        c.try_block(vec![tx.clone()]),
+        Err(BlockError::Tx { error: TxError::WrongNonce { expected: 0, got: 7 }, .. })
+    ));
     assert!(matches!(c.exec.check_tx(&c.state, 1, &tx), Err(TxError::WrongNonce { .. })));
     // Signed for another chain.
     let other = Transaction { signer: c.addr(0), nonce: 0, fee: 1_000, payload: Payload::Unstake { amount: 1 } }
@@ -210,7 +219,8 @@ fn build_block_skips_inadmissible_transactions() {
     gap.tx.nonce = 5;
     let gap = gap.tx.sign(&c.keys[0], CHAIN);
     let env = BlockEnv { height: 1, proposer: c.addr(0) };
-    let (included, outcome, dropped) = c.exec.build_block(&c.state, &env, vec![good.clone(), gap], 100, 1 << 20).unwrap();
+    let (included, outcome, dropped) =
+        c.exec.build_block(&c.state, &env, vec![good.clone(), gap], 100, 1 << 20).unwrap();
     assert_eq!(included, vec![good]);
     assert_eq!(outcome.results.len(), 1);
     assert_eq!(dropped.len(), 1);
@@ -274,10 +284,24 @@ fn session_claim_and_refund() {
     let provider_before = c.balance(2);
     let id = open(&mut c, 3, 10_000);
     // 1000 input + 500 output tokens at 10/20 per 1k = 10 + 10 = 20.
-    let r1 = Receipt { session: id, seq: 1, cum_input_tokens: 1000, cum_output_tokens: 500, cum_amount: 20, outputs_root: hash(b"a") }
-        .sign(&c.keys[3]);
-    let r2 = Receipt { session: id, seq: 2, cum_input_tokens: 3000, cum_output_tokens: 5000, cum_amount: 130, outputs_root: hash(b"b") }
-        .sign(&c.keys[3]);
+    let r1 = Receipt {
+        session: id,
+        seq: 1,
+        cum_input_tokens: 1000,
+        cum_output_tokens: 500,
+        cum_amount: 20,
+        outputs_root: hash(b"a"),
+    }
+    .sign(&c.keys[3]);
+    let r2 = Receipt {
+        session: id,
+        seq: 2,
+        cum_input_tokens: 3000,
+        cum_output_tokens: 5000,
+        cum_amount: 130,
+        outputs_root: hash(b"b"),
+    }
+    .sign(&c.keys[3]);
     let t = c.tx(2, Payload::Claim { receipts: vec![r1.clone(), r2.clone()] });
     let out = c.block(vec![t]);
     assert_eq!(out.results[0].error, None);
@@ -290,18 +314,39 @@ fn session_claim_and_refund() {
     let t = c.tx(2, Payload::Claim { receipts: vec![r1.clone()] });
     assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("not above settled seq"));
     // Forged: signed by someone else.
-    let forged = Receipt { session: id, seq: 3, cum_input_tokens: 3000, cum_output_tokens: 5000, cum_amount: 140, outputs_root: hash(b"c") }
-        .sign(&c.keys[1]);
+    let forged = Receipt {
+        session: id,
+        seq: 3,
+        cum_input_tokens: 3000,
+        cum_output_tokens: 5000,
+        cum_amount: 140,
+        outputs_root: hash(b"c"),
+    }
+    .sign(&c.keys[1]);
     let t = c.tx(2, Payload::Claim { receipts: vec![forged] });
     assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("not signed by the session's client"));
     // Over the price cap.
-    let greedy = Receipt { session: id, seq: 3, cum_input_tokens: 3000, cum_output_tokens: 5000, cum_amount: 1000, outputs_root: hash(b"c") }
-        .sign(&c.keys[3]);
+    let greedy = Receipt {
+        session: id,
+        seq: 3,
+        cum_input_tokens: 3000,
+        cum_output_tokens: 5000,
+        cum_amount: 1000,
+        outputs_root: hash(b"c"),
+    }
+    .sign(&c.keys[3]);
     let t = c.tx(2, Payload::Claim { receipts: vec![greedy] });
     assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("maximum prices"));
     // Over escrow.
-    let huge = Receipt { session: id, seq: 3, cum_input_tokens: u32::MAX as u64, cum_output_tokens: 5000, cum_amount: 10_001, outputs_root: hash(b"c") }
-        .sign(&c.keys[3]);
+    let huge = Receipt {
+        session: id,
+        seq: 3,
+        cum_input_tokens: u32::MAX as u64,
+        cum_output_tokens: 5000,
+        cum_amount: 10_001,
+        outputs_root: hash(b"c"),
+    }
+    .sign(&c.keys[3]);
     let t = c.tx(2, Payload::Claim { receipts: vec![huge] });
     let err = c.block(vec![t]).results[0].error.clone().unwrap();
     assert!(err.contains("exceeds the escrow"), "{err}");
@@ -324,8 +369,15 @@ fn session_claim_and_refund() {
 fn provider_close_refunds_immediately_and_blocks_later_claims() {
     let mut c = with_provider();
     let id = open(&mut c, 3, 5_000);
-    let r = Receipt { session: id, seq: 1, cum_input_tokens: 1000, cum_output_tokens: 0, cum_amount: 10, outputs_root: Hash::ZERO }
-        .sign(&c.keys[3]);
+    let r = Receipt {
+        session: id,
+        seq: 1,
+        cum_input_tokens: 1000,
+        cum_output_tokens: 0,
+        cum_amount: 10,
+        outputs_root: Hash::ZERO,
+    }
+    .sign(&c.keys[3]);
     let claim = c.tx(2, Payload::Claim { receipts: vec![r] });
     let close = c.tx(2, Payload::CloseSession { session: id });
     let out = c.block(vec![claim, close]);
@@ -341,8 +393,15 @@ fn client_close_keeps_grace_for_provider() {
     let t = c.tx(3, Payload::CloseSession { session: id });
     c.block(vec![t]);
     let closing_at = c.height;
-    let r = Receipt { session: id, seq: 1, cum_input_tokens: 1000, cum_output_tokens: 0, cum_amount: 10, outputs_root: Hash::ZERO }
-        .sign(&c.keys[3]);
+    let r = Receipt {
+        session: id,
+        seq: 1,
+        cum_input_tokens: 1000,
+        cum_output_tokens: 0,
+        cum_amount: 10,
+        outputs_root: Hash::ZERO,
+    }
+    .sign(&c.keys[3]);
     let t = c.tx(2, Payload::Claim { receipts: vec![r] });
     assert_eq!(c.block(vec![t]).results[0].error, None, "provider can still settle in the grace period");
     while c.height < closing_at + params().session_grace_blocks as u64 {
@@ -358,8 +417,15 @@ fn supply_is_conserved_and_roots_are_deterministic() {
     let run = || {
         let mut c = with_provider();
         let id = open(&mut c, 3, 9_000);
-        let r = Receipt { session: id, seq: 1, cum_input_tokens: 10, cum_output_tokens: 10, cum_amount: 1, outputs_root: Hash::ZERO }
-            .sign(&c.keys[3]);
+        let r = Receipt {
+            session: id,
+            seq: 1,
+            cum_input_tokens: 10,
+            cum_output_tokens: 10,
+            cum_amount: 1,
+            outputs_root: Hash::ZERO,
+        }
+        .sign(&c.keys[3]);
         let t = c.tx(2, Payload::Claim { receipts: vec![r] });
         c.block(vec![t]);
         c.state
@@ -425,9 +491,9 @@ proptest! {
 mod governance {
     use super::*;
     use crate::gov::{self, ProposalStatus, UpgradeStatus};
+    use plexus_types::Layer;
     use plexus_types::tx::{ProposalKind, VoteOption};
     use plexus_types::version::VersionRange;
-    use plexus_types::Layer;
 
     fn read<T>(c: &Chain, f: impl FnOnce(&Store<'_, '_>) -> T) -> T {
         let mut o = Overlay::new(&c.state);
@@ -468,7 +534,8 @@ mod governance {
     }
 
     fn signal(c: &mut Chain, who: usize, execution_max: u16, shadow_ok: bool) {
-        let versions = SupportedVersions { execution: VersionRange { min: 1, max: execution_max }, ..SupportedVersions::V1_ONLY };
+        let versions =
+            SupportedVersions { execution: VersionRange { min: 1, max: execution_max }, ..SupportedVersions::V1_ONLY };
         let t = c.tx(who, Payload::SignalVersions { versions, shadow_ok });
         let out = c.block(vec![t]);
         assert_eq!(out.results[0].error, None);
@@ -481,7 +548,10 @@ mod governance {
         let proposer_before = c.balance(3);
         let voting = params().voting_period_blocks as u64;
         let effective = c.height + 1 + voting + 5;
-        let id = propose(&mut c, ProposalKind::ParamChange { name: "min_tx_fee".into(), value: 2_000, effective_height: effective });
+        let id = propose(
+            &mut c,
+            ProposalKind::ParamChange { name: "min_tx_fee".into(), value: 2_000, effective_height: effective },
+        );
         let deposit = params().proposal_deposit_min;
         assert_eq!(c.balance(3), proposer_before - deposit - 1_000, "deposit and fee taken");
         assert_eq!(read(&c, |s| s.supply().deposits), deposit);
@@ -545,8 +615,18 @@ mod governance {
             ProposalKind::ParamChange { name: "no_such_param".into(), value: 1, effective_height: 1_000 },
             ProposalKind::ParamChange { name: "quorum_bps".into(), value: 20_000, effective_height: 1_000 },
             ProposalKind::ParamChange { name: "quorum_bps".into(), value: 100, effective_height: 2 },
-            ProposalKind::Upgrade { layer: Layer::Execution, version: 3, activation_height: 1_000, deadline_height: 2_000 },
-            ProposalKind::Upgrade { layer: Layer::Execution, version: 2, activation_height: 1_000, deadline_height: 900 },
+            ProposalKind::Upgrade {
+                layer: Layer::Execution,
+                version: 3,
+                activation_height: 1_000,
+                deadline_height: 2_000,
+            },
+            ProposalKind::Upgrade {
+                layer: Layer::Execution,
+                version: 2,
+                activation_height: 1_000,
+                deadline_height: 900,
+            },
             ProposalKind::TreasurySpend { to: PrivateKey::from_seed(0).address(), amount: 0 },
             ProposalKind::Text { text: "  ".into() },
         ];
@@ -554,7 +634,8 @@ mod governance {
             let t = c.tx(3, Payload::SubmitProposal { kind: kind.clone(), deposit });
             assert!(c.block(vec![t]).results[0].error.is_some(), "{kind:?} must be refused");
         }
-        let t = c.tx(3, Payload::SubmitProposal { kind: ProposalKind::Text { text: "x".into() }, deposit: deposit - 1 });
+        let t =
+            c.tx(3, Payload::SubmitProposal { kind: ProposalKind::Text { text: "x".into() }, deposit: deposit - 1 });
         assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("proposal_deposit_min"));
         let id = propose(&mut c, ProposalKind::Text { text: "x".into() });
         let t = c.tx(3, Payload::Vote { proposal: id, option: VoteOption::Yes });
@@ -592,7 +673,12 @@ mod governance {
         let activation = c.height + 1 + voting + 3;
         let id = propose(
             c,
-            ProposalKind::Upgrade { layer: Layer::Execution, version: 2, activation_height: activation, deadline_height: activation + 40 },
+            ProposalKind::Upgrade {
+                layer: Layer::Execution,
+                version: 2,
+                activation_height: activation,
+                deadline_height: activation + 40,
+            },
         );
         vote(c, 0, id, VoteOption::Yes);
         vote(c, 1, id, VoteOption::Yes);
@@ -624,9 +710,14 @@ mod governance {
         // Version 2 pays the proposer (account 0) half of the block's fees.
         let before = c.balance(0);
         let (a2, a3) = (c.addr(2), c.addr(3));
-        let txs = vec![c.tx(2, Payload::Transfer { to: a3, amount: 1 }), c.tx(3, Payload::Transfer { to: a2, amount: 1 })];
+        let txs =
+            vec![c.tx(2, Payload::Transfer { to: a3, amount: 1 }), c.tx(3, Payload::Transfer { to: a2, amount: 1 })];
         let out = c.block(txs);
-        assert!(out.block_events.iter().any(|e| matches!(e, Event::ProposerRewarded { amount: 1_000, .. })), "{:?}", out.block_events);
+        assert!(
+            out.block_events.iter().any(|e| matches!(e, Event::ProposerRewarded { amount: 1_000, .. })),
+            "{:?}",
+            out.block_events
+        );
         assert_eq!(c.balance(0), before + 1_000);
     }
 
@@ -664,7 +755,15 @@ mod governance {
         // Now the faulty version 3.
         let voting = params().voting_period_blocks as u64;
         let at = c.height + 1 + voting + 2;
-        let id = propose(&mut c, ProposalKind::Upgrade { layer: Layer::Execution, version: 3, activation_height: at, deadline_height: at + 20 });
+        let id = propose(
+            &mut c,
+            ProposalKind::Upgrade {
+                layer: Layer::Execution,
+                version: 3,
+                activation_height: at,
+                deadline_height: at + 20,
+            },
+        );
         vote(&mut c, 1, id, VoteOption::Yes);
         until(&mut c, at + 1);
         assert_eq!(read(&c, |s| s.versions().execution), 3);
@@ -697,7 +796,15 @@ mod governance {
         assert!(c.state.scan(crate::state::table::SESSION_BY_CLIENT).is_empty());
         let voting = params().voting_period_blocks as u64;
         let activation = c.height + 1 + voting + 3;
-        let id = propose(&mut c, ProposalKind::Upgrade { layer: Layer::Data, version: 2, activation_height: activation, deadline_height: activation + 30 });
+        let id = propose(
+            &mut c,
+            ProposalKind::Upgrade {
+                layer: Layer::Data,
+                version: 2,
+                activation_height: activation,
+                deadline_height: activation + 30,
+            },
+        );
         vote(&mut c, 0, id, VoteOption::Yes);
         vote(&mut c, 1, id, VoteOption::Yes);
         let versions = SupportedVersions { data: VersionRange { min: 1, max: 2 }, ..SupportedVersions::V1_ONLY };
@@ -716,7 +823,10 @@ mod governance {
         let after = open(&mut c, 3, 5_000);
         assert!(c.state.contains_key(&keys::session_by_client(&client, &after)));
         assert_eq!(crate::data::check(&c.state, 2), Ok(()));
-        assert!(crate::data::check(&c.state, 2).is_ok() && crate::data::migrate(&mut Store::new(&mut Overlay::new(&c.state)), 3).is_err());
+        assert!(
+            crate::data::check(&c.state, 2).is_ok()
+                && crate::data::migrate(&mut Store::new(&mut Overlay::new(&c.state)), 3).is_err()
+        );
     }
 
     proptest! {

@@ -15,7 +15,6 @@ use crate::state::{
 };
 use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, TxError, TxResult};
 
-
 pub(crate) fn execute_block(
     exec: &Executor,
     state: &dyn StateRead,
@@ -26,8 +25,11 @@ pub(crate) fn execute_block(
     let (params, block_events) = begin_block(&mut overlay, env)?;
     let mut results = Vec::with_capacity(txs.len());
     for (index, tx) in txs.iter().enumerate() {
-        let result = apply_tx(exec, &mut overlay, &params, env, tx)
-            .map_err(|error| BlockError::Tx { index, hash: tx.hash(), error })?;
+        let result = apply_tx(exec, &mut overlay, &params, env, tx).map_err(|error| BlockError::Tx {
+            index,
+            hash: tx.hash(),
+            error,
+        })?;
         results.push(result);
     }
     let mut block_events = block_events;
@@ -91,7 +93,12 @@ pub(crate) fn check_tx(exec: &Executor, state: &dyn StateRead, height: Height, t
     }
 }
 
-pub(crate) fn simulate_tx(exec: &Executor, state: &dyn StateRead, height: Height, tx: &SignedTx) -> Result<crate::ChangeSet, TxError> {
+pub(crate) fn simulate_tx(
+    exec: &Executor,
+    state: &dyn StateRead,
+    height: Height,
+    tx: &SignedTx,
+) -> Result<crate::ChangeSet, TxError> {
     let mut overlay = Overlay::new(state);
     let params = Store::new(&mut overlay).params();
     let env = BlockEnv { height, proposer: tx.tx.signer.clone() };
@@ -116,7 +123,12 @@ fn begin_block(overlay: &mut Overlay<'_>, env: &BlockEnv) -> Result<(Params, Vec
     Ok((params, events))
 }
 
-fn end_block(overlay: &mut Overlay<'_>, params: &Params, env: &BlockEnv, events: &mut Vec<Event>) -> Result<(), BlockError> {
+fn end_block(
+    overlay: &mut Overlay<'_>,
+    params: &Params,
+    env: &BlockEnv,
+    events: &mut Vec<Event>,
+) -> Result<(), BlockError> {
     let mut store = Store::new(overlay);
     crate::gov::end_block(&mut store, params, env, events)?;
     let mut chain = store.chain();
@@ -151,7 +163,11 @@ fn mature_unbonding(store: &mut Store<'_, '_>, height: Height, events: &mut Vec<
     Ok(())
 }
 
-fn refund_expired_sessions(store: &mut Store<'_, '_>, height: Height, events: &mut Vec<Event>) -> Result<(), BlockError> {
+fn refund_expired_sessions(
+    store: &mut Store<'_, '_>,
+    height: Height,
+    events: &mut Vec<Event>,
+) -> Result<(), BlockError> {
     let key = keys::session_expiry(height);
     let Some(list) = store.read::<HashList>(&key) else { return Ok(()) };
     store.overlay.delete(key);
@@ -314,7 +330,10 @@ fn apply_payload(
                 )));
             }
             if *deposit < params.min_session_deposit {
-                return Err(invalid(format!("deposit {deposit} is below min_session_deposit {}", params.min_session_deposit)));
+                return Err(invalid(format!(
+                    "deposit {deposit} is below min_session_deposit {}",
+                    params.min_session_deposit
+                )));
             }
             let latest = env.height.saturating_add(params.max_session_blocks as u64);
             if *expiry_height <= env.height || *expiry_height > latest {
@@ -421,7 +440,8 @@ fn apply_payload(
             let validators_of = |epoch: u64| {
                 store.validators(epoch).map(|set| set.0.into_iter().map(|v| v.address).collect::<Vec<_>>())
             };
-            let proof = exec.evidence().verify(evidence, &validators_of).map_err(|e| invalid(format!("evidence: {e}")))?;
+            let proof =
+                exec.evidence().verify(evidence, &validators_of).map_err(|e| invalid(format!("evidence: {e}")))?;
             let id = hash_parts(&[
                 proof.kind.as_bytes(),
                 proof.offender.as_bytes(),
@@ -449,7 +469,9 @@ fn apply_payload(
                 kind: proof.kind.to_string(),
             });
         }
-        Payload::SubmitProposal { kind, deposit } => crate::gov::submit(store, params, env, signer, kind, *deposit, events)?,
+        Payload::SubmitProposal { kind, deposit } => {
+            crate::gov::submit(store, params, env, signer, kind, *deposit, events)?
+        }
         Payload::Vote { proposal, option } => crate::gov::vote(store, env, signer, *proposal, *option, events)?,
         Payload::SignalVersions { versions, shadow_ok } => {
             crate::gov::signal_versions(store, env, signer, *versions, *shadow_ok, events)?
@@ -549,7 +571,8 @@ fn unstake(
 }
 
 fn open_session(store: &Store<'_, '_>, id: &Hash) -> Result<Session, ExecError> {
-    let session: Session = store.read(&keys::session(id)).ok_or_else(|| ExecError::NotFound(format!("session {id}")))?;
+    let session: Session =
+        store.read(&keys::session(id)).ok_or_else(|| ExecError::NotFound(format!("session {id}")))?;
     if session.status != SessionStatus::Open {
         return Err(invalid(format!("session {id} is closed")));
     }
@@ -583,7 +606,12 @@ fn unschedule_refund(store: &mut Store<'_, '_>, id: &Hash, height: Height) {
 }
 
 /// Pays nothing more, refunds the rest of the escrow to the client, and closes the session.
-fn close_session(store: &mut Store<'_, '_>, id: &Hash, mut session: Session, events: &mut Vec<Event>) -> Result<(), ExecError> {
+fn close_session(
+    store: &mut Store<'_, '_>,
+    id: &Hash,
+    mut session: Session,
+    events: &mut Vec<Event>,
+) -> Result<(), ExecError> {
     let refund = session.remaining();
     if refund > 0 {
         store.credit(&session.client, refund, Bucket::Escrow)?;

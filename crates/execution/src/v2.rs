@@ -9,7 +9,12 @@ use plexus_types::{Amount, Hash, SignedTx};
 use crate::state::{Bucket, Layered, Overlay, StateRead, Store};
 use crate::{BlockEnv, BlockError, BlockOutcome, Event, Executor, TxError, v1};
 
-pub(crate) fn execute_block(exec: &Executor, state: &dyn StateRead, env: &BlockEnv, txs: &[SignedTx]) -> Result<BlockOutcome, BlockError> {
+pub(crate) fn execute_block(
+    exec: &Executor,
+    state: &dyn StateRead,
+    env: &BlockEnv,
+    txs: &[SignedTx],
+) -> Result<BlockOutcome, BlockError> {
     let mut outcome = v1::execute_block(exec, state, env, txs)?;
     reward(state, env, &mut outcome)?;
     Ok(outcome)

@@ -121,11 +121,7 @@ impl ChainClient {
         Ok(ChainClient { nodes: nodes.into_iter().map(|n| n.trim_end_matches('/').to_string()).collect(), http })
     }
 
-    async fn send<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<T, GatewayError> {
+    async fn send<T: DeserializeOwned>(&self, path: &str, body: Option<&serde_json::Value>) -> Result<T, GatewayError> {
         let mut last = String::new();
         for node in &self.nodes {
             let url = format!("{node}{path}");
@@ -143,10 +139,15 @@ impl ChainClient {
             let status = response.status();
             let bytes = response.bytes().await.map_err(|e| GatewayError::Chain(format!("{url}: {e}")))?;
             if status.is_success() {
-                return serde_json::from_slice(&bytes).map_err(|e| GatewayError::Chain(format!("{url}: unexpected answer: {e}")));
+                return serde_json::from_slice(&bytes)
+                    .map_err(|e| GatewayError::Chain(format!("{url}: unexpected answer: {e}")));
             }
             if let Ok(err) = serde_json::from_slice::<ApiError>(&bytes) {
-                return Err(GatewayError::Rejected { code: err.error.code, message: err.error.message, status: status.as_u16() });
+                return Err(GatewayError::Rejected {
+                    code: err.error.code,
+                    message: err.error.message,
+                    status: status.as_u16(),
+                });
             }
             return Err(GatewayError::Chain(format!("{url}: HTTP {status}")));
         }
@@ -211,7 +212,9 @@ impl ChainClient {
                 Ok(found) => {
                     return match found.result.and_then(|r| r.error) {
                         None => Ok(()),
-                        Some(error) => Err(GatewayError::Rejected { code: "tx_failed".into(), message: error, status: 400 }),
+                        Some(error) => {
+                            Err(GatewayError::Rejected { code: "tx_failed".into(), message: error, status: 400 })
+                        }
                     };
                 }
                 Err(GatewayError::Rejected { status: 404, .. }) => {}

@@ -55,7 +55,9 @@ impl GatewayError {
             GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::NoProvider(_) => StatusCode::NOT_FOUND,
             GatewayError::Funds(_) => StatusCode::PAYMENT_REQUIRED,
-            GatewayError::Upstream(_) | GatewayError::Chain(_) | GatewayError::Rejected { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::Upstream(_) | GatewayError::Chain(_) | GatewayError::Rejected { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::Config(_) | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

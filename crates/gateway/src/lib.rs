@@ -91,7 +91,8 @@ impl Gateway {
         if balance < config.deposit {
             warn!(target: "gateway", balance, deposit = config.deposit, "the client account holds less than one session deposit");
         }
-        let sessions = Arc::new(session::Sessions::new(key, chain.clone(), chain_id, params.min_tx_fee, config.clone())?);
+        let sessions =
+            Arc::new(session::Sessions::new(key, chain.clone(), chain_id, params.min_tx_fee, config.clone())?);
         let directory = Arc::new(directory::Directory::default());
         if let Err(e) = directory.refresh(&chain).await {
             warn!(target: "gateway", "cannot read providers yet: {e}");

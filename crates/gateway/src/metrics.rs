@@ -43,7 +43,11 @@ impl Metrics {
         registry.register("requests", "Requests from the app, by endpoint", m.requests.clone());
         registry.register("failovers", "Times a request or stream moved to another provider", m.failovers.clone());
         registry.register("receipts_signed", "Receipts signed", m.receipts_signed.clone());
-        registry.register("attestation_failures", "Responses whose attestation did not verify", m.attestation_failures.clone());
+        registry.register(
+            "attestation_failures",
+            "Responses whose attestation did not verify",
+            m.attestation_failures.clone(),
+        );
         registry.register("tokens", "Tokens acknowledged, by direction", m.tokens.clone());
         Metrics { registry, ..m }
     }

@@ -109,8 +109,10 @@ fn parse_body(limit: usize, body: Result<Bytes, BytesRejection>) -> Result<Value
             GatewayError::BadRequest { message: r.body_text(), param: None }
         }
     })?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| GatewayError::BadRequest { message: format!("the request body is not valid JSON: {e}"), param: None })?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| GatewayError::BadRequest {
+        message: format!("the request body is not valid JSON: {e}"),
+        param: None,
+    })?;
     if !v.is_object() {
         return Err(GatewayError::BadRequest { message: "the request body must be a JSON object".into(), param: None });
     }
@@ -129,7 +131,8 @@ impl App {
         }
         let found = self.directory.candidates(model, &self.config.constraints);
         if found.is_empty() {
-            let known: Vec<String> = self.directory.models(&self.config.constraints).into_iter().map(|m| m.manifest.name).collect();
+            let known: Vec<String> =
+                self.directory.models(&self.config.constraints).into_iter().map(|m| m.manifest.name).collect();
             return Err(GatewayError::NoProvider(format!(
                 "no provider serves the model `{model}`{} (available: {})",
                 self.config.constraints.region.as_ref().map(|r| format!(" in region {r}")).unwrap_or_default(),
@@ -178,7 +181,12 @@ impl App {
 }
 
 /// Reads and checks a provider's attestation of one response.
-fn verify_attestation(c: &Candidate, attestation_hex: &str, signature: &str, output: Option<&str>) -> Result<Attestation, String> {
+fn verify_attestation(
+    c: &Candidate,
+    attestation_hex: &str,
+    signature: &str,
+    output: Option<&str>,
+) -> Result<Attestation, String> {
     let att = Attestation::from_hex(attestation_hex)?;
     let sig: Sig = signature.parse()?;
     if !att.verify(&c.provider, &sig) {
@@ -247,7 +255,9 @@ async fn forward_once(app: &Arc<App>, wire: Wire, c: &Candidate, body: &Value) -
             continue;
         }
         if !status.is_success() {
-            let client_error = status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::PAYMENT_REQUIRED;
+            let client_error = status.is_client_error()
+                && status != StatusCode::TOO_MANY_REQUESTS
+                && status != StatusCode::PAYMENT_REQUIRED;
             app.directory.finished(&c.provider, if client_error { Some(started.elapsed()) } else { None });
             if client_error {
                 // The app's request is at fault: the next provider would say the same.
@@ -458,7 +468,10 @@ async fn stream_from(
         if status == StatusCode::UNAUTHORIZED {
             app.sessions.drop_token(s);
             seg.reauth = true;
-        } else if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::PAYMENT_REQUIRED {
+        } else if status.is_client_error()
+            && status != StatusCode::TOO_MANY_REQUESTS
+            && status != StatusCode::PAYMENT_REQUIRED
+        {
             seg.client_error = Some(text);
             return seg;
         }
@@ -493,7 +506,12 @@ async fn stream_from(
             seg.completion = u["completion_tokens"].as_u64().unwrap_or(seg.completion).max(seg.completion);
         }
         if let Some(p) = v.get("plexus") {
-            match verify_attestation(c, p["attestation_hex"].as_str().unwrap_or(""), p["signature"].as_str().unwrap_or(""), Some(&seg.text)) {
+            match verify_attestation(
+                c,
+                p["attestation_hex"].as_str().unwrap_or(""),
+                p["signature"].as_str().unwrap_or(""),
+                Some(&seg.text),
+            ) {
                 Ok(att) => seg.attestation = Some(att),
                 Err(e) => {
                     warn!(target: "gateway::verify", provider = %c.provider, "{e}");
@@ -728,7 +746,8 @@ async fn health(State(app): State<Shared_>) -> Response {
 }
 
 async fn metrics(State(app): State<Shared_>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.render())
+        .into_response()
 }
 
 async fn status(State(app): State<Shared_>) -> Response {
@@ -745,8 +764,10 @@ async fn status(State(app): State<Shared_>) -> Response {
             })
         })
         .collect();
-    axum::Json(json!({ "client": app.sessions.client(), "providers": app.directory.provider_count(), "sessions": sessions }))
-        .into_response()
+    axum::Json(
+        json!({ "client": app.sessions.client(), "providers": app.directory.provider_count(), "sessions": sessions }),
+    )
+    .into_response()
 }
 
 async fn close(State(app): State<Shared_>, _headers: HeaderMap) -> Response {

@@ -190,7 +190,10 @@ impl Sessions {
                 }
                 Err(GatewayError::Rejected { code, .. }) if code == "wrong_nonce" && attempt == 0 => *next = None,
                 Err(GatewayError::Rejected { code, message, .. }) if code == "insufficient_balance" => {
-                    return Err(GatewayError::Funds(format!("the gateway's account {} cannot pay: {message}", self.key.address())));
+                    return Err(GatewayError::Funds(format!(
+                        "the gateway's account {} cannot pay: {message}",
+                        self.key.address()
+                    )));
                 }
                 Err(e) => return Err(e),
             }
@@ -247,7 +250,11 @@ impl Sessions {
         let (hash, nonce) = self.send_tx(payload).await?;
         self.chain.wait_tx(&hash, Duration::from_secs(30)).await?;
         let id = plexus_execution::session_id(&self.key.address(), nonce);
-        let record = self.chain.session(&id).await?.ok_or_else(|| GatewayError::Chain(format!("session {id} not found after opening")))?;
+        let record = self
+            .chain
+            .session(&id)
+            .await?
+            .ok_or_else(|| GatewayError::Chain(format!("session {id} not found after opening")))?;
         info!(target: "gateway::sessions", session = %id, provider = %c.provider, model = %c.model_name, deposit, "opened a session");
         let state = SessionState {
             id,
@@ -295,11 +302,13 @@ impl Sessions {
             .await
             .map_err(|e| GatewayError::Upstream(format!("{url}: {e}")))?;
         let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|e| GatewayError::Upstream(format!("{url}: {e}")))?;
+        let body: serde_json::Value =
+            response.json().await.map_err(|e| GatewayError::Upstream(format!("{url}: {e}")))?;
         if !status.is_success() {
             return Err(GatewayError::Upstream(format!("{url}: HTTP {status}: {}", body["error"]["message"])));
         }
-        let token = body["token"].as_str().ok_or_else(|| GatewayError::Upstream(format!("{url}: no token")))?.to_string();
+        let token =
+            body["token"].as_str().ok_or_else(|| GatewayError::Upstream(format!("{url}: no token")))?.to_string();
         let mut st = s.lock().expect("session lock");
         st.auth_nonce = nonce;
         st.token = Some(token);
@@ -320,7 +329,8 @@ impl Sessions {
         if let Some(a) = attestation {
             st.outputs_root = extend_outputs_root(&st.outputs_root, &a);
         }
-        let owed = plexus_execution::price_of(&st.price, st.cum_input_tokens, st.cum_output_tokens).unwrap_or(Amount::MAX);
+        let owed =
+            plexus_execution::price_of(&st.price, st.cum_input_tokens, st.cum_output_tokens).unwrap_or(Amount::MAX);
         // Never more than the escrow: a receipt above it could not be settled anyway.
         st.cum_amount = owed.min(st.deposit).max(st.cum_amount);
         st.seq += 1;

@@ -76,14 +76,19 @@ pub async fn run<S, R, B>(
             return;
         };
         let bytes = bytes.as_ref();
-        let Some(range) = (bytes.len() == HELLO_BYTES).then(|| VersionRange::decode(Copying(bytes)).ok()).flatten() else {
+        let Some(range) = (bytes.len() == HELLO_BYTES).then(|| VersionRange::decode(Copying(bytes)).ok()).flatten()
+        else {
             debug!(target: "network::hello", %peer, "malformed version announcement");
             continue;
         };
         let negotiated = negotiate(ours, range);
         let required = active();
         let compatible = range.contains(required);
-        peers.0.lock().expect("peer versions lock").insert(peer.clone(), PeerVersion { range, negotiated, last_seen: Instant::now() });
+        peers
+            .0
+            .lock()
+            .expect("peer versions lock")
+            .insert(peer.clone(), PeerVersion { range, negotiated, last_seen: Instant::now() });
         if !compatible {
             warn!(target: "network::hello", %peer, min = range.min, max = range.max, required, "blocking a peer that cannot speak the active network version");
             let _ = blocker.block(peer);

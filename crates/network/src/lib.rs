@@ -105,10 +105,7 @@ where
         config.mailbox_messages,
     );
     let (mut network, oracle) = lookup::Network::new(context, p2p);
-    let channels = channels
-        .iter()
-        .map(|c| network.register(c.id, Quota::per_second(c.messages_per_second)))
-        .collect();
+    let channels = channels.iter().map(|c| network.register(c.id, Quota::per_second(c.messages_per_second))).collect();
     network.start();
     Network { channels, oracle }
 }

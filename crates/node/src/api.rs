@@ -70,7 +70,8 @@ struct ErrorEnvelope {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorEnvelope { error: ErrorBody { code: self.code, message: self.message } })).into_response()
+        (self.status, Json(ErrorEnvelope { error: ErrorBody { code: self.code, message: self.message } }))
+            .into_response()
     }
 }
 
@@ -189,7 +190,9 @@ async fn status<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
     .into_response())
 }
 
-async fn params<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<plexus_types::Params> {
+async fn params<E: Storage + Clock + Metrics + Spawner>(
+    State(s): State<Arc<ApiState<E>>>,
+) -> Json<plexus_types::Params> {
     Json(s.chain.params())
 }
 
@@ -218,7 +221,8 @@ async fn validators<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<
         let epoch = store.chain().epoch;
         (epoch, store.validators(epoch).unwrap_or_default(), store.validators(epoch + 1))
     });
-    Json(ValidatorsBody { epoch, validators: validator_bodies(&set), next: next.as_ref().map(validator_bodies) }).into_response()
+    Json(ValidatorsBody { epoch, validators: validator_bodies(&set), next: next.as_ref().map(validator_bodies) })
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -238,7 +242,10 @@ struct BlockBody<'a> {
     chain_id: &'a str,
 }
 
-fn block_response<E: Storage + Clock + Metrics + Spawner>(s: &ApiState<E>, record: &plexus_store::BlockRecord) -> Response {
+fn block_response<E: Storage + Clock + Metrics + Spawner>(
+    s: &ApiState<E>,
+    record: &plexus_store::BlockRecord,
+) -> Response {
     let results: Option<&RawValue> = serde_json::from_slice(&record.results_json).ok();
     Json(BlockBody {
         hash: record.block.hash(),
@@ -295,7 +302,9 @@ fn submit_error(e: SubmitError) -> ApiError {
         SubmitError::Tx(TxError::WrongNonce { .. }) => "wrong_nonce",
         SubmitError::Tx(TxError::FeeTooLow { .. }) => "fee_too_low",
         SubmitError::Tx(TxError::CannotPayFee { .. }) => "insufficient_balance",
-        SubmitError::Tx(TxError::WouldFail(plexus_execution::ExecError::InsufficientBalance { .. })) => "insufficient_balance",
+        SubmitError::Tx(TxError::WouldFail(plexus_execution::ExecError::InsufficientBalance { .. })) => {
+            "insufficient_balance"
+        }
         SubmitError::Tx(TxError::WouldFail(_)) => "tx_would_fail",
         SubmitError::Mempool(MempoolError::AlreadyKnown) => "already_known",
         SubmitError::Mempool(MempoolError::StaleNonce { .. } | MempoolError::NonceTooFarAhead { .. }) => "wrong_nonce",
@@ -327,7 +336,8 @@ async fn submit<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/octet-stream"));
     let tx = if is_binary {
-        SignedTx::decode(&body).map_err(|e| ApiError::bad_request("bad_encoding", format!("tx does not decode: {e}")))?
+        SignedTx::decode(&body)
+            .map_err(|e| ApiError::bad_request("bad_encoding", format!("tx does not decode: {e}")))?
     } else {
         let parsed: SubmitBody = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("bad_json", format!("expected {{\"tx\": \"<hex>\"}}: {e}")))?;
@@ -380,7 +390,10 @@ async fn submit_batch<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'st
     let body: BatchBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", format!("expected {{\"txs\": [\"<hex>\", ...]}}: {e}")))?;
     if body.txs.len() > BATCH_TXS_MAX {
-        return Err(ApiError::bad_request("batch_too_large", format!("at most {BATCH_TXS_MAX} transactions per batch")));
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!("at most {BATCH_TXS_MAX} transactions per batch"),
+        ));
     }
     let chain = s.chain.clone();
     let results = tokio::task::spawn_blocking(move || {
@@ -436,7 +449,8 @@ async fn tx<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .ok_or_else(|| ApiError::internal(format!("block {height} is indexed but missing")))?;
-    let index = record.block.txs.iter().position(|t| t.hash() == hash).ok_or_else(|| ApiError::internal("index mismatch"))?;
+    let index =
+        record.block.txs.iter().position(|t| t.hash() == hash).ok_or_else(|| ApiError::internal("index mismatch"))?;
     let results: Option<StoredResults<'_>> = serde_json::from_slice(&record.results_json).ok();
     let result = results.and_then(|r| r.txs.get(index).copied());
     Ok(Json(TxLookupBody { hash, height, index, tx: &record.block.txs[index], result }).into_response())
@@ -473,7 +487,15 @@ async fn account<E: Storage + Clock + Metrics + Spawner>(
     let (account, stake) = (store.account(&address), store.stake(&address));
     let Stake { bonded, p2p_address } = stake;
     let next_nonce = s.chain.next_nonce(&address, account.nonce);
-    Ok(Json(AccountBody { address, balance: account.balance, nonce: account.nonce, next_nonce, bonded, unbonding, p2p_address }))
+    Ok(Json(AccountBody {
+        address,
+        balance: account.balance,
+        nonce: account.nonce,
+        next_nonce,
+        bonded,
+        unbonding,
+        p2p_address,
+    }))
 }
 
 #[derive(Serialize)]
@@ -488,7 +510,12 @@ struct ProviderBody<'a> {
     bonded: Amount,
 }
 
-fn provider_body<'a>(address: &'a Address, info: &'a ProviderInfo, registered_height: u64, bonded: Amount) -> ProviderBody<'a> {
+fn provider_body<'a>(
+    address: &'a Address,
+    info: &'a ProviderInfo,
+    registered_height: u64,
+    bonded: Amount,
+) -> ProviderBody<'a> {
     ProviderBody {
         address,
         endpoint: &info.endpoint,
@@ -512,12 +539,17 @@ async fn providers<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<A
         .filter_map(|(k, v)| {
             let address = Address(commonware_codec::DecodeExt::decode(commonware_codec::Copying(&k[1..])).ok()?);
             let p: st::Provider = st::decode_record(k, v);
-            let bonded = view.map().get(&st::keys::stake(&address)).map(|b| st::decode_record::<Stake>(k, b).bonded).unwrap_or(0);
+            let bonded = view
+                .map()
+                .get(&st::keys::stake(&address))
+                .map(|b| st::decode_record::<Stake>(k, b).bonded)
+                .unwrap_or(0);
             Some((address, p, bonded))
         })
         .collect();
     drop(view);
-    let providers = found.iter().map(|(a, p, bonded)| provider_body(a, &p.info, p.registered_height, *bonded)).collect();
+    let providers =
+        found.iter().map(|(a, p, bonded)| provider_body(a, &p.info, p.registered_height, *bonded)).collect();
     Json(ProvidersBody { providers }).into_response()
 }
 
@@ -550,7 +582,9 @@ struct ModelsBody {
 
 async fn models<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<ModelsBody> {
     let view = s.chain.state().view();
-    let models = scan_table(view.map(), st::table::MODEL).map(|(k, v)| model_body(st::decode_record::<ModelManifest>(k, v))).collect();
+    let models = scan_table(view.map(), st::table::MODEL)
+        .map(|(k, v)| model_body(st::decode_record::<ModelManifest>(k, v)))
+        .collect();
     Json(ModelsBody { models })
 }
 
@@ -618,7 +652,12 @@ async fn sessions<E: Storage + Clock + Metrics + Spawner>(
         return Ok(Json(SessionsBody { sessions }));
     }
     let sessions = scan_table(view.map(), st::table::SESSION)
-        .map(|(k, v)| (Hash::from_bytes(k[1..33].try_into().expect("session keys hold a hash")), st::decode_record::<Session>(k, v)))
+        .map(|(k, v)| {
+            (
+                Hash::from_bytes(k[1..33].try_into().expect("session keys hold a hash")),
+                st::decode_record::<Session>(k, v),
+            )
+        })
         .filter(|(_, sess)| client.as_ref().is_none_or(|c| &sess.client == c))
         .filter(|(_, sess)| provider.as_ref().is_none_or(|p| &sess.provider == p))
         .take(SESSIONS_LIST_MAX)
@@ -644,7 +683,9 @@ struct EvidenceBody {
 /// Conflicting-vote offences recorded on-chain.
 async fn evidence<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<EvidenceBody> {
     let view = s.chain.state().view();
-    let evidence = scan_table(view.map(), st::table::EVIDENCE).map(|(k, v)| st::decode_record::<st::EvidenceRecord>(k, v)).collect();
+    let evidence = scan_table(view.map(), st::table::EVIDENCE)
+        .map(|(k, v)| st::decode_record::<st::EvidenceRecord>(k, v))
+        .collect();
     Json(EvidenceBody { evidence })
 }
 
@@ -792,7 +833,11 @@ async fn signals<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<Api
         stakers
             .0
             .iter()
-            .map(|a| SignalBody { staker: a.clone(), stake: store.stake(a).bonded, signal: plexus_execution::gov::signal(store, a) })
+            .map(|a| SignalBody {
+                staker: a.clone(),
+                stake: store.stake(a).bonded,
+                signal: plexus_execution::gov::signal(store, a),
+            })
             .collect()
     });
     Json(SignalsBody { signals })

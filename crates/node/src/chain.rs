@@ -135,7 +135,12 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 let block = genesis_block(genesis, genesis_spec.root);
                 info!(root = %genesis_spec.root, "writing genesis state");
                 blocks
-                    .put(&BlockRecord { block: block.clone(), results_json: b"[]".to_vec(), finalization: Vec::new(), txs_before: 0 })
+                    .put(&BlockRecord {
+                        block: block.clone(),
+                        results_json: b"[]".to_vec(),
+                        finalization: Vec::new(),
+                        txs_before: 0,
+                    })
                     .await?;
                 state.commit(&genesis_spec, &genesis_changes, block.hash()).await?;
                 block
@@ -169,10 +174,9 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             )));
         }
         let height = state.committed().0.expect("genesis is committed");
-        let record = blocks
-            .by_height(height)
-            .await?
-            .ok_or_else(|| plexus_store::StoreError::Corrupt(format!("committed block {height} is missing from the archive")))?;
+        let record = blocks.by_height(height).await?.ok_or_else(|| {
+            plexus_store::StoreError::Corrupt(format!("committed block {height} is missing from the archive"))
+        })?;
         let txs_committed = record.txs_before + record.block.txs.len() as u64;
         state.set_block(record.block.hash());
         metrics.height.set(height as i64);
@@ -295,9 +299,9 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         } else {
             // Queued behind others: a constant-time check of signature, fee and balance
             // (simulating the whole queue on every admission is quadratic in its length).
-            let spend = prior
-                .iter()
-                .fold(0u128, |acc, p| acc.saturating_add(p.tx.fee).saturating_add(plexus_execution::max_spend(&p.tx.payload)));
+            let spend = prior.iter().fold(0u128, |acc, p| {
+                acc.saturating_add(p.tx.fee).saturating_add(plexus_execution::max_spend(&p.tx.payload))
+            });
             self.inner.executor.check_queued_signed(&*view, &tx, spend, signature_verified)?;
         }
         drop(view);
@@ -372,7 +376,13 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                     let params = plexus_execution::params(&base);
                     self.inner
                         .executor
-                        .build_block(&base, env, candidates, params.max_block_txs as usize, params.max_block_bytes as usize)
+                        .build_block(
+                            &base,
+                            env,
+                            candidates,
+                            params.max_block_txs as usize,
+                            params.max_block_bytes as usize,
+                        )
                         .map(|(included, outcome, dropped)| {
                             if !dropped.is_empty() {
                                 debug!(dropped = dropped.len(), "left candidates out of the block");
@@ -405,7 +415,8 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
     /// wall-clock measure never affects what any node computes.
     fn block_txs_budget(&self) -> usize {
         let ns = self.inner.tx_cost_ns.load(Ordering::Relaxed).max(1);
-        ((BUILD_BUDGET.as_nanos() as u64 / ns) as usize).clamp(BLOCK_TXS_FLOOR, plexus_types::params::limits::BLOCK_TXS_MAX)
+        ((BUILD_BUDGET.as_nanos() as u64 / ns) as usize)
+            .clamp(BLOCK_TXS_FLOOR, plexus_types::params::limits::BLOCK_TXS_MAX)
     }
 
     fn record_build_cost(&self, elapsed: std::time::Duration, txs: usize) {
@@ -436,7 +447,10 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             meta.pending
                 .iter()
                 .filter_map(|id| plexus_execution::gov::upgrade(store, *id))
-                .find(|u| matches!(u.layer, Layer::Execution | Layer::Data) && u.status == plexus_execution::gov::UpgradeStatus::Pending)
+                .find(|u| {
+                    matches!(u.layer, Layer::Execution | Layer::Data)
+                        && u.status == plexus_execution::gov::UpgradeStatus::Pending
+                })
                 .map(|u| (u.layer, u.version))
         })
     }
@@ -478,7 +492,12 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         match result {
             Ok(()) => s.passed += 1,
             Err(reason) => {
-                warn!(height = block.header.height, layer = layer.name(), version, "shadow run of a pending upgrade failed: {reason}");
+                warn!(
+                    height = block.header.height,
+                    layer = layer.name(),
+                    version,
+                    "shadow run of a pending upgrade failed: {reason}"
+                );
                 s.failure.get_or_insert(format!("height {}: {reason}", block.header.height));
             }
         }
@@ -505,7 +524,10 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                     .await
                     .expect("the parent of a finalized block is the committed tip")
                     .unwrap_or_else(|e| panic!("finalized block {height} ({hash}) does not execute: {e}; halting"));
-                assert_eq!(spec.root, block.header.state_root, "finalized block {height} has a state root this node disagrees with; halting");
+                assert_eq!(
+                    spec.root, block.header.state_root,
+                    "finalized block {height} has a state root this node disagrees with; halting"
+                );
                 Arc::new(Pending { header: block.header.clone(), changes: outcome.changes.clone(), outcome, spec })
             }
         };
@@ -588,13 +610,14 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
             self.inner.mempool.lock().expect("mempool lock").candidates(|a| store.account(a).nonce, cap)
         };
         let started = std::time::Instant::now();
-        let Executed { txs, outcome, spec, versions } = match self.execute_on(&parent.hash(), &env, Some(candidates), &[], false).await? {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(height, "cannot build on this parent: {e}");
-                return None;
-            }
-        };
+        let Executed { txs, outcome, spec, versions } =
+            match self.execute_on(&parent.hash(), &env, Some(candidates), &[], false).await? {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(height, "cannot build on this parent: {e}");
+                    return None;
+                }
+            };
         let header = Header {
             height,
             parent: parent.hash(),

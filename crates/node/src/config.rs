@@ -217,7 +217,8 @@ impl NodeConfig {
 
     /// Loads the config file and applies `PLEXUS_*` environment overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut cfg = Self::parse(&text, path)?;
         cfg.apply_env(|k| std::env::var(k).ok())?;
         Ok(cfg)
@@ -260,7 +261,12 @@ impl NodeConfig {
     }
 
     /// The template with this node's addresses filled in and serving models on `provider`.
-    pub fn template_provider(p2p_listen: SocketAddr, api_listen: SocketAddr, provider: SocketAddr, threads: u32) -> String {
+    pub fn template_provider(
+        p2p_listen: SocketAddr,
+        api_listen: SocketAddr,
+        provider: SocketAddr,
+        threads: u32,
+    ) -> String {
         Self::template(p2p_listen, api_listen)
             .replace("enabled = false", "enabled = true")
             .replace("listen = \"127.0.0.1:8080\"", &format!("listen = \"{provider}\""))

@@ -49,7 +49,11 @@ impl Read for Batch {
 pub const MESSAGE_BYTES_MAX: usize = BATCH_TXS_MAX * limits::TX_BYTES_MAX / 8;
 
 /// Starts gossip on a p2p channel; returns the queue to feed new transactions into.
-pub fn start<E, S, R>(context: &E, chain: ChainState<E>, (mut sender, mut receiver): (S, R)) -> mpsc::Sender<Arc<SignedTx>>
+pub fn start<E, S, R>(
+    context: &E,
+    chain: ChainState<E>,
+    (mut sender, mut receiver): (S, R),
+) -> mpsc::Sender<Arc<SignedTx>>
 where
     E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static,
     S: Sender,

@@ -29,9 +29,11 @@ pub enum KeyFileError {
 pub fn load(path: &Path) -> Result<PrivateKey, KeyFileError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| KeyFileError::Read(name.clone(), e))?;
-    let file: KeyFile = serde_json::from_str(&text).map_err(|e| KeyFileError::Malformed(name.clone(), e.to_string()))?;
+    let file: KeyFile =
+        serde_json::from_str(&text).map_err(|e| KeyFileError::Malformed(name.clone(), e.to_string()))?;
     let secret = hex::decode(file.secret.trim()).map_err(|e| KeyFileError::Malformed(name.clone(), e.to_string()))?;
-    let key = PrivateKey::from_secret_bytes(&secret).map_err(|e| KeyFileError::Malformed(name.clone(), e.to_string()))?;
+    let key =
+        PrivateKey::from_secret_bytes(&secret).map_err(|e| KeyFileError::Malformed(name.clone(), e.to_string()))?;
     if key.address() != file.address {
         return Err(KeyFileError::Malformed(name, "address does not match the secret".into()));
     }

@@ -27,7 +27,10 @@ use plexus_types::version::{SupportedVersions, VersionRange};
 /// them on-chain so upgrades wait until enough stake runs a binary that supports them.
 pub const SUPPORTED_VERSIONS: SupportedVersions = SupportedVersions {
     consensus: VersionRange { min: 1, max: 1 },
-    data: VersionRange { min: *plexus_execution::data::SUPPORTED.start(), max: *plexus_execution::data::SUPPORTED.end() },
+    data: VersionRange {
+        min: *plexus_execution::data::SUPPORTED.start(),
+        max: *plexus_execution::data::SUPPORTED.end(),
+    },
     execution: VersionRange {
         min: *plexus_execution::SUPPORTED_EXECUTION_VERSIONS.start(),
         max: *plexus_execution::SUPPORTED_EXECUTION_VERSIONS.end(),

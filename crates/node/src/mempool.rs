@@ -124,7 +124,11 @@ impl Mempool {
             return Err(MempoolError::StaleNonce { expected: account_nonce, got: nonce });
         }
         if nonce >= account_nonce + self.config.per_sender_max as u64 {
-            return Err(MempoolError::NonceTooFarAhead { expected: account_nonce, got: nonce, limit: self.config.per_sender_max });
+            return Err(MempoolError::NonceTooFarAhead {
+                expected: account_nonce,
+                got: nonce,
+                limit: self.config.per_sender_max,
+            });
         }
         let mut replaced = None;
         if let Some(existing) = self.by_sender.get(&sender).and_then(|m| m.get(&nonce)) {

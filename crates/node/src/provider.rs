@@ -82,7 +82,9 @@ fn hardware() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb >> 20);
     format!("{cpus} vCPU {}, {mem_gib} GiB", std::env::consts::ARCH)
 }
@@ -157,8 +159,11 @@ where
             continue; // let what we sent finalize first
         }
         let (missing, current, bonded, min_stake) = chain.read(|store| {
-            let missing: Vec<ModelManifest> =
-                manifests.iter().filter(|m| store.read::<ModelManifest>(&st::keys::model(&m.id())).is_none()).cloned().collect();
+            let missing: Vec<ModelManifest> = manifests
+                .iter()
+                .filter(|m| store.read::<ModelManifest>(&st::keys::model(&m.id())).is_none())
+                .cloned()
+                .collect();
             let current = store.read::<st::Provider>(&st::keys::provider(&me)).map(|p| p.info);
             (missing, current, store.stake(&me).bonded, store.params().min_provider_stake)
         });

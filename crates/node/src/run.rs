@@ -56,7 +56,8 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let key = crate::keyfile::load(&home.join(&cfg.key))?;
     let genesis = load_genesis(&home.join(&cfg.genesis))?;
     let data_dir = home.join(&cfg.data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     info!(
         address = %key.address(),
         chain_id = %genesis.chain_id,
@@ -133,13 +134,8 @@ async fn node(
     );
     let mut channels = channels.into_iter();
     let mut next = || channels.next().expect("one pair per registered channel");
-    let consensus_channels = Channels {
-        votes: next(),
-        certificates: next(),
-        resolver: next(),
-        backfill: next(),
-        blocks: next(),
-    };
+    let consensus_channels =
+        Channels { votes: next(), certificates: next(), resolver: next(), backfill: next(), blocks: next() };
     let txs = next();
     let hello = next();
 
@@ -169,14 +165,19 @@ async fn node(
         timeouts: timeouts(&params),
         mailbox_size: NonZeroUsize::new(1024).expect("non-zero"),
     };
-    let consensus = plexus_consensus::start(context.child("consensus"), consensus_cfg, consensus_channels, oracle.clone(), oracle);
+    let consensus =
+        plexus_consensus::start(context.child("consensus"), consensus_cfg, consensus_channels, oracle.clone(), oracle);
 
     // HTTP API on the same runtime.
     let metrics_context = context.child("metrics");
     let api_state = Arc::new(ApiState {
         chain: chain.clone(),
         metrics: Box::new(move || metrics_context.encode()),
-        node: NodeInfo { address: key.address(), p2p_listen: cfg.p2p.listen.to_string(), version: env!("CARGO_PKG_VERSION") },
+        node: NodeInfo {
+            address: key.address(),
+            p2p_listen: cfg.p2p.listen.to_string(),
+            version: env!("CARGO_PKG_VERSION"),
+        },
         peer_versions,
     });
     let router = crate::api::router(api_state, cfg.api.body_bytes_max);
@@ -193,8 +194,14 @@ async fn node(
         let engines = tokio::task::spawn_blocking(move || crate::provider::load_engines(&provider_cfg))
             .await
             .context("the model loading task failed")??;
-        crate::provider::start(chain.clone(), key.clone(), cfg.provider.clone(), &data_dir.join("provider-ledger.log"), engines)
-            .await?;
+        crate::provider::start(
+            chain.clone(),
+            key.clone(),
+            cfg.provider.clone(),
+            &data_dir.join("provider-ledger.log"),
+            engines,
+        )
+        .await?;
     }
 
     let reason = tokio::select! {
@@ -213,7 +220,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

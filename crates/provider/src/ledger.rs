@@ -187,8 +187,7 @@ impl SessionLedger {
 
     /// Makes an accepted receipt durable, then records it.
     pub fn store_receipt(&mut self, receipt: SignedReceipt) -> Result<(), LedgerError> {
-        let line = serde_json::to_string(&Record::Receipt { r: receipt.to_hex() })
-            .expect("records serialize");
+        let line = serde_json::to_string(&Record::Receipt { r: receipt.to_hex() }).expect("records serialize");
         self.append(&line)?;
         let e = self.entries.entry(receipt.receipt.session).or_default();
         e.delivered_input = e.delivered_input.max(receipt.receipt.cum_input_tokens);

@@ -59,7 +59,10 @@ impl<C: ChainView> Provider<C> {
                 return Ok(ledger.state(&r.session).expect("entry exists"));
             }
             let o = &old.receipt;
-            if r.cum_input_tokens < o.cum_input_tokens || r.cum_output_tokens < o.cum_output_tokens || r.cum_amount < o.cum_amount {
+            if r.cum_input_tokens < o.cum_input_tokens
+                || r.cum_output_tokens < o.cum_output_tokens
+                || r.cum_amount < o.cum_amount
+            {
                 return Err(ServeError::bad("receipt", "cumulative totals go backwards"));
             }
         }
@@ -95,10 +98,14 @@ impl<C: ChainView> Provider<C> {
         let mut ledger = self.ledger();
         let last = ledger.get(session).map_or(0, |e| e.auth_nonce);
         if nonce <= last {
-            return Err(ServeError::Unauthorized(format!("nonce {nonce} was used before (last {last}); use a larger one")));
+            return Err(ServeError::Unauthorized(format!(
+                "nonce {nonce} was used before (last {last}); use a larger one"
+            )));
         }
         let token: [u8; 32] = rand::random();
-        ledger.store_auth(session, nonce, token).map_err(|e| ServeError::Internal(format!("cannot store the nonce: {e}")))?;
+        ledger
+            .store_auth(session, nonce, token)
+            .map_err(|e| ServeError::Internal(format!("cannot store the nonce: {e}")))?;
         Ok(token)
     }
 }
@@ -106,7 +113,8 @@ impl<C: ChainView> Provider<C> {
 impl<C: ChainView> Metering for ChainMetering<C> {
     fn begin(&self, req: &MeterRequest<'_>) -> Result<MeterTicket, ServeError> {
         let p = &self.provider;
-        let (Some(session), Some(token)) = (header(req.headers, HEADER_SESSION), header(req.headers, HEADER_TOKEN)) else {
+        let (Some(session), Some(token)) = (header(req.headers, HEADER_SESSION), header(req.headers, HEADER_TOKEN))
+        else {
             return Err(payment(format!(
                 "this provider serves paid sessions only: send {HEADER_SESSION} and {HEADER_TOKEN} (use `plexus gateway`)"
             )));
@@ -118,7 +126,10 @@ impl<C: ChainView> Metering for ChainMetering<C> {
             .ok_or_else(|| ServeError::Unauthorized(format!("{HEADER_TOKEN} is not a 32-byte hex token")))?;
         let view = p.live_session(&session)?;
         if view.model != req.model {
-            return Err(ServeError::bad("model", format!("session {session} is for model {}, not {}", view.model, req.model)));
+            return Err(ServeError::bad(
+                "model",
+                format!("session {session} is for model {}, not {}", view.model, req.model),
+            ));
         }
         let height = p.chain().height();
         if height >= view.expiry_height {
@@ -164,7 +175,13 @@ impl<C: ChainView> Metering for ChainMetering<C> {
         entry.reserved_output += u64::from(req.max_tokens);
         entry.inflight_prompt += u64::from(req.prompt_tokens);
         entry.inflight += 1;
-        let ticket = Ticket { session, prompt: req.prompt_tokens, max_tokens: req.max_tokens, counted_output: 0, counted_prompt: false };
+        let ticket = Ticket {
+            session,
+            prompt: req.prompt_tokens,
+            max_tokens: req.max_tokens,
+            counted_output: 0,
+            counted_prompt: false,
+        };
         Ok(MeterTicket { request_id: req.request_id, data: Some(Box::new(std::sync::Mutex::new(ticket))) })
     }
 
@@ -198,7 +215,8 @@ impl<C: ChainView> Metering for ChainMetering<C> {
         if !t.counted_prompt {
             entry.reserved_input = entry.reserved_input.saturating_sub(u64::from(t.prompt));
         }
-        entry.reserved_output = entry.reserved_output.saturating_sub(u64::from(t.max_tokens.saturating_sub(t.counted_output)));
+        entry.reserved_output =
+            entry.reserved_output.saturating_sub(u64::from(t.max_tokens.saturating_sub(t.counted_output)));
         entry.inflight_prompt = entry.inflight_prompt.saturating_sub(u64::from(t.prompt));
         entry.inflight = entry.inflight.saturating_sub(1);
     }

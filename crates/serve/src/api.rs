@@ -88,7 +88,9 @@ impl AppState {
 
     fn fail(&self, e: ServeError) -> Response {
         let e = match e {
-            ServeError::Busy { message, .. } => ServeError::Busy { message, retry_after_secs: self.config.retry_after_secs },
+            ServeError::Busy { message, .. } => {
+                ServeError::Busy { message, retry_after_secs: self.config.retry_after_secs }
+            }
             e => e,
         };
         self.metrics.error(e.kind_label());

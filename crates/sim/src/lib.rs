@@ -83,7 +83,12 @@ pub fn genesis(validators: usize, epoch_length: u64) -> (Genesis, Vec<PrivateKey
 }
 
 /// Links every pair of nodes with random latency, jitter and loss drawn from `context`.
-pub async fn link_all(context: &mut Context, oracle: &Oracle<plexus_consensus::PublicKey, Context>, keys: &[PrivateKey], lossy: bool) {
+pub async fn link_all(
+    context: &mut Context,
+    oracle: &Oracle<plexus_consensus::PublicKey, Context>,
+    keys: &[PrivateKey],
+    lossy: bool,
+) {
     for a in keys {
         for b in keys {
             if a.address() == b.address() {
@@ -109,7 +114,13 @@ fn random_link(context: &mut Context, lossy: bool) -> Link {
 
 impl Sim {
     /// Starts a network of `validators` nodes; node `byzantine` (if any) equivocates.
-    pub async fn start(context: &mut Context, validators: usize, epoch_length: u64, byzantine: Option<usize>, lossy: bool) -> Sim {
+    pub async fn start(
+        context: &mut Context,
+        validators: usize,
+        epoch_length: u64,
+        byzantine: Option<usize>,
+        lossy: bool,
+    ) -> Sim {
         let (genesis, keys, accounts) = genesis(validators, epoch_length);
         let peers: Vec<plexus_consensus::PublicKey> = keys.iter().map(|k| k.0.public_key()).collect();
         let (network, oracle) = simulated::Network::new_with_peers(
@@ -125,7 +136,14 @@ impl Sim {
         .await;
         network.start();
         link_all(context, &oracle, &keys, lossy).await;
-        let mut sim = Sim { genesis, nodes: Vec::new(), oracle, accounts, nonces: BTreeMap::new(), pending_nonce: BTreeMap::new() };
+        let mut sim = Sim {
+            genesis,
+            nodes: Vec::new(),
+            oracle,
+            accounts,
+            nonces: BTreeMap::new(),
+            pending_nonce: BTreeMap::new(),
+        };
         for (index, key) in keys.into_iter().enumerate() {
             sim.nodes.push(SimNode {
                 key,
@@ -257,7 +275,10 @@ impl Sim {
             signer: key.address(),
             nonce: *nonce,
             fee: self.genesis.params.min_tx_fee,
-            payload: Payload::Transfer { to: self.accounts[to].address(), amount: 1 + context.random_range(0..1000u128) },
+            payload: Payload::Transfer {
+                to: self.accounts[to].address(),
+                amount: 1 + context.random_range(0..1000u128),
+            },
         }
         .sign(key, CHAIN_ID);
         if chain.submit(tx, true).is_ok() {
@@ -271,8 +292,9 @@ impl Sim {
         let state_nonce = chain.read(|s| s.account(&signer.address()).nonce);
         let pending = self.pending_nonce.entry(signer.address()).or_insert(0);
         *pending = (*pending).max(state_nonce);
-        let tx = Transaction { signer: signer.address(), nonce: *pending, fee: self.genesis.params.min_tx_fee, payload }
-            .sign(signer, CHAIN_ID);
+        let tx =
+            Transaction { signer: signer.address(), nonce: *pending, fee: self.genesis.params.min_tx_fee, payload }
+                .sign(signer, CHAIN_ID);
         let hash = chain.submit(tx, true).map_err(|e| e.to_string())?;
         *pending += 1;
         Ok(hash)
@@ -297,16 +319,14 @@ impl Sim {
     /// each node's committed state root is the one its block header commits to, and every node's
     /// supply audit passes.
     pub async fn check_safety(&self) -> Result<Height, String> {
-        let chains: Vec<(usize, ChainState<Context>)> = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.chain.lock().expect("slot").clone().map(|c| (n.index, c)))
-            .collect();
+        let chains: Vec<(usize, ChainState<Context>)> =
+            self.nodes.iter().filter_map(|n| n.chain.lock().expect("slot").clone().map(|c| (n.index, c))).collect();
         let common = chains.iter().map(|(_, c)| c.tip().0).min().unwrap_or(0);
         let mut reference: Vec<Hash> = Vec::new();
         for (i, chain) in &chains {
             let (height, _) = chain.tip();
-            let record = chain.blocks().by_height(height).await.map_err(|e| e.to_string())?.ok_or("tip block missing")?;
+            let record =
+                chain.blocks().by_height(height).await.map_err(|e| e.to_string())?.ok_or("tip block missing")?;
             let skip = {
                 let view = chain.state().view();
                 if view.height() != Some(height) {
@@ -314,7 +334,10 @@ impl Sim {
                     true
                 } else {
                     if record.block.header.state_root != view.root() {
-                        return Err(format!("node {i}: committed root {} differs from block {height}'s header", view.root()));
+                        return Err(format!(
+                            "node {i}: committed root {} differs from block {height}'s header",
+                            view.root()
+                        ));
                     }
                     audit(view.map()).map_err(|e| format!("node {i}: {e}"))?;
                     false
@@ -325,7 +348,12 @@ impl Sim {
             }
             let mut hashes = Vec::new();
             for h in 0..=common {
-                let r = chain.blocks().by_height(h).await.map_err(|e| e.to_string())?.ok_or(format!("node {i} lacks block {h}"))?;
+                let r = chain
+                    .blocks()
+                    .by_height(h)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or(format!("node {i} lacks block {h}"))?;
                 hashes.push(r.block.hash());
             }
             if reference.is_empty() {
@@ -339,7 +367,9 @@ impl Sim {
 
     /// Transactions finalized in blocks `1..=height`, as seen by the first running honest node.
     pub async fn txs_through(&self, height: Height) -> usize {
-        let Some(chain) = self.nodes.iter().filter(|n| !n.byzantine).find_map(|n| n.chain.lock().expect("slot").clone()) else {
+        let Some(chain) =
+            self.nodes.iter().filter(|n| !n.byzantine).find_map(|n| n.chain.lock().expect("slot").clone())
+        else {
             return 0;
         };
         let mut total = 0;
@@ -356,7 +386,9 @@ impl Sim {
         let Some(chain) = self.nodes[i].chain.lock().expect("slot").clone() else { return Vec::new() };
         let view = chain.state().view();
         plexus_execution::state::scan_table(view.map(), plexus_execution::state::table::EVIDENCE)
-            .map(|(k, v)| plexus_execution::state::decode_record::<plexus_execution::state::EvidenceRecord>(k, v).offender)
+            .map(|(k, v)| {
+                plexus_execution::state::decode_record::<plexus_execution::state::EvidenceRecord>(k, v).offender
+            })
             .collect()
     }
 }
@@ -375,7 +407,8 @@ where
     let (mux, mut handle) = Muxer::new(ctx.child("byz_mux"), sender, receiver);
     mux.start();
     let votes = handle.register(0).await.expect("epoch 0 subchannel");
-    let conflicter = Conflicter::<_, _, commonware_cryptography::Sha256>::new(ctx.child("conflicter"), Config { scheme });
+    let conflicter =
+        Conflicter::<_, _, commonware_cryptography::Sha256>::new(ctx.child("conflicter"), Config { scheme });
     let _ = conflicter.start(votes).await;
 }
 
@@ -388,13 +421,16 @@ where
     let runner = commonware_runtime::deterministic::Runner::new(
         commonware_runtime::deterministic::Config::new().with_seed(seed).with_timeout(Some(Duration::from_secs(3600))),
     );
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        commonware_runtime::Runner::start(runner, f)
-    }));
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commonware_runtime::Runner::start(runner, f)));
     match result {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => panic!("simulation failed with seed {seed}: {e}\nreplay: PLEXUS_SIM_SEED={seed} cargo test -p plexus-sim"),
-        Err(_) => panic!("simulation panicked with seed {seed}\nreplay: PLEXUS_SIM_SEED={seed} cargo test -p plexus-sim"),
+        Ok(Err(e)) => {
+            panic!("simulation failed with seed {seed}: {e}\nreplay: PLEXUS_SIM_SEED={seed} cargo test -p plexus-sim")
+        }
+        Err(_) => {
+            panic!("simulation panicked with seed {seed}\nreplay: PLEXUS_SIM_SEED={seed} cargo test -p plexus-sim")
+        }
     }
 }
 

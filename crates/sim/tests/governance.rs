@@ -35,7 +35,8 @@ fn vote(sim: &mut Sim, id: u64, voters: &[usize]) -> Result<(), String> {
 }
 
 fn signal(sim: &mut Sim, who: &[usize], execution_max: u16) -> Result<(), String> {
-    let versions = SupportedVersions { execution: VersionRange { min: 1, max: execution_max }, ..SupportedVersions::V1_ONLY };
+    let versions =
+        SupportedVersions { execution: VersionRange { min: 1, max: execution_max }, ..SupportedVersions::V1_ONLY };
     for &i in who {
         let key = sim.nodes[i].key.clone();
         sim.submit_as(&key, Payload::SignalVersions { versions, shadow_ok: true })?;
@@ -44,7 +45,13 @@ fn signal(sim: &mut Sim, who: &[usize], execution_max: u16) -> Result<(), String
 }
 
 /// Waits until `f` holds on every honest running node (in simulated time).
-async fn until(sim: &mut Sim, context: &mut commonware_runtime::deterministic::Context, what: &str, limit: Duration, f: impl Fn(&plexus_execution::state::Store<'_, '_>) -> bool) -> Result<(), String> {
+async fn until(
+    sim: &mut Sim,
+    context: &mut commonware_runtime::deterministic::Context,
+    what: &str,
+    limit: Duration,
+    f: impl Fn(&plexus_execution::state::Store<'_, '_>) -> bool,
+) -> Result<(), String> {
     let start = context.current();
     loop {
         let all = sim.read_all(&f);
@@ -77,12 +84,29 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             // 1. Execution v2, approved by everyone; only half the stake is ready: it waits.
             let h = height(&sim);
             let (activation, deadline) = (h + 30, h + 90);
-            let p = propose(&mut sim, ProposalKind::Upgrade { layer: Layer::Execution, version: 2, activation_height: activation, deadline_height: deadline })?;
-            until(&mut sim, &mut context, "the proposal to be open", Duration::from_secs(30), |s| gov::proposal(s, p).is_some()).await?;
+            let p = propose(
+                &mut sim,
+                ProposalKind::Upgrade {
+                    layer: Layer::Execution,
+                    version: 2,
+                    activation_height: activation,
+                    deadline_height: deadline,
+                },
+            )?;
+            until(&mut sim, &mut context, "the proposal to be open", Duration::from_secs(30), |s| {
+                gov::proposal(s, p).is_some()
+            })
+            .await?;
             vote(&mut sim, p, &[0, 1, 2, 3])?;
             signal(&mut sim, &[0, 1], 3)?;
-            until(&mut sim, &mut context, "the vote to pass", Duration::from_secs(60), |s| gov::proposal(s, p).is_some_and(|x| x.status == ProposalStatus::Passed)).await?;
-            until(&mut sim, &mut context, "the activation height", Duration::from_secs(60), |s| s.chain().height >= activation + 3).await?;
+            until(&mut sim, &mut context, "the vote to pass", Duration::from_secs(60), |s| {
+                gov::proposal(s, p).is_some_and(|x| x.status == ProposalStatus::Passed)
+            })
+            .await?;
+            until(&mut sim, &mut context, "the activation height", Duration::from_secs(60), |s| {
+                s.chain().height >= activation + 3
+            })
+            .await?;
             let u = upgrade(&sim, 0);
             if u.iter().any(|u| u.as_ref().map(|u| (u.status, u.ready_bps)) != Some((UpgradeStatus::Pending, 5_000))) {
                 return Err(format!("with half the stake ready the upgrade must wait: {u:?}"));
@@ -93,7 +117,8 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
 
             // 2. A third validator signals: 3/4 of the stake. It activates, at one height everywhere.
             signal(&mut sim, &[2], 3)?;
-            until(&mut sim, &mut context, "v2 to activate", Duration::from_secs(60), |s| s.versions().execution == 2).await?;
+            until(&mut sim, &mut context, "v2 to activate", Duration::from_secs(60), |s| s.versions().execution == 2)
+                .await?;
             let at: Vec<Height> = upgrade(&sim, 0).into_iter().flatten().map(|u| u.activated_height).collect();
             if at.windows(2).any(|w| w[0] != w[1]) || at.is_empty() {
                 return Err(format!("activation heights differ between nodes: {at:?}"));
@@ -104,14 +129,32 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             //    first block with transactions, and every node falls back to v2 on its own.
             let h = height(&sim);
             let activation = h + 30;
-            let p = propose(&mut sim, ProposalKind::Upgrade { layer: Layer::Execution, version: 3, activation_height: activation, deadline_height: activation + 60 })?;
-            until(&mut sim, &mut context, "the v3 proposal", Duration::from_secs(30), |s| gov::proposal(s, p).is_some()).await?;
+            let p = propose(
+                &mut sim,
+                ProposalKind::Upgrade {
+                    layer: Layer::Execution,
+                    version: 3,
+                    activation_height: activation,
+                    deadline_height: activation + 60,
+                },
+            )?;
+            until(&mut sim, &mut context, "the v3 proposal", Duration::from_secs(30), |s| {
+                gov::proposal(s, p).is_some()
+            })
+            .await?;
             vote(&mut sim, p, &[0, 1, 2, 3])?;
             until(&mut sim, &mut context, "v3 to be aborted", Duration::from_secs(120), |s| {
                 gov::upgrade(s, 1).is_some_and(|u| u.status == UpgradeStatus::Aborted)
             })
             .await
-            .map_err(|e| format!("{e}; proposal {p}: {:?}; upgrade 1: {:?}; versions {:?}", sim.read_all(|s| gov::proposal(s, p).map(|x| (x.status, x.yes, x.voters.len()))), upgrade(&sim, 1), sim.read_all(|s| s.versions())))?;
+            .map_err(|e| {
+                format!(
+                    "{e}; proposal {p}: {:?}; upgrade 1: {:?}; versions {:?}",
+                    sim.read_all(|s| gov::proposal(s, p).map(|x| (x.status, x.yes, x.voters.len()))),
+                    upgrade(&sim, 1),
+                    sim.read_all(|s| s.versions())
+                )
+            })?;
             if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 2) {
                 return Err("after the rollback every node runs v2".into());
             }
@@ -128,8 +171,19 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
 
             // 4. An upgrade nobody is ready for expires at its deadline; nothing halts.
             let h = height(&sim);
-            let p = propose(&mut sim, ProposalKind::Upgrade { layer: Layer::Network, version: 2, activation_height: h + 25, deadline_height: h + 40 })?;
-            until(&mut sim, &mut context, "the network proposal", Duration::from_secs(30), |s| gov::proposal(s, p).is_some()).await?;
+            let p = propose(
+                &mut sim,
+                ProposalKind::Upgrade {
+                    layer: Layer::Network,
+                    version: 2,
+                    activation_height: h + 25,
+                    deadline_height: h + 40,
+                },
+            )?;
+            until(&mut sim, &mut context, "the network proposal", Duration::from_secs(30), |s| {
+                gov::proposal(s, p).is_some()
+            })
+            .await?;
             vote(&mut sim, p, &[0, 1, 2, 3])?;
             until(&mut sim, &mut context, "the network upgrade to expire", Duration::from_secs(120), |s| {
                 gov::upgrade(s, 2).is_some_and(|u| u.status == UpgradeStatus::Expired)
@@ -142,16 +196,27 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             // 5. A parameter change lands at its height on every node.
             let h = height(&sim);
             let effective = h + 30;
-            let p = propose(&mut sim, ProposalKind::ParamChange { name: "max_block_txs".into(), value: 5_000, effective_height: effective })?;
-            until(&mut sim, &mut context, "the parameter proposal", Duration::from_secs(30), |s| gov::proposal(s, p).is_some()).await?;
+            let p = propose(
+                &mut sim,
+                ProposalKind::ParamChange { name: "max_block_txs".into(), value: 5_000, effective_height: effective },
+            )?;
+            until(&mut sim, &mut context, "the parameter proposal", Duration::from_secs(30), |s| {
+                gov::proposal(s, p).is_some()
+            })
+            .await?;
             vote(&mut sim, p, &[0, 1, 2, 3])?;
-            until(&mut sim, &mut context, "the effective height", Duration::from_secs(90), |s| s.chain().height >= effective).await?;
+            until(&mut sim, &mut context, "the effective height", Duration::from_secs(90), |s| {
+                s.chain().height >= effective
+            })
+            .await?;
             let values = sim.read_all(|s| s.params().max_block_txs);
             if values.iter().any(|v| *v != 5_000) {
                 return Err(format!("max_block_txs after its height: {values:?}"));
             }
             let common = sim.check_safety().await?;
-            eprintln!("seed {seed}: v2 activated, v3 rolled back, network v2 expired, parameter applied; agreed through height {common}");
+            eprintln!(
+                "seed {seed}: v2 activated, v3 rolled back, network v2 expired, parameter applied; agreed through height {common}"
+            );
             Ok(())
         });
     }

@@ -69,7 +69,9 @@ fn safety_and_liveness_under_partitions_loss_and_crashes() {
             if txs == 0 {
                 return Err("no transaction of the workload was finalized".into());
             }
-            eprintln!("seed {seed}: {partitions} partitions, {crashes} crashes, {txs} transfers finalized, all nodes agree through height {common}");
+            eprintln!(
+                "seed {seed}: {partitions} partitions, {crashes} crashes, {txs} transfers finalized, all nodes agree through height {common}"
+            );
             Ok(())
         });
     }

@@ -164,7 +164,8 @@ mod tests {
     fn record(height: Height, txs_before: u64) -> BlockRecord {
         let key = PrivateKey::from_seed(1);
         let txs = vec![
-            Transaction { signer: key.address(), nonce: height, fee: 1, payload: Payload::Unstake { amount: 1 } }.sign(&key, "c"),
+            Transaction { signer: key.address(), nonce: height, fee: 1, payload: Payload::Unstake { amount: 1 } }
+                .sign(&key, "c"),
         ];
         BlockRecord {
             block: Block {

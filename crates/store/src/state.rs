@@ -181,9 +181,8 @@ impl<E: Storage + Clock + Metrics + Spawner> StateStore<E> {
             init_buffer: NonZeroUsize::new(1 << 20).expect("non-zero"),
             init_concurrency: (),
         };
-        let db = Db::<E>::init(context.child("state"), db_cfg, None)
-            .await
-            .map_err(|e| StoreError::State(e.to_string()))?;
+        let db =
+            Db::<E>::init(context.child("state"), db_cfg, None).await.map_err(|e| StoreError::State(e.to_string()))?;
         let mirror = load_mirror(&db, cfg.value_bytes_max).await?;
         Ok(StateStore { db: Mutex::new(Some(db)), mirror: RwLock::new(mirror), value_bytes_max: cfg.value_bytes_max })
     }
@@ -273,8 +272,10 @@ async fn load_mirror<E: Storage + Clock + Metrics + Spawner>(db: &Db<E>, max: us
     let height = match db.get_metadata().await.map_err(|e| StoreError::State(e.to_string()))? {
         None => None,
         Some(bytes) => {
-            let bytes: [u8; 8] =
-                bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt("commit metadata is not a height".into()))?;
+            let bytes: [u8; 8] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("commit metadata is not a height".into()))?;
             Some(u64::from_be_bytes(bytes))
         }
     };
@@ -294,8 +295,9 @@ async fn load_mirror<E: Storage + Clock + Metrics + Spawner>(db: &Db<E>, max: us
                 continue;
             }
             if let qmdb::any::operation::Operation::Update(update) = op {
-                let entry = <Entry as commonware_codec::Decode>::decode_cfg(commonware_codec::Copying(&update.1[..]), &max)
-                    .map_err(|e| StoreError::Corrupt(format!("state entry at {at}: {e}")))?;
+                let entry =
+                    <Entry as commonware_codec::Decode>::decode_cfg(commonware_codec::Copying(&update.1[..]), &max)
+                        .map_err(|e| StoreError::Corrupt(format!("state entry at {at}: {e}")))?;
                 if key_hash(&entry.key) != update.0 {
                     return Err(StoreError::Corrupt(format!("state entry at {at} is stored under the wrong key")));
                 }
@@ -353,8 +355,18 @@ mod tests {
     #[test]
     fn same_blocks_give_same_roots_on_two_stores() {
         deterministic::Runner::default().start(|context| async move {
-            let a = StateStore::open(context.child("a"), &StoreConfig { partition_prefix: "a".into(), ..Default::default() }).await.unwrap();
-            let b = StateStore::open(context.child("b"), &StoreConfig { partition_prefix: "b".into(), ..Default::default() }).await.unwrap();
+            let a = StateStore::open(
+                context.child("a"),
+                &StoreConfig { partition_prefix: "a".into(), ..Default::default() },
+            )
+            .await
+            .unwrap();
+            let b = StateStore::open(
+                context.child("b"),
+                &StoreConfig { partition_prefix: "b".into(), ..Default::default() },
+            )
+            .await
+            .unwrap();
             for h in 0..20u64 {
                 let c = changes(&[(&h.to_be_bytes(), Some(b"v")), (b"counter", Some(&h.to_be_bytes()))]);
                 let sa = a.speculate(None, h, &c).await.unwrap();

@@ -6,12 +6,12 @@ use bytes::BufMut;
 use commonware_codec::{Buf, EncodeSize, Error, FixedSize, Read, ReadExt, Write};
 use serde::{Deserialize, Serialize};
 
+use crate::Height;
 use crate::codec::{read_vec, to_vec};
 use crate::crypto::{Address, Hash, hash, hash_parts};
 use crate::params::limits;
 use crate::tx::SignedTx;
 use crate::version::VersionVector;
-use crate::Height;
 
 /// The part of a block that is hashed and agreed on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -210,9 +210,7 @@ macro_rules! fixed_newtype {
                 }
                 let mut raw = [0u8; <$inner as FixedSize>::SIZE];
                 raw.copy_from_slice(&bytes);
-                $decode(raw)
-                    .map($name)
-                    .map_err(|e| format!("invalid {}: {e}", $label))
+                $decode(raw).map($name).map_err(|e| format!("invalid {}: {e}", $label))
             }
         }
         impl Serialize for $name {
@@ -310,10 +308,7 @@ mod tests {
     #[test]
     fn hash_is_sha256() {
         // SHA-256("abc"), the FIPS 180-2 test vector.
-        assert_eq!(
-            hash(b"abc").to_string(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hash(b"abc").to_string(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(hash_parts(&[b"a", b"bc"]), hash(b"abc"));
     }
 }

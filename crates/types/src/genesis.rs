@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Amount;
 use crate::crypto::{Address, Hash, hash};
 use crate::params::{Params, limits};
-use crate::Amount;
 
 /// An initial account balance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +92,10 @@ impl Genesis {
                 return bad(format!("validator {} is listed twice", v.address));
             }
             if v.stake < self.params.min_stake {
-                return bad(format!("validator {} stakes {} < min_stake {}", v.address, v.stake, self.params.min_stake));
+                return bad(format!(
+                    "validator {} stakes {} < min_stake {}",
+                    v.address, v.stake, self.params.min_stake
+                ));
             }
             if v.p2p_address.parse::<std::net::SocketAddr>().is_err() {
                 return bad(format!("validator {} p2p_address {:?} is not ip:port", v.address, v.p2p_address));

@@ -211,7 +211,6 @@ impl SessionAuth {
 mod tests {
     use super::*;
 
-
     #[test]
     fn receipt_signature_roundtrip() {
         let client = PrivateKey::from_seed(3);

@@ -73,12 +73,20 @@ pub const PROPOSAL_TEXT_BYTES_MAX: usize = 2_048;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Payload {
-    Transfer { to: Address, amount: Amount },
+    Transfer {
+        to: Address,
+        amount: Amount,
+    },
     /// Lock `amount` of the signer's balance as stake; `p2p_address` is where its node listens
     /// for peers (host:port), needed once it joins the validator set.
-    Stake { amount: Amount, p2p_address: String },
+    Stake {
+        amount: Amount,
+        p2p_address: String,
+    },
     /// Start unbonding `amount`; it returns to the balance after the unbonding delay.
-    Unstake { amount: Amount },
+    Unstake {
+        amount: Amount,
+    },
     RegisterProvider(ProviderInfo),
     RegisterModel(ModelManifest),
     /// Lock `deposit` in escrow for a session with `provider` serving `model`.
@@ -90,18 +98,36 @@ pub enum Payload {
         max_output_per_1k: Amount,
         expiry_height: Height,
     },
-    TopUpSession { session: Hash, amount: Amount },
+    TopUpSession {
+        session: Hash,
+        amount: Amount,
+    },
     /// A provider settles sessions with the latest receipt of each.
-    Claim { receipts: Vec<SignedReceipt> },
+    Claim {
+        receipts: Vec<SignedReceipt>,
+    },
     /// Settle a session now: the provider (any time) or the client (after expiry).
-    CloseSession { session: Hash },
+    CloseSession {
+        session: Hash,
+    },
     /// Conflicting-vote evidence reported by consensus, in the consensus layer's encoding.
-    ReportEvidence { evidence: Vec<u8> },
-    SubmitProposal { kind: ProposalKind, deposit: Amount },
-    Vote { proposal: u64, option: VoteOption },
+    ReportEvidence {
+        evidence: Vec<u8>,
+    },
+    SubmitProposal {
+        kind: ProposalKind,
+        deposit: Amount,
+    },
+    Vote {
+        proposal: u64,
+        option: VoteOption,
+    },
     /// The versions the signer's binary supports and whether its shadow run of the pending
     /// execution version passed.
-    SignalVersions { versions: SupportedVersions, shadow_ok: bool },
+    SignalVersions {
+        versions: SupportedVersions,
+        shadow_ok: bool,
+    },
 }
 
 impl Payload {
@@ -421,10 +447,9 @@ impl Read for Payload {
     fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
         Ok(match u8::read(buf)? {
             0 => Payload::Transfer { to: Address::read(buf)?, amount: u128::read(buf)? },
-            1 => Payload::Stake {
-                amount: u128::read(buf)?,
-                p2p_address: read_str(buf, limits::P2P_ADDRESS_BYTES_MAX)?,
-            },
+            1 => {
+                Payload::Stake { amount: u128::read(buf)?, p2p_address: read_str(buf, limits::P2P_ADDRESS_BYTES_MAX)? }
+            }
             2 => Payload::Unstake { amount: u128::read(buf)? },
             3 => Payload::RegisterProvider(ProviderInfo::read(buf)?),
             4 => Payload::RegisterModel(ModelManifest::read(buf)?),
@@ -539,7 +564,12 @@ mod tests {
             Payload::CloseSession { session: hash(b"s") },
             Payload::ReportEvidence { evidence: vec![1, 2, 3] },
             Payload::SubmitProposal {
-                kind: ProposalKind::Upgrade { layer: Layer::Execution, version: 2, activation_height: 10, deadline_height: 20 },
+                kind: ProposalKind::Upgrade {
+                    layer: Layer::Execution,
+                    version: 2,
+                    activation_height: 10,
+                    deadline_height: 20,
+                },
                 deposit: 10,
             },
             Payload::SubmitProposal {

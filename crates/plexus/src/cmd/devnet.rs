@@ -132,7 +132,8 @@ pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
             credit_tokens,
         } => {
             let home = home.unwrap_or_else(|| super::default_home().join("devnet"));
-            let options = Options { validators, base_port, epoch_length, chain_only, threads, claim_interval, credit_tokens };
+            let options =
+                Options { validators, base_port, epoch_length, chain_only, threads, claim_interval, credit_tokens };
             up(&home, &options, reset, Duration::from_secs(startup_timeout))
         }
     }
@@ -163,7 +164,11 @@ fn up(home: &Path, options: &Options, reset: bool, timeout: Duration) -> anyhow:
         let text = std::fs::read_to_string(&manifest)?;
         let info: DevnetInfo =
             serde_json::from_str(&text).with_context(|| format!("{} is corrupt; use --reset", manifest.display()))?;
-        eprintln!("resuming the devnet in {} ({} validators); use --reset for a new one", home.display(), info.nodes.len());
+        eprintln!(
+            "resuming the devnet in {} ({} validators); use --reset for a new one",
+            home.display(),
+            info.nodes.len()
+        );
         info
     } else {
         create(home, options)?
@@ -238,7 +243,10 @@ fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
             NodeConfig::template(p2p.parse()?, api.parse()?)
         } else {
             NodeConfig::template_provider(p2p.parse()?, api.parse()?, inference.parse()?, options.threads)
-                .replace("claim_interval_secs = 15", &format!("claim_interval_secs = {}", options.claim_interval.max(1)))
+                .replace(
+                    "claim_interval_secs = 15",
+                    &format!("claim_interval_secs = {}", options.claim_interval.max(1)),
+                )
                 .replace("credit_tokens = 512", &format!("credit_tokens = {}", options.credit_tokens))
                 .replace("region = \"local\"", &format!("region = \"devnet-{}\"", i % 2))
         }
@@ -464,7 +472,9 @@ fn print_summary(info: &DevnetInfo) {
         println!();
         println!("Chat through the gateway (any OpenAI SDK works the same way):");
         println!("  curl -N {base}/chat/completions -H 'Content-Type: application/json' \\");
-        println!("    -d '{{\"model\": \"smollm2-135m-instruct\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Name three rivers.\"}}]}}'");
+        println!(
+            "    -d '{{\"model\": \"smollm2-135m-instruct\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Name three rivers.\"}}]}}'"
+        );
         println!();
         println!("  python3 - <<'EOF'");
         println!("  from openai import OpenAI");
@@ -472,7 +482,9 @@ fn print_summary(info: &DevnetInfo) {
         println!("  for chunk in client.chat.completions.create(model=\"smollm2-135m-instruct\", stream=True,");
         println!("          messages=[{{\"role\": \"user\", \"content\": \"Name three rivers.\"}}]):");
         println!("      print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)");
-        println!("  print(client.embeddings.create(model=\"all-minilm-l6-v2\", input=\"hello\").data[0].embedding[:4])");
+        println!(
+            "  print(client.embeddings.create(model=\"all-minilm-l6-v2\", input=\"hello\").data[0].embedding[:4])"
+        );
         println!("  EOF");
         println!();
         println!("Then see who earned what:");

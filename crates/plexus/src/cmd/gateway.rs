@@ -70,7 +70,8 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listen = config.listen;
         let gateway = Gateway::start(config, key).await.context("starting the gateway")?;
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(target: "gateway", "OpenAI-compatible API on http://{}/v1", listener.local_addr()?);
         gateway.serve(listener, plexus_node::run::shutdown_signal()).await.context("serving")
     })

@@ -83,7 +83,13 @@ pub fn run(cmd: GenesisCmd) -> anyhow::Result<()> {
         GenesisCmd::Validate { file } => {
             let g = read(&file)?;
             g.validate()?;
-            println!("valid genesis for chain {} ({} validators, {} accounts, supply {})", g.chain_id, g.validators.len(), g.accounts.len(), super::format_amount(g.total_supply().unwrap_or(0)));
+            println!(
+                "valid genesis for chain {} ({} validators, {} accounts, supply {})",
+                g.chain_id,
+                g.validators.len(),
+                g.accounts.len(),
+                super::format_amount(g.total_supply().unwrap_or(0))
+            );
             println!("genesis hash {}", g.hash());
         }
     }

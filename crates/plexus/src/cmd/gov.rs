@@ -228,11 +228,16 @@ fn status(node: &str, json: bool) -> anyhow::Result<()> {
             u["deadline_height"],
             ready as f64 / 100.0,
             needed as f64 / 100.0,
-            if u["activated_height"].as_u64().unwrap_or(0) > 0 { format!("  active from {}", u["activated_height"]) } else { String::new() },
+            if u["activated_height"].as_u64().unwrap_or(0) > 0 {
+                format!("  active from {}", u["activated_height"])
+            } else {
+                String::new()
+            },
             u["note"].as_str().filter(|n| !n.is_empty()).map(|n| format!("  ({n})")).unwrap_or_default(),
         );
     }
-    let open: Vec<&Value> = proposals["proposals"].as_array().into_iter().flatten().filter(|p| p["status"] == "voting").collect();
+    let open: Vec<&Value> =
+        proposals["proposals"].as_array().into_iter().flatten().filter(|p| p["status"] == "voting").collect();
     if open.is_empty() {
         println!("no proposal is open for votes");
     }
@@ -244,10 +249,20 @@ fn status(node: &str, json: bool) -> anyhow::Result<()> {
 
 fn describe(kind: &Value) -> String {
     if let Some(p) = kind.get("param_change") {
-        return format!("set {} = {} from height {}", p["name"].as_str().unwrap_or("?"), p["value"], p["effective_height"]);
+        return format!(
+            "set {} = {} from height {}",
+            p["name"].as_str().unwrap_or("?"),
+            p["value"],
+            p["effective_height"]
+        );
     }
     if let Some(u) = kind.get("upgrade") {
-        return format!("upgrade {} to v{} from height {}", u["layer"].as_str().unwrap_or("?"), u["version"], u["activation_height"]);
+        return format!(
+            "upgrade {} to v{} from height {}",
+            u["layer"].as_str().unwrap_or("?"),
+            u["version"],
+            u["activation_height"]
+        );
     }
     if let Some(t) = kind.get("treasury_spend") {
         return format!("pay {} to {}", format_amount(super::amount_of(&t["amount"])), t["to"].as_str().unwrap_or("?"));
@@ -291,7 +306,12 @@ fn proposals(node: &str, id: Option<u64>, json: bool) -> anyhow::Result<()> {
     }
     if let Some(votes) = v["votes"].as_array() {
         for vote in votes {
-            println!("  {}  {}  stake {}", vote["voter"].as_str().unwrap_or("?"), vote["option"].as_str().unwrap_or("?"), format_amount(super::amount_of(&vote["stake"])));
+            println!(
+                "  {}  {}  stake {}",
+                vote["voter"].as_str().unwrap_or("?"),
+                vote["option"].as_str().unwrap_or("?"),
+                format_amount(super::amount_of(&vote["stake"]))
+            );
         }
     }
     Ok(())

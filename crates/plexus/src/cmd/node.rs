@@ -53,7 +53,11 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
                 println!("initialised node home {}", home.display());
                 println!("  address  {}", key.address());
                 println!("  config   {}", config.display());
-                println!("next: put the network's genesis.json in {} and run `plexus node run --home {}`", home.display(), home.display());
+                println!(
+                    "next: put the network's genesis.json in {} and run `plexus node run --home {}`",
+                    home.display(),
+                    home.display()
+                );
             }
             Ok(())
         }

@@ -133,7 +133,12 @@ fn show_status(v: &Value) {
     if let Some(vals) = v["validators"].as_array() {
         println!("validators   {}", vals.len());
         for val in vals {
-            println!("  {}  stake {}  {}", short(&val["address"]), format_amount(amount_of(&val["stake"])), val["p2p_address"].as_str().unwrap_or(""));
+            println!(
+                "  {}  stake {}  {}",
+                short(&val["address"]),
+                format_amount(amount_of(&val["stake"])),
+                val["p2p_address"].as_str().unwrap_or("")
+            );
         }
     }
 }
@@ -162,7 +167,12 @@ fn show_account(v: &Value) {
 fn show_validators(v: &Value) {
     println!("epoch {}", v["epoch"]);
     for val in v["validators"].as_array().cloned().unwrap_or_default() {
-        println!("  {}  stake {}  {}", val["address"].as_str().unwrap_or(""), format_amount(amount_of(&val["stake"])), val["p2p_address"].as_str().unwrap_or(""));
+        println!(
+            "  {}  stake {}  {}",
+            val["address"].as_str().unwrap_or(""),
+            format_amount(amount_of(&val["stake"])),
+            val["p2p_address"].as_str().unwrap_or("")
+        );
     }
 }
 
@@ -172,9 +182,20 @@ fn show_providers(v: &Value) {
         println!("no providers registered");
     }
     for p in list {
-        println!("{}  {}  region {}  bonded {}", p["address"].as_str().unwrap_or(""), p["endpoint"].as_str().unwrap_or(""), p["region"].as_str().unwrap_or(""), format_amount(amount_of(&p["bonded"])));
+        println!(
+            "{}  {}  region {}  bonded {}",
+            p["address"].as_str().unwrap_or(""),
+            p["endpoint"].as_str().unwrap_or(""),
+            p["region"].as_str().unwrap_or(""),
+            format_amount(amount_of(&p["bonded"]))
+        );
         for price in p["prices"].as_array().cloned().unwrap_or_default() {
-            println!("    model {}  in {}/1k  out {}/1k", short(&price["model"]), price["input_per_1k"], price["output_per_1k"]);
+            println!(
+                "    model {}  in {}/1k  out {}/1k",
+                short(&price["model"]),
+                price["input_per_1k"],
+                price["output_per_1k"]
+            );
         }
     }
 }
@@ -182,7 +203,13 @@ fn show_providers(v: &Value) {
 fn show_models(v: &Value) {
     for m in v["models"].as_array().cloned().unwrap_or_default() {
         let man = &m["manifest"];
-        println!("{}  {}  {} {}", m["id"].as_str().unwrap_or(""), man["name"].as_str().unwrap_or(""), man["engine"].as_str().unwrap_or(""), man["quantization"].as_str().unwrap_or(""));
+        println!(
+            "{}  {}  {} {}",
+            m["id"].as_str().unwrap_or(""),
+            man["name"].as_str().unwrap_or(""),
+            man["engine"].as_str().unwrap_or(""),
+            man["quantization"].as_str().unwrap_or("")
+        );
     }
 }
 

@@ -145,11 +145,22 @@ pub fn run(cmd: TxCmd) -> anyhow::Result<()> {
         TxCmd::Unstake { opts, amount } => (opts, Payload::Unstake { amount }),
         TxCmd::RegisterProvider { opts, endpoint, region, hardware, prices } => {
             let prices = prices.iter().map(|p| parse_price(p)).collect::<anyhow::Result<Vec<_>>>()?;
-            (opts, Payload::RegisterProvider(ProviderInfo { endpoint, region, hardware, prices, versions: SupportedVersions::V1_ONLY }))
+            (
+                opts,
+                Payload::RegisterProvider(ProviderInfo {
+                    endpoint,
+                    region,
+                    hardware,
+                    prices,
+                    versions: SupportedVersions::V1_ONLY,
+                }),
+            )
         }
         TxCmd::RegisterModel { opts, manifest } => {
-            let text = std::fs::read_to_string(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
-            let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", manifest.display()))?;
+            let text =
+                std::fs::read_to_string(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
+            let v: Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", manifest.display()))?;
             let m: ModelManifest = serde_json::from_value(v.get("manifest").cloned().unwrap_or(v))
                 .with_context(|| format!("{} is not a model manifest", manifest.display()))?;
             (opts, Payload::RegisterModel(m))
@@ -199,7 +210,8 @@ pub fn submit(opts: &TxOpts, payload: Payload) -> anyhow::Result<Value> {
         None => super::amount_of(&client.get("/chain/v1/params")?["min_tx_fee"]),
     };
     let kind = payload.kind();
-    let sign = |nonce: u64| Transaction { signer: key.address(), nonce, fee, payload: payload.clone() }.sign(&key, &chain_id);
+    let sign =
+        |nonce: u64| Transaction { signer: key.address(), nonce, fee, payload: payload.clone() }.sign(&key, &chain_id);
     let mut tx = sign(nonce);
     let mut hash = tx.hash();
     client.post("/chain/v1/txs", &json!({"tx": hex::encode(to_vec(&tx))}))?;
@@ -226,7 +238,10 @@ pub fn submit(opts: &TxOpts, payload: Payload) -> anyhow::Result<Value> {
         };
         if taken && still_missing() {
             if opts.nonce.is_some() || resubmitted == NONCE_RETRIES_MAX {
-                bail!("nonce {nonce} was used by another transaction from {}; transaction {hash} will not be final", key.address());
+                bail!(
+                    "nonce {nonce} was used by another transaction from {}; transaction {hash} will not be final",
+                    key.address()
+                );
             }
             resubmitted += 1;
             nonce = next_nonce()?;
@@ -256,7 +271,10 @@ fn print_result(v: &Value) {
     let height = v["height"].as_u64().unwrap_or(0);
     match result["error"].as_str() {
         None => println!("ok: {} {hash} final at height {height}", result["kind"].as_str().unwrap_or("tx")),
-        Some(err) => println!("failed: {} {hash} at height {height}: {err} (fee charged)", result["kind"].as_str().unwrap_or("tx")),
+        Some(err) => println!(
+            "failed: {} {hash} at height {height}: {err} (fee charged)",
+            result["kind"].as_str().unwrap_or("tx")
+        ),
     }
     if let Some(events) = result["events"].as_array() {
         for e in events {

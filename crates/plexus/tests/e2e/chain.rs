@@ -61,7 +61,9 @@ fn devnet_finalizes_survives_sigkill_and_catches_up() {
     assert_eq!(result["result"]["error"], Value::Null, "{result}");
     let final_height = result["height"].as_u64().unwrap();
     // Any node (not the one it was sent to) sees the new balance once it has that height.
-    wait_for("transfer visible on node-2", Duration::from_secs(30), || (height(&apis[2])? >= final_height).then_some(()));
+    wait_for("transfer visible on node-2", Duration::from_secs(30), || {
+        (height(&apis[2])? >= final_height).then_some(())
+    });
     assert_eq!(account(&apis[2], &to)["balance"].as_u64().unwrap(), before_to + 2_500_000);
 
     // Bad transactions: clear 4xx errors, nothing changes.
@@ -87,14 +89,29 @@ fn devnet_finalizes_survives_sigkill_and_catches_up() {
         assert!(err.contains(expected), "expected {expected}, got: {err}");
     }
     let after = account(&apis[0], &client);
-    assert_eq!((before["balance"].clone(), before["nonce"].clone()), (after["balance"].clone(), after["nonce"].clone()));
+    assert_eq!(
+        (before["balance"].clone(), before["nonce"].clone()),
+        (after["balance"].clone(), after["nonce"].clone())
+    );
 
     // A batch is checked in one signature batch; one forged signature in it is refused on its
     // own, and the rest of the batch is admitted as usual.
     let stranger = plexus_types::PrivateKey::from_seed(4242);
     let stranger_addr = stranger.address().to_string();
     let out = plexus()
-        .args(["tx", "transfer", "--node", &apis[0], "--key", &client_key, "--to", &stranger_addr, "--amount", "1plx", "--json"])
+        .args([
+            "tx",
+            "transfer",
+            "--node",
+            &apis[0],
+            "--key",
+            &client_key,
+            "--to",
+            &stranger_addr,
+            "--amount",
+            "1plx",
+            "--json",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
@@ -142,7 +159,12 @@ fn devnet_finalizes_survives_sigkill_and_catches_up() {
     let node3_home = nodes[3]["home"].as_str().unwrap().to_string();
     let log = std::fs::OpenOptions::new().append(true).open(nodes[3]["log"].as_str().unwrap()).unwrap();
     let _node3 = Guard(
-        plexus().args(["node", "run", "--home", &node3_home]).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap(),
+        plexus()
+            .args(["node", "run", "--home", &node3_home])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
     );
     let target = height(&apis[0]).unwrap();
     let started = Instant::now();

@@ -22,7 +22,8 @@ fn python(script: &str, args: &[&str]) -> Value {
     let out = Command::new(&py).arg(&path).args(args).output().expect("run python3 (with `pip install openai`)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
 }
 
 fn amount(v: &Value) -> Amount {
@@ -163,7 +164,8 @@ fn paid_inference_settles_exactly_even_when_a_provider_dies_mid_stream() {
     let events = settlements(&api, start, end);
     let mut earned: BTreeMap<String, Amount> = BTreeMap::new();
     for e in &events {
-        *earned.entry(e["provider"].as_str().unwrap().to_string()).or_default() += amount(&e["amount"]) - amount(&e["fee"]);
+        *earned.entry(e["provider"].as_str().unwrap().to_string()).or_default() +=
+            amount(&e["amount"]) - amount(&e["fee"]);
     }
     assert_eq!(events.iter().map(|e| amount(&e["amount"])).sum::<Amount>(), settled_total);
     for (address, before, nonce) in &providers {
@@ -199,12 +201,20 @@ fn send_tx(api: &str, chain_id: &str, key: &PrivateKey, payload: Payload) -> Val
     }
     assert_eq!(status, 202, "{}", r.text().unwrap());
     let hash = tx.hash();
-    wait_for("the transaction to finalize", Duration::from_secs(60), || get(&format!("{api}/chain/v1/txs/{hash}")).filter(|v| v.get("result").is_some()))
-        ["result"]
+    wait_for("the transaction to finalize", Duration::from_secs(60), || {
+        get(&format!("{api}/chain/v1/txs/{hash}")).filter(|v| v.get("result").is_some())
+    })["result"]
         .clone()
 }
 
-fn open_session(api: &str, chain_id: &str, client: &PrivateKey, provider: &Address, price: &ModelPrice, deposit: Amount) -> Hash {
+fn open_session(
+    api: &str,
+    chain_id: &str,
+    client: &PrivateKey,
+    provider: &Address,
+    price: &ModelPrice,
+    deposit: Amount,
+) -> Hash {
     let (_, nonce) = account(api, &client.address().to_string());
     let expiry = height(api).unwrap() + 2_000;
     let payload = Payload::OpenSession {
@@ -234,10 +244,12 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
     let provider = provider_key.address();
     let record = get(&format!("{api}/chain/v1/providers/{provider}")).unwrap();
     let models = get(&format!("{api}/chain/v1/models")).unwrap();
-    let chat_id = models["models"].as_array().unwrap().iter().find(|m| m["manifest"]["name"] == "smollm2-135m-instruct").unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let chat_id =
+        models["models"].as_array().unwrap().iter().find(|m| m["manifest"]["name"] == "smollm2-135m-instruct").unwrap()
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
     let price: ModelPrice = serde_json::from_value(
         record["prices"].as_array().unwrap().iter().find(|p| p["model"] == chat_id.as_str()).unwrap().clone(),
     )
@@ -247,9 +259,17 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
     let id = open_session(&api, &chain_id, &client, &provider, &price, 1_000_000);
     let auth = |nonce: u64, key: &PrivateKey| {
         let sig = plexus_types::receipt::SessionAuth { session: id, provider: provider.clone(), nonce }.sign(key);
-        post(&format!("{inference}/plexus/v1/sessions/{id}/token"), &json!({"nonce": nonce, "signature": sig.to_string()}), &[])
+        post(
+            &format!("{inference}/plexus/v1/sessions/{id}/token"),
+            &json!({"nonce": nonce, "signature": sig.to_string()}),
+            &[],
+        )
     };
-    assert_eq!(auth(1, &PrivateKey::from_seed(99)).status().as_u16(), 401, "only the session's client can authenticate");
+    assert_eq!(
+        auth(1, &PrivateKey::from_seed(99)).status().as_u16(),
+        401,
+        "only the session's client can authenticate"
+    );
     let r = auth(5, &client);
     assert_eq!(r.status().as_u16(), 200);
     let token = r.json::<Value>().unwrap()["token"].as_str().unwrap().to_string();
@@ -279,12 +299,29 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
     // its own while the test signs with its key. --
     let deposit = 500_000;
     let s2 = open_session(&api, &chain_id, &client, &provider, &price, deposit);
-    let claim = |r: Receipt, key: &PrivateKey| send_tx(&api, &chain_id, &provider_key, Payload::Claim { receipts: vec![r.sign(key)] });
-    let base = Receipt { session: s2, seq: 1, cum_input_tokens: 1_000, cum_output_tokens: 1_000, cum_amount: 0, outputs_root: Hash::ZERO };
+    let claim = |r: Receipt, key: &PrivateKey| {
+        send_tx(&api, &chain_id, &provider_key, Payload::Claim { receipts: vec![r.sign(key)] })
+    };
+    let base = Receipt {
+        session: s2,
+        seq: 1,
+        cum_input_tokens: 1_000,
+        cum_output_tokens: 1_000,
+        cum_amount: 0,
+        outputs_root: Hash::ZERO,
+    };
     let fair = plexus_execution::price_of(&price, 1_000, 1_000).unwrap();
     let forged = claim(Receipt { cum_amount: fair, ..base.clone() }, &PrivateKey::from_seed(97));
     assert!(forged["error"].as_str().unwrap().contains("not signed by the session's client"), "{forged}");
-    let over_escrow = claim(Receipt { cum_input_tokens: 100_000_000, cum_output_tokens: 100_000_000, cum_amount: deposit + 1, ..base.clone() }, &client);
+    let over_escrow = claim(
+        Receipt {
+            cum_input_tokens: 100_000_000,
+            cum_output_tokens: 100_000_000,
+            cum_amount: deposit + 1,
+            ..base.clone()
+        },
+        &client,
+    );
     assert!(over_escrow["error"].as_str().unwrap().contains("exceeds the escrow"), "{over_escrow}");
     let over_price = claim(Receipt { cum_amount: fair + 1, ..base.clone() }, &client);
     assert!(over_price["error"].as_str().unwrap().contains("maximum prices"), "{over_price}");
@@ -293,19 +330,28 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
     assert!(ok["error"].is_null(), "{ok}");
     let replay = claim(Receipt { cum_amount: fair, ..base.clone() }, &client);
     assert!(replay["error"].as_str().unwrap().contains("not above settled seq"), "{replay}");
-    let stale = claim(Receipt { seq: 2, cum_input_tokens: 10, cum_output_tokens: 10, cum_amount: 1, ..base.clone() }, &client);
+    let stale =
+        claim(Receipt { seq: 2, cum_input_tokens: 10, cum_output_tokens: 10, cum_amount: 1, ..base.clone() }, &client);
     assert!(stale["error"].as_str().unwrap().contains("go backwards"), "{stale}");
     let s = session(&api, &s2.to_string());
     assert_eq!((amount(&s["settled_amount"]), s["settled_seq"].as_u64().unwrap()), (fair, 1));
 
     // A receipt that underpays is refused; a forged one too; an honest one restores service.
     let state = get(&format!("{inference}/plexus/v1/sessions/{id}")).unwrap();
-    let (input, output) = (state["delivered_input_tokens"].as_u64().unwrap(), state["delivered_output_tokens"].as_u64().unwrap());
+    let (input, output) =
+        (state["delivered_input_tokens"].as_u64().unwrap(), state["delivered_output_tokens"].as_u64().unwrap());
     let owed = plexus_execution::price_of(&price, input, output).unwrap();
     let receipt = |seq, amount, key: &PrivateKey| {
-        Receipt { session: id, seq, cum_input_tokens: input, cum_output_tokens: output, cum_amount: amount, outputs_root: Hash::ZERO }
-            .sign(key)
-            .to_hex()
+        Receipt {
+            session: id,
+            seq,
+            cum_input_tokens: input,
+            cum_output_tokens: output,
+            cum_amount: amount,
+            outputs_root: Hash::ZERO,
+        }
+        .sign(key)
+        .to_hex()
     };
     let send_receipt = |hex: String| post(&format!("{inference}/plexus/v1/receipts"), &json!({"receipt": hex}), &[]);
     assert_eq!(send_receipt(receipt(1, owed - 1, &client)).status().as_u16(), 400);

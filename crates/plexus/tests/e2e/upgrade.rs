@@ -18,7 +18,12 @@ use crate::util::*;
 
 fn cli(args: &[&str]) -> Value {
     let out = plexus().args(args).arg("--json").output().unwrap();
-    assert!(out.status.success(), "plexus {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "plexus {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("plexus {args:?} printed no JSON: {e}"))
 }
 
@@ -44,15 +49,40 @@ fn restart(home: &str, env_cap: Option<&str>) -> Guard {
 /// Votes yes on `proposal` from every validator.
 fn vote_all(nodes: &[Value], api: &str, proposal: u64) {
     for n in nodes {
-        let r = cli(&["gov", "vote", "--node", api, "--key", n["key_file"].as_str().unwrap(), "--proposal", &proposal.to_string(), "--option", "yes"]);
+        let r = cli(&[
+            "gov",
+            "vote",
+            "--node",
+            api,
+            "--key",
+            n["key_file"].as_str().unwrap(),
+            "--proposal",
+            &proposal.to_string(),
+            "--option",
+            "yes",
+        ]);
         assert!(r["result"]["error"].is_null(), "{r}");
     }
 }
 
 fn propose_upgrade(api: &str, key: &str, version: u16) -> u64 {
-    let r = cli(&["gov", "propose", "upgrade", "--node", api, "--key", key, "--layer", "execution", "--to-version", &version.to_string()]);
+    let r = cli(&[
+        "gov",
+        "propose",
+        "upgrade",
+        "--node",
+        api,
+        "--key",
+        key,
+        "--layer",
+        "execution",
+        "--to-version",
+        &version.to_string(),
+    ]);
     assert!(r["result"]["error"].is_null(), "{r}");
-    r["result"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "proposal_submitted").unwrap()["proposal"].as_u64().unwrap()
+    r["result"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "proposal_submitted").unwrap()["proposal"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
@@ -143,7 +173,9 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
         wait_for("the node to stop", Duration::from_secs(30), || height(&apis[i]).is_none().then_some(()));
         restarted.push(restart(n["home"].as_str().unwrap(), None));
         let others = apis.iter().enumerate().filter(|(j, _)| *j != i).filter_map(|(_, a)| height(a)).max().unwrap();
-        wait_for("the restarted node to catch up", Duration::from_secs(120), || (height(&apis[i])? >= others).then_some(()));
+        wait_for("the restarted node to catch up", Duration::from_secs(120), || {
+            (height(&apis[i])? >= others).then_some(())
+        });
         wait_for("its provider to be back", Duration::from_secs(120), || {
             get(&format!("{}/health", n["inference"].as_str().unwrap())).map(|_| ())
         });
@@ -174,14 +206,19 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
         wait_for("every node back on v2", Duration::from_secs(60), || (execution_version(a)? == 2).then_some(()));
     }
     let h = height(&api).unwrap();
-    wait_for("the chain to go on", Duration::from_secs(60), || apis.iter().all(|a| height(a).unwrap_or(0) >= h + 10).then_some(()));
+    wait_for("the chain to go on", Duration::from_secs(60), || {
+        apis.iter().all(|a| height(a).unwrap_or(0) >= h + 10).then_some(())
+    });
 
     stop.store(true, Ordering::Relaxed);
     let errors = load.join().unwrap();
     watch.join().unwrap();
     // Same state root everywhere at a common height.
     let common = apis.iter().filter_map(|a| height(a)).min().unwrap();
-    let roots: Vec<Value> = apis.iter().map(|a| get(&format!("{a}/chain/v1/blocks/{common}")).unwrap()["header"]["state_root"].clone()).collect();
+    let roots: Vec<Value> = apis
+        .iter()
+        .map(|a| get(&format!("{a}/chain/v1/blocks/{common}")).unwrap()["header"]["state_root"].clone())
+        .collect();
     assert!(roots.windows(2).all(|w| w[0] == w[1]), "state roots differ at {common}: {roots:?}");
     let status = cli(&["gov", "status", "--node", &api]);
     let ok = ok.load(Ordering::Relaxed);
