@@ -529,12 +529,8 @@ impl Executor {
     /// `prior_spend` out of its balance): signature, fee, and whether the balance still covers
     /// the fee and what the payload can spend. Constant time, unlike simulating the queue; the
     /// block builder re-executes everything exactly and leaves out what no longer applies.
-    pub fn check_queued(&self, state: &dyn StateRead, tx: &SignedTx, prior_spend: Amount) -> Result<(), TxError> {
-        self.check_queued_signed(state, tx, prior_spend, false)
-    }
-
-    /// [`Executor::check_queued`], skipping the signature when `signature_verified`.
-    pub fn check_queued_signed(
+    /// `signature_verified`: the caller checked the signature already (in a batch).
+    pub fn check_queued(
         &self,
         state: &dyn StateRead,
         tx: &SignedTx,

@@ -55,6 +55,37 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// A session just opened on-chain: nothing delivered, nothing acknowledged yet.
+    pub fn opened(
+        id: Hash,
+        provider: Address,
+        endpoint: String,
+        price: ModelPrice,
+        deposit: Amount,
+        expiry_height: Height,
+    ) -> Self {
+        SessionState {
+            id,
+            provider,
+            endpoint,
+            model: price.model,
+            price,
+            deposit,
+            expiry_height,
+            seq: 0,
+            cum_input_tokens: 0,
+            cum_output_tokens: 0,
+            cum_amount: 0,
+            outputs_root: Hash::ZERO,
+            latest: None,
+            delivered: true,
+            auth_nonce: 0,
+            token: None,
+            topping_up: false,
+            retired: false,
+        }
+    }
+
     /// Escrow not yet owed.
     pub fn remaining(&self) -> Amount {
         self.deposit.saturating_sub(self.cum_amount)
@@ -256,26 +287,14 @@ impl Sessions {
             .await?
             .ok_or_else(|| GatewayError::Chain(format!("session {id} not found after opening")))?;
         info!(target: "gateway::sessions", session = %id, provider = %c.provider, model = %c.model_name, deposit, "opened a session");
-        let state = SessionState {
+        let state = SessionState::opened(
             id,
-            provider: c.provider.clone(),
-            endpoint: c.endpoint.clone(),
-            model: c.model,
-            price: record.price,
-            deposit: record.deposit,
-            expiry_height: record.expiry_height,
-            seq: 0,
-            cum_input_tokens: 0,
-            cum_output_tokens: 0,
-            cum_amount: 0,
-            outputs_root: Hash::ZERO,
-            latest: None,
-            delivered: true,
-            auth_nonce: 0,
-            token: None,
-            topping_up: false,
-            retired: false,
-        };
+            c.provider.clone(),
+            c.endpoint.clone(),
+            record.price,
+            record.deposit,
+            record.expiry_height,
+        );
         let shared = Arc::new(Mutex::new(state));
         self.table.lock().expect("table lock").insert((c.provider.clone(), c.model), shared.clone());
         self.mark_dirty();
@@ -488,26 +507,9 @@ mod tests {
     use plexus_types::SignedReceipt;
 
     fn state() -> SessionState {
-        SessionState {
-            id: plexus_types::hash(b"s"),
-            provider: PrivateKey::from_seed(2).address(),
-            endpoint: "http://127.0.0.1:1".into(),
-            model: plexus_types::hash(b"m"),
-            price: ModelPrice { model: plexus_types::hash(b"m"), input_per_1k: 50, output_per_1k: 200 },
-            deposit: 1_000,
-            expiry_height: 100,
-            seq: 0,
-            cum_input_tokens: 0,
-            cum_output_tokens: 0,
-            cum_amount: 0,
-            outputs_root: Hash::ZERO,
-            latest: None,
-            delivered: true,
-            auth_nonce: 0,
-            token: None,
-            topping_up: false,
-            retired: false,
-        }
+        let price = ModelPrice { model: plexus_types::hash(b"m"), input_per_1k: 50, output_per_1k: 200 };
+        let provider = PrivateKey::from_seed(2).address();
+        SessionState::opened(plexus_types::hash(b"s"), provider, "http://127.0.0.1:1".into(), price, 1_000, 100)
     }
 
     #[test]

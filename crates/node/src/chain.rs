@@ -302,7 +302,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             let spend = prior.iter().fold(0u128, |acc, p| {
                 acc.saturating_add(p.tx.fee).saturating_add(plexus_execution::max_spend(&p.tx.payload))
             });
-            self.inner.executor.check_queued_signed(&*view, &tx, spend, signature_verified)?;
+            self.inner.executor.check_queued(&*view, &tx, spend, signature_verified)?;
         }
         drop(view);
         let inserted = self.inner.mempool.lock().expect("mempool lock").insert(tx.clone(), account_nonce)?;
