@@ -18,15 +18,48 @@ OPENAI_PY_VERSION="3.57.0"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# Prints the first libclang that bindgen (clang-sys) would load from the given directories, and
+# fails when there is none. clang-sys looks for `libclang.so`, `libclang-<ver>.so` and, since
+# bindgen loads it at run time, their `.so.<n>` forms. `libclang-cpp.so.<n>` (the C++ API,
+# installed with the compiler on Debian 12 and Ubuntu) is a different library that bindgen cannot
+# use, so it must never count: taking it for libclang is how a fresh machine skipped
+# `libclang-dev` and stopped in bindgen after 12 minutes of building.
+find_libclang() {
+    local dir file name
+    for dir in "$@"; do
+        [ -d "$dir" ] || continue
+        for file in "$dir"/libclang.so "$dir"/libclang.so.* "$dir"/libclang-*.so "$dir"/libclang-*.so.*; do
+            [ -e "$file" ] || continue
+            name="${file##*/}"
+            case "$name" in
+                libclang-cpp*) continue ;;
+            esac
+            printf '%s\n' "$file"
+            return 0
+        done
+    done
+    return 1
+}
+
+# The directories clang-sys searches on Debian-like systems (LIBCLANG_PATH first, as it does).
+libclang_search_dirs() {
+    [ -n "${LIBCLANG_PATH:-}" ] && printf '%s\n' "$LIBCLANG_PATH"
+    local root="${1:-}"
+    local dir
+    for dir in "$root"/usr/lib/llvm-*/lib "$root"/usr/lib/*-linux-gnu "$root"/usr/lib64 "$root"/usr/lib \
+        "$root"/usr/local/lib "$root"/usr/local/llvm/lib; do
+        [ -d "$dir" ] && printf '%s\n' "$dir"
+    done
+    return 0
+}
+
 # Installs the Debian packages llama.cpp's build needs (cmake; libclang for bindgen) when missing.
 ensure_system_packages() {
     local missing=()
     command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-    # Any one of these is enough for bindgen (a glob that matches nothing is not an error).
-    if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
-        && ! compgen -G '/usr/lib/*-linux-gnu/libclang*.so*' >/dev/null; then
-        missing+=(libclang-dev)
-    fi
+    local dirs
+    mapfile -t dirs < <(libclang_search_dirs)
+    find_libclang "${dirs[@]}" >/dev/null || missing+=(libclang-dev)
     command -v c++ >/dev/null 2>&1 || missing+=(g++)
     if [ ${#missing[@]} -eq 0 ]; then
         return
