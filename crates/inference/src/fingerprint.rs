@@ -32,17 +32,28 @@ pub fn is_probe_position(pos: u32) -> bool {
 
 /// The top [`TOP_K`] entries of `logits`.
 pub fn probe(position: u32, logits: &[f32]) -> LogitsProbe {
-    let mut top: Vec<(TokenId, f32)> = Vec::with_capacity(TOP_K + 1);
+    LogitsProbe { position, top: top_k(logits, TOP_K) }
+}
+
+/// The `k` highest entries of `logits` as (token, logit), highest first, ties broken by the
+/// lower token id. NaN never enters: it compares false.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(TokenId, f32)> {
+    let mut top: Vec<(TokenId, f32)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return top;
+    }
     for (i, &l) in logits.iter().enumerate() {
-        // NaN never enters: it compares false.
-        if top.len() == TOP_K && l.partial_cmp(&top[TOP_K - 1].1) != Some(std::cmp::Ordering::Greater) {
+        if top.len() == k && l.partial_cmp(&top[k - 1].1) != Some(std::cmp::Ordering::Greater) {
+            continue;
+        }
+        if l.is_nan() {
             continue;
         }
         let at = top.partition_point(|&(_, x)| x >= l);
         top.insert(at, (i as TokenId, l));
-        top.truncate(TOP_K);
+        top.truncate(k);
     }
-    LogitsProbe { position, top }
+    top
 }
 
 /// The hash that goes into the attestation ([`Hash::ZERO`] when there are no probes).

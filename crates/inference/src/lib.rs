@@ -71,8 +71,61 @@ pub trait Engine: Send + Sync + 'static {
         Err(Error::Unsupported { what: "embeddings", model: self.info().name.clone() })
     }
 
+    /// Scores a given continuation: one teacher-forced prefill of `prompt` followed by
+    /// `output`, returning for every output position the logits that chose it (the top
+    /// `top_k` and the committed token's own). What a verifier re-running a request needs, and
+    /// what tests use to tell an honest near-tie from a wrong answer. Blocking: call it from a
+    /// blocking thread. Runs beside the serving loop on its own context.
+    fn score(&self, request: &ScoreRequest) -> Result<Vec<PositionScore>, Error> {
+        let _ = request;
+        Err(Error::Unsupported { what: "scoring", model: self.info().name.clone() })
+    }
+
     /// Current queue and batch sizes, for metrics.
     fn load(&self) -> Load;
+}
+
+/// A continuation to score with [`Engine::score`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScoreRequest {
+    /// The prompt's tokens, as [`Prepared::tokens`] holds them.
+    pub prompt: Vec<TokenId>,
+    /// The generated tokens to score, in order.
+    pub output: Vec<TokenId>,
+    /// How many of the highest logits to return per position (at most [`SCORE_TOP_K_MAX`]).
+    pub top_k: usize,
+}
+
+/// Most logits returned per scored position.
+pub const SCORE_TOP_K_MAX: usize = 64;
+
+/// The logits at one output position of a scored continuation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PositionScore {
+    /// The committed token's logit.
+    pub token_logit: f32,
+    /// (token, logit), highest first; ties broken by the lower token id.
+    pub top: Vec<(TokenId, f32)>,
+}
+
+impl PositionScore {
+    /// The highest logit at this position.
+    pub fn max_logit(&self) -> f32 {
+        self.top.first().map_or(f32::NEG_INFINITY, |t| t.1)
+    }
+
+    /// How far the committed token's logit is below the best one (0 when it is the best).
+    pub fn shortfall(&self) -> f32 {
+        (self.max_logit() - self.token_logit).max(0.0)
+    }
+
+    /// The gap between the two highest logits: how clear the greedy choice was.
+    pub fn top_gap(&self) -> f32 {
+        match (self.top.first(), self.top.get(1)) {
+            (Some(a), Some(b)) => a.1 - b.1,
+            _ => f32::INFINITY,
+        }
+    }
 }
 
 /// Static facts about a loaded model.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use plexus_inference::models::{ModelCache, Progress};
 use plexus_inference::{
     ChatMessage, Engine, EngineConfig, Error, Event, FinishReason, GenerateRequest, LlamaConfig, Prompt, Sampling,
-    load_engine,
+    ScoreRequest, load_engine,
 };
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -83,8 +83,12 @@ fn golden_greedy_output() {
     let _serial = serial();
     let e = engine();
     let f = run(&e, chat(&[("user", "What is 2 plus 2?")], 24));
-    assert_eq!(f.text, "The answer to this classic math problem is 4.");
-    assert_eq!(f.tokens, GOLDEN_TOKENS);
+    // The golden reply was measured on two CPUs (AVX2, AVX-512); another SIMD path may take the
+    // other side of a near-tie, which is allowed, and nothing else is.
+    let prompt = e.prepare(chat(&[("user", "What is 2 plus 2?")], 24)).unwrap().tokens;
+    if assert_same_or_near_tie(&e, &prompt, GOLDEN_TOKENS, &f.tokens, "golden reply").is_none() {
+        assert_eq!(f.text, "The answer to this classic math problem is 4.");
+    }
     assert_eq!(f.reason, FinishReason::Stop);
     assert_eq!(f.completion_tokens as usize, f.tokens.len());
     // Same request, same fingerprint.
@@ -105,6 +109,47 @@ fn golden_greedy_output() {
 /// context and llama-server b11434 give the same.
 const GOLDEN_TOKENS: &[i32] = &[504, 2988, 288, 451, 8170, 4119, 1732, 314, 216, 36, 30, 2];
 
+/// How far apart (in logits) two tokens may be and still count as a tie that honest
+/// nondeterminism can flip. llama.cpp's CPU kernels are not batch-invariant: a row's logits
+/// move in their last bits with the number of rows decoded together, the thread count and the
+/// SIMD path (AVX2 and AVX-512 machines pick different greedy tokens late in some replies), so
+/// exact equality of batched and sequential replies is not promised anywhere. What is promised
+/// is that a difference only ever starts at a near-tie. A scheduling bug (wrong positions,
+/// sequences reading each other's KV cells) produces tokens several logits below the best one.
+const NEAR_TIE_LOGITS: f32 = 0.5;
+
+/// Two greedy replies to the same prompt agree up to their first difference, and there both
+/// tokens are within [`NEAR_TIE_LOGITS`] of the best logit under a teacher-forced scoring of
+/// the reference reply. Returns the position of the first difference, if any.
+fn assert_same_or_near_tie(
+    e: &Arc<dyn Engine>,
+    prompt: &[i32],
+    reference: &[i32],
+    other: &[i32],
+    what: &str,
+) -> Option<usize> {
+    let p = reference.iter().zip(other).take_while(|(a, b)| a == b).count();
+    if p == reference.len() && p == other.len() {
+        return None;
+    }
+    assert!(p < reference.len() && p < other.len(), "{what}: one reply is a strict prefix of the other");
+    let scores =
+        e.score(&ScoreRequest { prompt: prompt.to_vec(), output: reference[..=p].to_vec(), top_k: 64 }).unwrap();
+    let at = &scores[p];
+    let logit_of = |t: i32| at.top.iter().find(|(tok, _)| *tok == t).map(|(_, l)| *l);
+    let (mine, theirs) = (logit_of(reference[p]), logit_of(other[p]));
+    let best = at.max_logit();
+    let near = |l: Option<f32>| l.is_some_and(|l| best - l <= NEAR_TIE_LOGITS);
+    assert!(
+        near(mine) && near(theirs),
+        "{what}: replies differ at position {p} where it was no tie (best {best}, reference {:?} -> {mine:?}, \
+         other {:?} -> {theirs:?})\n{reference:?}\n{other:?}",
+        reference[p],
+        other[p],
+    );
+    Some(p)
+}
+
 #[test]
 fn concurrent_requests_match_sequential_ones() {
     let _serial = serial();
@@ -119,6 +164,10 @@ fn concurrent_requests_match_sequential_ones() {
         "Explain rain.",
     ];
     let config = LlamaConfig { threads: nz(2), threads_batch: nz(2), parallel: nz(4), ..LlamaConfig::default() };
+    let prompts: Vec<Vec<i32>> = {
+        let e = engine_with(config.clone());
+        questions.iter().map(|q| e.prepare(chat(&[("user", q)], 32)).unwrap().tokens).collect()
+    };
     let sequential: Vec<Vec<i32>> = {
         let e = engine_with(config.clone());
         questions.iter().map(|q| run(&e, chat(&[("user", q)], 32)).tokens).collect()
@@ -128,23 +177,49 @@ fn concurrent_requests_match_sequential_ones() {
     let handles: Vec<_> =
         questions.iter().map(|q| e.submit(e.prepare(chat(&[("user", q)], 32)).unwrap()).unwrap()).collect();
     let concurrent: Vec<Vec<i32>> = handles.into_iter().map(|h| h.blocking_collect().unwrap().tokens).collect();
-    // llama.cpp's CPU kernels are not batch-invariant: a row's logits differ in the last bits
-    // with the number of rows decoded together, so a near-tie can flip a greedy token late in
-    // a reply (measured: 5 of these 8 replies are identical, the others agree on their first
-    // 14+ tokens). A scheduling bug (wrong positions, sequences reading each other's cells)
-    // breaks replies from their first tokens, which is what this pins.
-    let identical = sequential.iter().zip(&concurrent).filter(|(a, b)| a == b).count();
+    let mut differ = Vec::new();
     for (i, (a, b)) in sequential.iter().zip(&concurrent).enumerate() {
-        let agree = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-        assert!(agree >= 12.min(a.len()), "{:?}: {a:?} vs {b:?}", questions[i]);
+        if let Some(p) = assert_same_or_near_tie(&e, &prompts[i], a, b, questions[i]) {
+            differ.push((questions[i], p));
+        }
     }
-    assert!(identical * 2 >= questions.len(), "only {identical} identical: {sequential:?} vs {concurrent:?}");
+    eprintln!("batched replies that took the other side of a near-tie (question, position): {differ:?}");
 
-    // The same prompt decoded side by side in one batch gives the same reply in every slot.
+    // The same prompt decoded side by side in one batch: every slot gives the first slot's reply
+    // up to a near-tie.
+    let dogs = e.prepare(chat(&[("user", "Tell me about dogs.")], 32)).unwrap().tokens;
     let handles: Vec<_> =
         (0..4).map(|_| e.submit(e.prepare(chat(&[("user", "Tell me about dogs.")], 32)).unwrap()).unwrap()).collect();
     let copies: Vec<Vec<i32>> = handles.into_iter().map(|h| h.blocking_collect().unwrap().tokens).collect();
-    assert!(copies.iter().all(|c| c == &copies[0]), "{copies:?}");
+    for c in &copies[1..] {
+        assert_same_or_near_tie(&e, &dogs, &copies[0], c, "four copies in one batch");
+    }
+}
+
+#[test]
+fn scoring_tells_the_models_own_reply_from_another() {
+    let _serial = serial();
+    let e = engine();
+    let prepared = e.prepare(chat(&[("user", "What is 2 plus 2?")], 24)).unwrap();
+    let own = run(&e, chat(&[("user", "What is 2 plus 2?")], 24)).tokens;
+    let scores = e.score(&ScoreRequest { prompt: prepared.tokens.clone(), output: own.clone(), top_k: 8 }).unwrap();
+    assert_eq!(scores.len(), own.len());
+    // Greedy tokens are the best (or tied within the noise of another batch shape) everywhere.
+    for (i, s) in scores.iter().enumerate() {
+        assert!(s.shortfall() <= NEAR_TIE_LOGITS, "position {i}: shortfall {}", s.shortfall());
+    }
+    // The reply to another question, forced after this prompt, is far from what the model says.
+    let other = run(&e, chat(&[("user", "Name three colors.")], 24)).tokens;
+    let forced = e.score(&ScoreRequest { prompt: prepared.tokens.clone(), output: other, top_k: 8 }).unwrap();
+    let far = forced.iter().filter(|s| s.shortfall() > 2.0).count();
+    assert!(far >= 2, "a foreign reply should fall well below the best logit somewhere: {forced:?}");
+    // Bad input is an error, not a panic.
+    let bad = |prompt: Vec<i32>, output: Vec<i32>, top_k: usize| e.score(&ScoreRequest { prompt, output, top_k });
+    assert!(matches!(bad(vec![], own.clone(), 8), Err(Error::InvalidParam { .. })));
+    assert!(matches!(bad(prepared.tokens.clone(), vec![], 8), Err(Error::InvalidParam { .. })));
+    assert!(matches!(bad(prepared.tokens.clone(), vec![i32::MAX], 8), Err(Error::InvalidParam { .. })));
+    assert!(matches!(bad(prepared.tokens.clone(), own.clone(), 0), Err(Error::InvalidParam { .. })));
+    assert!(matches!(bad(vec![1; 100_000], own, 8), Err(Error::PromptTooLong { .. })));
 }
 
 #[test]

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
@@ -21,12 +23,14 @@ use crate::gguf::GgufFile;
 use crate::template::ChatTemplate;
 use crate::text::{STOP_STRING_BYTES_MAX, STOP_STRINGS_MAX};
 use crate::{
-    CachedModel, Engine, Error, Event, GenerateRequest, Generation, LlamaConfig, Load, ModelInfo, Prepared, Prompt,
-    TokenId,
+    CachedModel, Engine, Error, Event, GenerateRequest, Generation, LlamaConfig, Load, ModelInfo, PositionScore,
+    Prepared, Prompt, SCORE_TOP_K_MAX, ScoreRequest, TokenId,
 };
 
 /// llama.cpp allows one backend per process.
 static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+/// Most positions whose logits one scoring decode returns (each row is a vocabulary of floats).
+const SCORE_ROWS_PER_DECODE: usize = 64;
 /// llama.cpp context creation is not safe to run concurrently.
 static CONTEXT_LOCK: Mutex<()> = Mutex::new(());
 
@@ -283,6 +287,71 @@ impl Engine for LlamaEngine {
                 Err(Error::EngineStopped)
             }
         }
+    }
+
+    fn score(&self, request: &ScoreRequest) -> Result<Vec<PositionScore>, Error> {
+        let (prompt, output) = (&request.prompt, &request.output);
+        let vocab_size = self.model.n_vocab();
+        let total = prompt.len() + output.len();
+        if prompt.is_empty() || output.is_empty() {
+            return Err(Error::invalid("score", "both the prompt and the output must be non-empty"));
+        }
+        if total > self.info.request_tokens_max as usize {
+            return Err(Error::PromptTooLong { tokens: total, max: self.info.request_tokens_max as usize });
+        }
+        if prompt.iter().chain(output).any(|&t| t < 0 || t >= vocab_size) {
+            return Err(Error::invalid("score", "a token id is outside this model's vocabulary"));
+        }
+        if request.top_k == 0 || request.top_k > SCORE_TOP_K_MAX {
+            return Err(Error::invalid("top_k", format!("must be between 1 and {SCORE_TOP_K_MAX}")));
+        }
+        let n_batch = self.config.batch_tokens.get();
+        let params = LlamaContextParams::default()
+            .with_n_ctx(std::num::NonZeroU32::new((total as u32).div_ceil(256) * 256))
+            .with_n_batch(n_batch)
+            .with_n_ubatch(self.config.ubatch_tokens.get())
+            .with_n_seq_max(1)
+            .with_n_threads(self.config.threads.get() as i32)
+            .with_n_threads_batch(self.config.threads_batch.get() as i32);
+        let mut ctx = {
+            let _guard = CONTEXT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            self.model.new_context(backend()?, params)
+        }
+        .map_err(|e| Error::Engine(format!("creating a scoring context: {e}")))?;
+        // Logits are wanted where the next token is an output token: the last prompt position
+        // and every output position but the last.
+        let tokens: Vec<LlamaToken> = prompt.iter().chain(output).map(|&t| LlamaToken(t)).collect();
+        let first_wanted = prompt.len() - 1;
+        let mut batch = LlamaBatch::new(n_batch as usize, 1);
+        let mut scores = Vec::with_capacity(output.len());
+        // Prompt chunks of a whole batch; output chunks small enough that the logits buffer
+        // (rows x vocabulary floats) stays a few MB.
+        let mut bounds = Vec::new();
+        let mut start = 0;
+        while start < total - 1 {
+            let step =
+                if start >= first_wanted { (n_batch as usize).min(SCORE_ROWS_PER_DECODE) } else { n_batch as usize };
+            let end = (start + step).min(total - 1);
+            let end = if start < first_wanted { end.min(first_wanted) } else { end };
+            bounds.push((start, end));
+            start = end;
+        }
+        for (start, end) in bounds {
+            batch.clear();
+            for (i, &t) in tokens.iter().enumerate().take(end).skip(start) {
+                batch.add(t, i as i32, &[0], i >= first_wanted).map_err(|e| Error::Engine(e.to_string()))?;
+            }
+            ctx.decode(&mut batch).map_err(|e| Error::Engine(format!("scoring decode failed: {e}")))?;
+            for i in start.max(first_wanted)..end {
+                let logits = ctx.get_logits_ith((i - start) as i32);
+                let next = tokens[i + 1].0;
+                scores.push(PositionScore {
+                    token_logit: logits.get(next as usize).copied().unwrap_or(f32::NEG_INFINITY),
+                    top: crate::fingerprint::top_k(logits, request.top_k),
+                });
+            }
+        }
+        Ok(scores)
     }
 
     fn load(&self) -> Load {

@@ -1,7 +1,9 @@
 //! End-to-end tests: real `plexus` processes talking over loopback sockets.
 
+mod attack;
 mod chain;
 mod paid;
 mod serve;
+mod setup;
 mod upgrade;
 mod util;
