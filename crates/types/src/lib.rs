@@ -40,7 +40,8 @@ pub const UNITS_PER_PLX: Amount = 1_000_000;
 /// Signature namespaces. Each kind of signed object has its own, so a signature made for one can
 /// never be replayed as another.
 pub mod namespace {
-    /// Transactions. The signed message is the chain id followed by the transaction body.
+    /// Transactions. The signed message is the chain id followed by the transaction body, as
+    /// for every kind below ([`crate::receipt::bound`]).
     pub const TX: &[u8] = b"plexus/tx/v1";
     /// Client-signed cumulative usage receipts.
     pub const RECEIPT: &[u8] = b"plexus/receipt/v1";
@@ -50,6 +51,7 @@ pub mod namespace {
     pub const CONSENSUS: &[u8] = b"plexus/consensus/v1";
     /// Peer-to-peer handshakes (passed to the network layer).
     pub const P2P: &[u8] = b"plexus/p2p/v1";
-    /// A session's client proving to a provider that it holds the session's key.
+    /// A session's client proving to a provider that it holds the session's key (the signed
+    /// message binds the chain id too).
     pub const SESSION_AUTH: &[u8] = b"plexus/session-auth/v1";
 }

@@ -56,10 +56,21 @@ impl Read for Receipt {
 }
 
 impl Receipt {
-    pub fn sign(self, client: &PrivateKey) -> SignedReceipt {
-        let signature = client.sign(namespace::RECEIPT, &to_vec(&self));
+    /// Signs for `chain_id`: the signature is valid on that chain only.
+    pub fn sign(self, client: &PrivateKey, chain_id: &str) -> SignedReceipt {
+        let signature = client.sign(namespace::RECEIPT, &bound(chain_id, &to_vec(&self)));
         SignedReceipt { receipt: self, signature }
     }
+}
+
+/// What every Plexus signature covers besides its type tag (the namespace): the chain id, then
+/// the object's canonical encoding. A signature made on one network never verifies on another,
+/// even where the same keys are used.
+pub fn bound(chain_id: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(crate::codec::str_size(chain_id) + body.len());
+    crate::codec::write_str(chain_id, &mut m);
+    m.extend_from_slice(body);
+    m
 }
 
 /// A receipt with the client's signature.
@@ -70,8 +81,9 @@ pub struct SignedReceipt {
 }
 
 impl SignedReceipt {
-    pub fn verify(&self, client: &Address) -> bool {
-        client.verify(namespace::RECEIPT, &to_vec(&self.receipt), &self.signature)
+    /// True when `client` signed this receipt for `chain_id`.
+    pub fn verify(&self, client: &Address, chain_id: &str) -> bool {
+        client.verify(namespace::RECEIPT, &bound(chain_id, &to_vec(&self.receipt)), &self.signature)
     }
 
     /// Decodes exactly one signed receipt from untrusted bytes.
@@ -164,12 +176,14 @@ impl Attestation {
         crate::hash(&to_vec(self))
     }
 
-    pub fn sign(&self, provider: &PrivateKey) -> Sig {
-        provider.sign(namespace::ATTESTATION, &to_vec(self))
+    /// Signs for `chain_id` (see [`bound`]).
+    pub fn sign(&self, provider: &PrivateKey, chain_id: &str) -> Sig {
+        provider.sign(namespace::ATTESTATION, &bound(chain_id, &to_vec(self)))
     }
 
-    pub fn verify(&self, provider: &Address, sig: &Sig) -> bool {
-        provider.verify(namespace::ATTESTATION, &to_vec(self), sig)
+    /// True when `provider` signed this attestation for `chain_id`.
+    pub fn verify(&self, provider: &Address, sig: &Sig, chain_id: &str) -> bool {
+        provider.verify(namespace::ATTESTATION, &bound(chain_id, &to_vec(self)), sig)
     }
 }
 
@@ -198,18 +212,43 @@ impl SessionAuth {
         m
     }
 
-    pub fn sign(&self, client: &PrivateKey) -> Sig {
-        client.sign(namespace::SESSION_AUTH, &self.message())
+    /// Signs for `chain_id` (see [`bound`]).
+    pub fn sign(&self, client: &PrivateKey, chain_id: &str) -> Sig {
+        client.sign(namespace::SESSION_AUTH, &bound(chain_id, &self.message()))
     }
 
-    pub fn verify(&self, client: &Address, sig: &Sig) -> bool {
-        client.verify(namespace::SESSION_AUTH, &self.message(), sig)
+    /// True when `client` signed this proof for `chain_id`.
+    pub fn verify(&self, client: &Address, sig: &Sig, chain_id: &str) -> bool {
+        client.verify(namespace::SESSION_AUTH, &bound(chain_id, &self.message()), sig)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attestations_and_session_proofs_are_bound_to_their_chain() {
+        let key = PrivateKey::from_seed(5);
+        let att = Attestation {
+            request_hash: crate::hash(b"r"),
+            output_hash: crate::hash(b"o"),
+            model: crate::hash(b"m"),
+            input_tokens: 3,
+            output_tokens: 4,
+            logits_fingerprint: Hash::ZERO,
+        };
+        let sig = att.sign(&key, "chain-a");
+        assert!(att.verify(&key.address(), &sig, "chain-a"));
+        assert!(!att.verify(&key.address(), &sig, "chain-b"));
+        let auth = SessionAuth { session: crate::hash(b"s"), provider: key.address(), nonce: 9 };
+        let sig = auth.sign(&key, "chain-a");
+        assert!(auth.verify(&key.address(), &sig, "chain-a"));
+        assert!(!auth.verify(&key.address(), &sig, "chain-b"));
+        // A signature of one kind never passes as another, even over the same bytes.
+        let receipt_sig = key.sign(namespace::RECEIPT, &bound("chain-a", &to_vec(&att)));
+        assert!(!att.verify(&key.address(), &receipt_sig, "chain-a"));
+    }
 
     #[test]
     fn receipt_signature_roundtrip() {
@@ -222,9 +261,10 @@ mod tests {
             cum_amount: 12345,
             outputs_root: crate::hash(b"o"),
         };
-        let signed = r.clone().sign(&client);
-        assert!(signed.verify(&client.address()));
-        assert!(!signed.verify(&PrivateKey::from_seed(4).address()));
+        let signed = r.clone().sign(&client, "chain-a");
+        assert!(signed.verify(&client.address(), "chain-a"));
+        assert!(!signed.verify(&client.address(), "chain-b"), "a receipt is valid on its own chain only");
+        assert!(!signed.verify(&PrivateKey::from_seed(4).address(), "chain-a"));
         let bytes = to_vec(&signed);
         assert_eq!(bytes.len(), SignedReceipt::SIZE);
         let back = SignedReceipt::decode(&bytes).unwrap();
@@ -233,6 +273,6 @@ mod tests {
         assert_eq!(back, signed);
         let mut forged = signed.clone();
         forged.receipt.cum_amount += 1;
-        assert!(!forged.verify(&client.address()));
+        assert!(!forged.verify(&client.address(), "chain-a"));
     }
 }
