@@ -5,8 +5,11 @@
 //! Execution is a synchronous, pure function of (state, block): it reads through
 //! [`state::StateRead`], returns a sorted [`state::ChangeSet`] and never reads a clock, a random
 //! source or the network. Money is integer base units; amounts round toward zero and the
-//! remainder is named. After every block the supply is checked: the sum of balances, bonded and
-//! unbonding stake, session escrow, treasury and governance deposits equals the total supply.
+//! remainder is named. After every block, under every version, conservation is checked from what
+//! the block actually wrote ([`state::check_conservation`]): each changed record's amounts move
+//! its supply bucket by exactly as much, only burning lowers the total, and balances, bonded and
+//! unbonding stake, session escrow, treasury and governance deposits add up to it. A version
+//! that breaks it (or panics) on a block is rolled back for that block by every node alike.
 //!
 //! This crate does not persist anything (the data layer commits change sets), does not order
 //! transactions (consensus does) and does not know how inference runs: receipts arrive as signed
@@ -188,6 +191,13 @@ pub enum Event {
     ParamChanged {
         name: String,
         value: u128,
+    },
+    /// A passed parameter change that would have left the parameters out of range or
+    /// inconsistent when it was due, so it was not applied.
+    ParamChangeRejected {
+        name: String,
+        value: u128,
+        reason: String,
     },
     TreasurySpent {
         to: Address,
@@ -390,13 +400,15 @@ impl Executor {
         env: &BlockEnv,
         txs: &[SignedTx],
     ) -> Result<BlockOutcome, BlockError> {
-        match version {
+        let outcome = match version {
             1 => v1::execute_block(self, state, env, txs),
             2 => v2::execute_block(self, state, env, txs),
             #[cfg(feature = "faulty-version")]
             faulty::VERSION => faulty::execute_block(self, state, env, txs),
             v => Err(BlockError::UnsupportedVersion(v)),
-        }
+        }?;
+        state::check_conservation(state, &outcome.changes).map_err(BlockError::Invariant)?;
+        Ok(outcome)
     }
 
     /// Adds the record of an aborted upgrade to an outcome computed under the previous version.
@@ -474,12 +486,16 @@ impl Executor {
         let version = read_execution_version(state);
         let build = |v: u16| {
             let candidates = candidates.clone();
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match v {
-                1 => Ok(v1::build_block(self, state, env, candidates, max_txs, max_bytes)),
-                2 => v2::build_block(self, state, env, candidates, max_txs, max_bytes),
-                #[cfg(feature = "faulty-version")]
-                faulty::VERSION => faulty::build_block(self, state, env, candidates, max_txs, max_bytes),
-                v => Err(BlockError::UnsupportedVersion(v)),
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let built = match v {
+                    1 => Ok(v1::build_block(self, state, env, candidates, max_txs, max_bytes)),
+                    2 => v2::build_block(self, state, env, candidates, max_txs, max_bytes),
+                    #[cfg(feature = "faulty-version")]
+                    faulty::VERSION => faulty::build_block(self, state, env, candidates, max_txs, max_bytes),
+                    v => Err(BlockError::UnsupportedVersion(v)),
+                }?;
+                state::check_conservation(state, &built.1.changes).map_err(BlockError::Invariant)?;
+                Ok(built)
             }));
             match run {
                 Ok(Ok(r)) => Ok(r),

@@ -153,6 +153,8 @@ pub mod table {
     pub const PARAM_CHANGES: u8 = 0x0f;
     /// Data v2: sessions by client (key = client ‖ session, empty value).
     pub const SESSION_BY_CLIENT: u8 = 0x10;
+    /// Model names: the name → the one model registered under it, and who registered it.
+    pub const MODEL_NAME: u8 = 0x11;
 }
 
 fn key(prefix: u8, body: &[u8]) -> Vec<u8> {
@@ -211,6 +213,9 @@ pub mod keys {
     }
     pub fn param_changes(h: Height) -> Vec<u8> {
         key(table::PARAM_CHANGES, &h.to_be_bytes())
+    }
+    pub fn model_name(name: &str) -> Vec<u8> {
+        key(table::MODEL_NAME, name.as_bytes())
     }
     pub fn session_by_client(client: &Address, session: &Hash) -> Vec<u8> {
         let mut body = client.as_bytes().to_vec();
@@ -292,6 +297,14 @@ impl Session {
     pub fn remaining(&self) -> Amount {
         if self.status == SessionStatus::Closed { 0 } else { self.deposit - self.settled_amount }
     }
+}
+
+/// Who owns a model name: the account that registered the first (and only) manifest under it.
+/// Names are identities clients ask for, so nobody else can put another model behind one.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ModelName {
+    pub id: ModelId,
+    pub owner: Address,
 }
 
 /// Conflicting-vote evidence, recorded once per offence.
@@ -376,6 +389,7 @@ macro_rules! codec_struct {
 }
 
 codec_struct!(Account { balance: u128, nonce: u64 });
+codec_struct!(ModelName { id: Hash, owner: Address });
 codec_struct!(Stake { bonded: u128, p2p_address: str });
 codec_struct!(Provider { info: ProviderInfo, registered_height: u64 });
 codec_struct!(EvidenceRecord { offender: Address, epoch: u64, view: u64, kind: str, reporter: Address, height: u64 });
@@ -742,6 +756,103 @@ pub fn audit(map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Supply, String> {
         return Err(format!("supply not conserved: {s:?}"));
     }
     Ok(s)
+}
+
+/// How much of one supply bucket the changed records hold, before and after a block.
+#[derive(Default)]
+struct Moved {
+    before: Amount,
+    after: Amount,
+}
+
+impl Moved {
+    fn add(&mut self, before: Amount, after: Amount) -> Result<(), String> {
+        let overflow = || "a bucket's records overflow".to_string();
+        self.before = self.before.checked_add(before).ok_or_else(overflow)?;
+        self.after = self.after.checked_add(after).ok_or_else(overflow)?;
+        Ok(())
+    }
+
+    /// The bucket's aggregate must have moved exactly as its changed records did.
+    fn check(&self, name: &str, before: Amount, after: Amount) -> Result<(), String> {
+        // after - before == self.after - self.before, without signed arithmetic.
+        let lhs = after.checked_add(self.before);
+        let rhs = before.checked_add(self.after);
+        if lhs.is_none() || lhs != rhs {
+            return Err(format!(
+                "{name}: the supply moved from {before} to {after} but its changed records from {} to {}",
+                self.before, self.after
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Conservation checked from what a block actually wrote: for every changed record (accounts,
+/// stakes, unbonding buckets, sessions, open proposals) its old and new amounts, summed per
+/// supply bucket, must move that bucket's aggregate by exactly as much; the total may only fall
+/// by what was burned; and the new aggregates must add up to the total. A version that writes
+/// a balance, stake or escrow without moving the matching aggregate (or mints into one) breaks
+/// it, whatever counters it keeps. Cost: two decodes per changed record.
+pub fn check_conservation(base: &dyn StateRead, changes: &ChangeSet) -> Result<(), String> {
+    let old_supply: Supply = decode_record(keys::SUPPLY, &base.get(keys::SUPPLY).ok_or("no supply record")?);
+    let new_supply: Supply = match changes.get(keys::SUPPLY) {
+        Some(Some(bytes)) => decode_record(keys::SUPPLY, bytes),
+        Some(None) => return Err("the supply record was deleted".into()),
+        None => old_supply.clone(),
+    };
+    let (mut balances, mut bonded, mut unbonding, mut escrow, mut deposits) =
+        (Moved::default(), Moved::default(), Moved::default(), Moved::default(), Moved::default());
+    for (key, new) in changes {
+        let Some(&table_id) = key.first() else { continue };
+        let old = base.get(key);
+        let (old, new) = (old.as_deref(), new.as_deref());
+        let amount = |bytes: Option<&[u8]>, f: &dyn Fn(&[u8]) -> Amount| bytes.map_or(0, f);
+        match table_id {
+            table::ACCOUNT => {
+                let f = |b: &[u8]| decode_record::<Account>(key, b).balance;
+                balances.add(amount(old, &f), amount(new, &f))?;
+            }
+            table::STAKE => {
+                let f = |b: &[u8]| decode_record::<Stake>(key, b).bonded;
+                bonded.add(amount(old, &f), amount(new, &f))?;
+            }
+            table::UNBONDING => {
+                let f = |b: &[u8]| {
+                    decode_record::<UnbondingBucket>(key, b).0.iter().fold(0u128, |a, (_, x)| a.saturating_add(*x))
+                };
+                unbonding.add(amount(old, &f), amount(new, &f))?;
+            }
+            table::SESSION => {
+                let f = |b: &[u8]| decode_record::<Session>(key, b).remaining();
+                escrow.add(amount(old, &f), amount(new, &f))?;
+            }
+            table::PROPOSAL => {
+                let f = |b: &[u8]| {
+                    let p = decode_record::<crate::gov::Proposal>(key, b);
+                    if p.status == crate::gov::ProposalStatus::Voting { p.deposit } else { 0 }
+                };
+                deposits.add(amount(old, &f), amount(new, &f))?;
+            }
+            _ => {}
+        }
+    }
+    balances.check("balances", old_supply.balances, new_supply.balances)?;
+    bonded.check("bonded", old_supply.bonded, new_supply.bonded)?;
+    unbonding.check("unbonding", old_supply.unbonding, new_supply.unbonding)?;
+    escrow.check("escrow", old_supply.escrow, new_supply.escrow)?;
+    deposits.check("deposits", old_supply.deposits, new_supply.deposits)?;
+    let burned = new_supply.burned.checked_sub(old_supply.burned).ok_or("the burned amount went down")?;
+    if old_supply.total.checked_sub(burned) != Some(new_supply.total) {
+        return Err(format!(
+            "the total supply moved from {} to {} but only {burned} was burned",
+            old_supply.total, new_supply.total
+        ));
+    }
+    if !new_supply.is_conserved() {
+        return Err(format!("supply not conserved: {new_supply:?}"));
+    }
+    Ok(())
 }
 
 /// Provider info bounds are checked on decode; re-export for the API.

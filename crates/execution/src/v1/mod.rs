@@ -1,9 +1,18 @@
 //! Execution version 1. Never edited once a network has run it: a change of behaviour is a new
 //! module beside this one, selected by the execution version in state.
 //!
+//! Version 1 is this module and [`gov`] (its governance rules), plus the state helpers they
+//! call (`crate::state`'s typed store and money movements, `crate::gov`'s readers). It was
+//! redefined once, before any network ran it, to close the holes found in review (typed
+//! admission errors, voter eligibility, checked parameter changes, a staker index that dust
+//! cannot fill); from then on the golden history in `tests/golden` pins it: every commit must
+//! replay that history to the same state digests.
+//!
 //! Block order: parameter changes due at this height, mature unbondings and session refunds,
 //! then the transactions in order, then governance (votes closing here, upgrades activating or
 //! expiring), then (at the last block of an epoch) the next epoch's validator set.
+
+pub(crate) mod gov;
 
 use plexus_types::params::limits;
 use plexus_types::tx::{ModelPrice, Payload};
@@ -79,17 +88,11 @@ pub(crate) fn check_tx(exec: &Executor, state: &dyn StateRead, height: Height, t
     let mut overlay = Overlay::new(state);
     let params = Store::new(&mut overlay).params();
     let env = BlockEnv { height, proposer: tx.tx.signer.clone() };
-    let result = apply_tx(exec, &mut overlay, &params, &env, tx)?;
-    match result.error {
+    // The payload's own error, from the very run that failed (after the fee was taken), so what
+    // admission reports is exactly what the block would record.
+    match applied(exec, &mut overlay, &params, &env, tx)?.1 {
         None => Ok(()),
-        Some(_) => {
-            // Re-run the payload alone to return the typed error.
-            let mut overlay = Overlay::new(state);
-            let mut store = Store::new(&mut overlay);
-            let err = apply_payload(exec, &mut store, &params, &env, tx, &mut Vec::new())
-                .expect_err("the payload failed a moment ago on the same state");
-            Err(TxError::WouldFail(err))
-        }
+        Some(err) => Err(TxError::WouldFail(err)),
     }
 }
 
@@ -116,7 +119,7 @@ fn begin_block(overlay: &mut Overlay<'_>, env: &BlockEnv) -> Result<(Params, Vec
     }
     // Parameter changes due at this height apply to this block.
     let mut events = Vec::new();
-    crate::gov::begin_block(&mut store, env.height, &mut events)?;
+    gov::begin_block(&mut store, env.height, &mut events)?;
     let params = store.params();
     mature_unbonding(&mut store, env.height, &mut events)?;
     refund_expired_sessions(&mut store, env.height, &mut events)?;
@@ -130,7 +133,7 @@ fn end_block(
     events: &mut Vec<Event>,
 ) -> Result<(), BlockError> {
     let mut store = Store::new(overlay);
-    crate::gov::end_block(&mut store, params, env, events)?;
+    gov::end_block(&mut store, params, env, events)?;
     let mut chain = store.chain();
     chain.height = env.height;
     if params.is_epoch_last(env.height) {
@@ -222,6 +225,17 @@ fn apply_tx(
     env: &BlockEnv,
     tx: &SignedTx,
 ) -> Result<TxResult, TxError> {
+    applied(exec, overlay, params, env, tx).map(|(result, _)| result)
+}
+
+/// [`apply_tx`], also returning the payload's typed error when it failed.
+fn applied(
+    exec: &Executor,
+    overlay: &mut Overlay<'_>,
+    params: &Params,
+    env: &BlockEnv,
+    tx: &SignedTx,
+) -> Result<(TxResult, Option<ExecError>), TxError> {
     let signer = &tx.tx.signer;
     let mut store = Store::new(overlay);
     let mut account = store.account(signer);
@@ -234,9 +248,12 @@ fn apply_tx(
     if account.balance < tx.tx.fee {
         return Err(TxError::CannotPayFee { fee: tx.tx.fee, balance: account.balance });
     }
-    account.nonce += 1;
+    account.nonce =
+        account.nonce.checked_add(1).ok_or(TxError::WrongNonce { expected: account.nonce, got: tx.tx.nonce })?;
     store.set_account(signer, &account);
-    store.debit(signer, tx.tx.fee, Bucket::Treasury).expect("balance was checked above");
+    store
+        .debit(signer, tx.tx.fee, Bucket::Treasury)
+        .map_err(|_| TxError::CannotPayFee { fee: tx.tx.fee, balance: account.balance })?;
 
     let checkpoint = store.overlay.checkpoint();
     let mut events = Vec::new();
@@ -245,10 +262,18 @@ fn apply_tx(
         Err(e) => {
             store.overlay.restore(checkpoint);
             events.clear();
-            Some(e.to_string())
+            Some(e)
         }
     };
-    Ok(TxResult { hash: tx.hash(), kind: tx.tx.payload.kind(), signer: signer.clone(), fee: tx.tx.fee, error, events })
+    let result = TxResult {
+        hash: tx.hash(),
+        kind: tx.tx.payload.kind(),
+        signer: signer.clone(),
+        fee: tx.tx.fee,
+        error: error.as_ref().map(ToString::to_string),
+        events,
+    };
+    Ok((result, error))
 }
 
 fn invalid(msg: impl Into<String>) -> ExecError {
@@ -310,6 +335,15 @@ fn apply_payload(
             if store.read::<plexus_types::ModelManifest>(&keys::model(&id)).is_some() {
                 return Err(invalid(format!("model {id} is already registered")));
             }
+            // One model per name, owned by whoever registered it first: a client asking for a
+            // name gets the weights registered under it, never a look-alike.
+            if let Some(taken) = store.read::<crate::state::ModelName>(&keys::model_name(&manifest.name)) {
+                return Err(ExecError::Forbidden(format!(
+                    "the model name {:?} belongs to {} (model {}); register yours under another name",
+                    manifest.name, taken.owner, taken.id
+                )));
+            }
+            store.write(keys::model_name(&manifest.name), &crate::state::ModelName { id, owner: signer.clone() });
             store.write(keys::model(&id), manifest);
             events.push(Event::ModelRegistered { model: id, name: manifest.name.clone() });
         }
@@ -399,7 +433,7 @@ fn apply_payload(
             let mut settled = 0;
             let mut first_rejection = None;
             for signed in receipts {
-                match settle(store, params, signer, signed, events) {
+                match settle(store, params, exec.chain_id(), signer, signed, events) {
                     Ok(()) => settled += 1,
                     Err(reason) => {
                         let reason = reason.to_string();
@@ -469,12 +503,10 @@ fn apply_payload(
                 kind: proof.kind.to_string(),
             });
         }
-        Payload::SubmitProposal { kind, deposit } => {
-            crate::gov::submit(store, params, env, signer, kind, *deposit, events)?
-        }
-        Payload::Vote { proposal, option } => crate::gov::vote(store, env, signer, *proposal, *option, events)?,
+        Payload::SubmitProposal { kind, deposit } => gov::submit(store, params, env, signer, kind, *deposit, events)?,
+        Payload::Vote { proposal, option } => gov::vote(store, params, env, signer, *proposal, *option, events)?,
         Payload::SignalVersions { versions, shadow_ok } => {
-            crate::gov::signal_versions(store, env, signer, *versions, *shadow_ok, events)?
+            gov::signal_versions(store, env, signer, *versions, *shadow_ok, events)?
         }
     }
     Ok(())
@@ -505,11 +537,28 @@ fn stake(
     let bonded = record.bonded.checked_add(amount).ok_or(ExecError::Overflow)?;
     if bonded >= params.min_stake {
         let mut stakers: AddressList = store.read(keys::STAKERS).unwrap_or_default();
-        if let Err(pos) = stakers.0.binary_search(signer) {
+        if stakers.0.binary_search(signer).is_err() {
             if stakers.0.len() >= limits::STAKERS_MAX {
-                return Err(ExecError::Forbidden(format!("the staker set is full ({} stakers)", limits::STAKERS_MAX)));
+                // Full: the smallest candidate makes room for a larger one (its stake stays
+                // bonded; it is a candidate again once it out-stakes the smallest). Candidates
+                // at the minimum cannot lock better-staked ones out.
+                let (smallest, least) = stakers
+                    .0
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (i, store.stake(a).bonded))
+                    .min_by_key(|&(i, b)| (b, std::cmp::Reverse(i)))
+                    .ok_or_else(|| ExecError::Invalid("the staker set is full and empty".into()))?;
+                if least >= bonded {
+                    return Err(ExecError::Forbidden(format!(
+                        "the staker set is full ({} stakers) and none has less than {bonded} bonded",
+                        limits::STAKERS_MAX
+                    )));
+                }
+                stakers.0.remove(smallest);
             }
-            stakers.0.insert(pos, signer.clone());
+            let at = stakers.0.binary_search(signer).unwrap_or_else(|at| at);
+            stakers.0.insert(at, signer.clone());
             store.write(keys::STAKERS.to_vec(), &stakers);
         }
     }
@@ -636,6 +685,7 @@ pub fn max_cost(input_tokens: u64, output_tokens: u64, input_per_1k: Amount, out
 fn settle(
     store: &mut Store<'_, '_>,
     params: &Params,
+    chain_id: &str,
     provider: &Address,
     signed: &plexus_types::SignedReceipt,
     events: &mut Vec<Event>,
@@ -654,7 +704,7 @@ fn settle(
     {
         return Err(invalid("receipt totals go backwards"));
     }
-    if !signed.verify(&session.client) {
+    if !signed.verify(&session.client, chain_id) {
         return Err(invalid("receipt is not signed by the session's client"));
     }
     if r.cum_amount > session.deposit {
