@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use commonware_runtime::{Clock, Metrics, Spawner, Storage};
 use futures::Stream;
-use plexus_execution::state::{self as st, Session, Stake, UnbondingBucket, scan_table};
+use plexus_execution::state::{self as st, Session, Stake, UnbondingBucket};
 use plexus_types::tx::ProviderInfo;
 use plexus_types::{Address, Amount, Hash, ModelManifest, SignedTx};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,8 @@ pub struct ApiState<E: Storage + Clock + Metrics + Spawner> {
     pub node: NodeInfo,
     /// The network protocol version negotiated with each peer.
     pub peer_versions: plexus_network::hello::PeerVersions,
+    /// Places for `/chain/v1/stream` readers ([`STREAM_SUBSCRIBERS_MAX`]).
+    pub stream_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Facts about the serving node.
@@ -80,6 +82,61 @@ type ApiResult<T> = Result<T, ApiError>;
 fn parse<T: std::str::FromStr<Err = String>>(what: &'static str, s: &str) -> ApiResult<T> {
     s.parse().map_err(|e: String| ApiError::bad_request("bad_argument", format!("{what}: {e}")))
 }
+
+/// Most entries in one page of any listing.
+pub const PAGE_MAX: usize = 100;
+
+/// `?limit=&after=`: a page of a listing. `after` is the `next` cursor of the previous page.
+#[derive(Deserialize, Default)]
+struct Page {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+impl Page {
+    fn limit(&self) -> ApiResult<usize> {
+        match self.limit {
+            None => Ok(PAGE_MAX),
+            Some(0) => Err(ApiError::bad_request("bad_argument", "limit must be at least 1")),
+            Some(n) if n > PAGE_MAX => {
+                Err(ApiError::bad_request("bad_argument", format!("limit must be at most {PAGE_MAX}")))
+            }
+            Some(n) => Ok(n),
+        }
+    }
+
+    fn after<T: std::str::FromStr<Err = String>>(&self) -> ApiResult<Option<T>> {
+        self.after.as_deref().map(|a| parse("after", a)).transpose()
+    }
+}
+
+/// The cursor of the next page: the last entry's, when the page is full.
+fn next_cursor<T: ToString>(len: usize, limit: usize, last: Option<T>) -> Option<String> {
+    (len == limit).then_some(last).flatten().map(|l| l.to_string())
+}
+
+/// The keys of `table` after `after` (a record key body), in order, at most `limit`.
+fn table_page<'m>(
+    map: &'m std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    table: u8,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Vec<(&'m Vec<u8>, &'m Vec<u8>)> {
+    use std::ops::Bound;
+    let start = match after {
+        Some(body) => {
+            let mut k = vec![table];
+            k.extend_from_slice(body);
+            Bound::Excluded(k)
+        }
+        None => Bound::Included(vec![table]),
+    };
+    let end = if table == u8::MAX { Bound::Unbounded } else { Bound::Excluded(vec![table + 1]) };
+    map.range((start, end)).take(limit).collect()
+}
+
+/// Most `/chain/v1/stream` readers at once; more get 503.
+pub const STREAM_SUBSCRIBERS_MAX: usize = 64;
 
 /// Builds the API router.
 pub fn router<E>(state: Arc<ApiState<E>>, body_bytes_max: usize) -> Router
@@ -310,8 +367,10 @@ fn submit_error(e: SubmitError) -> ApiError {
         SubmitError::Mempool(MempoolError::StaleNonce { .. } | MempoolError::NonceTooFarAhead { .. }) => "wrong_nonce",
         SubmitError::Mempool(MempoolError::ReplacementUnderpriced { .. }) => "replacement_underpriced",
         SubmitError::Mempool(MempoolError::Full { .. }) => "mempool_full",
+        SubmitError::Internal(_) => "internal",
     };
     let status = match &e {
+        SubmitError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         SubmitError::Mempool(MempoolError::Full { .. }) => StatusCode::SERVICE_UNAVAILABLE,
         SubmitError::Mempool(MempoolError::AlreadyKnown) => StatusCode::CONFLICT,
         _ => StatusCode::BAD_REQUEST,
@@ -475,11 +534,16 @@ async fn account<E: Storage + Clock + Metrics + Spawner>(
     Path(address): Path<String>,
 ) -> ApiResult<Json<AccountBody>> {
     let address: Address = parse("address", &address)?;
+    let heights = s.chain.indexes().unbonding_heights(&address);
     let view = s.chain.state().view();
-    // Unbonding buckets are keyed by release height, so there are at most
-    // `unbonding_delay_blocks` of them.
-    let unbonding: Amount = scan_table(view.map(), st::table::UNBONDING)
-        .flat_map(|(k, v)| st::decode_record::<UnbondingBucket>(k, v).0)
+    // Only the buckets the index says hold this account's stake.
+    let unbonding: Amount = heights
+        .into_iter()
+        .filter_map(|h| {
+            let key = st::keys::unbonding(h);
+            view.map().get(&key).map(|v| st::decode_record::<UnbondingBucket>(&key, v).0)
+        })
+        .flatten()
         .filter(|(a, _)| a == &address)
         .fold(0, |acc: Amount, (_, amount)| acc.saturating_add(amount));
     let mut overlay = plexus_execution::Overlay::new(&*view);
@@ -531,26 +595,34 @@ fn provider_body<'a>(
 #[derive(Serialize)]
 struct ProvidersBody<'a> {
     providers: Vec<ProviderBody<'a>>,
+    next: Option<String>,
 }
 
-async fn providers<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Response {
+async fn providers<E: Storage + Clock + Metrics + Spawner>(
+    State(s): State<Arc<ApiState<E>>>,
+    Query(page): Query<Page>,
+) -> ApiResult<Response> {
+    let (limit, after) = (page.limit()?, page.after::<Address>()?);
     let view = s.chain.state().view();
-    let found: Vec<(Address, st::Provider, Amount)> = scan_table(view.map(), st::table::PROVIDER)
-        .filter_map(|(k, v)| {
-            let address = Address(commonware_codec::DecodeExt::decode(commonware_codec::Copying(&k[1..])).ok()?);
-            let p: st::Provider = st::decode_record(k, v);
-            let bonded = view
-                .map()
-                .get(&st::keys::stake(&address))
-                .map(|b| st::decode_record::<Stake>(k, b).bonded)
-                .unwrap_or(0);
-            Some((address, p, bonded))
-        })
-        .collect();
+    let found: Vec<(Address, st::Provider, Amount)> =
+        table_page(view.map(), st::table::PROVIDER, after.as_ref().map(Address::as_bytes), limit)
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let address = Address(commonware_codec::DecodeExt::decode(commonware_codec::Copying(&k[1..])).ok()?);
+                let p: st::Provider = st::decode_record(k, v);
+                let bonded = view
+                    .map()
+                    .get(&st::keys::stake(&address))
+                    .map(|b| st::decode_record::<Stake>(k, b).bonded)
+                    .unwrap_or(0);
+                Some((address, p, bonded))
+            })
+            .collect();
     drop(view);
+    let next = next_cursor(found.len(), limit, found.last().map(|f| &f.0));
     let providers =
         found.iter().map(|(a, p, bonded)| provider_body(a, &p.info, p.registered_height, *bonded)).collect();
-    Json(ProvidersBody { providers }).into_response()
+    Ok(Json(ProvidersBody { providers, next }).into_response())
 }
 
 async fn provider<E: Storage + Clock + Metrics + Spawner>(
@@ -569,23 +641,39 @@ async fn provider<E: Storage + Clock + Metrics + Spawner>(
 struct ModelBody {
     id: Hash,
     manifest: ModelManifest,
+    /// The account that registered it, and so owns its name.
+    owner: Option<Address>,
 }
 
-fn model_body(manifest: ModelManifest) -> ModelBody {
-    ModelBody { id: manifest.id(), manifest }
+fn model_body(map: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>, manifest: ModelManifest) -> ModelBody {
+    let key = st::keys::model_name(&manifest.name);
+    let owner = map
+        .get(&key)
+        .map(|v| st::decode_record::<st::ModelName>(&key, v))
+        .filter(|n| n.id == manifest.id())
+        .map(|n| n.owner);
+    ModelBody { id: manifest.id(), manifest, owner }
 }
 
 #[derive(Serialize)]
 struct ModelsBody {
     models: Vec<ModelBody>,
+    next: Option<String>,
 }
 
-async fn models<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<ModelsBody> {
+async fn models<E: Storage + Clock + Metrics + Spawner>(
+    State(s): State<Arc<ApiState<E>>>,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<ModelsBody>> {
+    let (limit, after) = (page.limit()?, page.after::<Hash>()?);
     let view = s.chain.state().view();
-    let models = scan_table(view.map(), st::table::MODEL)
-        .map(|(k, v)| model_body(st::decode_record::<ModelManifest>(k, v)))
-        .collect();
-    Json(ModelsBody { models })
+    let models: Vec<ModelBody> =
+        table_page(view.map(), st::table::MODEL, after.as_ref().map(|h| &h.as_bytes()[..]), limit)
+            .into_iter()
+            .map(|(k, v)| model_body(view.map(), st::decode_record::<ModelManifest>(k, v)))
+            .collect();
+    let next = next_cursor(models.len(), limit, models.last().map(|m| m.id));
+    Ok(Json(ModelsBody { models, next }))
 }
 
 async fn model<E: Storage + Clock + Metrics + Spawner>(
@@ -593,8 +681,10 @@ async fn model<E: Storage + Clock + Metrics + Spawner>(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ModelBody>> {
     let id: Hash = parse("model id", &id)?;
-    let m = s.chain.read(|store| store.read::<ModelManifest>(&st::keys::model(&id)));
-    Ok(Json(model_body(m.ok_or_else(|| ApiError::not_found(format!("model {id}")))?)))
+    let view = s.chain.state().view();
+    let key = st::keys::model(&id);
+    let m = view.map().get(&key).map(|v| st::decode_record::<ModelManifest>(&key, v));
+    Ok(Json(model_body(view.map(), m.ok_or_else(|| ApiError::not_found(format!("model {id}")))?)))
 }
 
 #[derive(Serialize)]
@@ -613,57 +703,52 @@ fn session_body(id: Hash, session: Session) -> SessionBody {
 struct SessionFilter {
     client: Option<String>,
     provider: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
 }
-
-/// Most sessions listed at once.
-const SESSIONS_LIST_MAX: usize = 1_000;
 
 #[derive(Serialize)]
 struct SessionsBody {
     sessions: Vec<SessionBody>,
+    next: Option<String>,
 }
 
+/// `GET /chain/v1/sessions[?client=][&provider=][&limit=][&after=]`: sessions in id order, a
+/// page at a time. A client's or a provider's are read from the node's index of that party.
 async fn sessions<E: Storage + Clock + Metrics + Spawner>(
     State(s): State<Arc<ApiState<E>>>,
     Query(filter): Query<SessionFilter>,
 ) -> ApiResult<Json<SessionsBody>> {
     let client: Option<Address> = filter.client.as_deref().map(|c| parse("client", c)).transpose()?;
     let provider: Option<Address> = filter.provider.as_deref().map(|p| parse("provider", p)).transpose()?;
-    let data_version = s.chain.read(|store| store.versions().data);
+    let page = Page { limit: filter.limit, after: filter.after };
+    let (limit, after) = (page.limit()?, page.after::<Hash>()?);
+    let ids: Option<Vec<Hash>> = match (&client, &provider) {
+        (Some(c), _) => Some(s.chain.indexes().sessions_of_client(c, after.as_ref(), limit)),
+        (None, Some(p)) => Some(s.chain.indexes().sessions_of_provider(p, after.as_ref(), limit)),
+        (None, None) => None,
+    };
     let view = s.chain.state().view();
-    if let (Some(c), true) = (client.as_ref(), data_version >= 2) {
-        // Data v2 indexes sessions by client: read only this client's entries.
-        let mut start = vec![st::table::SESSION_BY_CLIENT];
-        start.extend_from_slice(c.as_bytes());
-        let mut end = start.clone();
-        end.extend_from_slice(&[0xff; 33]);
-        let sessions = view
-            .map()
-            .range(start..end)
-            .filter_map(|(k, _)| {
-                let id = Hash::from_bytes(k[33..65].try_into().ok()?);
-                let bytes = view.map().get(&st::keys::session(&id))?;
-                Some((id, st::decode_record::<Session>(&st::keys::session(&id), bytes)))
-            })
-            .filter(|(_, sess)| provider.as_ref().is_none_or(|p| &sess.provider == p))
-            .take(SESSIONS_LIST_MAX)
-            .map(|(id, sess)| session_body(id, sess))
-            .collect();
-        return Ok(Json(SessionsBody { sessions }));
-    }
-    let sessions = scan_table(view.map(), st::table::SESSION)
-        .map(|(k, v)| {
-            (
-                Hash::from_bytes(k[1..33].try_into().expect("session keys hold a hash")),
-                st::decode_record::<Session>(k, v),
-            )
-        })
-        .filter(|(_, sess)| client.as_ref().is_none_or(|c| &sess.client == c))
+    let read = |id: Hash| {
+        let key = st::keys::session(&id);
+        view.map().get(&key).map(|bytes| (id, st::decode_record::<Session>(&key, bytes)))
+    };
+    let found: Vec<(Hash, Session)> = match ids {
+        Some(ids) => ids.into_iter().filter_map(read).collect(),
+        None => table_page(view.map(), st::table::SESSION, after.as_ref().map(|h| &h.as_bytes()[..]), limit)
+            .into_iter()
+            .filter_map(|(k, v)| Some((Hash::from_bytes(k.get(1..33)?.try_into().ok()?), st::decode_record(k, v))))
+            .collect(),
+    };
+    drop(view);
+    let next = next_cursor(found.len(), limit, found.last().map(|f| f.0));
+    // With both filters, the page is the client's, narrowed to the provider.
+    let sessions = found
+        .into_iter()
         .filter(|(_, sess)| provider.as_ref().is_none_or(|p| &sess.provider == p))
-        .take(SESSIONS_LIST_MAX)
         .map(|(id, sess)| session_body(id, sess))
         .collect();
-    Ok(Json(SessionsBody { sessions }))
+    Ok(Json(SessionsBody { sessions, next }))
 }
 
 async fn session<E: Storage + Clock + Metrics + Spawner>(
@@ -676,17 +761,37 @@ async fn session<E: Storage + Clock + Metrics + Spawner>(
 }
 
 #[derive(Serialize)]
-struct EvidenceBody {
-    evidence: Vec<st::EvidenceRecord>,
+struct EvidenceEntry {
+    id: Hash,
+    #[serde(flatten)]
+    record: st::EvidenceRecord,
 }
 
-/// Conflicting-vote offences recorded on-chain.
-async fn evidence<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<EvidenceBody> {
+#[derive(Serialize)]
+struct EvidenceBody {
+    evidence: Vec<EvidenceEntry>,
+    next: Option<String>,
+}
+
+/// Conflicting-vote offences recorded on-chain, a page at a time.
+async fn evidence<E: Storage + Clock + Metrics + Spawner>(
+    State(s): State<Arc<ApiState<E>>>,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<EvidenceBody>> {
+    let (limit, after) = (page.limit()?, page.after::<Hash>()?);
     let view = s.chain.state().view();
-    let evidence = scan_table(view.map(), st::table::EVIDENCE)
-        .map(|(k, v)| st::decode_record::<st::EvidenceRecord>(k, v))
-        .collect();
-    Json(EvidenceBody { evidence })
+    let evidence: Vec<EvidenceEntry> =
+        table_page(view.map(), st::table::EVIDENCE, after.as_ref().map(|h| &h.as_bytes()[..]), limit)
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some(EvidenceEntry {
+                    id: Hash::from_bytes(k.get(1..33)?.try_into().ok()?),
+                    record: st::decode_record(k, v),
+                })
+            })
+            .collect();
+    let next = next_cursor(evidence.len(), limit, evidence.last().map(|e| e.id));
+    Ok(Json(EvidenceBody { evidence, next }))
 }
 
 // ---- governance ----
@@ -701,22 +806,31 @@ struct ProposalBody {
 #[derive(Serialize)]
 struct ProposalsBody {
     proposals: Vec<ProposalBody>,
+    next: Option<String>,
 }
 
-/// Most proposals listed at once (newest first).
-const PROPOSALS_LIST_MAX: usize = 200;
-
-async fn proposals<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> Json<ProposalsBody> {
-    let view = s.chain.state().view();
-    let mut list: Vec<ProposalBody> = scan_table(view.map(), st::table::PROPOSAL)
-        .map(|(k, v)| ProposalBody {
-            id: u64::from_be_bytes(k[1..9].try_into().expect("proposal keys hold a u64")),
-            proposal: st::decode_record(k, v),
-        })
-        .collect();
-    list.reverse();
-    list.truncate(PROPOSALS_LIST_MAX);
-    Json(ProposalsBody { proposals: list })
+/// Proposals newest first, a page at a time (`after` = the last id seen).
+async fn proposals<E: Storage + Clock + Metrics + Spawner>(
+    State(s): State<Arc<ApiState<E>>>,
+    Query(page): Query<Page>,
+) -> ApiResult<Json<ProposalsBody>> {
+    let limit = page.limit()?;
+    let after: Option<u64> = page
+        .after
+        .as_deref()
+        .map(|a| a.parse().map_err(|e| ApiError::bad_request("bad_argument", format!("after: {e}"))))
+        .transpose()?;
+    let list: Vec<ProposalBody> = s.chain.read(|store| {
+        let next_id = plexus_execution::gov::meta(store).next_proposal;
+        let below = after.map_or(next_id, |a| a.min(next_id));
+        (0..below)
+            .rev()
+            .take(limit)
+            .filter_map(|id| plexus_execution::gov::proposal(store, id).map(|proposal| ProposalBody { id, proposal }))
+            .collect()
+    });
+    let next = next_cursor(list.len(), limit, list.last().map(|p| p.id)).filter(|id| id != "0");
+    Ok(Json(ProposalsBody { proposals: list, next }))
 }
 
 #[derive(Serialize)]
@@ -799,7 +913,8 @@ fn upgrades_body<E: Storage + Clock + Metrics + Spawner>(s: &ApiState<E>) -> Upg
     let (versions, readiness_needed_bps, upgrades) = s.chain.read(|store| {
         let mut list = Vec::new();
         let meta = plexus_execution::gov::meta(store);
-        for id in 0..meta.next_upgrade {
+        // The latest ones only: each needs a passed proposal, so a page covers months.
+        for id in meta.next_upgrade.saturating_sub(PAGE_MAX as u64)..meta.next_upgrade {
             if let Some(u) = plexus_execution::gov::upgrade(store, id) {
                 let now = (u.status == plexus_execution::gov::UpgradeStatus::Pending)
                     .then(|| plexus_execution::gov::readiness(store, u.layer, u.version));
@@ -883,9 +998,18 @@ async fn peers<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiSt
 /// with the number of blocks it missed, and can fetch them by height.
 async fn stream<E: Storage + Clock + Metrics + Spawner>(
     State(s): State<Arc<ApiState<E>>>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let Ok(permit) = s.stream_slots.clone().try_acquire_owned() else {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "too_many_subscribers",
+            message: format!("this node serves at most {STREAM_SUBSCRIBERS_MAX} block streams at once; try later"),
+        });
+    };
     let mut rx = s.chain.subscribe();
     let stream = async_stream::stream! {
+        // Held while the reader is connected; dropped with the stream.
+        let _permit = permit;
         loop {
             match rx.recv().await {
                 Ok(block) => {
@@ -899,5 +1023,5 @@ async fn stream<E: Storage + Clock + Metrics + Spawner>(
             }
         }
     };
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -79,6 +79,9 @@ pub enum SubmitError {
     Tx(#[from] plexus_execution::TxError),
     #[error("{0}")]
     Mempool(#[from] MempoolError),
+    /// Checking the transaction hit a bug (a panic, caught): refused, and the node goes on.
+    #[error("internal error while checking the transaction: {0}")]
+    Internal(String),
 }
 
 /// Something to send to peers.
@@ -108,6 +111,8 @@ struct Inner<E: Storage + Clock + Metrics + Spawner> {
     tx_cost_ns: AtomicU64,
     shadow: Mutex<Shadow>,
     mempool: Mutex<Mempool>,
+    /// The API's indexes over the committed state (sessions by party, unbonding by staker).
+    indexes: std::sync::RwLock<crate::index::Indexes>,
     finalized_tx: broadcast::Sender<Arc<FinalizedBlock>>,
     gossip: Mutex<Option<Gossip>>,
     now_ms: Box<dyn Fn() -> u64 + Send + Sync>,
@@ -180,6 +185,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         let txs_committed = record.txs_before + record.block.txs.len() as u64;
         state.set_block(record.block.hash());
         metrics.height.set(height as i64);
+        let indexes = crate::index::Indexes::build(state.view().map());
         let (finalized_tx, _) = broadcast::channel(256);
         let clock = context.child("clock");
         let now_ms = Box::new(move || {
@@ -199,6 +205,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 tx_cost_ns: AtomicU64::new(50_000),
                 shadow: Mutex::new(Shadow::default()),
                 mempool: Mutex::new(Mempool::new(mempool)),
+                indexes: std::sync::RwLock::new(indexes),
                 finalized_tx,
                 gossip: Mutex::new(None),
                 now_ms,
@@ -235,6 +242,11 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
 
     pub fn metrics(&self) -> &NodeMetrics {
         &self.inner.metrics
+    }
+
+    /// The API's indexes over the committed state.
+    pub fn indexes(&self) -> std::sync::RwLockReadGuard<'_, crate::index::Indexes> {
+        self.inner.indexes.read().expect("index lock")
     }
 
     /// A receiver of every block finalized from now on.
@@ -293,21 +305,34 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         };
         let pending = self.inner.mempool.lock().expect("mempool lock").pending_of(&tx.tx.signer, account_nonce);
         let prior: Vec<&Arc<SignedTx>> = pending.iter().take_while(|p| p.tx.nonce < tx.tx.nonce).collect();
-        if prior.is_empty() {
-            // The sender's next transaction: check it fully, for a precise error now.
-            self.inner.executor.check_tx_signed(&*view, height + 1, &tx, signature_verified)?;
-        } else {
-            // Queued behind others: a constant-time check of signature, fee and balance
-            // (simulating the whole queue on every admission is quadratic in its length).
-            let spend = prior.iter().fold(0u128, |acc, p| {
-                acc.saturating_add(p.tx.fee).saturating_add(plexus_execution::max_spend(&p.tx.payload))
-            });
-            self.inner.executor.check_queued(&*view, &tx, spend, signature_verified)?;
+        // Bytes from anyone reach execution here: a panic in the check (a bug) must refuse this
+        // transaction, never take the node down. No lock is held across the check.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if prior.is_empty() {
+                // The sender's next transaction: check it fully, for a precise error now.
+                self.inner.executor.check_tx_signed(&*view, height + 1, &tx, signature_verified)
+            } else {
+                // Queued behind others: a constant-time check of signature, fee and balance
+                // (simulating the whole queue on every admission is quadratic in its length).
+                let spend = prior.iter().fold(0u128, |acc, p| {
+                    acc.saturating_add(p.tx.fee).saturating_add(plexus_execution::max_spend(&p.tx.payload))
+                });
+                self.inner.executor.check_queued(&*view, &tx, spend, signature_verified)
+            }
+        }));
+        match checked {
+            Ok(result) => result?,
+            Err(panic) => {
+                let message = panic_text(&panic);
+                self.inner.metrics.admission_panics.inc();
+                tracing::error!(%hash, kind = tx.tx.payload.kind(), "checking a transaction panicked: {message}");
+                return Err(SubmitError::Internal(message));
+            }
         }
         drop(view);
         let inserted = self.inner.mempool.lock().expect("mempool lock").insert(tx.clone(), account_nonce)?;
-        if let Inserted::Replaced(old) = inserted {
-            debug!(%old, new = %hash, "replaced by fee");
+        if let Inserted::Replaced { old, dropped } = inserted {
+            debug!(%old, new = %hash, dropped, "replaced by fee; the sender's later transactions were dropped");
         }
         self.inner.metrics.mempool_txs.set(self.mempool_len() as i64);
         if gossip {
@@ -384,9 +409,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                             params.max_block_bytes as usize,
                         )
                         .map(|(included, outcome, dropped)| {
-                            if !dropped.is_empty() {
-                                debug!(dropped = dropped.len(), "left candidates out of the block");
-                            }
+                            self.evict_dropped(&dropped);
                             (included, outcome)
                         })
                 }
@@ -407,6 +430,25 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             .unwrap_or_else(|e| panic!("state store failed; halting: {e}"));
         drop(ancestors);
         Some(Ok(Executed { txs: included, outcome, spec, versions }))
+    }
+
+    /// Forgets candidates the builder found unable ever to apply: they cannot pay their fee
+    /// (nor can the sender's later transactions, which could only follow them). Candidates left
+    /// out for a nonce an unfinalized ancestor already used stay: finalization prunes them.
+    fn evict_dropped(&self, dropped: &[(Hash, plexus_execution::TxError)]) {
+        use plexus_execution::TxError;
+        if dropped.is_empty() {
+            return;
+        }
+        let mut mempool = self.inner.mempool.lock().expect("mempool lock");
+        let mut evicted = 0;
+        for (hash, error) in dropped {
+            if matches!(error, TxError::CannotPayFee { .. } | TxError::FeeTooLow { .. } | TxError::BadSignature) {
+                evicted += mempool.evict_with_followers(hash);
+            }
+        }
+        self.inner.metrics.mempool_txs.set(mempool.len() as i64);
+        debug!(dropped = dropped.len(), evicted, "left candidates out of the block");
     }
 
     /// Most transactions to put in the next proposal so that building it (and so verifying it
@@ -551,6 +593,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             .commit(&pending.spec, &pending.changes, hash)
             .await
             .unwrap_or_else(|e| panic!("cannot commit block {height}: {e}; halting"));
+        self.inner.indexes.write().expect("index lock").apply(&pending.changes);
         self.inner.txs_committed.fetch_add(block.txs.len() as u64, Ordering::SeqCst);
         self.inner.pending.lock().expect("pending lock").retain(|_, p| p.header.height > height);
         {
@@ -562,6 +605,14 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             let mut o = Overlay::new(&*view);
             let store = Store::new(&mut o);
             mempool.prune(|a| store.account(a).nonce);
+            // Only this block's senders can have less than before: check they still pay.
+            let min_fee = store.params().min_tx_fee;
+            let senders: std::collections::BTreeSet<&Address> = block.txs.iter().map(|t| &t.tx.signer).collect();
+            mempool.evict_unpayable(
+                senders,
+                |a| store.account(a).nonce,
+                |t| t.tx.fee >= min_fee && store.account(&t.tx.signer).balance >= t.tx.fee,
+            );
             self.inner.metrics.mempool_txs.set(mempool.len() as i64);
         }
         let m = &self.inner.metrics;
@@ -571,6 +622,15 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         let _ = self.inner.finalized_tx.send(finalized);
         debug!(height, %hash, txs = block.txs.len(), "finalized");
     }
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// The genesis block: height 0, committing to the genesis state root.

@@ -10,7 +10,9 @@
 pub mod api;
 pub mod chain;
 pub mod config;
+pub mod drill;
 pub mod gossip;
+pub mod index;
 pub mod keyfile;
 pub mod mempool;
 pub mod metrics;

@@ -1,8 +1,17 @@
 //! The pool of transactions waiting to be ordered: bounded in count, bytes and per sender;
 //! ordered by fee across senders and by nonce within a sender; replace-by-fee for the same
 //! nonce; lowest-fee eviction when full.
+//!
+//! Under adversarial fees:
+//! - Replacing a transaction drops every later one of the same sender: they were admitted
+//!   against what the replaced one would spend, and may no longer be payable.
+//! - A transaction the block builder finds unable to pay its fee is evicted with its followers
+//!   ([`Mempool::evict_with_followers`]), so junk cannot keep taking candidate slots.
+//! - A quarter of every block's candidates go to the oldest ready transactions whatever their
+//!   fees ([`AGE_LANE_DIVISOR`]): a minimum-fee transaction with `k` older transactions ahead of
+//!   it is offered within `ceil((k + 1) / (max / 4))` proposals, however much others pay.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use commonware_codec::EncodeSize;
@@ -25,6 +34,10 @@ impl Default for MempoolConfig {
     }
 }
 
+/// One in this many block candidates is taken by age (oldest ready transaction first) instead
+/// of by fee.
+pub const AGE_LANE_DIVISOR: usize = 4;
+
 /// Why a transaction was not added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MempoolError {
@@ -45,7 +58,11 @@ pub enum MempoolError {
 pub enum Inserted {
     New,
     /// Replaced a lower-fee transaction with the same nonce.
-    Replaced(Hash),
+    Replaced {
+        old: Hash,
+        /// The sender's later transactions, dropped with it.
+        dropped: usize,
+    },
 }
 
 #[derive(Default)]
@@ -156,6 +173,12 @@ impl Mempool {
         for hash in replaced.iter().chain(&evict) {
             self.remove(hash);
         }
+        // Whatever was queued behind a replaced transaction was admitted against what the old
+        // one would spend; the new one may spend more. Drop it: the sender re-submits.
+        let dropped = match replaced {
+            Some(_) => self.remove_from(&sender, nonce + 1),
+            None => 0,
+        };
         self.seq += 1;
         let entry = Entry { tx: Arc::new(tx), hash, seq: self.seq, size };
         self.by_fee.insert((fee, self.seq, hash));
@@ -163,9 +186,49 @@ impl Mempool {
         self.bytes += size;
         self.by_sender.entry(sender).or_default().insert(nonce, entry);
         Ok(match replaced {
-            Some(old) => Inserted::Replaced(old),
+            Some(old) => Inserted::Replaced { old, dropped },
             None => Inserted::New,
         })
+    }
+
+    /// Removes `sender`'s transactions with nonces from `nonce` on; returns how many.
+    fn remove_from(&mut self, sender: &Address, nonce: u64) -> usize {
+        let later: Vec<Hash> =
+            self.by_sender.get(sender).map(|txs| txs.range(nonce..).map(|(_, e)| e.hash).collect()).unwrap_or_default();
+        for hash in &later {
+            self.remove(hash);
+        }
+        later.len()
+    }
+
+    /// Removes a transaction that can never apply (it cannot pay its fee) and the same sender's
+    /// later ones, which could only follow it. Returns how many were removed.
+    pub fn evict_with_followers(&mut self, hash: &Hash) -> usize {
+        let Some((sender, nonce)) = self.by_hash.get(hash).cloned() else { return 0 };
+        self.remove_from(&sender, nonce)
+    }
+
+    /// Evicts, for each of `senders`, its next ready transaction and its followers when
+    /// `can_pay(tx)` says the sender's balance no longer covers that transaction's fee (a
+    /// balance only falls through the sender's own transactions, so after a block only its
+    /// senders need a look). Returns how many were removed.
+    pub fn evict_unpayable<'a>(
+        &mut self,
+        senders: impl IntoIterator<Item = &'a Address>,
+        account_nonce: impl Fn(&Address) -> u64,
+        can_pay: impl Fn(&SignedTx) -> bool,
+    ) -> usize {
+        let mut removed = 0;
+        for sender in senders {
+            let next = account_nonce(sender);
+            let head = self.by_sender.get(sender).and_then(|txs| txs.get(&next)).map(|e| (e.hash, e.tx.clone()));
+            if let Some((hash, tx)) = head {
+                if !can_pay(&tx) {
+                    removed += self.evict_with_followers(&hash);
+                }
+            }
+        }
+        removed
     }
 
     fn size_of(&self, hash: &Hash) -> usize {
@@ -200,26 +263,47 @@ impl Mempool {
         }
     }
 
-    /// Block candidates: the highest-fee ready transaction first, where a sender's transaction
-    /// is ready once all its lower nonces are taken. At most `max` transactions.
+    /// Block candidates, at most `max`: a sender's transaction is ready once all its lower
+    /// nonces are taken. The first quarter ([`AGE_LANE_DIVISOR`]) are the oldest ready
+    /// transactions, the rest the highest-fee ones (earliest first among equal fees); so
+    /// paying more gets a transaction in sooner, but never keeps a cheaper one out for long.
     pub fn candidates(&self, account_nonce: impl Fn(&Address) -> u64, max: usize) -> Vec<SignedTx> {
-        // Heap of each sender's next ready transaction, by (fee, earliest insertion).
-        let mut heap = BinaryHeap::new();
+        // Each sender's next ready transaction, indexed by fee and by age.
+        let mut by_fee: BTreeSet<(Amount, std::cmp::Reverse<u64>, &Address, u64)> = BTreeSet::new();
+        let mut by_age: BTreeSet<(u64, &Address, u64)> = BTreeSet::new();
         for (sender, txs) in &self.by_sender {
             let next = account_nonce(sender);
             if let Some(e) = txs.get(&next) {
-                heap.push((e.tx.tx.fee, std::cmp::Reverse(e.seq), sender, next));
+                by_fee.insert((e.tx.tx.fee, std::cmp::Reverse(e.seq), sender, next));
+                by_age.insert((e.seq, sender, next));
             }
         }
-        let mut out = Vec::new();
-        while let Some((_, _, sender, nonce)) = heap.pop() {
-            if out.len() >= max {
-                break;
-            }
+        let lane = max / AGE_LANE_DIVISOR;
+        let mut out = Vec::with_capacity(max.min(self.len()));
+        while out.len() < max {
+            let take_oldest = out.len() < lane;
+            let (sender, nonce) = if take_oldest {
+                match by_age.pop_first() {
+                    Some((_, sender, nonce)) => (sender, nonce),
+                    None => break,
+                }
+            } else {
+                match by_fee.pop_last() {
+                    Some((_, _, sender, nonce)) => (sender, nonce),
+                    None => break,
+                }
+            };
             let txs = &self.by_sender[sender];
-            out.push(txs[&nonce].tx.as_ref().clone());
-            if let Some(e) = txs.get(&(nonce + 1)) {
-                heap.push((e.tx.tx.fee, std::cmp::Reverse(e.seq), sender, nonce + 1));
+            let e = &txs[&nonce];
+            if take_oldest {
+                by_fee.remove(&(e.tx.tx.fee, std::cmp::Reverse(e.seq), sender, nonce));
+            } else {
+                by_age.remove(&(e.seq, sender, nonce));
+            }
+            out.push(e.tx.as_ref().clone());
+            if let Some(n) = txs.get(&(nonce + 1)) {
+                by_fee.insert((n.tx.tx.fee, std::cmp::Reverse(n.seq), sender, nonce + 1));
+                by_age.insert((n.seq, sender, nonce + 1));
             }
         }
         out
@@ -245,8 +329,9 @@ mod tests {
         m.insert(tx(&a, 1, 100), 0).unwrap();
         m.insert(tx(&b, 0, 50), 0).unwrap();
         let order: Vec<(Address, u64)> =
-            m.candidates(|_| 0, 10).into_iter().map(|t| (t.tx.signer.clone(), t.tx.nonce)).collect();
-        // b0 (50) beats a0 (10); a1 (100) is only ready after a0.
+            m.candidates(|_| 0, 3).into_iter().map(|t| (t.tx.signer.clone(), t.tx.nonce)).collect();
+        // b0 (50) beats a0 (10); a1 (100) is only ready after a0. (Three candidates leave no
+        // room for the age lane.)
         assert_eq!(order, vec![(b.address(), 0), (a.address(), 0), (a.address(), 1)]);
         assert_eq!(m.next_nonce(&a.address(), 0), 2);
     }
@@ -258,12 +343,75 @@ mod tests {
         m.insert(tx(&a, 0, 10), 0).unwrap();
         assert!(matches!(m.insert(tx(&a, 0, 10), 0), Err(MempoolError::AlreadyKnown)));
         assert!(matches!(m.insert(tx(&a, 0, 5), 0), Err(MempoolError::ReplacementUnderpriced { .. })));
-        assert!(matches!(m.insert(tx(&a, 0, 20), 0), Ok(Inserted::Replaced(_))));
+        assert!(matches!(m.insert(tx(&a, 0, 20), 0), Ok(Inserted::Replaced { .. })));
         assert_eq!(m.len(), 1);
         assert!(matches!(m.insert(tx(&a, 3, 20), 5), Err(MempoolError::StaleNonce { .. })));
         m.prune(|_| 1);
         assert!(m.is_empty());
         assert_eq!(m.bytes(), 0);
+    }
+
+    #[test]
+    fn replacing_a_transaction_drops_what_was_queued_behind_it() {
+        let a = PrivateKey::from_seed(1);
+        let b = PrivateKey::from_seed(2);
+        let mut m = Mempool::new(MempoolConfig::default());
+        for nonce in 0..4 {
+            m.insert(tx(&a, nonce, 10), 0).unwrap();
+        }
+        m.insert(tx(&b, 0, 10), 0).unwrap();
+        // Replacing nonce 1 (say, with a transfer of everything) strands nonces 2 and 3.
+        assert!(matches!(m.insert(tx(&a, 1, 20), 0), Ok(Inserted::Replaced { dropped: 2, .. })));
+        assert_eq!(m.next_nonce(&a.address(), 0), 2);
+        assert_eq!(m.len(), 3, "a0, the new a1 and b0");
+        // Unpayable transactions leave with their followers.
+        m.insert(tx(&a, 2, 10), 0).unwrap();
+        let removed = m.evict_unpayable([&a.address(), &b.address()], |_| 1, |t| t.tx.signer != a.address());
+        assert_eq!(removed, 2, "a1 and a2");
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.evict_with_followers(&tx(&b, 0, 10).hash()), 1);
+        assert_eq!(m.evict_with_followers(&tx(&b, 0, 10).hash()), 0);
+    }
+
+    #[test]
+    fn a_minimum_fee_transaction_gets_in_while_others_outbid_it() {
+        // An attacker keeps the pool full of higher fees, more every block than a block holds.
+        // The honest minimum-fee transaction is still offered within the age lane's bound.
+        let mut m = Mempool::new(MempoolConfig { txs_max: 1_000_000, bytes_max: usize::MAX, per_sender_max: 4 });
+        let per_block = 200;
+        let mut next_key = 1_000u64;
+        let mut flood = |m: &mut Mempool, n: usize| {
+            for _ in 0..n {
+                let k = PrivateKey::from_seed(next_key);
+                next_key += 1;
+                m.insert(tx(&k, 0, 1_000_000 + next_key as u128), 0).unwrap();
+            }
+        };
+        flood(&mut m, 1_000);
+        let honest = PrivateKey::from_seed(7);
+        m.insert(tx(&honest, 0, 1), 0).unwrap();
+        let older = 1_000;
+        let lane = per_block / AGE_LANE_DIVISOR;
+        let bound = (older + 1usize).div_ceil(lane);
+        let mut blocks = 0;
+        loop {
+            flood(&mut m, 2 * per_block);
+            let picked = m.candidates(|_| 0, per_block);
+            blocks += 1;
+            let got = picked.iter().any(|t| t.tx.signer == honest.address());
+            for t in picked {
+                m.remove(&t.hash());
+            }
+            if got {
+                break;
+            }
+            assert!(blocks <= bound, "not offered within {bound} blocks");
+        }
+        assert!(blocks <= bound);
+        // Without the age lane it would never be: every block's fee order is all attacker.
+        let mut by_fee_only = m.candidates(|_| 0, per_block);
+        by_fee_only.drain(..lane);
+        assert!(by_fee_only.iter().all(|t| t.tx.fee > 1));
     }
 
     #[test]
@@ -276,8 +424,11 @@ mod tests {
         assert!(matches!(m.insert(tx(&keys[3], 0, 5), 0), Err(MempoolError::Full { .. })));
         m.insert(tx(&keys[4], 0, 50), 0).unwrap();
         assert_eq!(m.len(), 3);
-        let fees: Vec<Amount> = m.candidates(|_| 0, 10).iter().map(|t| t.tx.fee).collect();
+        let fees: Vec<Amount> = m.candidates(|_| 0, 3).iter().map(|t| t.tx.fee).collect();
         assert_eq!(fees, vec![50, 12, 11]);
+        // With room for an age lane, the oldest come first.
+        let fees: Vec<Amount> = m.candidates(|_| 0, 8).iter().map(|t| t.tx.fee).collect();
+        assert_eq!(fees, vec![11, 12, 50]);
         assert!(matches!(m.insert(tx(&keys[0], 9, 50), 0), Err(MempoolError::NonceTooFarAhead { .. })));
     }
 
@@ -292,7 +443,7 @@ mod tests {
         m.insert(tx(&a, 1, 10), 0).unwrap();
         let original = tx(&a, 1, 10).hash();
         // Replacing a1 frees its own slot, so it fits without evicting anything.
-        assert!(matches!(m.insert(tx(&a, 1, 20), 0), Ok(Inserted::Replaced(h)) if h == original));
+        assert!(matches!(m.insert(tx(&a, 1, 20), 0), Ok(Inserted::Replaced { old, .. }) if old == original));
         // A new sender with a low fee cannot evict the higher fees.
         assert!(matches!(m.insert(tx(&b, 0, 15), 0), Err(MempoolError::Full { .. })));
         assert_eq!(m.len(), 2);

@@ -24,6 +24,8 @@ pub struct NodeMetrics {
     pub verify_seconds: std::sync::Arc<Histogram>,
     /// Transactions refused by the API or gossip.
     pub txs_rejected: std::sync::Arc<Counter>,
+    /// Panics caught while checking a transaction from outside (a bug, reported and contained).
+    pub admission_panics: std::sync::Arc<Counter>,
 }
 
 impl NodeMetrics {
@@ -37,6 +39,9 @@ impl NodeMetrics {
             build_seconds: Arc::new(context.histogram("block_build_seconds", "Time to build a proposal", SECONDS)),
             verify_seconds: Arc::new(context.histogram("block_verify_seconds", "Time to verify a proposal", SECONDS)),
             txs_rejected: Arc::new(context.counter("txs_rejected", "Transactions refused by the API or gossip")),
+            admission_panics: Arc::new(
+                context.counter("admission_panics", "Panics caught while checking a transaction from outside"),
+            ),
         }
     }
 }

@@ -22,6 +22,10 @@ use crate::chain::ChainState;
 use crate::config::ProviderSection;
 
 impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> ChainView for ChainState<E> {
+    fn chain_id(&self) -> &str {
+        ChainState::chain_id(self)
+    }
+
     fn session(&self, id: &Hash) -> Option<SessionView> {
         self.read(|store| {
             let s: Session = store.read(&st::keys::session(id))?;
@@ -126,7 +130,8 @@ where
     };
     let provider = Provider::open(chain.clone(), key.address(), config).context("opening the receipt ledger")?;
     let manifests: Vec<ModelManifest> = engines.iter().map(|e| e.info().manifest.clone()).collect();
-    let server = plexus_serve::Server::new(key, engines).with_metering(provider.metering());
+    let serve_config = plexus_serve::ServeConfig { chain_id: chain.chain_id().to_string(), ..Default::default() };
+    let server = plexus_serve::Server::new(key, engines).with_metering(provider.metering()).with_config(serve_config);
     let router = server.router().merge(plexus_provider::router(provider.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

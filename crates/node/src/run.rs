@@ -179,6 +179,7 @@ async fn node(
             version: env!("CARGO_PKG_VERSION"),
         },
         peer_versions,
+        stream_slots: Arc::new(tokio::sync::Semaphore::new(crate::api::STREAM_SUBSCRIBERS_MAX)),
     });
     let router = crate::api::router(api_state, cfg.api.body_bytes_max);
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
