@@ -411,7 +411,13 @@ struct OneSession {
     view: SessionView,
 }
 
+/// The chain id the trivial benchmark's receipts are signed for.
+const BENCH_CHAIN: &str = "plexus-bench";
+
 impl ChainView for OneSession {
+    fn chain_id(&self) -> &str {
+        BENCH_CHAIN
+    }
     fn session(&self, id: &Hash) -> Option<SessionView> {
         (id == &self.id).then(|| self.view.clone())
     }
@@ -455,6 +461,7 @@ async fn trivial(args: &Args) -> anyhow::Result<Trivial> {
         Provider::open(OneSession { id, view }, provider_key.address(), ProviderConfig::new(dir.join("ledger.log")))?;
     let metered = plexus_serve::Server::new(provider_key.clone(), vec![engine.clone()])
         .with_metering(provider.metering())
+        .with_config(plexus_serve::ServeConfig { chain_id: BENCH_CHAIN.into(), ..Default::default() })
         .router()
         .merge(plexus_provider::router(provider.clone()));
     let unmetered = plexus_serve::Server::new(provider_key.clone(), vec![engine]).router();
@@ -468,8 +475,8 @@ async fn trivial(args: &Args) -> anyhow::Result<Trivial> {
     let unmetered_url = serve(unmetered).await?;
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let sig =
-        plexus_types::receipt::SessionAuth { session: id, provider: provider_key.address(), nonce: 1 }.sign(&client);
+    let sig = plexus_types::receipt::SessionAuth { session: id, provider: provider_key.address(), nonce: 1 }
+        .sign(&client, BENCH_CHAIN);
     let token: Value = http
         .post(format!("{metered_url}/plexus/v1/sessions/{id}/token"))
         .json(&json!({"nonce": 1, "signature": sig.to_string()}))
@@ -531,7 +538,7 @@ async fn trivial(args: &Args) -> anyhow::Result<Trivial> {
                                     a.input += 1;
                                     let next = match a.ahead.pop_front() {
                                         Some(signed) => signed,
-                                        None => receipt_for(a.seq, a.input).sign(&client).to_hex(),
+                                        None => receipt_for(a.seq, a.input).sign(&client, BENCH_CHAIN).to_hex(),
                                     };
                                     a.latest = Some(next);
                                 }
@@ -561,7 +568,9 @@ async fn trivial(args: &Args) -> anyhow::Result<Trivial> {
     let count = (metered_rps.max(1_000.0) * 2.5 * args.seconds as f64) as u64;
     let ahead = tokio::task::spawn_blocking({
         let client = client.clone();
-        move || (1..=count).map(|i| receipt_for(seq + i, input + i).sign(&client).to_hex()).collect::<Vec<_>>()
+        move || {
+            (1..=count).map(|i| receipt_for(seq + i, input + i).sign(&client, BENCH_CHAIN).to_hex()).collect::<Vec<_>>()
+        }
     })
     .await?;
     acks.lock().expect("acks").ahead = ahead.into();

@@ -27,7 +27,11 @@ pub struct ProviderRecord {
 #[derive(Deserialize)]
 struct Providers {
     providers: Vec<ProviderRecord>,
+    next: Option<String>,
 }
+
+/// Most pages of a listing the gateway reads in one refresh (100 entries each).
+const LIST_PAGES_MAX: usize = 100;
 
 /// A model as listed by `GET /chain/v1/models`.
 #[derive(Clone, Debug, Deserialize)]
@@ -39,6 +43,7 @@ pub struct ModelRecord {
 #[derive(Deserialize)]
 struct Models {
     models: Vec<ModelRecord>,
+    next: Option<String>,
 }
 
 /// A session as `GET /chain/v1/sessions/{id}` returns it.
@@ -167,12 +172,42 @@ impl ChainClient {
         self.send("/chain/v1/params", None).await
     }
 
+    /// Every registered provider, following the listing's pages.
     pub async fn providers(&self) -> Result<Vec<ProviderRecord>, GatewayError> {
-        Ok(self.send::<Providers>("/chain/v1/providers", None).await?.providers)
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..LIST_PAGES_MAX {
+            let path = match &after {
+                Some(a) => format!("/chain/v1/providers?after={a}"),
+                None => "/chain/v1/providers".to_string(),
+            };
+            let page: Providers = self.send(&path, None).await?;
+            all.extend(page.providers);
+            after = page.next;
+            if after.is_none() {
+                break;
+            }
+        }
+        Ok(all)
     }
 
+    /// Every registered model, following the listing's pages.
     pub async fn models(&self) -> Result<Vec<ModelRecord>, GatewayError> {
-        Ok(self.send::<Models>("/chain/v1/models", None).await?.models)
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..LIST_PAGES_MAX {
+            let path = match &after {
+                Some(a) => format!("/chain/v1/models?after={a}"),
+                None => "/chain/v1/models".to_string(),
+            };
+            let page: Models = self.send(&path, None).await?;
+            all.extend(page.models);
+            after = page.next;
+            if after.is_none() {
+                break;
+            }
+        }
+        Ok(all)
     }
 
     pub async fn session(&self, id: &Hash) -> Result<Option<SessionRecord>, GatewayError> {

@@ -182,6 +182,7 @@ impl App {
 
 /// Reads and checks a provider's attestation of one response.
 fn verify_attestation(
+    chain_id: &str,
     c: &Candidate,
     attestation_hex: &str,
     signature: &str,
@@ -189,7 +190,7 @@ fn verify_attestation(
 ) -> Result<Attestation, String> {
     let att = Attestation::from_hex(attestation_hex)?;
     let sig: Sig = signature.parse()?;
-    if !att.verify(&c.provider, &sig) {
+    if !att.verify(&c.provider, &sig, chain_id) {
         return Err("the attestation is not signed by the provider".into());
     }
     if att.model != c.model {
@@ -278,7 +279,8 @@ async fn forward_once(app: &Arc<App>, wire: Wire, c: &Candidate, body: &Value) -
         let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let output = text_of(&parsed);
         let hv = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let attestation = verify_attestation(c, hv(H_ATTESTATION), hv(H_SIGNATURE), output.as_deref());
+        let attestation =
+            verify_attestation(app.sessions.chain_id(), c, hv(H_ATTESTATION), hv(H_SIGNATURE), output.as_deref());
         let (input, output_tokens, att_hash) = match &attestation {
             Ok(att) => (u64::from(att.input_tokens), u64::from(att.output_tokens), Some(att.hash())),
             Err(e) => {
@@ -507,6 +509,7 @@ async fn stream_from(
         }
         if let Some(p) = v.get("plexus") {
             match verify_attestation(
+                app.sessions.chain_id(),
                 c,
                 p["attestation_hex"].as_str().unwrap_or(""),
                 p["signature"].as_str().unwrap_or(""),

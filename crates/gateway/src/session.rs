@@ -173,6 +173,11 @@ impl Sessions {
         self.key.address()
     }
 
+    /// The chain this gateway's sessions are on.
+    pub fn chain_id(&self) -> &str {
+        &self.chain_id
+    }
+
     /// Every session the gateway knows, live and retired.
     pub fn all(&self) -> Vec<SessionState> {
         let live: Vec<Shared> = self.table.lock().expect("table lock").values().cloned().collect();
@@ -311,7 +316,7 @@ impl Sessions {
             }
             (st.id, st.provider.clone(), st.endpoint.clone(), st.auth_nonce.max(now_ms().saturating_sub(1)) + 1)
         };
-        let signature = SessionAuth { session: id, provider, nonce }.sign(&self.key);
+        let signature = SessionAuth { session: id, provider, nonce }.sign(&self.key, &self.chain_id);
         let url = format!("{endpoint}/plexus/v1/sessions/{id}/token");
         let response = self
             .http
@@ -361,7 +366,7 @@ impl Sessions {
             cum_amount: st.cum_amount,
             outputs_root: st.outputs_root,
         }
-        .sign(&self.key);
+        .sign(&self.key, &self.chain_id);
         let hex = receipt.to_hex();
         st.latest = Some(hex.clone());
         st.delivered = false;
@@ -522,7 +527,7 @@ mod tests {
         let s: Shared = Arc::new(Mutex::new(state()));
         assert_eq!(sessions.acknowledge(&s, 0, 0, None), None, "nothing new, nothing signed");
         let r1 = SignedReceipt::from_hex(&sessions.acknowledge(&s, 1000, 500, None).unwrap()).unwrap();
-        assert!(r1.verify(&key.address()));
+        assert!(r1.verify(&key.address(), "c"));
         // 1000 in at 50/1k + 500 out at 200/1k = 50 + 100.
         assert_eq!((r1.receipt.seq, r1.receipt.cum_amount), (1, 150));
         let att = plexus_types::hash(b"attestation");

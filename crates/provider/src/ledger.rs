@@ -273,7 +273,7 @@ mod tests {
             cum_amount: seq as u128,
             outputs_root: Hash::ZERO,
         }
-        .sign(key)
+        .sign(key, "c")
     }
 
     #[test]

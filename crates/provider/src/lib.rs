@@ -67,6 +67,8 @@ pub struct SessionView {
 
 /// What a provider needs from the chain. Implemented by the node over its committed state.
 pub trait ChainView: Send + Sync + 'static {
+    /// The chain's id: receipts and session proofs are valid for it only.
+    fn chain_id(&self) -> &str;
     /// The session, if it exists.
     fn session(&self, id: &Hash) -> Option<SessionView>;
     /// Height of the last finalized block.

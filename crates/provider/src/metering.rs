@@ -66,7 +66,7 @@ impl<C: ChainView> Provider<C> {
                 return Err(ServeError::bad("receipt", "cumulative totals go backwards"));
             }
         }
-        if !signed.verify(&view.client) {
+        if !signed.verify(&view.client, self.chain().chain_id()) {
             return Err(ServeError::Unauthorized("the receipt is not signed by the session's client".into()));
         }
         let owed = plexus_execution::price_of(&view.price, r.cum_input_tokens, r.cum_output_tokens)
@@ -92,7 +92,7 @@ impl<C: ChainView> Provider<C> {
     pub fn authenticate(&self, session: &Hash, nonce: u64, signature: &Sig) -> Result<[u8; 32], ServeError> {
         let view = self.live_session(session)?;
         let auth = plexus_types::receipt::SessionAuth { session: *session, provider: self.address().clone(), nonce };
-        if !auth.verify(&view.client, signature) {
+        if !auth.verify(&view.client, signature, self.chain().chain_id()) {
             return Err(ServeError::Unauthorized("the proof is not signed by the session's client".into()));
         }
         let mut ledger = self.ledger();

@@ -219,7 +219,7 @@ impl Session {
             output_tokens: completion_tokens,
             logits_fingerprint,
         };
-        let signature = attestation.sign(&self.state.key);
+        let signature = attestation.sign(&self.state.key, &self.state.config.chain_id);
         (attestation, signature)
     }
 
@@ -743,7 +743,7 @@ async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: Resul
                 Usage::default(),
             ),
         };
-        let signature = attestation.sign(&state.key);
+        let signature = attestation.sign(&state.key, &state.config.chain_id);
         state.metrics.prompt_tokens.get_or_create(&Metrics::model(&info.name)).inc_by(u64::from(usage.prompt_tokens));
         state.metering.finish(ticket, &usage, &attestation, &signature);
         let emb = result?;

@@ -41,6 +41,9 @@ pub const HEADER_ATTESTATION: &str = "x-plexus-attestation";
 /// Response header: hex of the provider's signature over the attestation.
 pub const HEADER_SIGNATURE: &str = "x-plexus-signature";
 
+/// The chain id attestations of a server without a chain are signed for.
+pub const STANDALONE_CHAIN_ID: &str = "plexus-standalone";
+
 /// Request header: when present (any value), every streamed chunk carries `plexus_usage`
 /// with the running prompt and completion token counts.
 pub const HEADER_PROGRESS: &str = "x-plexus-progress";
@@ -48,6 +51,9 @@ pub const HEADER_PROGRESS: &str = "x-plexus-progress";
 /// Server settings. None of these has to match across the network.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
+    /// The chain whose sessions pay for requests: every attestation is signed for it and is
+    /// valid there only. `plexus serve` (no chain) uses [`STANDALONE_CHAIN_ID`].
+    pub chain_id: String,
     /// Largest request body accepted, in bytes (larger gets 413).
     pub request_bytes_max: usize,
     /// [`Metering::progress`] is called after every this many generated tokens.
@@ -61,6 +67,7 @@ pub struct ServeConfig {
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
+            chain_id: STANDALONE_CHAIN_ID.to_string(),
             request_bytes_max: 4 << 20,
             meter_every_tokens: NonZeroU32::new(16).expect("non-zero"),
             retry_after_secs: 1,

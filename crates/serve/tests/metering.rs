@@ -98,7 +98,7 @@ async fn metering_admits_stops_and_records_signed_usage() {
         let (usage, att, sig) = finished.last().unwrap();
         assert!(usage.complete);
         assert_eq!(usage.completion_tokens, 8);
-        assert!(att.verify(&key.address(), sig));
+        assert!(att.verify(&key.address(), sig, plexus_serve::STANDALONE_CHAIN_ID));
         assert_eq!(att.output_hash, plexus_types::hash(text.as_bytes()));
         let seen = metering.seen.lock().unwrap();
         assert_eq!(seen.last().map(|s| (s.0, s.2)), Some((Endpoint::ChatCompletions, 8)));
@@ -126,7 +126,7 @@ async fn metering_admits_stops_and_records_signed_usage() {
         let (usage, att, sig) = finished.last().unwrap();
         assert!(!usage.complete);
         assert!(usage.completion_tokens > 20 && usage.completion_tokens < 40, "{usage:?}");
-        assert!(att.verify(&key.address(), sig));
+        assert!(att.verify(&key.address(), sig, plexus_serve::STANDALONE_CHAIN_ID));
         assert_eq!(att.output_tokens, usage.completion_tokens);
         assert_eq!(att.output_hash, plexus_types::hash(delivered.as_bytes()));
     }

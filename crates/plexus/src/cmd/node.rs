@@ -32,6 +32,20 @@ pub enum NodeCmd {
         #[arg(long)]
         home: Option<PathBuf>,
     },
+    /// Drill: send signed transactions straight to the network's validators over p2p gossip, as
+    /// the (stopped) node at --home, skipping every local check — what a peer with a modified
+    /// binary can do. The receiving nodes must refuse what is bad and keep running.
+    GossipRaw {
+        /// Home of a stopped node whose key and p2p address to use.
+        #[arg(long)]
+        home: PathBuf,
+        /// Hex of a signed transaction (repeat for several).
+        #[arg(long = "tx", required = true)]
+        txs: Vec<String>,
+        /// Seconds to wait for peers to connect.
+        #[arg(long, default_value_t = 10)]
+        wait_secs: u64,
+    },
 }
 
 pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
@@ -68,6 +82,20 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
                 bail!("no node home at {} (run `plexus node init --home {}` first)", home.display(), home.display());
             }
             plexus_node::run::run(&config)
+        }
+        NodeCmd::GossipRaw { home, txs, wait_secs } => {
+            let txs = txs
+                .iter()
+                .map(|t| {
+                    let bytes = hex::decode(t.trim()).context("--tx is not hex")?;
+                    plexus_types::SignedTx::decode(&bytes).map_err(|e| anyhow::anyhow!("--tx does not decode: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let config = home.join("config.toml");
+            let sent = plexus_node::drill::gossip_raw(&config, txs, std::time::Duration::from_secs(wait_secs))?;
+            println!("sent to {sent} peers");
+            anyhow::ensure!(sent > 0, "no peer connected within {wait_secs} s");
+            Ok(())
         }
     }
 }

@@ -13,6 +13,9 @@ pub struct QueryOpts {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// For listings: continue after this cursor (the `next` a previous page printed).
+    #[arg(long)]
+    pub after: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -104,11 +107,18 @@ pub fn run(cmd: QueryCmd) -> anyhow::Result<()> {
         QueryCmd::Params(o) => (o, "/chain/v1/params".into(), show_pretty),
         QueryCmd::Supply(o) => (o, "/chain/v1/supply".into(), show_supply),
     };
+    let path = match &opts.after {
+        Some(after) => format!("{path}{}after={after}", if path.contains('?') { '&' } else { '?' }),
+        None => path,
+    };
     let v = Client::new(&opts.node)?.get(&path)?;
     if opts.json {
         super::print_json(&v);
     } else {
         human(&v);
+        if let Some(next) = v["next"].as_str() {
+            println!("(more: add --after {next})");
+        }
     }
     Ok(())
 }

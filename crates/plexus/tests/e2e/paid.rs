@@ -258,7 +258,8 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
     // -- A client that stops signing receipts --
     let id = open_session(&api, &chain_id, &client, &provider, &price, 1_000_000);
     let auth = |nonce: u64, key: &PrivateKey| {
-        let sig = plexus_types::receipt::SessionAuth { session: id, provider: provider.clone(), nonce }.sign(key);
+        let sig =
+            plexus_types::receipt::SessionAuth { session: id, provider: provider.clone(), nonce }.sign(key, &chain_id);
         post(
             &format!("{inference}/plexus/v1/sessions/{id}/token"),
             &json!({"nonce": nonce, "signature": sig.to_string()}),
@@ -300,7 +301,7 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
     let deposit = 500_000;
     let s2 = open_session(&api, &chain_id, &client, &provider, &price, deposit);
     let claim = |r: Receipt, key: &PrivateKey| {
-        send_tx(&api, &chain_id, &provider_key, Payload::Claim { receipts: vec![r.sign(key)] })
+        send_tx(&api, &chain_id, &provider_key, Payload::Claim { receipts: vec![r.sign(key, &chain_id)] })
     };
     let base = Receipt {
         session: s2,
@@ -350,7 +351,7 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
             cum_amount: amount,
             outputs_root: Hash::ZERO,
         }
-        .sign(key)
+        .sign(key, &chain_id)
         .to_hex()
     };
     let send_receipt = |hex: String| post(&format!("{inference}/plexus/v1/receipts"), &json!({"receipt": hex}), &[]);

@@ -107,7 +107,7 @@ fn assert_openai_error(r: reqwest::blocking::Response, status: u16, param: Optio
 }
 
 fn check_attestation(att: &Attestation, sig: &Sig, provider: &Address, output: &str, completion_tokens: u32) {
-    assert!(att.verify(provider, sig), "the attestation signature must verify");
+    assert!(att.verify(provider, sig, plexus_serve::STANDALONE_CHAIN_ID), "the attestation signature must verify");
     assert_eq!(att.output_hash, plexus_types::hash(output.as_bytes()));
     assert_eq!(att.output_tokens, completion_tokens);
 }
@@ -189,7 +189,7 @@ fn openai_api_end_to_end() {
     let att_bytes = hex::decode(r.headers()["x-plexus-attestation"].to_str().unwrap()).unwrap();
     let att: Attestation = plexus_types::codec::decode_bounded(&att_bytes, 1024, &()).unwrap();
     let sig: Sig = r.headers()["x-plexus-signature"].to_str().unwrap().parse().unwrap();
-    assert!(att.verify(&s.provider, &sig));
+    assert!(att.verify(&s.provider, &sig, plexus_serve::STANDALONE_CHAIN_ID));
     let body: Value = r.json().unwrap();
     assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 384);
     assert_eq!(att.input_tokens, 4, "[CLS] hello world [SEP]");
