@@ -1,0 +1,436 @@
+//! `plexus-fuzz`: throws mutated bytes at every decoder that reads from outside (transactions,
+//! blocks, receipts, attestations, gossip batches, version announcements, consensus evidence,
+//! node config, genesis files) and at transaction admission, for a given time, and reports the
+//! executions and any panic. A panic reachable from outside input is a remote crash.
+//!
+//! Coverage-blind but structure-aware: every target starts from valid encodings (a corpus built
+//! here) and applies random edits to them — bit flips, byte overwrites with boundary values,
+//! insertions, deletions, truncations, length-field corruption, splices of two inputs — so most
+//! inputs get deep into a decoder before they go wrong. Any input that panics is written to
+//! `--findings` with the target's name, so it can be replayed (`--replay FILE`).
+//!
+//! Run it with `scripts/fuzz` (all targets, a time each). Not part of CI: it runs for minutes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use plexus_execution::{Executor, NoEvidence};
+use plexus_types::genesis::{Genesis, GenesisAccount, GenesisValidator};
+use plexus_types::model::EngineKind;
+use plexus_types::tx::{ModelPrice, Payload, ProposalKind, ProviderInfo, Transaction, VoteOption};
+use plexus_types::version::{Layer, SupportedVersions, VersionRange};
+use plexus_types::{
+    Attestation, Block, Hash, Header, ModelManifest, Params, PrivateKey, Receipt, SignedReceipt, SignedTx,
+};
+
+const CHAIN: &str = "plexus-fuzz";
+
+#[derive(Parser)]
+#[command(about = "Fuzz Plexus's decoders and transaction admission with mutated inputs")]
+struct Args {
+    /// Targets to run (default: all). One of: tx, block, receipt, attestation, gossip, hello,
+    /// evidence, config, genesis, admission.
+    targets: Vec<String>,
+    /// Seconds per target.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seed of the mutation generator (a run is reproducible for the same seed and time).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where inputs that panicked are written.
+    #[arg(long, default_value = "fuzz-findings")]
+    findings: PathBuf,
+    /// Replays one saved input against `targets[0]` instead of fuzzing.
+    #[arg(long)]
+    replay: Option<PathBuf>,
+}
+
+/// A small, fast generator (SplitMix64): mutation needs speed, not cryptographic quality.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+    }
+}
+
+/// Values that sit on boundaries decoders check.
+const INTERESTING: [u8; 10] = [0x00, 0x01, 0x7f, 0x80, 0xff, 0xfe, 0x40, 0x20, 0x10, 0x02];
+
+fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        match rng.below(9) {
+            0 if !out.is_empty() => {
+                let i = rng.below(out.len());
+                out[i] ^= 1 << rng.below(8);
+            }
+            1 if !out.is_empty() => {
+                let i = rng.below(out.len());
+                out[i] = INTERESTING[rng.below(INTERESTING.len())];
+            }
+            2 => {
+                let i = rng.below(out.len() + 1);
+                let n = 1 + rng.below(16);
+                let fill = rng.next() as u8;
+                out.splice(i..i, std::iter::repeat_n(fill, n));
+            }
+            3 if !out.is_empty() => {
+                let i = rng.below(out.len());
+                let n = (1 + rng.below(16)).min(out.len() - i);
+                out.drain(i..i + n);
+            }
+            4 if !out.is_empty() => out.truncate(rng.below(out.len())),
+            5 if out.len() >= 4 => {
+                // A length prefix or integer made huge or zero.
+                let i = rng.below(out.len() - 3);
+                let v: [u8; 4] = if rng.below(2) == 0 { [0xff; 4] } else { [0; 4] };
+                out[i..i + 4].copy_from_slice(&v);
+            }
+            6 if !other.is_empty() => {
+                let cut = rng.below(out.len() + 1);
+                let from = rng.below(other.len());
+                out.truncate(cut);
+                out.extend_from_slice(&other[from..]);
+            }
+            7 if !out.is_empty() => {
+                let i = rng.below(out.len());
+                let n = (1 + rng.below(32)).min(out.len() - i);
+                let chunk = out[i..i + n].to_vec();
+                let at = rng.below(out.len() + 1);
+                out.splice(at..at, chunk);
+            }
+            _ => {
+                let i = rng.below(out.len() + 1);
+                out.insert(i, rng.next() as u8);
+            }
+        }
+    }
+    out
+}
+
+/// One fuzz target: a corpus of valid inputs and the function that consumes one.
+struct Target {
+    name: &'static str,
+    corpus: Vec<Vec<u8>>,
+    run: Box<dyn Fn(&[u8])>,
+}
+
+fn key(i: u64) -> PrivateKey {
+    PrivateKey::from_seed(i)
+}
+
+fn manifest() -> ModelManifest {
+    ModelManifest {
+        name: "fuzz-model".into(),
+        engine: EngineKind::LlamaCpp,
+        weights_sha256: plexus_types::hash(b"w"),
+        tokenizer_sha256: plexus_types::hash(b"t"),
+        template_sha256: plexus_types::hash(b"c"),
+        quantization: "Q4_1".into(),
+        context_length: 2048,
+    }
+}
+
+fn receipt() -> SignedReceipt {
+    Receipt {
+        session: plexus_types::hash(b"s"),
+        seq: 3,
+        cum_input_tokens: 100,
+        cum_output_tokens: 40,
+        cum_amount: 9,
+        outputs_root: Hash::ZERO,
+    }
+    .sign(&key(2), CHAIN)
+}
+
+/// Valid transactions of every kind, signed by account 1 with consecutive nonces from 0.
+fn sample_txs() -> Vec<SignedTx> {
+    let k = key(1);
+    let to = key(2).address();
+    let m = manifest();
+    let payloads = vec![
+        Payload::Transfer { to: to.clone(), amount: 5 },
+        Payload::Stake { amount: 7, p2p_address: "127.0.0.1:9000".into() },
+        Payload::Unstake { amount: 1 },
+        Payload::RegisterProvider(ProviderInfo {
+            endpoint: "https://127.0.0.1:8080".into(),
+            region: "eu".into(),
+            hardware: "2 vCPU".into(),
+            prices: vec![ModelPrice { model: m.id(), input_per_1k: 1, output_per_1k: 2 }],
+            versions: SupportedVersions::V1_ONLY,
+        }),
+        Payload::RegisterModel(m.clone()),
+        Payload::OpenSession {
+            provider: to.clone(),
+            model: m.id(),
+            deposit: 100_000,
+            max_input_per_1k: 3,
+            max_output_per_1k: 4,
+            expiry_height: 99,
+        },
+        Payload::TopUpSession { session: plexus_types::hash(b"s"), amount: 3 },
+        Payload::Claim { receipts: vec![receipt(), receipt()] },
+        Payload::CloseSession { session: plexus_types::hash(b"s") },
+        Payload::ReportEvidence { evidence: vec![1, 2, 3, 4] },
+        Payload::SubmitProposal {
+            kind: ProposalKind::Upgrade {
+                layer: Layer::Execution,
+                version: 2,
+                activation_height: 10,
+                deadline_height: 20,
+            },
+            deposit: 100_000_000,
+        },
+        Payload::SubmitProposal {
+            kind: ProposalKind::ParamChange { name: "min_tx_fee".into(), value: 5, effective_height: 3 },
+            deposit: 100_000_000,
+        },
+        Payload::SubmitProposal { kind: ProposalKind::TreasurySpend { to: to.clone(), amount: 1 }, deposit: 1 },
+        Payload::SubmitProposal { kind: ProposalKind::Text { text: "hi".into() }, deposit: 1 },
+        Payload::Vote { proposal: 0, option: VoteOption::NoWithVeto },
+        Payload::SignalVersions { versions: SupportedVersions::V1_ONLY, shadow_ok: true },
+    ];
+    payloads
+        .into_iter()
+        .enumerate()
+        .map(|(n, payload)| Transaction { signer: k.address(), nonce: n as u64, fee: 1_000, payload }.sign(&k, CHAIN))
+        .collect()
+}
+
+fn enc<T: commonware_codec::Encode>(v: &T) -> Vec<u8> {
+    v.encode().to_vec()
+}
+
+fn genesis() -> Genesis {
+    Genesis {
+        chain_id: CHAIN.into(),
+        accounts: (0..4).map(|i| GenesisAccount { address: key(i).address(), balance: 1_000_000_000_000 }).collect(),
+        validators: vec![GenesisValidator {
+            address: key(0).address(),
+            stake: Params::default().min_stake,
+            p2p_address: "127.0.0.1:9000".into(),
+        }],
+        params: Params::default(),
+    }
+}
+
+fn targets() -> Vec<Target> {
+    let txs = sample_txs();
+    let tx_corpus: Vec<Vec<u8>> = txs.iter().map(enc).collect();
+    let block = Block {
+        header: Header {
+            height: 1,
+            parent: Hash::ZERO,
+            parent_view: 0,
+            epoch: 0,
+            view: 1,
+            proposer: key(0).address(),
+            timestamp_ms: 1,
+            versions: plexus_types::VersionVector::V1,
+            txs_root: plexus_types::block::txs_root(&txs[..4]),
+            state_root: Hash::ZERO,
+        },
+        txs: txs[..4].to_vec(),
+    };
+    let att = Attestation {
+        request_hash: plexus_types::hash(b"r"),
+        output_hash: plexus_types::hash(b"o"),
+        model: manifest().id(),
+        input_tokens: 10,
+        output_tokens: 20,
+        logits_fingerprint: Hash::ZERO,
+    };
+    let config_text =
+        plexus_node::NodeConfig::template("127.0.0.1:26656".parse().unwrap(), "127.0.0.1:8545".parse().unwrap())
+            .into_bytes();
+    let genesis_json = genesis().to_json().into_bytes();
+
+    // Admission: a genesis state where account 1 is funded, and the node's own checks.
+    let g = genesis();
+    let mut state: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for (k, v) in plexus_execution::genesis::genesis_changes(&g) {
+        if let Some(v) = v {
+            state.insert(k, v);
+        }
+    }
+    let exec = Executor::new(CHAIN, Arc::new(NoEvidence));
+    let evidence = plexus_consensus::evidence::Verifier::new(CHAIN);
+    let validators = vec![key(0).address(), key(1).address()];
+
+    vec![
+        Target {
+            name: "tx",
+            corpus: tx_corpus.clone(),
+            run: Box::new(|b| {
+                if let Ok(tx) = SignedTx::decode(b) {
+                    // What decodes re-encodes to the same bytes (canonical encoding).
+                    assert_eq!(enc(&tx), b, "a transaction decoded from bytes it does not encode to");
+                    let _ = tx.verify(CHAIN);
+                }
+            }),
+        },
+        Target {
+            name: "block",
+            corpus: vec![enc(&block)],
+            run: Box::new(|b| {
+                if let Ok(block) = Block::decode(b) {
+                    let _ = block.txs_root_matches();
+                    let _ = block.hash();
+                }
+            }),
+        },
+        Target {
+            name: "receipt",
+            corpus: vec![enc(&receipt()), receipt().to_hex().into_bytes()],
+            run: Box::new(|b| {
+                let _ = SignedReceipt::decode(b).map(|r| r.verify(&key(2).address(), CHAIN));
+                if let Ok(text) = std::str::from_utf8(b) {
+                    let _ = SignedReceipt::from_hex(text);
+                }
+            }),
+        },
+        Target {
+            name: "attestation",
+            corpus: vec![enc(&att), hex::encode(enc(&att)).into_bytes()],
+            run: Box::new(|b| {
+                let _ = Attestation::decode(b).map(|a| a.hash());
+                if let Ok(text) = std::str::from_utf8(b) {
+                    let _ = Attestation::from_hex(text);
+                }
+            }),
+        },
+        Target {
+            name: "gossip",
+            corpus: vec![
+                enc(&plexus_node::gossip::Batch(txs.clone())),
+                enc(&plexus_node::gossip::Batch(txs[..1].to_vec())),
+            ],
+            run: Box::new(|b| {
+                use commonware_codec::DecodeExt as _;
+                let _ = plexus_node::gossip::Batch::decode(commonware_codec::Copying(b));
+            }),
+        },
+        Target {
+            name: "hello",
+            corpus: vec![enc(&VersionRange { min: 1, max: 2 })],
+            run: Box::new(|b| {
+                use commonware_codec::DecodeExt as _;
+                let _ = VersionRange::decode(commonware_codec::Copying(b));
+            }),
+        },
+        Target {
+            name: "evidence",
+            corpus: vec![vec![0, 1, 2, 3], vec![1; 200], vec![2; 400]],
+            run: Box::new(move |b| {
+                use plexus_execution::EvidenceVerifier as _;
+                let _ = evidence.verify(b, &|_| Some(validators.clone()));
+            }),
+        },
+        Target {
+            name: "config",
+            corpus: vec![config_text],
+            run: Box::new(|b| {
+                if let Ok(text) = std::str::from_utf8(b) {
+                    let _ = plexus_node::NodeConfig::parse(text, std::path::Path::new("fuzz.toml"));
+                }
+            }),
+        },
+        Target {
+            name: "genesis",
+            corpus: vec![genesis_json],
+            run: Box::new(|b| {
+                if let Ok(text) = std::str::from_utf8(b) {
+                    let _ = Genesis::from_json(text);
+                }
+            }),
+        },
+        Target {
+            name: "admission",
+            corpus: tx_corpus,
+            run: Box::new(move |b| {
+                if let Ok(tx) = SignedTx::decode(b) {
+                    // Past the signature (mutated ones rarely verify), straight into payloads.
+                    let _ = exec.check_tx_signed(&state, 1, &tx, true);
+                    let _ = exec.check_queued(&state, &tx, 12_345, true);
+                    let _ = exec.simulate_tx(&state, 1, &tx);
+                }
+            }),
+        },
+    ]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let all = targets();
+    let names: Vec<&str> = all.iter().map(|t| t.name).collect();
+    for t in &args.targets {
+        anyhow::ensure!(names.contains(&t.as_str()), "unknown target {t:?} (known: {})", names.join(", "));
+    }
+    let chosen: Vec<&Target> =
+        all.iter().filter(|t| args.targets.is_empty() || args.targets.iter().any(|n| n == t.name)).collect();
+    if let Some(path) = &args.replay {
+        let input = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let t = chosen.first().context("name the target to replay against")?;
+        (t.run)(&input);
+        println!("{}: no panic on {}", t.name, path.display());
+        return Ok(());
+    }
+    // Panics are expected to be caught and counted; keep their messages short.
+    std::panic::set_hook(Box::new(|info| eprintln!("panic: {info}")));
+    let mut rng = Rng(args.seed);
+    let mut total = 0u64;
+    let mut findings = 0u64;
+    println!("{:<12} {:>12} {:>12} {:>9}", "target", "executions", "per second", "panics");
+    for t in chosen {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(args.seconds);
+        let (mut runs, mut panics) = (0u64, 0u64);
+        // The corpus itself first: valid inputs must never panic.
+        for input in &t.corpus {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (t.run)(input))).is_err() {
+                panics += 1;
+                save(&args.findings, t.name, input)?;
+            }
+        }
+        while Instant::now() < deadline {
+            for _ in 0..256 {
+                let a = &t.corpus[rng.below(t.corpus.len())];
+                let b = &t.corpus[rng.below(t.corpus.len())];
+                let input = mutate(&mut rng, a, b);
+                runs += 1;
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (t.run)(&input))).is_err() {
+                    panics += 1;
+                    save(&args.findings, t.name, &input)?;
+                }
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!("{:<12} {:>12} {:>12.0} {:>9}", t.name, runs, runs as f64 / secs, panics);
+        total += runs;
+        findings += panics;
+    }
+    println!("{:<12} {:>12} {:>12} {:>9}", "total", total, "", findings);
+    anyhow::ensure!(findings == 0, "{findings} inputs panicked; see {}", args.findings.display());
+    Ok(())
+}
+
+fn save(dir: &std::path::Path, target: &str, input: &[u8]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{target}-{}.bin", plexus_types::hash(input)));
+    std::fs::write(&path, input)?;
+    eprintln!("saved {}", path.display());
+    Ok(())
+}
