@@ -251,6 +251,7 @@ fn targets() -> Vec<Target> {
         model: manifest().id(),
         input_tokens: 10,
         output_tokens: 20,
+        output_ids_hash: plexus_types::receipt::output_ids_hash(&[1, 2, 3]),
         logits_fingerprint: Hash::ZERO,
     };
     let config_text =

@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use commonware_cryptography::{Hasher as _, Sha256};
-use plexus_types::{EngineKind, Hash};
+use plexus_types::EngineKind;
 
 use crate::models::{ModelFiles, bert_tokens_max};
 use crate::{BertConfig, CachedModel, Embeddings, Engine, Error, Load, ModelInfo};
@@ -62,15 +61,7 @@ impl BertEngine {
         let model = BertModel::load(vb, &bert_config)
             .map_err(|e| Error::Load { path: weights_path.clone(), reason: e.to_string() })?;
 
-        let tokenizer_path = dir.join(tokenizer);
-        let mut tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| Error::Load { path: tokenizer_path.clone(), reason: e.to_string() })?;
-        // Override whatever tokenizer.json says: we pad per batch ourselves, and truncate to
-        // what the model reads.
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams { max_length: tokens_max, ..Default::default() }))
-            .map_err(|e| Error::Load { path: tokenizer_path.clone(), reason: e.to_string() })?;
+        let tokenizer = load_tokenizer(&dir.join(tokenizer), tokens_max)?;
 
         let info = ModelInfo {
             name: cached.manifest.name.clone(),
@@ -126,6 +117,26 @@ impl BertEngine {
     }
 }
 
+/// A BERT model's `tokenizer.json`, padding off (batches are padded per batch) and truncating
+/// at what the model reads: the engine's tokenizer, and a client's copy of it.
+pub(crate) fn load_tokenizer(path: &std::path::Path, tokens_max: usize) -> Result<tokenizers::Tokenizer, Error> {
+    let load = |e: String| Error::Load { path: path.to_path_buf(), reason: e };
+    let mut tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| load(e.to_string()))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(tokenizers::TruncationParams { max_length: tokens_max, ..Default::default() }))
+        .map_err(|e| load(e.to_string()))?;
+    Ok(tokenizer)
+}
+
+/// Tokens the engine reads for `inputs` (after truncation), counted by a client's copy of the
+/// tokenizer.
+pub(crate) fn count_tokens(tokenizer: &tokenizers::Tokenizer, inputs: &[String]) -> Result<u32, Error> {
+    let encodings =
+        tokenizer.encode_batch(inputs.to_vec(), true).map_err(|e| Error::Engine(format!("tokenizer: {e}")))?;
+    Ok(encodings.iter().map(|e| e.get_ids().len()).sum::<usize>() as u32)
+}
+
 impl Engine for BertEngine {
     fn info(&self) -> &ModelInfo {
         &self.info
@@ -166,19 +177,11 @@ impl Engine for BertEngine {
             }
         }
 
-        let mut request = Sha256::default();
-        request.update(b"plexus/request/embed/v1");
-        request.update(self.info.id.as_bytes());
-        request.update(&(inputs.len() as u32).to_be_bytes());
-        for s in inputs {
-            request.update(&(s.len() as u32).to_be_bytes());
-            request.update(s.as_bytes());
-        }
         let output: Vec<u8> = vectors.iter().flatten().flat_map(|x| x.to_le_bytes()).collect();
         Ok(Embeddings {
             vectors,
             prompt_tokens: prompt_tokens as u32,
-            request_hash: Hash(request.finalize().1),
+            request_hash: crate::embedding_request_hash(&self.info.id, inputs),
             output_hash: plexus_types::hash(&output),
         })
     }

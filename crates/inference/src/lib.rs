@@ -24,6 +24,7 @@ pub mod gguf;
 pub mod models;
 pub mod template;
 pub mod text;
+pub mod tokenizer;
 
 #[cfg(feature = "bert")]
 mod bert;
@@ -40,6 +41,7 @@ pub use error::{Error, ErrorKind};
 pub use fingerprint::LogitsProbe;
 pub use models::{CachedModel, ModelCache};
 pub use template::ChatMessage;
+pub use tokenizer::{Spelled, Tokenizer};
 
 /// A token id in a model's vocabulary.
 pub type TokenId = i32;
@@ -310,8 +312,10 @@ pub enum FinishReason {
 /// One event of a running generation.
 #[derive(Debug)]
 pub enum Event {
-    /// New text (never splits a UTF-8 character) and the count of tokens generated so far.
-    Text { text: String, completion_tokens: u32 },
+    /// New text (never splits a UTF-8 character), the count of tokens generated so far, and
+    /// the ids generated since the previous `Text` (they spell this text, plus any text still
+    /// held back for a stop string; an end-of-generation id comes only in [`Finish::tokens`]).
+    Text { text: String, completion_tokens: u32, ids: Vec<TokenId> },
     /// The end. Always the last event of a successful generation.
     Done(Finish),
     /// The generation failed; nothing follows.
@@ -394,6 +398,19 @@ pub struct Embeddings {
     pub request_hash: Hash,
     /// SHA-256 of the vectors' little-endian f32 bytes, in order.
     pub output_hash: Hash,
+}
+
+/// SHA-256 of a canonical embeddings request: the model and its inputs, in order.
+pub fn embedding_request_hash(model: &ModelId, inputs: &[String]) -> Hash {
+    let mut canon = Vec::with_capacity(64 + inputs.iter().map(|s| 4 + s.len()).sum::<usize>());
+    canon.extend(b"plexus/request/embed/v1");
+    canon.extend(model.as_bytes());
+    canon.extend((inputs.len() as u32).to_be_bytes());
+    for s in inputs {
+        canon.extend((s.len() as u32).to_be_bytes());
+        canon.extend(s.as_bytes());
+    }
+    plexus_types::hash(&canon)
 }
 
 /// Settings of the llama.cpp text engine. None of these has to match across the network; they

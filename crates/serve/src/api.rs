@@ -15,12 +15,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use plexus_inference::{
-    ChatMessage, Engine, Event, Finish, FinishReason, GenerateRequest, Generation, Prompt, Sampling,
-};
+use plexus_inference::{Engine, Event, Finish, FinishReason, GenerateRequest, Generation};
 use plexus_types::{Address, Attestation, Hash, ModelId, PrivateKey, Sig};
-use serde::de::DeserializeOwned;
 
+use crate::dishonest::Lie;
 use crate::metering::{Endpoint, MeterRequest, MeterTicket, Metering, Usage};
 use crate::metrics::{Metrics, ModelLabel, RequestLabel};
 use crate::openai::*;
@@ -35,6 +33,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Metrics,
     pub(crate) next_request: AtomicU64,
     pub(crate) started: u64,
+    /// Always honest outside test builds ([`crate::dishonest`]).
+    pub(crate) lie: crate::dishonest::Lie,
 }
 
 type Shared = Arc<AppState>;
@@ -67,21 +67,6 @@ impl AppState {
             .ok_or_else(|| ServeError::ModelNotFound(name.to_owned()))
     }
 
-    fn parse<T: DeserializeOwned>(&self, body: Result<Bytes, BytesRejection>) -> Result<T, ServeError> {
-        let bytes = body.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ServeError::PayloadTooLarge { limit: self.config.request_bytes_max }
-            } else {
-                ServeError::BadRequest { message: rejection.body_text(), param: None, code: None }
-            }
-        })?;
-        serde_json::from_slice(&bytes).map_err(|e| ServeError::BadRequest {
-            message: format!("the request body is not valid JSON for this endpoint: {e}"),
-            param: None,
-            code: None,
-        })
-    }
-
     fn count_request(&self, endpoint: &str) {
         self.metrics.requests.get_or_create(&RequestLabel { endpoint: endpoint.to_owned() }).inc();
     }
@@ -106,19 +91,42 @@ impl AppState {
 
     fn attestation_headers(&self, model: &ModelId, attestation: &Attestation, signature: &Sig) -> HeaderMap {
         let mut h = self.identity_headers(model);
+        if self.lie == Lie::Strip {
+            return h;
+        }
         insert_hex(&mut h, HEADER_ATTESTATION, hex::encode(plexus_types::codec::to_vec(attestation)));
         insert_hex(&mut h, HEADER_SIGNATURE, signature.to_string());
         h
     }
 
-    fn plexus_block(&self, attestation: Attestation, signature: &Sig) -> PlexusBlock {
+    fn plexus_block(&self, attestation: Attestation, signature: &Sig, output_ids: Option<Vec<i32>>) -> PlexusBlock {
+        let output_ids = match (self.lie, output_ids) {
+            (Lie::Pad, Some(mut ids)) => {
+                let more = ids.clone();
+                ids.extend(more);
+                Some(ids)
+            }
+            (_, ids) => ids,
+        };
         PlexusBlock {
             attestation_hex: hex::encode(plexus_types::codec::to_vec(&attestation)),
             model_id: attestation.model.to_string(),
             attestation,
             signature: signature.to_string(),
             provider: self.provider.to_string(),
+            output_ids,
         }
+    }
+
+    /// The bytes of a parsed body, or the error for a body that could not be read.
+    fn bytes(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServeError> {
+        body.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ServeError::PayloadTooLarge { limit: self.config.request_bytes_max }
+            } else {
+                ServeError::BadRequest { message: rejection.body_text(), param: None, code: None }
+            }
+        })
     }
 }
 
@@ -140,6 +148,8 @@ struct Session {
     request_hash: Hash,
     prompt_tokens: u32,
     text: String,
+    /// Ids of the tokens whose text went out (a partial attestation commits to these).
+    ids: Vec<i32>,
     completion_tokens: u32,
     next_meter: u32,
     started: Instant,
@@ -165,6 +175,7 @@ impl Session {
             request_hash,
             prompt_tokens,
             text: String::new(),
+            ids: Vec::new(),
             completion_tokens: 0,
             next_meter,
             started,
@@ -175,7 +186,7 @@ impl Session {
     /// Records new text; an error from metering ends the generation. Metering is asked first,
     /// so text it refuses is neither sent nor counted: a partial attestation covers exactly
     /// what the client received.
-    fn on_text(&mut self, text: &str, completion_tokens: u32) -> Result<(), ServeError> {
+    fn on_text(&mut self, text: &str, completion_tokens: u32, ids: &[i32]) -> Result<(), ServeError> {
         if completion_tokens >= self.next_meter {
             if let Some(ticket) = &self.ticket {
                 self.state.metering.progress(ticket, self.prompt_tokens, completion_tokens)?;
@@ -207,19 +218,25 @@ impl Session {
         self.last_token = Some(now);
         self.completion_tokens = completion_tokens;
         self.text.push_str(text);
+        self.ids.extend_from_slice(ids);
         Ok(())
     }
 
-    fn sign(&self, output: &str, completion_tokens: u32, logits_fingerprint: Hash) -> (Attestation, Sig) {
+    fn sign(&self, output: &str, ids: &[i32], logits_fingerprint: Hash) -> (Attestation, Sig) {
+        let inflate = if self.state.lie == Lie::Inflate { 100 } else { 1 };
         let attestation = Attestation {
             request_hash: self.request_hash,
             output_hash: plexus_types::hash(output.as_bytes()),
             model: self.model,
-            input_tokens: self.prompt_tokens,
-            output_tokens: completion_tokens,
+            input_tokens: self.prompt_tokens.saturating_mul(inflate),
+            output_tokens: (ids.len() as u32).saturating_mul(inflate),
+            output_ids_hash: plexus_types::receipt::output_ids_hash(ids),
             logits_fingerprint,
         };
-        let signature = attestation.sign(&self.state.key, &self.state.config.chain_id);
+        let signature = match self.state.lie {
+            Lie::Forge => attestation.sign(&PrivateKey::from_seed(666), &self.state.config.chain_id),
+            _ => attestation.sign(&self.state.key, &self.state.config.chain_id),
+        };
         (attestation, signature)
     }
 
@@ -241,7 +258,7 @@ impl Session {
                 .get_or_create(&self.label)
                 .observe(self.started.elapsed().as_secs_f64());
         }
-        let (attestation, signature) = self.sign(&finish.text, finish.completion_tokens, finish.logits_fingerprint);
+        let (attestation, signature) = self.sign(&finish.text, &finish.tokens, finish.logits_fingerprint);
         let usage = Usage {
             prompt_tokens: finish.prompt_tokens,
             completion_tokens: finish.completion_tokens,
@@ -256,10 +273,10 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         if self.ticket.is_some() {
-            let (attestation, signature) = self.sign(&self.text.clone(), self.completion_tokens, Hash::ZERO);
+            let (attestation, signature) = self.sign(&self.text.clone(), &self.ids.clone(), Hash::ZERO);
             let usage = Usage {
                 prompt_tokens: self.prompt_tokens,
-                completion_tokens: self.completion_tokens,
+                completion_tokens: self.ids.len() as u32,
                 cached_tokens: 0,
                 complete: false,
             };
@@ -376,7 +393,7 @@ impl Shape {
     }
 
     /// The whole non-streamed response body.
-    fn full(&self, finish: &Finish) -> String {
+    fn full(&self, finish: &Finish, plexus: Option<PlexusBlock>) -> String {
         let usage = UsageBody::new(finish.prompt_tokens, finish.completion_tokens, finish.cached_tokens);
         match self.wire {
             Wire::Chat => Self::to_json(&ChatCompletion {
@@ -392,6 +409,7 @@ impl Shape {
                     finish_reason: finish_reason(finish.reason),
                 }],
                 usage,
+                plexus,
             }),
             Wire::Completion => Self::to_json(&TextCompletion {
                 id: &self.id,
@@ -406,74 +424,20 @@ impl Shape {
                     finish_reason: Some(finish_reason(finish.reason)),
                 }],
                 usage: Some(Some(usage)),
-                plexus: None,
+                plexus,
                 plexus_usage: None,
             }),
         }
     }
 }
 
-fn to_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ServeError> {
-    if messages.is_empty() {
-        return Err(ServeError::bad("messages", "messages must not be empty"));
-    }
-    messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = match m.role.as_str() {
-                "system" | "developer" => "system",
-                "user" => "user",
-                "assistant" => "assistant",
-                "tool" => "tool",
-                other => {
-                    return Err(ServeError::bad("messages", format!("messages[{i}].role `{other}` is not supported")));
-                }
-            };
-            let content = match m.content {
-                None => String::new(),
-                Some(Content::Text(s)) => s,
-                Some(Content::Parts(parts)) => {
-                    let mut out = String::new();
-                    for p in parts {
-                        match (p.kind.as_str(), p.text) {
-                            ("text", Some(t)) => out.push_str(&t),
-                            (kind, _) => {
-                                return Err(ServeError::bad(
-                                    "messages",
-                                    format!("messages[{i}]: content parts of type `{kind}` are not supported"),
-                                ));
-                            }
-                        }
-                    }
-                    out
-                }
-            };
-            Ok(ChatMessage { role: role.to_owned(), content })
-        })
-        .collect()
-}
-
-fn sampling(p: &CommonParams) -> Result<Sampling, ServeError> {
-    let seed = p.seed.map(|s| s as u64);
-    Ok(Sampling::from_openai(p.temperature, p.top_p, p.top_k, p.min_p, seed)?)
-}
-
 async fn chat(State(state): State<Shared>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
     state.count_request("chat_completions");
     let result = async {
-        let mut req: ChatRequest = state.parse(body)?;
-        req.params.check_supported()?;
-        let engine = state.engine(&req.model)?;
-        let messages = to_messages(req.messages)?;
-        let request = GenerateRequest {
-            prompt: Prompt::Chat { messages, continue_final_message: req.continue_final_message },
-            max_tokens: req.params.max_tokens(),
-            sampling: sampling(&req.params)?,
-            stop: req.params.stop.take().map(StopField::into_vec).unwrap_or_default(),
-        };
-        generate(&state, engine, &headers, request, req.params.stream, req.params.include_usage(), Wire::Chat, started)
+        let parsed = crate::openai::parse_chat(&state.bytes(body)?)?;
+        let engine = state.engine(&parsed.model)?;
+        generate(&state, engine, &headers, parsed.request, parsed.stream, parsed.include_usage, Wire::Chat, started)
             .await
     }
     .await;
@@ -484,44 +448,15 @@ async fn completions(State(state): State<Shared>, headers: HeaderMap, body: Resu
     let started = Instant::now();
     state.count_request("completions");
     let result = async {
-        let mut req: CompletionRequest = state.parse(body)?;
-        req.params.check_supported()?;
-        if req.echo {
-            return Err(ServeError::bad("echo", "echo is not supported"));
-        }
-        if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-            return Err(ServeError::bad("suffix", "suffix is not supported"));
-        }
-        if req.best_of.is_some_and(|b| b != 1) {
-            return Err(ServeError::bad("best_of", "only best_of=1 is supported"));
-        }
-        let engine = state.engine(&req.model)?;
-        let prompt = match req.prompt {
-            PromptField::One(s) => s,
-            PromptField::Many(mut v) if v.len() == 1 && v[0].is_string() => match v.remove(0) {
-                serde_json::Value::String(s) => s,
-                _ => unreachable!("checked is_string above"),
-            },
-            PromptField::Many(_) => {
-                return Err(ServeError::bad(
-                    "prompt",
-                    "prompt must be one string (batches and token ids are not supported)",
-                ));
-            }
-        };
-        let request = GenerateRequest {
-            prompt: Prompt::Text(prompt),
-            max_tokens: Some(req.params.max_tokens().unwrap_or(16)),
-            sampling: sampling(&req.params)?,
-            stop: req.params.stop.take().map(StopField::into_vec).unwrap_or_default(),
-        };
+        let parsed = crate::openai::parse_completion(&state.bytes(body)?)?;
+        let engine = state.engine(&parsed.model)?;
         generate(
             &state,
             engine,
             &headers,
-            request,
-            req.params.stream,
-            req.params.include_usage(),
+            parsed.request,
+            parsed.stream,
+            parsed.include_usage,
             Wire::Completion,
             started,
         )
@@ -591,13 +526,15 @@ async fn generate(
     }
     let (finish, attestation, signature) = collect(session, generation).await?;
     let headers = state.attestation_headers(&info.id, &attestation, &signature);
-    Ok((headers, [(header::CONTENT_TYPE, "application/json")], shape.full(&finish)).into_response())
+    let plexus =
+        (state.lie != Lie::Strip).then(|| state.plexus_block(attestation, &signature, Some(finish.tokens.clone())));
+    Ok((headers, [(header::CONTENT_TYPE, "application/json")], shape.full(&finish, plexus)).into_response())
 }
 
 async fn collect(mut session: Session, mut generation: Generation) -> Result<(Finish, Attestation, Sig), ServeError> {
     loop {
         match generation.next().await {
-            Some(Event::Text { text, completion_tokens }) => session.on_text(&text, completion_tokens)?,
+            Some(Event::Text { text, completion_tokens, ids }) => session.on_text(&text, completion_tokens, &ids)?,
             Some(Event::Done(finish)) => {
                 let (a, s) = session.complete(&finish);
                 return Ok((finish, a, s));
@@ -616,23 +553,40 @@ fn stream_events(
 ) -> impl futures::Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
         if shape.wire == Wire::Chat {
-            let counts = ProgressBlock { prompt_tokens: session.prompt_tokens, completion_tokens: 0 };
+            let counts = ProgressBlock { prompt_tokens: session.prompt_tokens, completion_tokens: 0, ids: Vec::new() };
             yield Ok(SseEvent::default().data(shape.chunk(Some(String::new()), true, None, None, Some(counts))));
         }
+        let mut last = (String::new(), Vec::new());
         loop {
             match generation.next().await {
-                Some(Event::Text { text, completion_tokens }) => {
-                    if let Err(e) = session.on_text(&text, completion_tokens) {
+                Some(Event::Text { text, completion_tokens, ids }) => {
+                    if let Err(e) = session.on_text(&text, completion_tokens, &ids) {
                         state.metrics.error(e.kind_label());
                         yield Ok(SseEvent::default().data(e.body_json()));
                         break;
                     }
-                    let counts = ProgressBlock { prompt_tokens: session.prompt_tokens, completion_tokens };
+                    let ids = if state.lie == Lie::Strip { Vec::new() } else { ids };
+                    last = (text.clone(), ids.clone());
+                    let counts = ProgressBlock { prompt_tokens: session.prompt_tokens, completion_tokens, ids };
                     yield Ok(SseEvent::default().data(shape.chunk(Some(text), false, None, None, Some(counts))));
+                }
+                Some(Event::Done(_)) if state.lie == Lie::Endless => {
+                    // A stream that never ends, each chunk spelled by real ids.
+                    loop {
+                        let counts = ProgressBlock { prompt_tokens: session.prompt_tokens, completion_tokens: 0, ids: last.1.clone() };
+                        yield Ok(SseEvent::default().data(shape.chunk(Some(last.0.clone()), false, None, None, Some(counts))));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                Some(Event::Done(finish)) if state.lie == Lie::Strip => {
+                    session.complete(&finish);
+                    yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(finish_reason(finish.reason)), None, None)));
+                    yield Ok(SseEvent::default().data("[DONE]"));
+                    break;
                 }
                 Some(Event::Done(finish)) => {
                     let (attestation, signature) = session.complete(&finish);
-                    let plexus = state.plexus_block(attestation, &signature);
+                    let plexus = state.plexus_block(attestation, &signature, Some(finish.tokens.clone()));
                     let reason = finish_reason(finish.reason);
                     if shape.include_usage {
                         yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(reason), None, None)));
@@ -667,7 +621,7 @@ fn stream_events(
 async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     state.count_request("embeddings");
     let result = async {
-        let req: EmbeddingRequest = state.parse(body)?;
+        let req = crate::openai::parse_embeddings(&state.bytes(body)?)?;
         let engine = state.engine(&req.model)?;
         let info = engine.info().clone();
         let Some(dims) = info.embedding_dims else {
@@ -679,29 +633,7 @@ async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: Resul
                 format!("this model's embeddings have exactly {dims} dimensions"),
             ));
         }
-        let base64 = match req.encoding_format.as_deref() {
-            None | Some("float") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(ServeError::bad("encoding_format", format!("`{other}` is not `float` or `base64`")));
-            }
-        };
-        let inputs: Vec<String> = match req.input {
-            EmbeddingInput::One(s) => vec![s],
-            EmbeddingInput::Many(values) => values
-                .into_iter()
-                .map(|v| match v {
-                    serde_json::Value::String(s) => Ok(s),
-                    _ => Err(ServeError::bad(
-                        "input",
-                        "input must be a string or a list of strings (token ids are not supported)",
-                    )),
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        if inputs.is_empty() {
-            return Err(ServeError::bad("input", "input must not be empty"));
-        }
+        let (inputs, base64) = (req.inputs, req.base64);
         let request_id = state.next_request.fetch_add(1, Ordering::Relaxed);
         let tokens_max = u64::from(info.request_tokens_max);
         let bound: u64 = inputs.iter().map(|s| (s.len() as u64 + 2).min(tokens_max)).sum();
@@ -726,6 +658,7 @@ async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: Resul
                     model: info.id,
                     input_tokens: e.prompt_tokens,
                     output_tokens: 0,
+                    output_ids_hash: Hash::ZERO,
                     logits_fingerprint: Hash::ZERO,
                 },
                 Usage { prompt_tokens: e.prompt_tokens, completion_tokens: 0, cached_tokens: 0, complete: true },
@@ -738,6 +671,7 @@ async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: Resul
                     model: info.id,
                     input_tokens: 0,
                     output_tokens: 0,
+                    output_ids_hash: Hash::ZERO,
                     logits_fingerprint: Hash::ZERO,
                 },
                 Usage::default(),

@@ -16,10 +16,11 @@
 //! and a full engine queue gets 429 with `Retry-After`.
 
 mod api;
+mod dishonest;
 mod error;
 mod metering;
 mod metrics;
-mod openai;
+pub mod openai;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -118,6 +119,7 @@ impl Server {
             metrics: metrics::Metrics::new(),
             next_request: AtomicU64::new(1),
             started: created,
+            lie: dishonest::Lie::from_env(),
         };
         api::router(Arc::new(state))
     }

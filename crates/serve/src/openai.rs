@@ -151,6 +151,168 @@ pub(crate) struct EmbeddingRequest {
     pub(crate) dimensions: Option<u32>,
 }
 
+// ---- what a request asks for ----
+
+/// A text-generation request as the OpenAI routes read it. Public so a client (the gateway)
+/// derives from a body exactly the request a provider will run, and so the same request hash.
+#[derive(Clone, Debug)]
+pub struct ParsedGeneration {
+    /// The model, as named in the body (a name or a hex id).
+    pub model: String,
+    pub request: plexus_inference::GenerateRequest,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServeError> {
+    serde_json::from_slice(body).map_err(|e| ServeError::BadRequest {
+        message: format!("the request body is not valid JSON for this endpoint: {e}"),
+        param: None,
+        code: None,
+    })
+}
+
+fn sampling(p: &CommonParams) -> Result<plexus_inference::Sampling, ServeError> {
+    let seed = p.seed.map(|s| s as u64);
+    Ok(plexus_inference::Sampling::from_openai(p.temperature, p.top_p, p.top_k, p.min_p, seed)?)
+}
+
+fn to_messages(messages: Vec<Message>) -> Result<Vec<plexus_inference::ChatMessage>, ServeError> {
+    if messages.is_empty() {
+        return Err(ServeError::bad("messages", "messages must not be empty"));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                "tool" => "tool",
+                other => {
+                    return Err(ServeError::bad("messages", format!("messages[{i}].role `{other}` is not supported")));
+                }
+            };
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(s)) => s,
+                Some(Content::Parts(parts)) => {
+                    let mut out = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), p.text) {
+                            ("text", Some(t)) => out.push_str(&t),
+                            (kind, _) => {
+                                return Err(ServeError::bad(
+                                    "messages",
+                                    format!("messages[{i}]: content parts of type `{kind}` are not supported"),
+                                ));
+                            }
+                        }
+                    }
+                    out
+                }
+            };
+            Ok(plexus_inference::ChatMessage { role: role.to_owned(), content })
+        })
+        .collect()
+}
+
+/// Reads a `/v1/chat/completions` body.
+pub fn parse_chat(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
+    let mut req: ChatRequest = json(body)?;
+    req.params.check_supported()?;
+    let messages = to_messages(req.messages)?;
+    let request = plexus_inference::GenerateRequest {
+        prompt: plexus_inference::Prompt::Chat { messages, continue_final_message: req.continue_final_message },
+        max_tokens: req.params.max_tokens(),
+        sampling: sampling(&req.params)?,
+        stop: req.params.stop.take().map(StopField::into_vec).unwrap_or_default(),
+    };
+    Ok(ParsedGeneration {
+        model: req.model,
+        request,
+        stream: req.params.stream,
+        include_usage: req.params.include_usage(),
+    })
+}
+
+/// Reads a `/v1/completions` body (one prompt string; `max_tokens` defaults to 16 as OpenAI's).
+pub fn parse_completion(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
+    let mut req: CompletionRequest = json(body)?;
+    req.params.check_supported()?;
+    if req.echo {
+        return Err(ServeError::bad("echo", "echo is not supported"));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ServeError::bad("suffix", "suffix is not supported"));
+    }
+    if req.best_of.is_some_and(|b| b != 1) {
+        return Err(ServeError::bad("best_of", "only best_of=1 is supported"));
+    }
+    let prompt = match req.prompt {
+        PromptField::One(s) => s,
+        PromptField::Many(mut v) if v.len() == 1 && v[0].is_string() => match v.remove(0) {
+            Value::String(s) => s,
+            _ => return Err(ServeError::bad("prompt", "prompt must be one string")),
+        },
+        PromptField::Many(_) => {
+            return Err(ServeError::bad(
+                "prompt",
+                "prompt must be one string (batches and token ids are not supported)",
+            ));
+        }
+    };
+    let request = plexus_inference::GenerateRequest {
+        prompt: plexus_inference::Prompt::Text(prompt),
+        max_tokens: Some(req.params.max_tokens().unwrap_or(16)),
+        sampling: sampling(&req.params)?,
+        stop: req.params.stop.take().map(StopField::into_vec).unwrap_or_default(),
+    };
+    Ok(ParsedGeneration {
+        model: req.model,
+        request,
+        stream: req.params.stream,
+        include_usage: req.params.include_usage(),
+    })
+}
+
+/// An embeddings request as `/v1/embeddings` reads it.
+#[derive(Clone, Debug)]
+pub struct ParsedEmbeddings {
+    pub model: String,
+    pub inputs: Vec<String>,
+    pub dimensions: Option<u32>,
+    pub base64: bool,
+}
+
+/// Reads a `/v1/embeddings` body.
+pub fn parse_embeddings(body: &[u8]) -> Result<ParsedEmbeddings, ServeError> {
+    let req: EmbeddingRequest = json(body)?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return Err(ServeError::bad("encoding_format", format!("`{other}` is not `float` or `base64`"))),
+    };
+    let inputs: Vec<String> = match req.input {
+        EmbeddingInput::One(s) => vec![s],
+        EmbeddingInput::Many(values) => values
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(ServeError::bad(
+                    "input",
+                    "input must be a string or a list of strings (token ids are not supported)",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if inputs.is_empty() {
+        return Err(ServeError::bad("input", "input must not be empty"));
+    }
+    Ok(ParsedEmbeddings { model: req.model, inputs, dimensions: req.dimensions, base64 })
+}
+
 // ---- responses ----
 
 #[derive(Debug, Serialize)]
@@ -178,7 +340,7 @@ impl UsageBody {
     }
 }
 
-/// The attestation block of a stream's final chunk.
+/// The attestation block of a stream's final chunk (and of a whole response's body).
 #[derive(Debug, Serialize)]
 pub(crate) struct PlexusBlock {
     pub(crate) attestation: plexus_types::Attestation,
@@ -187,14 +349,21 @@ pub(crate) struct PlexusBlock {
     pub(crate) signature: String,
     pub(crate) provider: String,
     pub(crate) model_id: String,
+    /// Every generated token id, in order (what the attestation's `output_ids_hash` commits
+    /// to); absent for embeddings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output_ids: Option<Vec<i32>>,
 }
 
 /// Running token counts on each streamed chunk, sent when the request asked for them with
 /// [`crate::HEADER_PROGRESS`] (a gateway signing receipts mid-stream needs them).
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub(crate) struct ProgressBlock {
     pub(crate) prompt_tokens: u32,
     pub(crate) completion_tokens: u32,
+    /// The ids generated since the previous chunk (they spell this chunk's text, plus any text
+    /// held back for a stop string).
+    pub(crate) ids: Vec<i32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -221,6 +390,8 @@ pub(crate) struct ChatCompletion {
     pub(crate) system_fingerprint: String,
     pub(crate) choices: Vec<ChatChoice>,
     pub(crate) usage: UsageBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) plexus: Option<PlexusBlock>,
 }
 
 #[derive(Debug, Default, Serialize)]

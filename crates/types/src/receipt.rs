@@ -122,15 +122,32 @@ impl Read for SignedReceipt {
 /// What a provider signs about one response: the basis for metering and verification.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Attestation {
-    /// SHA-256 of the canonical request (model, prompt, sampling parameters).
+    /// SHA-256 of the canonical request: model, prompt tokens, `max_tokens`, sampling (with its
+    /// seed) and stop strings. A client that tokenizes the request itself computes the same.
     pub request_hash: Hash,
     /// SHA-256 of the output text (or of the embedding vectors' bytes).
     pub output_hash: Hash,
     pub model: ModelId,
     pub input_tokens: u32,
+    /// Generated tokens: exactly the ids [`Attestation::output_ids_hash`] commits to.
     pub output_tokens: u32,
+    /// [`output_ids_hash`] of the generated token ids ([`Hash::ZERO`] for embeddings). With the
+    /// ids themselves a client checks that they spell the text it received, and so pays for
+    /// tokens it can count, not for a number a provider reports.
+    pub output_ids_hash: Hash,
     /// Fingerprint of the top-k logits at a few positions (zero for embeddings).
     pub logits_fingerprint: Hash,
+}
+
+/// The commitment to a generation's output token ids.
+pub fn output_ids_hash(ids: &[i32]) -> Hash {
+    let mut m = Vec::with_capacity(24 + 4 * ids.len());
+    m.extend_from_slice(b"plexus/output-ids/v1");
+    m.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+    for id in ids {
+        m.extend_from_slice(&id.to_be_bytes());
+    }
+    crate::hash(&m)
 }
 
 impl Write for Attestation {
@@ -140,11 +157,12 @@ impl Write for Attestation {
         self.model.write(buf);
         self.input_tokens.write(buf);
         self.output_tokens.write(buf);
+        self.output_ids_hash.write(buf);
         self.logits_fingerprint.write(buf);
     }
 }
 impl FixedSize for Attestation {
-    const SIZE: usize = 32 * 4 + 8;
+    const SIZE: usize = 32 * 5 + 8;
 }
 impl Read for Attestation {
     type Cfg = ();
@@ -155,6 +173,7 @@ impl Read for Attestation {
             model: Hash::read(buf)?,
             input_tokens: u32::read(buf)?,
             output_tokens: u32::read(buf)?,
+            output_ids_hash: Hash::read(buf)?,
             logits_fingerprint: Hash::read(buf)?,
         })
     }
@@ -236,8 +255,11 @@ mod tests {
             model: crate::hash(b"m"),
             input_tokens: 3,
             output_tokens: 4,
+            output_ids_hash: output_ids_hash(&[1, 2, 3, 4]),
             logits_fingerprint: Hash::ZERO,
         };
+        assert_ne!(output_ids_hash(&[1, 2]), output_ids_hash(&[1, 2, 0]));
+        assert_eq!(Attestation::decode(&to_vec(&att)).unwrap(), att);
         let sig = att.sign(&key, "chain-a");
         assert!(att.verify(&key.address(), &sig, "chain-a"));
         assert!(!att.verify(&key.address(), &sig, "chain-b"));

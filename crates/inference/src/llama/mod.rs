@@ -83,15 +83,7 @@ impl LlamaEngine {
         let meta = gguf.model_metadata().map_err(|source| Error::Gguf { path: path.clone(), source })?;
         let backend = backend()?;
         let model = load_model(backend, &path)?;
-        let vocab = model.vocab();
-        let token_text = |t: LlamaToken| {
-            if t.0 < 0 || t.0 >= vocab.n_tokens() {
-                return String::new();
-            }
-            String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
-        };
-        let template =
-            ChatTemplate::or_chatml(meta.chat_template.as_deref(), &token_text(vocab.bos()), &token_text(vocab.eos()));
+        let template = template_of(&model, meta.chat_template.as_deref());
 
         let request_tokens_max = (config.ctx_tokens.get() / config.parallel.get()).min(model.n_ctx_train());
         if request_tokens_max < 16 {
@@ -152,16 +144,6 @@ impl LlamaEngine {
         );
         Ok(LlamaEngine { info, model, template, queue: Some(tx), shared, config: config.clone(), thread: Some(thread) })
     }
-
-    fn tokenize(&self, text: &str) -> Vec<TokenId> {
-        let vocab = self.model.vocab();
-        let mut tokens = vocab.tokenize(text.as_bytes(), false, true);
-        // The template may already have written the BOS text; add it only when missing.
-        if vocab.should_add_bos() && vocab.bos().0 >= 0 && tokens.first() != Some(&vocab.bos()) {
-            tokens.insert(0, vocab.bos());
-        }
-        tokens.into_iter().map(|t| t.0).collect()
-    }
 }
 
 fn check_config(c: &LlamaConfig) -> Result<(), Error> {
@@ -181,13 +163,50 @@ fn check_config(c: &LlamaConfig) -> Result<(), Error> {
 }
 
 fn load_model(backend: &LlamaBackend, path: &Path) -> Result<LlamaModel, Error> {
+    load_with(backend, path, LlamaModelParams::default())
+}
+
+fn load_with(backend: &LlamaBackend, path: &Path, params: LlamaModelParams) -> Result<LlamaModel, Error> {
     // llama.cpp panics (debug) or fails obscurely on a missing path; check first.
     if !path.is_file() {
         return Err(Error::ModelNotFound(path.display().to_string()));
     }
-    let params = LlamaModelParams::default();
     LlamaModel::load_from_file(backend, path, &params)
         .map_err(|e| Error::Load { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+/// A GGUF model's tokenizer and chat template without its weights (llama.cpp's vocab-only
+/// load: milliseconds, a few MB): what a client needs to count and check what a provider did.
+pub(crate) struct LlamaTokenizer {
+    model: LlamaModel,
+    template: ChatTemplate,
+    id: plexus_types::ModelId,
+    limits: Limits,
+}
+
+impl LlamaTokenizer {
+    pub(crate) fn load(cached: &CachedModel) -> Result<Self, Error> {
+        let path = cached.weights_path();
+        let gguf = GgufFile::open(&path).map_err(|source| Error::Gguf { path: path.clone(), source })?;
+        let meta = gguf.model_metadata().map_err(|source| Error::Gguf { path: path.clone(), source })?;
+        let model = load_with(backend()?, &path, LlamaModelParams::default().with_vocab_only(true))?;
+        let template = template_of(&model, meta.chat_template.as_deref());
+        let context = cached.manifest.context_length.max(16);
+        Ok(LlamaTokenizer {
+            model,
+            template,
+            id: cached.id,
+            limits: Limits { request_tokens_max: context, max_tokens_max: context },
+        })
+    }
+
+    pub(crate) fn prepare(&self, request: GenerateRequest) -> Result<Prepared, Error> {
+        prepare_text(&self.model, &self.template, self.id, self.limits, request)
+    }
+
+    pub(crate) fn spell(&self, ids: &[TokenId]) -> Option<(Vec<u8>, usize)> {
+        spell(&self.model, ids)
+    }
 }
 
 /// Tokens of the default prefix, cut before the last token unless it is a control token: the
@@ -204,58 +223,123 @@ fn prefix_tokens(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
     tokens
 }
 
+/// The limits a text request is checked against.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Most tokens (prompt + output) one request may use.
+    pub(crate) request_tokens_max: u32,
+    /// Most tokens one request may generate.
+    pub(crate) max_tokens_max: u32,
+}
+
+/// Renders, tokenizes and checks a generation request: what the engine runs, and what a client
+/// holding only the tokenizer computes to know the prompt's length and the request's hash.
+pub(crate) fn prepare_text(
+    model: &LlamaModel,
+    template: &ChatTemplate,
+    id: plexus_types::ModelId,
+    limits: Limits,
+    request: GenerateRequest,
+) -> Result<Prepared, Error> {
+    if request.stop.len() > STOP_STRINGS_MAX {
+        return Err(Error::invalid("stop", format!("at most {STOP_STRINGS_MAX} stop strings")));
+    }
+    if request.stop.iter().any(|s| s.len() > STOP_STRING_BYTES_MAX) {
+        return Err(Error::invalid("stop", format!("each stop string must be at most {STOP_STRING_BYTES_MAX} bytes")));
+    }
+    let text = match &request.prompt {
+        Prompt::Chat { messages, continue_final_message } => {
+            template.render_prompt(messages, *continue_final_message)?
+        }
+        Prompt::Text(text) => text.clone(),
+    };
+    if text.is_empty() {
+        return Err(Error::EmptyInput);
+    }
+    // A token is at least one byte, so a text this long cannot fit; refuse before tokenizing.
+    let limit = limits.request_tokens_max as usize;
+    if text.len() > limit.saturating_mul(64) {
+        return Err(Error::PromptTooLong { tokens: text.len() / 4, max: limit - 1 });
+    }
+    let tokens = tokenize(model, &text);
+    if tokens.is_empty() {
+        return Err(Error::EmptyInput);
+    }
+    if tokens.len() >= limit {
+        return Err(Error::PromptTooLong { tokens: tokens.len(), max: limit - 1 });
+    }
+    let available = (limit - tokens.len()) as u32;
+    let cap = available.min(limits.max_tokens_max);
+    let max_tokens = match request.max_tokens {
+        Some(0) => return Err(Error::invalid("max_tokens", "must be at least 1")),
+        Some(n) if n > cap => {
+            return Err(Error::MaxTokensTooLarge {
+                requested: n,
+                available: cap,
+                context: limit as u32,
+                prompt: tokens.len() as u32,
+            });
+        }
+        Some(n) => n,
+        None => cap,
+    };
+    Ok(Prepared::new(id, tokens, max_tokens, request.sampling, request.stop))
+}
+
+fn tokenize(model: &LlamaModel, text: &str) -> Vec<TokenId> {
+    let vocab = model.vocab();
+    let mut tokens = vocab.tokenize(text.as_bytes(), false, true);
+    // The template may already have written the BOS text; add it only when missing.
+    if vocab.should_add_bos() && vocab.bos().0 >= 0 && tokens.first() != Some(&vocab.bos()) {
+        tokens.insert(0, vocab.bos());
+    }
+    tokens.into_iter().map(|t| t.0).collect()
+}
+
+/// A GGUF model's chat template, read from its metadata (ChatML when it has none).
+pub(crate) fn template_of(model: &LlamaModel, meta_template: Option<&str>) -> ChatTemplate {
+    let vocab = model.vocab();
+    let token_text = |t: LlamaToken| {
+        if t.0 < 0 || t.0 >= vocab.n_tokens() {
+            return String::new();
+        }
+        String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+    };
+    ChatTemplate::or_chatml(meta_template, &token_text(vocab.bos()), &token_text(vocab.eos()))
+}
+
+/// The bytes a sequence of generated ids spells, as the engine streams them (control tokens
+/// spell nothing), and how many of them end generation. `None` if an id is not in the
+/// vocabulary.
+pub(crate) fn spell(model: &LlamaModel, ids: &[TokenId]) -> Option<(Vec<u8>, usize)> {
+    let vocab = model.vocab();
+    let mut bytes = Vec::new();
+    let mut ends = 0;
+    for &id in ids {
+        if id < 0 || id >= vocab.n_tokens() {
+            return None;
+        }
+        let token = LlamaToken(id);
+        if vocab.is_eog(token) {
+            ends += 1;
+            continue;
+        }
+        bytes.extend_from_slice(&vocab.token_to_piece(token, false, None));
+    }
+    Some((bytes, ends))
+}
+
 impl Engine for LlamaEngine {
     fn info(&self) -> &ModelInfo {
         &self.info
     }
 
     fn prepare(&self, request: GenerateRequest) -> Result<Prepared, Error> {
-        if request.stop.len() > STOP_STRINGS_MAX {
-            return Err(Error::invalid("stop", format!("at most {STOP_STRINGS_MAX} stop strings")));
-        }
-        if request.stop.iter().any(|s| s.len() > STOP_STRING_BYTES_MAX) {
-            return Err(Error::invalid(
-                "stop",
-                format!("each stop string must be at most {STOP_STRING_BYTES_MAX} bytes"),
-            ));
-        }
-        let text = match &request.prompt {
-            Prompt::Chat { messages, continue_final_message } => {
-                self.template.render_prompt(messages, *continue_final_message)?
-            }
-            Prompt::Text(text) => text.clone(),
+        let limits = Limits {
+            request_tokens_max: self.info.request_tokens_max,
+            max_tokens_max: self.config.max_tokens_max.get(),
         };
-        if text.is_empty() {
-            return Err(Error::EmptyInput);
-        }
-        // A token is at least one byte, so a text this long cannot fit; refuse before tokenizing.
-        let limit = self.info.request_tokens_max as usize;
-        if text.len() > limit.saturating_mul(64) {
-            return Err(Error::PromptTooLong { tokens: text.len() / 4, max: limit - 1 });
-        }
-        let tokens = self.tokenize(&text);
-        if tokens.is_empty() {
-            return Err(Error::EmptyInput);
-        }
-        if tokens.len() >= limit {
-            return Err(Error::PromptTooLong { tokens: tokens.len(), max: limit - 1 });
-        }
-        let available = (limit - tokens.len()) as u32;
-        let cap = available.min(self.config.max_tokens_max.get());
-        let max_tokens = match request.max_tokens {
-            Some(0) => return Err(Error::invalid("max_tokens", "must be at least 1")),
-            Some(n) if n > cap => {
-                return Err(Error::MaxTokensTooLarge {
-                    requested: n,
-                    available: cap,
-                    context: limit as u32,
-                    prompt: tokens.len() as u32,
-                });
-            }
-            Some(n) => n,
-            None => cap,
-        };
-        Ok(Prepared::new(self.info.id, tokens, max_tokens, request.sampling, request.stop))
+        prepare_text(&self.model, &self.template, self.info.id, limits, request)
     }
 
     fn submit(&self, prepared: Prepared) -> Result<Generation, Error> {

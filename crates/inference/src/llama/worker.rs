@@ -137,6 +137,8 @@ struct Active {
     text: TextStream,
     full_text: String,
     out: Vec<TokenId>,
+    /// How many of `out` went out with a `Text` event already.
+    sent: usize,
     probes: Vec<LogitsProbe>,
     cached_tokens: u32,
     first_token: Option<Instant>,
@@ -275,6 +277,7 @@ impl Worker<'_> {
             text,
             full_text: String::new(),
             out: Vec::new(),
+            sent: 0,
             probes: Vec::new(),
             cached_tokens: 0,
             first_token: None,
@@ -548,7 +551,9 @@ impl Worker<'_> {
             };
             if !text.is_empty() {
                 a.full_text.push_str(&text);
-                let _ = a.job.events.send(Event::Text { text, completion_tokens: n_out });
+                let ids = a.out[a.sent..].to_vec();
+                a.sent = a.out.len();
+                let _ = a.job.events.send(Event::Text { text, completion_tokens: n_out, ids });
             }
             if stopped {
                 finish = Some((FinishReason::Stop, false));
@@ -574,7 +579,9 @@ impl Worker<'_> {
             let tail = a.text.finish();
             if !tail.is_empty() {
                 a.full_text.push_str(&tail);
-                let _ = a.job.events.send(Event::Text { text: tail, completion_tokens: a.out.len() as u32 });
+                let ids = a.out[a.sent..].to_vec();
+                a.sent = a.out.len();
+                let _ = a.job.events.send(Event::Text { text: tail, completion_tokens: a.out.len() as u32, ids });
             }
         }
         let first = a.first_token.unwrap_or_else(Instant::now);

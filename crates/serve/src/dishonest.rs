@@ -1,0 +1,43 @@
+//! A provider that lies, for tests only: built with the `dishonest` feature and told what to do
+//! by `PLEXUS_DISHONEST`, it inflates its counts, strips or forges its attestations, pads its
+//! token ids or streams forever — everything a cheating provider could do to get paid for work
+//! it did not do. Tests use it to show that a client's gateway never pays for any of it. In
+//! every other build [`Lie::from_env`] is always [`Lie::Honest`].
+
+/// What the provider lies about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lie {
+    Honest,
+    /// Reports (and signs) a hundred times the tokens it processed.
+    Inflate,
+    /// Sends no attestation and no token ids.
+    Strip,
+    /// Signs its attestations with a key that is not its own.
+    Forge,
+    /// Lists more output token ids than it generated.
+    Pad,
+    /// Never ends a stream: repeats its last text, with its ids, forever.
+    Endless,
+}
+
+impl Lie {
+    pub(crate) fn from_env() -> Lie {
+        #[cfg(feature = "dishonest")]
+        {
+            let lie = match std::env::var("PLEXUS_DISHONEST").unwrap_or_default().as_str() {
+                "inflate" => Lie::Inflate,
+                "strip" => Lie::Strip,
+                "forge" => Lie::Forge,
+                "pad" => Lie::Pad,
+                "endless" => Lie::Endless,
+                _ => Lie::Honest,
+            };
+            if lie != Lie::Honest {
+                tracing::warn!(target: "serve", ?lie, "this provider lies (PLEXUS_DISHONEST, a test build)");
+            }
+            lie
+        }
+        #[cfg(not(feature = "dishonest"))]
+        Lie::Honest
+    }
+}
