@@ -41,8 +41,6 @@ pub struct Entry {
     /// Upper bounds still reserved by requests in flight.
     pub reserved_input: u64,
     pub reserved_output: u64,
-    /// Prompt tokens of requests in flight (they get credit until the first receipt after).
-    pub inflight_prompt: u64,
     pub inflight: u32,
     pub receipt: Option<SignedReceipt>,
     pub auth_nonce: u64,

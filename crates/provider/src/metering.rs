@@ -16,6 +16,9 @@ struct Ticket {
     counted_output: u32,
     /// Whether the prompt was added to the delivered count yet.
     counted_prompt: bool,
+    /// Admitted with nothing else outstanding on its session: its own prompt may exceed the
+    /// credit (one request at a time is always served).
+    alone: bool,
 }
 
 pub(crate) struct ChainMetering<C: ChainView> {
@@ -153,10 +156,23 @@ impl<C: ChainView> Metering for ChainMetering<C> {
                 "unknown token for session {session}; authenticate again (POST /plexus/v1/sessions/{session}/token)"
             )));
         }
+        // The credit bound holds whatever the concurrency: what is delivered and unacknowledged,
+        // plus the worst case of every request in flight, plus this one's worst case, must fit
+        // the credit, unless nothing else is outstanding (one request at a time is always served;
+        // the context length bounds it).
         let unacked = entry.unacknowledged();
         if unacked > credit {
             return Err(payment(format!(
                 "{unacked} delivered tokens of session {session} are not acknowledged (credit is {credit}); send a newer receipt"
+            )));
+        }
+        let outstanding = unacked.saturating_add(entry.reserved_input).saturating_add(entry.reserved_output);
+        let this = u64::from(req.prompt_tokens) + u64::from(req.max_tokens);
+        let alone = outstanding == 0 && entry.inflight == 0;
+        if !alone && outstanding.saturating_add(this) > credit {
+            return Err(payment(format!(
+                "session {session} has {outstanding} tokens delivered without a receipt or reserved by requests in flight, \
+                 and this request could add {this} (credit is {credit}); send a newer receipt or wait for a request to finish"
             )));
         }
         let worst = plexus_execution::price_of(
@@ -173,7 +189,6 @@ impl<C: ChainView> Metering for ChainMetering<C> {
         }
         entry.reserved_input += u64::from(req.prompt_tokens);
         entry.reserved_output += u64::from(req.max_tokens);
-        entry.inflight_prompt += u64::from(req.prompt_tokens);
         entry.inflight += 1;
         let ticket = Ticket {
             session,
@@ -181,6 +196,7 @@ impl<C: ChainView> Metering for ChainMetering<C> {
             max_tokens: req.max_tokens,
             counted_output: 0,
             counted_prompt: false,
+            alone,
         };
         Ok(MeterTicket { request_id: req.request_id, data: Some(Box::new(std::sync::Mutex::new(ticket))) })
     }
@@ -194,7 +210,8 @@ impl<C: ChainView> Metering for ChainMetering<C> {
         let prompt = t.prompt;
         count(entry, &mut t, prompt, output_tokens);
         let unacked = entry.unacknowledged();
-        if unacked > credit + entry.inflight_prompt {
+        let allowance = if t.alone { u64::from(t.prompt) } else { 0 };
+        if unacked > credit + allowance {
             return Err(payment(format!(
                 "stopped: {unacked} delivered tokens are not acknowledged (credit is {credit}); the client stopped sending receipts"
             )));
@@ -217,7 +234,6 @@ impl<C: ChainView> Metering for ChainMetering<C> {
         }
         entry.reserved_output =
             entry.reserved_output.saturating_sub(u64::from(t.max_tokens.saturating_sub(t.counted_output)));
-        entry.inflight_prompt = entry.inflight_prompt.saturating_sub(u64::from(t.prompt));
         entry.inflight = entry.inflight.saturating_sub(1);
     }
 }
@@ -237,4 +253,111 @@ fn count(entry: &mut crate::ledger::Entry, t: &mut Ticket, prompt_tokens: u32, o
     t.counted_output += new;
     entry.delivered_output += u64::from(new);
     entry.reserved_output = entry.reserved_output.saturating_sub(u64::from(new));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ChainView, ProviderConfig};
+    use axum::http::HeaderValue;
+    use plexus_serve::Endpoint;
+    use plexus_types::tx::{ModelPrice, Payload};
+    use plexus_types::{Height, PrivateKey, Receipt};
+
+    const CHAIN: &str = "plexus-test";
+
+    struct OneSession {
+        id: Hash,
+        view: SessionView,
+    }
+
+    impl ChainView for OneSession {
+        fn chain_id(&self) -> &str {
+            CHAIN
+        }
+        fn session(&self, id: &Hash) -> Option<SessionView> {
+            (id == &self.id).then(|| self.view.clone())
+        }
+        fn height(&self) -> Height {
+            1
+        }
+        fn submit(&self, _: Payload) -> Result<Hash, String> {
+            Err("no chain here".into())
+        }
+    }
+
+    #[test]
+    fn the_credit_bound_holds_whatever_the_concurrency() {
+        let dir = tempfile::tempdir().unwrap();
+        let (provider_key, client) = (PrivateKey::from_seed(1), PrivateKey::from_seed(2));
+        let model = plexus_types::hash(b"model");
+        let id = plexus_types::hash(b"session");
+        let price = ModelPrice { model, input_per_1k: 1_000, output_per_1k: 1_000 };
+        let view = SessionView {
+            client: client.address(),
+            provider: provider_key.address(),
+            model,
+            deposit: 1_000_000,
+            price,
+            expiry_height: 100,
+            refund_height: 200,
+            settled_seq: 0,
+            open: true,
+        };
+        let config = ProviderConfig { credit_tokens: 1_000, ..ProviderConfig::new(dir.path().join("ledger.log")) };
+        let provider = Provider::open(OneSession { id, view }, provider_key.address(), config).unwrap();
+        let proof = plexus_types::receipt::SessionAuth { session: id, provider: provider_key.address(), nonce: 1 }
+            .sign(&client, CHAIN);
+        let token = provider.authenticate(&id, 1, &proof).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(crate::HEADER_SESSION, HeaderValue::from_str(&id.to_string()).unwrap());
+        headers.insert(crate::HEADER_TOKEN, HeaderValue::from_str(&hex::encode(token)).unwrap());
+        let metering = provider.metering();
+        let request = |n: u64| MeterRequest {
+            request_id: n,
+            model,
+            endpoint: Endpoint::ChatCompletions,
+            headers: &headers,
+            prompt_tokens: 100,
+            max_tokens: 200,
+        };
+        // A client racing requests: each may cost 300 tokens; three fit the 1,000-token credit,
+        // the fourth does not, however they arrive.
+        let tickets: Vec<MeterTicket> = (0..3).map(|n| metering.begin(&request(n)).unwrap()).collect();
+        let refused = metering.begin(&request(3)).unwrap_err();
+        assert!(matches!(refused, ServeError::PaymentRequired(_)), "{refused:?}");
+        // One finishes having delivered 150 tokens: 150 unacknowledged + 600 reserved + 300 > 1,000.
+        let usage = Usage { prompt_tokens: 100, completion_tokens: 50, cached_tokens: 0, complete: true };
+        let att = plexus_types::Attestation {
+            request_hash: Hash::ZERO,
+            output_hash: Hash::ZERO,
+            model,
+            input_tokens: 100,
+            output_tokens: 50,
+            output_ids_hash: Hash::ZERO,
+            logits_fingerprint: Hash::ZERO,
+        };
+        let sig = att.sign(&provider_key, CHAIN);
+        let mut tickets = tickets.into_iter();
+        metering.finish(tickets.next().unwrap(), &usage, &att, &sig);
+        assert!(metering.begin(&request(4)).is_err());
+        // The client pays for those 150: room again.
+        let receipt = Receipt {
+            session: id,
+            seq: 1,
+            cum_input_tokens: 100,
+            cum_output_tokens: 50,
+            cum_amount: 150,
+            outputs_root: Hash::ZERO,
+        }
+        .sign(&client, CHAIN);
+        provider.accept_receipt(receipt).unwrap();
+        let fifth = metering.begin(&request(5)).unwrap();
+        // Exposure never went above the credit: 150 delivered + 3 x 300 reserved at the peak.
+        for t in tickets.chain([fifth]) {
+            metering.finish(t, &Usage::default(), &att, &sig);
+        }
+        let state = provider.session_state(&id).unwrap();
+        assert_eq!(state.requests_in_flight, 0);
+    }
 }
