@@ -101,3 +101,34 @@ impl EvidenceVerifier for Verifier {
 }
 
 use rand::SeedableRng as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commonware_consensus::simplex::types::{Notarize, Proposal};
+    use commonware_consensus::types::{Epoch, Round, View};
+    use commonware_cryptography::{Hasher as _, Sha256, Signer as _, ed25519};
+
+    #[test]
+    fn equivocation_is_proven_on_its_own_chain_only() {
+        let keys: Vec<ed25519::PrivateKey> = (0..4).map(ed25519::PrivateKey::from_seed).collect();
+        let set = Set::from_iter_dedup(keys.iter().map(|k| k.public_key()));
+        let signer = Scheme::signer(&crate::namespace("chain-a"), set, keys[0].clone()).expect("a member signs");
+        let round = Round::new(Epoch::new(0), View::new(5));
+        let vote = |payload: &[u8]| {
+            Notarize::sign(&signer, Proposal::new(round, View::new(4), Sha256::hash(&[payload]))).expect("signs")
+        };
+        let evidence = encode(&Activity::ConflictingNotarize(ConflictingNotarize::new(vote(b"one"), vote(b"two"))))
+            .expect("evidence encodes");
+        let validators: Vec<Address> = keys.iter().map(|k| Address(k.public_key())).collect();
+        let of = |_: u64| Some(validators.clone());
+        let proven = Verifier::new("chain-a").verify(&evidence, &of).unwrap();
+        assert_eq!((proven.offender, proven.view, proven.kind), (validators[0].clone(), 5, "conflicting_notarize"));
+        // The same votes say nothing on another chain (its namespace is in every signature).
+        assert!(Verifier::new("chain-b").verify(&evidence, &of).is_err());
+        // Nor with a validator set the signer is not in, nor cut short.
+        let others = |_: u64| Some(validators[1..].to_vec());
+        assert!(Verifier::new("chain-a").verify(&evidence, &others).is_err());
+        assert!(Verifier::new("chain-a").verify(&evidence[..evidence.len() - 1], &of).is_err());
+    }
+}

@@ -64,6 +64,8 @@ pub struct SessionRecord {
 #[derive(Deserialize)]
 struct Account {
     nonce: u64,
+    /// The nonce after the account's transactions waiting in the node's mempool.
+    next_nonce: u64,
     balance: Amount,
 }
 
@@ -222,6 +224,13 @@ impl ChainClient {
     pub async fn account(&self, address: &Address) -> Result<(u64, Amount), GatewayError> {
         let a: Account = self.send(&format!("/chain/v1/accounts/{address}"), None).await?;
         Ok((a.nonce, a.balance))
+    }
+
+    /// The nonce a new transaction from `address` should use: after its pending ones (another
+    /// process with the same key, e.g. a gateway that stopped a moment ago, may have some).
+    pub async fn next_nonce(&self, address: &Address) -> Result<u64, GatewayError> {
+        let a: Account = self.send(&format!("/chain/v1/accounts/{address}"), None).await?;
+        Ok(a.next_nonce.max(a.nonce))
     }
 
     /// Signs and submits a transaction; returns its hash once accepted into a mempool.

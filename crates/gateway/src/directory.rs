@@ -3,7 +3,8 @@
 //!
 //! Routing is power-of-two-choices: two random eligible providers, and the one with the lower
 //! score — measured latency times requests in flight, weighted by price — wins. A provider
-//! that fails is cooled down for a while and tried last.
+//! that fails is cooled down for a while and tried last; one caught lying (a response the
+//! gateway could not verify) is shunned much longer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, RwLock};
@@ -17,6 +18,8 @@ use crate::chain::{ChainClient, ProviderRecord};
 
 /// How long a failed provider is tried only as a last resort.
 const COOLDOWN: Duration = Duration::from_secs(10);
+/// How long a provider caught lying is not used at all.
+const SHUNNED: Duration = Duration::from_secs(600);
 /// Weight of a new latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.3;
 /// Latency assumed for a provider not measured yet, in ms (tried early, not first).
@@ -31,6 +34,10 @@ pub struct Constraints {
     pub max_input_per_1k: Option<Amount>,
     /// Highest price per 1k output tokens accepted.
     pub max_output_per_1k: Option<Amount>,
+    /// Model names pinned to ids (`--model NAME=ID`), over what the chain says.
+    pub pins: BTreeMap<String, ModelId>,
+    /// Only these providers, when not empty (`--provider ADDR`).
+    pub providers: Vec<Address>,
 }
 
 /// A provider able to serve one model.
@@ -64,6 +71,10 @@ struct Stats {
     ewma_ms: Option<f64>,
     inflight: u32,
     cooldown_until: Option<Instant>,
+    /// Until when it is not used at all: caught lying.
+    shunned_until: Option<Instant>,
+    /// Responses it sent that did not verify.
+    lies: u64,
 }
 
 #[derive(Default)]
@@ -81,19 +92,32 @@ impl Directory {
         Ok(())
     }
 
-    /// Every provider serving `model` (a name or an id) within `constraints`.
-    pub fn candidates(&self, model: &str, constraints: &Constraints) -> Vec<Candidate> {
+    /// The model `requested` (a name, a pinned name or an id) means on this network.
+    pub fn resolve(
+        &self,
+        requested: &str,
+        constraints: &Constraints,
+    ) -> Result<(ModelId, ModelManifest), crate::GatewayError> {
+        let snap = self.snapshot.read().expect("directory lock");
+        crate::models::resolve(requested, &constraints.pins, &snap.models)
+    }
+
+    /// Every provider serving exactly `model` within `constraints`.
+    pub fn candidates(&self, model: &ModelId, constraints: &Constraints) -> Vec<Candidate> {
         let snap = self.snapshot.read().expect("directory lock");
         let mut out = Vec::new();
         for p in &snap.providers {
             if constraints.region.as_ref().is_some_and(|r| r != &p.region) {
                 continue;
             }
+            if !constraints.providers.is_empty() && !constraints.providers.contains(&p.address) {
+                continue;
+            }
             for price in &p.prices {
-                let Some(manifest) = snap.models.get(&price.model) else { continue };
-                if manifest.name != model && price.model.to_string() != model {
+                if &price.model != model {
                     continue;
                 }
+                let Some(manifest) = snap.models.get(&price.model) else { continue };
                 if constraints.max_input_per_1k.is_some_and(|m| price.input_per_1k > m)
                     || constraints.max_output_per_1k.is_some_and(|m| price.output_per_1k > m)
                 {
@@ -144,7 +168,9 @@ impl Directory {
     pub fn pick(&self, candidates: &[Candidate], exclude: &[Address]) -> Option<Candidate> {
         let stats = self.stats.lock().expect("stats lock");
         let now = Instant::now();
-        let open: Vec<&Candidate> = candidates.iter().filter(|c| !exclude.contains(&c.provider)).collect();
+        let shunned = |c: &Candidate| stats.get(&c.provider).and_then(|s| s.shunned_until).is_some_and(|t| t > now);
+        let open: Vec<&Candidate> =
+            candidates.iter().filter(|c| !exclude.contains(&c.provider) && !shunned(c)).collect();
         let healthy: Vec<&Candidate> = open
             .iter()
             .copied()
@@ -154,10 +180,11 @@ impl Directory {
         if pool.is_empty() {
             return None;
         }
-        let cheapest = pool.iter().map(|c| c.price.output_per_1k + c.price.input_per_1k).min().unwrap_or(0);
+        let cheapest =
+            pool.iter().map(|c| c.price.output_per_1k.saturating_add(c.price.input_per_1k)).min().unwrap_or(0);
         let score = |c: &Candidate| {
             let s = stats.get(&c.provider).cloned().unwrap_or_default();
-            let price = (c.price.output_per_1k + c.price.input_per_1k) as f64;
+            let price = c.price.output_per_1k.saturating_add(c.price.input_per_1k) as f64;
             let price_factor = if cheapest == 0 { 1.0 + price } else { price / cheapest as f64 };
             s.ewma_ms.unwrap_or(UNMEASURED_MS) * f64::from(1 + s.inflight) * price_factor.max(1.0)
         };
@@ -165,6 +192,19 @@ impl Directory {
         let a = pool[rng.random_range(0..pool.len())];
         let b = pool[rng.random_range(0..pool.len())];
         Some(if score(a) <= score(b) { a.clone() } else { b.clone() })
+    }
+
+    /// A response from `provider` did not verify: it is not used for a while, and counted.
+    pub fn caught_lying(&self, provider: &Address) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        let s = stats.entry(provider.clone()).or_default();
+        s.lies += 1;
+        s.shunned_until = Some(Instant::now() + SHUNNED);
+    }
+
+    /// Responses from `provider` that did not verify.
+    pub fn lies(&self, provider: &Address) -> u64 {
+        self.stats.lock().expect("stats lock").get(provider).map_or(0, |s| s.lies)
     }
 
     pub fn started(&self, provider: &Address) {
@@ -184,5 +224,45 @@ impl Directory {
             }
             None => s.cooldown_until = Some(Instant::now() + COOLDOWN),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plexus_types::PrivateKey;
+
+    fn candidate(seed: u64, input_per_1k: Amount, output_per_1k: Amount) -> Candidate {
+        let model = plexus_types::hash(b"m");
+        Candidate {
+            provider: PrivateKey::from_seed(seed).address(),
+            endpoint: format!("http://127.0.0.1:{}", 9000 + seed),
+            region: "eu".into(),
+            model,
+            model_name: "m".into(),
+            price: ModelPrice { model, input_per_1k, output_per_1k },
+        }
+    }
+
+    #[test]
+    fn prices_at_the_top_of_the_range_do_not_overflow_routing() {
+        let d = Directory::default();
+        let pool = vec![candidate(1, u128::MAX, u128::MAX), candidate(2, u128::MAX - 1, 5)];
+        for _ in 0..32 {
+            assert!(d.pick(&pool, &[]).is_some());
+        }
+    }
+
+    #[test]
+    fn a_provider_caught_lying_is_not_picked_while_others_are_left() {
+        let d = Directory::default();
+        let pool = vec![candidate(1, 1, 1), candidate(2, 1, 1)];
+        d.caught_lying(&pool[0].provider);
+        for _ in 0..32 {
+            assert_eq!(d.pick(&pool, &[]).unwrap().provider, pool[1].provider);
+        }
+        assert_eq!(d.lies(&pool[0].provider), 1);
+        // Nobody else: it is not used at all.
+        assert!(d.pick(&pool[..1], &[]).is_none());
     }
 }

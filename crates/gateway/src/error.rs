@@ -21,9 +21,14 @@ pub enum GatewayError {
     /// The chain refused a request or transaction.
     #[error("chain refused ({code}): {message}")]
     Rejected { code: String, message: String, status: u16 },
-    /// The client account cannot pay (opening or topping up a session).
+    /// The client account cannot pay (opening or topping up a session), or the spending
+    /// budget is used up.
     #[error("{0}")]
     Funds(String),
+    /// The gateway cannot count or check responses for this model (no local tokenizer), so it
+    /// will not pay for any.
+    #[error("{0}")]
+    Unverifiable(String),
     /// Bad settings.
     #[error("{0}")]
     Config(String),
@@ -58,6 +63,7 @@ impl GatewayError {
             GatewayError::Upstream(_) | GatewayError::Chain(_) | GatewayError::Rejected { .. } => {
                 StatusCode::BAD_GATEWAY
             }
+            GatewayError::Unverifiable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Config(_) | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +75,12 @@ impl GatewayError {
             GatewayError::Funds(_) => ("insufficient_quota", Some("insufficient_quota")),
             _ => ("api_error", None),
         }
+    }
+
+    /// An OpenAI-shaped error body for a refusal made before any routing (access control).
+    pub fn refusal_json(code: &str, message: &str) -> String {
+        serde_json::json!({ "error": { "message": message, "type": "invalid_request_error", "param": null, "code": code } })
+            .to_string()
     }
 
     /// The JSON body, also sent as an SSE `data:` line when a stream fails.

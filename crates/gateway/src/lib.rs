@@ -1,21 +1,25 @@
 //! The client-side gateway: a local OpenAI-compatible server that unmodified SDKs point at.
 //! It holds the client's key, finds providers and models on the chain, opens and tops up
-//! prepaid sessions, signs cumulative receipts for exactly the tokens it received, routes by
-//! price, measured latency and load, and fails over — mid-stream too.
+//! prepaid sessions within a budget, meters every request itself and signs cumulative receipts
+//! for exactly the tokens it counted and verified ([`billing`]), routes by price, measured
+//! latency and load, and fails over — mid-stream too.
 //!
 //! What it does not do: it never sends a request's content anywhere but to the provider that
-//! serves it, never trusts a provider's word without its signature (every response's
-//! attestation is checked against the provider's on-chain key), and never signs a receipt for
-//! more than the escrow holds.
+//! serves it, never pays for a provider's word (usage numbers are replaced by the gateway's own
+//! counts; a response whose attestation or token ids do not verify gets no receipt and its
+//! provider is shunned), never signs a receipt for more than the escrow holds, and never serves
+//! anyone without the API key when one is set (it must be, to listen beyond loopback).
 //!
 //! The app sees plain OpenAI responses. Extra headers (`x-plexus-provider`,
 //! `x-plexus-session`, the provider's attestation) say who answered; a stream's usage chunk
 //! lists each provider's part under `plexus.segments`.
 
+pub mod billing;
 mod chain;
 mod directory;
 mod error;
 mod metrics;
+mod models;
 mod proxy;
 mod session;
 mod sse;
@@ -55,6 +59,18 @@ pub struct GatewayConfig {
     pub attempts_max: u32,
     /// Largest request body from the app, in bytes.
     pub request_bytes_max: usize,
+    /// The key apps must send (`Authorization: Bearer`); required to listen beyond loopback.
+    /// Never logged or saved by the gateway.
+    pub api_key: Option<String>,
+    /// Web origins allowed to call the gateway from a browser (none by default).
+    pub allowed_origins: Vec<String>,
+    /// Most escrow the gateway commits to sessions in total (deposits and top-ups), in base
+    /// units: the most it can spend.
+    pub budget: Amount,
+    /// `max_tokens` when the app sets none (within what the model's context leaves).
+    pub max_tokens_default: u32,
+    /// The longest a stream may take, all providers together.
+    pub stream_deadline: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +85,11 @@ impl Default for GatewayConfig {
             receipt_every_tokens: 64,
             attempts_max: 4,
             request_bytes_max: 4 << 20,
+            api_key: None,
+            allowed_origins: Vec::new(),
+            budget: 50 * UNITS_PER_PLX,
+            max_tokens_default: 512,
+            stream_deadline: Duration::from_secs(600),
         }
     }
 }
@@ -81,6 +102,16 @@ pub struct Gateway {
 impl Gateway {
     /// Connects to the chain and loads the session table.
     pub async fn start(config: GatewayConfig, key: PrivateKey) -> Result<Gateway, GatewayError> {
+        if !config.listen.ip().is_loopback() && config.api_key.as_deref().is_none_or(str::is_empty) {
+            return Err(GatewayError::Config(format!(
+                "listening on {} (beyond loopback) needs an API key: anyone who can reach it could spend this \
+                 account's money (set --api-key or PLEXUS_GATEWAY_API_KEY)",
+                config.listen
+            )));
+        }
+        if config.api_key.as_deref().is_some_and(|k| k.len() < 16) {
+            return Err(GatewayError::Config("the API key must be at least 16 characters".into()));
+        }
         std::fs::create_dir_all(&config.home)
             .map_err(|e| GatewayError::Config(format!("cannot create {}: {e}", config.home.display())))?;
         let chain = Arc::new(ChainClient::new(config.nodes.clone())?);
@@ -108,11 +139,13 @@ impl Gateway {
             .build()
             .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?;
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        tokio::spawn(sessions.clone().follow_chain());
         let app = Arc::new(proxy::App {
             config,
             chain,
             directory,
             sessions,
+            tokenizers: models::Tokenizers::new(plexus_inference::models::ModelCache::from_env()),
             http,
             stream_http,
             metrics: metrics::Metrics::new(),

@@ -1,11 +1,19 @@
 //! The OpenAI-compatible routes the app talks to, and how each request is carried to a
-//! provider: pick one, use (or open) the session with it, forward, verify the signed
-//! attestation, acknowledge the tokens with a receipt, and on failure try another provider.
+//! provider: check who is asking, work out the model and count the request with the gateway's
+//! own tokenizer ([`billing::Expect`]), pick a provider, use (or open) the session with it,
+//! forward, verify the response against what was counted and attested
+//! ([`billing`]), acknowledge exactly the verified tokens with a receipt, and on any failure —
+//! including a response that does not verify — try another provider.
 //!
-//! Streams fail over in the middle: if a provider's stream breaks, the text delivered so far
-//! becomes the prefix of a continuation request (`continue_final_message` for chat, the
-//! extended prompt for completions) to the next provider, and the app keeps reading one
-//! stream with one id. Each provider is acknowledged exactly for the tokens it delivered.
+//! Streams fail over in the middle: if a provider's stream breaks (or lies), the text delivered
+//! so far becomes the prefix of a continuation request (`continue_final_message` for chat, the
+//! extended prompt for completions) to the next provider, and the app keeps reading one stream
+//! with one id. Each provider is acknowledged exactly for the verified tokens it delivered.
+//!
+//! Access: every route but `/health` needs the API key when one is set (it must be whenever
+//! the gateway listens beyond loopback); request bodies must be JSON, and a request carrying a
+//! browser `Origin` the gateway was not told to allow is refused, so no web page can spend
+//! the client's money.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,19 +23,23 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use plexus_inference::{Sampling, Tokenizer};
 use plexus_types::{Attestation, Hash, Sig};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::billing::{self, Expect, Lie, StreamMeter, Verified};
 use crate::chain::ChainClient;
 use crate::directory::{Candidate, Directory};
 use crate::metrics::Metrics;
+use crate::models::Tokenizers;
 use crate::session::{Sessions, Shared};
 use crate::sse::Events;
 use crate::{GatewayConfig, GatewayError};
@@ -51,6 +63,7 @@ pub(crate) struct App {
     pub(crate) chain: Arc<ChainClient>,
     pub(crate) directory: Arc<Directory>,
     pub(crate) sessions: Arc<Sessions>,
+    pub(crate) tokenizers: Tokenizers,
     pub(crate) http: reqwest::Client,
     pub(crate) stream_http: reqwest::Client,
     pub(crate) metrics: Metrics,
@@ -73,7 +86,61 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/plexus/v1/close", post(close))
         .fallback(|| async { GatewayError::bad("path", "no such route on the gateway").into_response() })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
+}
+
+/// Who may use the gateway: the API key (when set), JSON bodies only, no foreign origin.
+async fn guard(State(app): State<Shared_>, request: Request, next: Next) -> Response {
+    let refuse = |status: StatusCode, code: &'static str, message: String| {
+        (status, [(header::CONTENT_TYPE, "application/json")], GatewayError::refusal_json(code, &message))
+            .into_response()
+    };
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        if !app.config.allowed_origins.iter().any(|o| o == origin) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                format!("requests from the web page at {origin} are refused (allow it with --allow-origin)"),
+            );
+        }
+    }
+    if let Some(key) = &app.config.api_key {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "a valid API key is required (Authorization: Bearer <key>; the devnet prints it)".into(),
+            );
+        }
+    }
+    if request.method() == Method::POST {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/json"));
+        if !json {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "request bodies must be JSON (Content-Type: application/json)".into(),
+            );
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -119,9 +186,40 @@ fn parse_body(limit: usize, body: Result<Bytes, BytesRejection>) -> Result<Value
     Ok(v)
 }
 
+fn bad_request(e: plexus_serve::ServeError) -> GatewayError {
+    GatewayError::BadRequest { message: e.to_string(), param: None }
+}
+
+/// A request the gateway has counted, ready to send.
+struct Counted {
+    /// The body to send: the app's, with `max_tokens` and the sampling `seed` made explicit so
+    /// the gateway and the provider derive the same request.
+    body: Value,
+    expect: Expect,
+}
+
 impl App {
+    /// The model `requested` names and its tokenizer, refreshing the directory once if needed.
+    async fn model(
+        &self,
+        requested: &str,
+    ) -> Result<(plexus_types::ModelId, plexus_types::ModelManifest, Arc<Tokenizer>), GatewayError> {
+        let resolved = match self.directory.resolve(requested, &self.config.constraints) {
+            Ok(r) => r,
+            Err(_) => {
+                if let Err(e) = self.directory.refresh(&self.chain).await {
+                    warn!(target: "gateway", "cannot refresh providers: {e}");
+                }
+                self.directory.resolve(requested, &self.config.constraints)?
+            }
+        };
+        let (id, manifest) = resolved;
+        let tokenizer = self.tokenizers.get(id, &manifest).await?;
+        Ok((id, manifest, tokenizer))
+    }
+
     /// Providers for `model`, refreshing the directory once if none is known.
-    async fn candidates(&self, model: &str) -> Result<Vec<Candidate>, GatewayError> {
+    async fn candidates(&self, model: &plexus_types::ModelId, name: &str) -> Result<Vec<Candidate>, GatewayError> {
         let found = self.directory.candidates(model, &self.config.constraints);
         if !found.is_empty() {
             return Ok(found);
@@ -131,18 +229,49 @@ impl App {
         }
         let found = self.directory.candidates(model, &self.config.constraints);
         if found.is_empty() {
-            let known: Vec<String> =
-                self.directory.models(&self.config.constraints).into_iter().map(|m| m.manifest.name).collect();
             return Err(GatewayError::NoProvider(format!(
-                "no provider serves the model `{model}`{} (available: {})",
+                "no provider serves the model `{name}` ({model}){}",
                 self.config.constraints.region.as_ref().map(|r| format!(" in region {r}")).unwrap_or_default(),
-                if known.is_empty() { "none".into() } else { known.join(", ") }
             )));
         }
         Ok(found)
     }
 
-    fn request_headers(&self, s: &Shared) -> reqwest::header::HeaderMap {
+    /// Counts a generation request with the gateway's own tokenizer.
+    fn count_generation(&self, wire: Wire, tokenizer: &Tokenizer, mut body: Value) -> Result<Counted, GatewayError> {
+        let parse = |b: &Value| {
+            let bytes = serde_json::to_vec(b).map_err(|e| GatewayError::Internal(e.to_string()))?;
+            match wire {
+                Wire::Chat => plexus_serve::openai::parse_chat(&bytes),
+                _ => plexus_serve::openai::parse_completion(&bytes),
+            }
+            .map_err(bad_request)
+        };
+        let parsed = parse(&body)?;
+        // The seed is the gateway's to choose when the app gave none, so both sides sample alike.
+        if let Sampling::Random { seed, .. } = parsed.request.sampling {
+            if body.get("seed").is_none_or(Value::is_null) {
+                body["seed"] = json!(seed);
+            }
+        }
+        // An explicit output bound: the gateway's default, within what the context leaves.
+        if parsed.request.max_tokens.is_none() {
+            let room = tokenizer.prepare(parsed.request.clone()).map_err(|e| bad_request(e.into()))?.max_tokens;
+            body["max_tokens"] = json!(room.min(self.config.max_tokens_default));
+        }
+        let parsed = parse(&body)?;
+        let prepared = tokenizer.prepare(parsed.request.clone()).map_err(|e| bad_request(e.into()))?;
+        let expect = Expect {
+            model: tokenizer.model(),
+            prompt_tokens: prepared.prompt_tokens(),
+            max_tokens: prepared.max_tokens,
+            request_hash: prepared.request_hash,
+            stop: parsed.request.stop.clone(),
+        };
+        Ok(Counted { body, expect })
+    }
+
+    fn request_headers(&self, s: &Shared, progress: bool) -> reqwest::header::HeaderMap {
         let st = s.lock().expect("session lock");
         let mut h = reqwest::header::HeaderMap::new();
         let mut put = |name: &'static str, value: &str| {
@@ -157,7 +286,9 @@ impl App {
         if let Some(r) = &st.latest {
             put(H_RECEIPT, r);
         }
-        put(H_PROGRESS, "1");
+        if progress {
+            put(H_PROGRESS, "1");
+        }
         h
     }
 
@@ -178,30 +309,43 @@ impl App {
         };
         format!("{prefix}-plexus-{:x}{n:08x}", self.started)
     }
+
+    /// A provider sent something that does not verify: no receipt for it, and it is shunned.
+    fn caught(&self, c: &Candidate, lie: &Lie) {
+        warn!(target: "gateway::verify", provider = %c.provider, "not paid, provider shunned: {lie}");
+        self.metrics.attestation_failures.inc();
+        self.directory.caught_lying(&c.provider);
+    }
 }
 
-/// Reads and checks a provider's attestation of one response.
-fn verify_attestation(
+/// Reads and checks the signature of a provider's attestation of one response.
+fn signed_attestation(
     chain_id: &str,
     c: &Candidate,
     attestation_hex: &str,
     signature: &str,
-    output: Option<&str>,
-) -> Result<Attestation, String> {
-    let att = Attestation::from_hex(attestation_hex)?;
-    let sig: Sig = signature.parse()?;
+) -> Result<Attestation, Lie> {
+    let att = Attestation::from_hex(attestation_hex).map_err(Lie::Attestation)?;
+    let sig: Sig = signature.parse().map_err(Lie::Attestation)?;
     if !att.verify(&c.provider, &sig, chain_id) {
-        return Err("the attestation is not signed by the provider".into());
-    }
-    if att.model != c.model {
-        return Err(format!("the attestation names model {}, not {}", att.model, c.model));
-    }
-    if let Some(text) = output {
-        if att.output_hash != plexus_types::hash(text.as_bytes()) {
-            return Err("the attestation's output hash does not match the text received".into());
-        }
+        return Err(Lie::Attestation("not signed by the provider for this chain".into()));
     }
     Ok(att)
+}
+
+/// The output ids a provider listed, bounded by what the request allows.
+fn ids_of(v: &Value, max: u32) -> Result<Vec<i32>, Lie> {
+    let list = v.as_array().ok_or_else(|| Lie::Attestation("no output token ids".into()))?;
+    if list.len() as u64 > u64::from(max) + 1 {
+        return Err(Lie::TooMany(list.len() as u64, max));
+    }
+    list.iter()
+        .map(|x| {
+            x.as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| Lie::Spelling("a token id is not a number".into()))
+        })
+        .collect()
 }
 
 enum Attempt {
@@ -213,7 +357,19 @@ enum Attempt {
 
 // ---- non-streamed requests (chat, completions, embeddings) ----
 
-async fn forward_once(app: &Arc<App>, wire: Wire, c: &Candidate, body: &Value) -> Result<Attempt, GatewayError> {
+/// What one non-streamed response is checked against.
+enum Check<'a> {
+    Generation { expect: &'a Expect, tokenizer: &'a Tokenizer, wire: Wire },
+    Embeddings { expect: &'a Expect },
+}
+
+async fn forward_once(
+    app: &Arc<App>,
+    wire: Wire,
+    c: &Candidate,
+    body: &Value,
+    check: &Check<'_>,
+) -> Result<Attempt, GatewayError> {
     let s = match app.sessions.for_candidate(c).await {
         Ok(s) => s,
         Err(e @ GatewayError::Funds(_)) => return Err(e),
@@ -223,7 +379,7 @@ async fn forward_once(app: &Arc<App>, wire: Wire, c: &Candidate, body: &Value) -
         let url = format!("{}{}", c.endpoint, wire.path());
         app.directory.started(&c.provider);
         let started = Instant::now();
-        let sent = app.http.post(&url).headers(app.request_headers(&s)).json(body).send().await;
+        let sent = app.http.post(&url).headers(app.request_headers(&s, false)).json(body).send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -269,33 +425,43 @@ async fn forward_once(app: &Arc<App>, wire: Wire, c: &Candidate, body: &Value) -
             return Ok(Attempt::Retry(format!("{url}: HTTP {status}")));
         }
         app.directory.finished(&c.provider, Some(started.elapsed()));
-        let text_of = |v: &Value| -> Option<String> {
-            match wire {
-                Wire::Chat => v["choices"][0]["message"]["content"].as_str().map(String::from),
-                Wire::Completion => v["choices"][0]["text"].as_str().map(String::from),
-                Wire::Embedding => None,
-            }
-        };
-        let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let output = text_of(&parsed);
+        let mut parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let hv = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let attestation =
-            verify_attestation(app.sessions.chain_id(), c, hv(H_ATTESTATION), hv(H_SIGNATURE), output.as_deref());
-        let (input, output_tokens, att_hash) = match &attestation {
-            Ok(att) => (u64::from(att.input_tokens), u64::from(att.output_tokens), Some(att.hash())),
-            Err(e) => {
-                warn!(target: "gateway::verify", provider = %c.provider, "{e}");
-                app.metrics.attestation_failures.inc();
-                let u = &parsed["usage"];
-                (u["prompt_tokens"].as_u64().unwrap_or(0), u["completion_tokens"].as_u64().unwrap_or(0), None)
+        let verified =
+            signed_attestation(app.sessions.chain_id(), c, hv(H_ATTESTATION), hv(H_SIGNATURE)).and_then(|att| {
+                match check {
+                    Check::Generation { expect, tokenizer, wire } => {
+                        let text = match wire {
+                            Wire::Chat => parsed["choices"][0]["message"]["content"].as_str(),
+                            _ => parsed["choices"][0]["text"].as_str(),
+                        }
+                        .unwrap_or_default()
+                        .to_string();
+                        let ids = ids_of(&parsed["plexus"]["output_ids"], expect.max_tokens)?;
+                        billing::check_generation(*tokenizer, expect, &att, &ids, &text)
+                    }
+                    Check::Embeddings { expect } => billing::check_embeddings(expect, &att),
+                }
+            });
+        let v = match verified {
+            Ok(v) => v,
+            Err(lie) => {
+                app.caught(c, &lie);
+                return Ok(Attempt::Retry(format!("{}: {lie}", c.provider)));
             }
         };
-        app.sessions.acknowledge(&s, input, output_tokens, att_hash);
+        app.sessions.acknowledge(&s, v.input_tokens, v.output_tokens, Some(v.attestation));
         app.metrics.receipts_signed.inc();
-        app.metrics.tokens(input, output_tokens);
+        app.metrics.tokens(v.input_tokens, v.output_tokens);
         app.deliver_later(&s);
         app.sessions.maybe_top_up(&s);
-        let mut r = (StatusCode::OK, bytes).into_response();
+        // The app sees what it pays for: the gateway's counts, not the provider's.
+        parsed["usage"]["prompt_tokens"] = json!(v.input_tokens);
+        if wire != Wire::Embedding {
+            parsed["usage"]["completion_tokens"] = json!(v.output_tokens);
+        }
+        parsed["usage"]["total_tokens"] = json!(v.input_tokens + v.output_tokens);
+        let mut r = (StatusCode::OK, parsed.to_string()).into_response();
         let out = r.headers_mut();
         out.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for name in [H_ATTESTATION, H_SIGNATURE, H_PROVIDER, H_MODEL_ID] {
@@ -311,15 +477,19 @@ async fn forward_once(app: &Arc<App>, wire: Wire, c: &Candidate, body: &Value) -
     Ok(Attempt::Retry(format!("{} kept refusing the session", c.provider)))
 }
 
-async fn forward(app: Arc<App>, wire: Wire, body: Value) -> Result<Response, GatewayError> {
-    let model = body["model"].as_str().ok_or_else(|| GatewayError::bad("model", "`model` is required"))?.to_string();
-    let candidates = app.candidates(&model).await?;
+async fn forward(
+    app: Arc<App>,
+    wire: Wire,
+    body: Value,
+    candidates: Vec<Candidate>,
+    check: Check<'_>,
+) -> Result<Response, GatewayError> {
     let mut tried = Vec::new();
     let mut errors = Vec::new();
     for _ in 0..app.config.attempts_max {
         let Some(c) = app.directory.pick(&candidates, &tried) else { break };
         tried.push(c.provider.clone());
-        match forward_once(&app, wire, &c, &body).await? {
+        match forward_once(&app, wire, &c, &body, &check).await? {
             Attempt::Done(r) => return Ok(r),
             Attempt::Retry(why) => {
                 debug!(target: "gateway", provider = %c.provider, "retrying elsewhere: {why}");
@@ -336,12 +506,15 @@ async fn forward(app: Arc<App>, wire: Wire, body: Value) -> Result<Response, Gat
 /// A streamed request, with everything needed to continue it on another provider.
 struct StreamJob {
     wire: Wire,
+    /// The counted body (explicit `max_tokens` and `seed`).
     body: Value,
+    tokenizer: Arc<Tokenizer>,
     model: String,
-    max_tokens: Option<u64>,
+    max_tokens: u64,
     include_usage: bool,
     id: String,
     created: u64,
+    deadline: tokio::time::Instant,
 }
 
 impl StreamJob {
@@ -350,12 +523,10 @@ impl StreamJob {
         let mut body = self.body.clone();
         body["stream"] = json!(true);
         body["stream_options"] = json!({ "include_usage": true });
-        if let Some(max) = self.max_tokens {
-            let left = max.saturating_sub(completion_tokens).max(1);
-            body["max_tokens"] = json!(left);
-            if body.get("max_completion_tokens").is_some() {
-                body["max_completion_tokens"] = json!(left);
-            }
+        let left = self.max_tokens.saturating_sub(completion_tokens).max(1);
+        body["max_tokens"] = json!(left);
+        if body.get("max_completion_tokens").is_some() {
+            body["max_completion_tokens"] = json!(left);
         }
         if delivered.is_empty() {
             return body;
@@ -364,12 +535,12 @@ impl StreamJob {
             Wire::Chat => {
                 if let Some(messages) = body["messages"].as_array_mut() {
                     let continuing = body_continues(messages);
-                    if continuing {
-                        let last = messages.last_mut().expect("non-empty");
-                        let prefix = last["content"].as_str().unwrap_or_default().to_string();
-                        last["content"] = json!(format!("{prefix}{delivered}"));
-                    } else {
-                        messages.push(json!({ "role": "assistant", "content": delivered }));
+                    match messages.last_mut() {
+                        Some(last) if continuing => {
+                            let prefix = last["content"].as_str().unwrap_or_default().to_string();
+                            last["content"] = json!(format!("{prefix}{delivered}"));
+                        }
+                        _ => messages.push(json!({ "role": "assistant", "content": delivered })),
                     }
                 }
                 body["continue_final_message"] = json!(true);
@@ -426,38 +597,68 @@ fn body_continues(messages: &[Value]) -> bool {
 }
 
 /// One provider's part of a stream.
-#[derive(Default)]
 struct Segment {
-    prompt: u64,
-    completion: u64,
-    text: String,
+    meter: StreamMeter,
     acked_prompt: u64,
     acked_completion: u64,
     finish: Option<String>,
-    attestation: Option<Attestation>,
+    /// The verified end of the stream.
+    verified: Option<Verified>,
     done: bool,
-    chunks: u64,
     first_token: Option<Duration>,
     error: Option<String>,
+    /// The provider sent something that does not verify.
+    lied: bool,
     /// The provider refused for a reason the app must see (not a provider failure).
     client_error: Option<String>,
     /// The provider did not know our token (it restarted): authenticate and try it again.
     reauth: bool,
 }
 
+impl Segment {
+    fn new(expect: Expect) -> Self {
+        Segment {
+            meter: StreamMeter::new(expect),
+            acked_prompt: 0,
+            acked_completion: 0,
+            finish: None,
+            verified: None,
+            done: false,
+            first_token: None,
+            error: None,
+            lied: false,
+            client_error: None,
+            reauth: false,
+        }
+    }
+
+    /// Verified tokens delivered: the prompt once output started, and the output.
+    fn delivered(&self) -> (u64, u64) {
+        match &self.verified {
+            Some(v) => (v.input_tokens, v.output_tokens),
+            None if self.meter.verified_output() > 0 => {
+                (u64::from(self.meter.expect.prompt_tokens), self.meter.verified_output())
+            }
+            None => (0, 0),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn stream_from(
     app: &Arc<App>,
     job: &StreamJob,
     c: &Candidate,
     s: &Shared,
     body: &Value,
+    expect: Expect,
     out: &mpsc::Sender<String>,
     role_sent: &mut bool,
 ) -> Segment {
-    let mut seg = Segment::default();
+    let mut seg = Segment::new(expect);
     let url = format!("{}{}", c.endpoint, job.wire.path());
     let started = Instant::now();
-    let response = match app.stream_http.post(&url).headers(app.request_headers(s)).json(body).send().await {
+    let response = match app.stream_http.post(&url).headers(app.request_headers(s, true)).json(body).send().await {
         Ok(r) => r,
         Err(e) => {
             seg.error = Some(format!("{url}: {e}"));
@@ -482,20 +683,32 @@ async fn stream_from(
     }
     let mut events = Events::new(response.bytes_stream());
     let every = app.config.receipt_every_tokens;
+    let tokenizer = job.tokenizer.clone();
     loop {
-        let data = match events.next().await {
-            None => {
+        let next = tokio::time::timeout_at(job.deadline, events.next()).await;
+        let data = match next {
+            Err(_) => {
+                seg.error = Some("the stream ran past its deadline".into());
+                break;
+            }
+            Ok(None) => {
                 seg.error = Some("the provider closed the stream early".into());
                 break;
             }
-            Some(Err(e)) => {
+            Ok(Some(Err(e))) => {
                 seg.error = Some(e.to_string());
                 break;
             }
-            Some(Ok(d)) => d,
+            Ok(Some(Ok(d))) => d,
         };
         if data == "[DONE]" {
-            seg.done = true;
+            seg.done = seg.verified.is_some();
+            if !seg.done {
+                let lie = Lie::Attestation("the stream ended without a verified attestation".into());
+                app.caught(c, &lie);
+                seg.lied = true;
+                seg.error = Some(lie.to_string());
+            }
             break;
         }
         let Ok(v) = serde_json::from_str::<Value>(&data) else { continue };
@@ -503,22 +716,24 @@ async fn stream_from(
             seg.error = Some(format!("the provider stopped: {}", err["message"].as_str().unwrap_or("error")));
             break;
         }
-        if let Some(u) = v.get("plexus_usage") {
-            seg.prompt = u["prompt_tokens"].as_u64().unwrap_or(seg.prompt);
-            seg.completion = u["completion_tokens"].as_u64().unwrap_or(seg.completion).max(seg.completion);
-        }
-        if let Some(p) = v.get("plexus") {
-            match verify_attestation(
+        if let Some(p) = v.get("plexus").filter(|p| p.get("attestation_hex").is_some()) {
+            let checked = signed_attestation(
                 app.sessions.chain_id(),
                 c,
                 p["attestation_hex"].as_str().unwrap_or(""),
                 p["signature"].as_str().unwrap_or(""),
-                Some(&seg.text),
-            ) {
-                Ok(att) => seg.attestation = Some(att),
-                Err(e) => {
-                    warn!(target: "gateway::verify", provider = %c.provider, "{e}");
-                    app.metrics.attestation_failures.inc();
+            )
+            .and_then(|att| {
+                let ids = ids_of(&p["output_ids"], seg.meter.expect.max_tokens)?;
+                seg.meter.finish(tokenizer.as_ref(), &att, &ids)
+            });
+            match checked {
+                Ok(verified) => seg.verified = Some(verified),
+                Err(lie) => {
+                    app.caught(c, &lie);
+                    seg.lied = true;
+                    seg.error = Some(lie.to_string());
+                    break;
                 }
             }
         }
@@ -526,14 +741,25 @@ async fn stream_from(
             let text = match job.wire {
                 Wire::Chat => choice["delta"]["content"].as_str(),
                 _ => choice["text"].as_str(),
+            }
+            .unwrap_or_default();
+            // Every chunk carries the ids it spells; text without them is not paid for, and
+            // text they do not spell (or past max_tokens) ends the provider's part here.
+            let ids = match v.get("plexus_usage") {
+                None if text.is_empty() => Ok(Vec::new()),
+                _ => ids_of(&v["plexus_usage"]["ids"], seg.meter.expect.max_tokens),
             };
-            if let Some(t) = text.filter(|t| !t.is_empty()) {
+            if let Err(lie) = ids.and_then(|ids| seg.meter.on_chunk(tokenizer.as_ref(), text, &ids)) {
+                app.caught(c, &lie);
+                seg.lied = true;
+                seg.error = Some(lie.to_string());
+                break;
+            }
+            if !text.is_empty() {
                 seg.first_token.get_or_insert(started.elapsed());
-                seg.text.push_str(t);
-                seg.chunks += 1;
                 let role = job.wire == Wire::Chat && !*role_sent;
                 *role_sent = true;
-                if out.send(job.chunk(Some(t), role, None)).await.is_err() {
+                if out.send(job.chunk(Some(text), role, None)).await.is_err() {
                     seg.error = Some("the app went away".into());
                     break;
                 }
@@ -545,24 +771,27 @@ async fn stream_from(
                 seg.finish = Some(f.to_string());
             }
         }
-        // Acknowledge long streams as they go, so the provider's credit never runs out.
-        if (seg.prompt + seg.completion).saturating_sub(seg.acked_prompt + seg.acked_completion) >= every {
+        // Acknowledge long streams as they go, for verified tokens only, so the provider's
+        // credit never runs out.
+        let (p, o) = seg.delivered();
+        if (p + o).saturating_sub(seg.acked_prompt + seg.acked_completion) >= every {
             acknowledge_segment(app, s, &mut seg, None);
         }
     }
     seg
 }
 
-/// Signs a receipt for what `seg` delivered since its last one.
+/// Signs a receipt for the verified tokens `seg` delivered since its last one.
 fn acknowledge_segment(app: &Arc<App>, s: &Shared, seg: &mut Segment, attestation: Option<Hash>) {
-    let (p, c) = (seg.prompt.saturating_sub(seg.acked_prompt), seg.completion.saturating_sub(seg.acked_completion));
+    let (prompt, completion) = seg.delivered();
+    let (p, c) = (prompt.saturating_sub(seg.acked_prompt), completion.saturating_sub(seg.acked_completion));
     if app.sessions.acknowledge(s, p, c, attestation).is_some() {
         app.metrics.receipts_signed.inc();
         app.metrics.tokens(p, c);
         app.deliver_later(s);
     }
-    seg.acked_prompt = seg.prompt;
-    seg.acked_completion = seg.completion;
+    seg.acked_prompt = seg.acked_prompt.max(prompt);
+    seg.acked_completion = seg.acked_completion.max(completion);
 }
 
 async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>, out: mpsc::Sender<String>) {
@@ -576,6 +805,9 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
     let finish = loop {
         if tried.len() >= app.config.attempts_max as usize {
             break None;
+        }
+        if completion_total >= job.max_tokens {
+            break Some("length".into());
         }
         let Some(c) = app.directory.pick(&candidates, &tried) else { break None };
         tried.push(c.provider.clone());
@@ -592,10 +824,18 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
             }
         };
         let body = job.continuation(&delivered, completion_total);
+        let counted = match app.count_generation(job.wire, &job.tokenizer, body) {
+            Ok(counted) => counted,
+            Err(e) => {
+                let _ = out.send(e.body_json()).await;
+                return;
+            }
+        };
         app.directory.started(&c.provider);
-        let mut seg = stream_from(&app, &job, &c, &s, &body, &out, &mut role_sent).await;
+        let mut seg =
+            stream_from(&app, &job, &c, &s, &counted.body, counted.expect.clone(), &out, &mut role_sent).await;
         if seg.reauth && app.sessions.ensure_token(&s).await.is_ok() {
-            seg = stream_from(&app, &job, &c, &s, &body, &out, &mut role_sent).await;
+            seg = stream_from(&app, &job, &c, &s, &counted.body, counted.expect.clone(), &out, &mut role_sent).await;
         }
         if let Some(e) = seg.client_error.take() {
             app.directory.finished(&c.provider, None);
@@ -603,30 +843,23 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
             let _ = out.send(message).await;
             return;
         }
-        // A provider cannot charge for more output than it sent text for.
-        seg.completion = seg.completion.min(seg.text.len() as u64 + 2);
-        if let Some(att) = &seg.attestation {
-            if seg.done {
-                seg.prompt = u64::from(att.input_tokens);
-                seg.completion = u64::from(att.output_tokens).min(seg.text.len() as u64 + 2);
-            }
-        }
-        let att_hash = seg.attestation.as_ref().filter(|_| seg.done).map(Attestation::hash);
+        let att_hash = seg.verified.as_ref().map(|v| v.attestation);
         acknowledge_segment(&app, &s, &mut seg, att_hash);
         app.sessions.maybe_top_up(&s);
         app.directory.finished(&c.provider, if seg.done { seg.first_token.or(Some(Duration::ZERO)) } else { None });
-        if seg.prompt + seg.completion == 0 && !seg.done {
-            // Nothing was delivered: not a part of the answer.
+        let (prompt, completion) = seg.delivered();
+        if completion == 0 && !seg.done {
+            // Nothing verified was delivered: not a part of the answer.
             errors.push(seg.error.unwrap_or_default());
             app.metrics.failovers.inc();
             continue;
         }
-        prompt_first.get_or_insert(seg.prompt);
-        completion_total += seg.completion;
-        delivered.push_str(&seg.text);
+        prompt_first.get_or_insert(prompt);
+        completion_total += completion;
+        delivered.push_str(&seg.meter.text());
         segments.push(json!({
-            "provider": c.provider, "region": c.region, "model_id": c.model, "prompt_tokens": seg.prompt,
-            "completion_tokens": seg.completion, "complete": seg.done,
+            "provider": c.provider, "region": c.region, "model_id": c.model, "prompt_tokens": prompt,
+            "completion_tokens": completion, "complete": seg.done,
             "session": s.lock().expect("session lock").id,
         }));
         if seg.done {
@@ -636,12 +869,9 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
         if why == "the app went away" {
             return;
         }
-        info!(target: "gateway", provider = %c.provider, delivered = seg.completion, "stream broke ({why}); continuing on another provider");
+        info!(target: "gateway", provider = %c.provider, delivered = completion, lied = seg.lied, "stream broke ({why}); continuing on another provider");
         app.metrics.failovers.inc();
         errors.push(why);
-        if job.max_tokens.is_some_and(|m| completion_total >= m) {
-            break Some("length".into());
-        }
     };
     match finish {
         Some(reason) => {
@@ -663,27 +893,29 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
 
 async fn generate(app: Arc<App>, wire: Wire, body: Value) -> Result<Response, GatewayError> {
     app.metrics.request(wire.label());
-    if !body["stream"].as_bool().unwrap_or(false) {
-        return forward(app, wire, body).await;
+    let requested =
+        body["model"].as_str().ok_or_else(|| GatewayError::bad("model", "`model` is required"))?.to_string();
+    let (id, manifest, tokenizer) = app.model(&requested).await?;
+    if !manifest.engine.generates_text() {
+        return Err(GatewayError::bad("model", format!("model `{requested}` does not generate text")));
     }
-    let model = body["model"].as_str().ok_or_else(|| GatewayError::bad("model", "`model` is required"))?.to_string();
-    if wire == Wire::Chat && !body["messages"].as_array().is_some_and(|m| !m.is_empty()) {
-        return Err(GatewayError::bad("messages", "messages must be a non-empty array"));
+    let counted = app.count_generation(wire, &tokenizer, body)?;
+    let candidates = app.candidates(&id, &manifest.name).await?;
+    if !counted.body["stream"].as_bool().unwrap_or(false) {
+        let check = Check::Generation { expect: &counted.expect, tokenizer: &tokenizer, wire };
+        return forward(app.clone(), wire, counted.body.clone(), candidates, check).await;
     }
-    if wire == Wire::Completion && !body["prompt"].is_string() {
-        return Err(GatewayError::bad("prompt", "prompt must be one string"));
-    }
-    let candidates = app.candidates(&model).await?;
-    let max_tokens = body["max_completion_tokens"].as_u64().or_else(|| body["max_tokens"].as_u64());
-    let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let include_usage = counted.body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
     let job = StreamJob {
         wire,
-        model,
-        max_tokens,
+        model: requested,
+        max_tokens: u64::from(counted.expect.max_tokens),
         include_usage,
         id: app.new_id(wire),
         created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        body,
+        deadline: tokio::time::Instant::now() + app.config.stream_deadline,
+        tokenizer,
+        body: counted.body,
     };
     let (tx, mut rx) = mpsc::channel::<String>(APP_CHANNEL_CHUNKS);
     tokio::spawn(drive_stream(app.clone(), job, candidates, tx));
@@ -693,6 +925,17 @@ async fn generate(app: Arc<App>, wire: Wire, body: Value) -> Result<Response, Ga
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+async fn embed(app: Arc<App>, body: Value) -> Result<Response, GatewayError> {
+    app.metrics.request(Wire::Embedding.label());
+    let bytes = serde_json::to_vec(&body).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let parsed = plexus_serve::openai::parse_embeddings(&bytes).map_err(bad_request)?;
+    let (id, manifest, tokenizer) = app.model(&parsed.model).await?;
+    let (tokens, request_hash) = tokenizer.embedding_request(&parsed.inputs).map_err(|e| bad_request(e.into()))?;
+    let expect = Expect { model: id, prompt_tokens: tokens, max_tokens: 0, request_hash, stop: Vec::new() };
+    let candidates = app.candidates(&id, &manifest.name).await?;
+    forward(app.clone(), Wire::Embedding, body, candidates, Check::Embeddings { expect: &expect }).await
 }
 
 // ---- handlers ----
@@ -714,10 +957,9 @@ async fn completions(State(app): State<Shared_>, body: Result<Bytes, BytesReject
 }
 
 async fn embeddings(State(app): State<Shared_>, body: Result<Bytes, BytesRejection>) -> Response {
-    app.metrics.request(Wire::Embedding.label());
     let limit = app.config.request_bytes_max;
     match parse_body(limit, body) {
-        Ok(v) => forward(app, Wire::Embedding, v).await.unwrap_or_else(IntoResponse::into_response),
+        Ok(v) => embed(app, v).await.unwrap_or_else(IntoResponse::into_response),
         Err(e) => e.into_response(),
     }
 }
@@ -744,8 +986,7 @@ async fn models(State(app): State<Shared_>) -> Response {
 }
 
 async fn health(State(app): State<Shared_>) -> Response {
-    axum::Json(json!({ "status": "ok", "client": app.sessions.client(), "providers": app.directory.provider_count() }))
-        .into_response()
+    axum::Json(json!({ "status": "ok", "providers": app.directory.provider_count() })).into_response()
 }
 
 async fn metrics(State(app): State<Shared_>) -> Response {
@@ -764,12 +1005,14 @@ async fn status(State(app): State<Shared_>) -> Response {
                 "seq": s.seq, "cum_input_tokens": s.cum_input_tokens, "cum_output_tokens": s.cum_output_tokens,
                 "cum_amount": s.cum_amount.to_string(), "expiry_height": s.expiry_height,
                 "receipt_delivered": s.delivered, "retired": s.retired,
+                "provider_lies": app.directory.lies(&s.provider),
             })
         })
         .collect();
-    axum::Json(
-        json!({ "client": app.sessions.client(), "providers": app.directory.provider_count(), "sessions": sessions }),
-    )
+    axum::Json(json!({
+        "client": app.sessions.client(), "providers": app.directory.provider_count(), "sessions": sessions,
+        "budget": app.sessions.budget_view(),
+    }))
     .into_response()
 }
 

@@ -6,6 +6,13 @@
 //!
 //! The table of sessions is saved to `sessions.json` in the gateway's home (atomically, a
 //! moment after each change) so a restarted gateway continues every session's sequence.
+//!
+//! Spending is bounded: every deposit and top-up counts against the budget the user set
+//! (`--budget`), kept with the table, and nothing is locked in escrow beyond it.
+//!
+//! Requests never wait on the chain once a session is open: the chain's height is followed in
+//! the background ([`Sessions::follow_chain`]), so a chain API that is briefly unreachable
+//! does not fail inference.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -98,6 +105,9 @@ pub type Shared = Arc<Mutex<SessionState>>;
 #[derive(Serialize, Deserialize, Default)]
 struct Saved {
     sessions: Vec<SessionState>,
+    /// Put into escrow so far (deposits and top-ups), against the budget.
+    #[serde(default)]
+    committed: Amount,
 }
 
 pub struct Sessions {
@@ -117,6 +127,10 @@ pub struct Sessions {
     open_lock: tokio::sync::Mutex<()>,
     path: PathBuf,
     dirty: Mutex<bool>,
+    /// Escrow committed so far, deposits and top-ups.
+    committed: Mutex<Amount>,
+    /// The chain's height as last seen (0: never).
+    height: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -138,6 +152,7 @@ impl Sessions {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
             Err(e) => return Err(GatewayError::Config(format!("cannot read {}: {e}", path.display()))),
         };
+        let committed = saved.committed;
         let mut table = BTreeMap::new();
         let mut retired = Vec::new();
         for s in saved.sessions {
@@ -166,7 +181,63 @@ impl Sessions {
             open_lock: tokio::sync::Mutex::new(()),
             path,
             dirty: Mutex::new(false),
+            committed: Mutex::new(committed),
+            height: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Keeps the chain's height current, forever (run it in the background).
+    pub async fn follow_chain(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match self.chain.height().await {
+                Ok(h) => self.height.store(h, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => tracing::debug!(target: "gateway::sessions", "chain height unavailable: {e}"),
+            }
+        }
+    }
+
+    /// The chain's height as last seen; asks the chain only if it never answered yet.
+    async fn height(&self) -> Result<Height, GatewayError> {
+        match self.height.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => {
+                let h = self.chain.height().await?;
+                self.height.store(h, std::sync::atomic::Ordering::Relaxed);
+                Ok(h)
+            }
+            h => Ok(h),
+        }
+    }
+
+    /// Reserves `amount` of the budget for a deposit or top-up, or says why not.
+    fn spend(&self, amount: Amount) -> Result<(), GatewayError> {
+        let mut committed = self.committed.lock().expect("budget lock");
+        let after = committed.saturating_add(amount);
+        if after > self.config.budget {
+            return Err(GatewayError::Funds(format!(
+                "the gateway's budget is used up: {} of {} committed to sessions, {amount} more needed (raise --budget)",
+                *committed, self.config.budget
+            )));
+        }
+        *committed = after;
+        drop(committed);
+        self.mark_dirty();
+        Ok(())
+    }
+
+    /// Gives back budget reserved for a deposit or top-up that did not happen.
+    fn unspend(&self, amount: Amount) {
+        let mut committed = self.committed.lock().expect("budget lock");
+        *committed = committed.saturating_sub(amount);
+        drop(committed);
+        self.mark_dirty();
+    }
+
+    /// The budget and how much of it is committed, for the status route.
+    pub fn budget_view(&self) -> serde_json::Value {
+        let committed = *self.committed.lock().expect("budget lock");
+        serde_json::json!({ "budget": self.config.budget.to_string(), "committed": committed.to_string() })
     }
 
     pub fn client(&self) -> Address {
@@ -198,7 +269,7 @@ impl Sessions {
             }
             *dirty = false;
         }
-        let saved = Saved { sessions: self.all() };
+        let saved = Saved { sessions: self.all(), committed: *self.committed.lock().expect("budget lock") };
         let text = serde_json::to_string_pretty(&saved).map_err(|e| GatewayError::Internal(e.to_string()))?;
         let tmp = self.path.with_extension("json.tmp");
         let write = || -> std::io::Result<()> {
@@ -217,14 +288,19 @@ impl Sessions {
         for attempt in 0..2 {
             let nonce = match *next {
                 Some(n) if attempt == 0 => n,
-                _ => self.chain.account(&self.key.address()).await?.0,
+                _ => self.chain.next_nonce(&self.key.address()).await?,
             };
             match self.chain.submit(&self.key, &self.chain_id, nonce, self.fee, payload.clone()).await {
                 Ok(hash) => {
                     *next = Some(nonce + 1);
                     return Ok((hash, nonce));
                 }
-                Err(GatewayError::Rejected { code, .. }) if code == "wrong_nonce" && attempt == 0 => *next = None,
+                // Our idea of the nonce is stale (another process used the key): ask again.
+                Err(GatewayError::Rejected { code, .. })
+                    if (code == "wrong_nonce" || code == "replacement_underpriced") && attempt == 0 =>
+                {
+                    *next = None
+                }
                 Err(GatewayError::Rejected { code, message, .. }) if code == "insufficient_balance" => {
                     return Err(GatewayError::Funds(format!(
                         "the gateway's account {} cannot pay: {message}",
@@ -241,7 +317,7 @@ impl Sessions {
     /// there is none or it is about to expire.
     pub async fn for_candidate(&self, c: &Candidate) -> Result<Shared, GatewayError> {
         let key = (c.provider.clone(), c.model);
-        let height = self.chain.height().await?;
+        let height = self.height().await?;
         if let Some(s) = self.usable(&key, height) {
             self.ensure_token(&s).await?;
             return Ok(s);
@@ -275,6 +351,21 @@ impl Sessions {
         let params = self.chain.params().await?;
         let blocks = self.config.session_blocks.min(params.max_session_blocks);
         let deposit = self.config.deposit.max(params.min_session_deposit);
+        self.spend(deposit)?;
+        let opened = self.open_with(c, height, deposit, blocks).await;
+        if opened.is_err() {
+            self.unspend(deposit);
+        }
+        opened
+    }
+
+    async fn open_with(
+        &self,
+        c: &Candidate,
+        height: Height,
+        deposit: Amount,
+        blocks: u64,
+    ) -> Result<Shared, GatewayError> {
         let payload = Payload::OpenSession {
             provider: c.provider.clone(),
             model: c.model,
@@ -431,6 +522,11 @@ impl Sessions {
             st.topping_up = true;
             (st.id, self.config.deposit)
         };
+        if let Err(e) = self.spend(amount) {
+            warn!(target: "gateway::sessions", session = %id, "not topping up: {e}");
+            s.lock().expect("session lock").topping_up = false;
+            return;
+        }
         let me = self.clone();
         let s = s.clone();
         tokio::spawn(async move {
@@ -446,7 +542,10 @@ impl Sessions {
                     st.deposit += amount;
                     info!(target: "gateway::sessions", session = %id, amount, deposit = st.deposit, "topped up");
                 }
-                Err(e) => warn!(target: "gateway::sessions", session = %id, "top-up failed: {e}"),
+                Err(e) => {
+                    me.unspend(amount);
+                    warn!(target: "gateway::sessions", session = %id, "top-up failed: {e}")
+                }
             }
             drop(st);
             me.mark_dirty();

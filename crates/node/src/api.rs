@@ -498,7 +498,9 @@ async fn tx<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
 ) -> ApiResult<Response> {
     let hash: Hash = parse("tx hash", &hash)?;
     let height = s.chain.blocks().tx_height(&hash).await.map_err(|e| ApiError::internal(e.to_string()))?;
-    let Some(height) = height else {
+    // A block is archived a moment before its state is committed: report the transaction only
+    // once its effects can be read, so a client that saw it finalized also sees what it did.
+    let Some(height) = height.filter(|h| *h <= s.chain.tip().0) else {
         return Err(ApiError::not_found(format!("transaction {hash} is not in a finalized block")));
     };
     let record = s
