@@ -168,16 +168,20 @@ async fn engine_direct(args: &Args) -> anyhow::Result<Request> {
     }))
 }
 
-/// A non-streaming chat completion to `url`.
-fn over_http(url: String) -> anyhow::Result<Request> {
+/// A non-streaming chat completion to `url` (with `key` as the bearer API key, if any).
+fn over_http(url: String, key: Option<String>) -> anyhow::Result<Request> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
     let body = json!({"model": CHAT, "temperature": 0, "max_tokens": MAX_TOKENS,
                       "messages": [{"role": "user", "content": PROMPT}]});
     Ok(Box::new(move || {
-        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        let (http, url, body, key) = (http.clone(), url.clone(), body.clone(), key.clone());
         Box::pin(async move {
             let started = Instant::now();
-            let r = http.post(&url).json(&body).send().await?;
+            let mut request = http.post(&url).json(&body);
+            if let Some(key) = &key {
+                request = request.bearer_auth(key);
+            }
+            let r = request.send().await?;
             let status = r.status();
             let v: Value = r.json().await?;
             if !status.is_success() {
@@ -231,7 +235,7 @@ async fn provider_direct(args: &Args) -> anyhow::Result<(Process, Request)> {
     );
     let base = format!("http://127.0.0.1:{port}");
     wait_http(&format!("{base}/health")).await?;
-    Ok((serve, over_http(format!("{base}/v1/chat/completions"))?))
+    Ok((serve, over_http(format!("{base}/v1/chat/completions"), None)?))
 }
 
 /// A 1-validator devnet (its node serves the model) and its gateway.
@@ -240,6 +244,8 @@ struct Devnet {
     home: PathBuf,
     /// The gateway's OpenAI base URL (`…/v1`).
     url: String,
+    /// The gateway's API key.
+    key: String,
     api: String,
     start_height: u64,
 }
@@ -272,18 +278,26 @@ async fn start_devnet(args: &Args) -> anyhow::Result<Devnet> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let url = info["gateway"]["url"].as_str().context("gateway url")?.to_string();
+    let key = info["gateway"]["api_key"].as_str().unwrap_or_default().to_string();
     wait_http(&format!("{}/health", url.trim_end_matches("/v1"))).await?;
     let api = info["nodes"][0]["api"].as_str().context("api")?.to_string();
     let start_height =
         reqwest::get(format!("{api}/chain/v1/status")).await?.json::<Value>().await?["height"].as_u64().unwrap_or(0);
-    Ok(Devnet { process, home, url, api, start_height })
+    Ok(Devnet { process, home, url, key, api, start_height })
 }
 
 /// Settles and closes the gateway's session, then lists its transactions' encoded sizes.
 async fn session_bytes(devnet: Devnet) -> anyhow::Result<Vec<(&'static str, usize)>> {
     let gateway = devnet.url.trim_end_matches("/v1");
     let api = &devnet.api;
-    let status: Value = reqwest::Client::new().post(format!("{gateway}/plexus/v1/close")).send().await?.json().await?;
+    let status: Value = reqwest::Client::new()
+        .post(format!("{gateway}/plexus/v1/close"))
+        .bearer_auth(&devnet.key)
+        .header("content-type", "application/json")
+        .send()
+        .await?
+        .json()
+        .await?;
     let session = status["sessions"].as_array().and_then(|s| s.first()).context("a session")?.clone();
     let id: Hash = session["id"].as_str().context("session id")?.parse().map_err(anyhow::Error::msg)?;
     let client: Address = status["client"].as_str().context("client")?.parse().map_err(anyhow::Error::msg)?;
@@ -345,7 +359,7 @@ async fn overhead(args: &Args) -> anyhow::Result<Overhead> {
     let (serve, provider) = provider_direct(args).await?;
     eprintln!("starting a 1-validator devnet and its gateway…");
     let devnet = start_devnet(args).await?;
-    let gateway = over_http(format!("{}/chat/completions", devnet.url))?;
+    let gateway = over_http(format!("{}/chat/completions", devnet.url), Some(devnet.key.clone()))?;
     eprintln!("timing the three setups, interleaved…");
     let timings = measure_interleaved(args, &[&engine, &provider, &gateway]).await?;
     drop(serve);

@@ -105,6 +105,9 @@ pub struct GatewayInfo {
     pub log: PathBuf,
     #[serde(default)]
     pub pid: Option<u32>,
+    /// The key apps send as `Authorization: Bearer` (the OpenAI SDKs' `api_key`).
+    #[serde(default)]
+    pub api_key: String,
 }
 
 struct Options {
@@ -283,6 +286,7 @@ fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
         home: home.join("gateway"),
         log: home.join("gateway").join("gateway.log"),
         pid: None,
+        api_key: hex::encode(PrivateKey::generate().secret_bytes())[..32].to_string(),
     });
     Ok(DevnetInfo {
         chain_id,
@@ -324,12 +328,17 @@ fn spawn_gateway(exe: &Path, info: &mut DevnetInfo) -> anyhow::Result<Option<Chi
     let listen = g.url.trim_start_matches("http://").trim_end_matches("/v1").to_string();
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&g.log)?;
     let mut cmd = Command::new(exe);
-    cmd.args(["gateway", "--listen", &listen, "--home"]).arg(&g.home).arg("--key").arg(&info.client.key_file);
+    cmd.args(["gateway", "--listen", &listen, "--budget", "10000plx", "--home"])
+        .arg(&g.home)
+        .arg("--key")
+        .arg(&info.client.key_file);
     for n in &info.nodes {
         cmd.args(["--node", &n.api]);
     }
     let child = cmd
         .env("RUST_LOG", log_filter())
+        // Not on the command line, where every local user could read it.
+        .env("PLEXUS_GATEWAY_API_KEY", &g.api_key)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -468,17 +477,21 @@ fn print_summary(info: &DevnetInfo) {
     println!("  network description {}", info.home.join("devnet.json").display());
     if let Some(g) = &info.gateway {
         let base = &g.url;
+        let key = &g.api_key;
         println!("  gateway (OpenAI)    {base}");
+        println!("  gateway API key     {key}   (also in devnet.json)");
         println!();
         println!("Chat through the gateway (any OpenAI SDK works the same way):");
-        println!("  curl -N {base}/chat/completions -H 'Content-Type: application/json' \\");
+        println!(
+            "  curl -N {base}/chat/completions -H 'Content-Type: application/json' -H 'Authorization: Bearer {key}' \\"
+        );
         println!(
             "    -d '{{\"model\": \"smollm2-135m-instruct\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"Name three rivers.\"}}]}}'"
         );
         println!();
         println!("  python3 - <<'EOF'");
         println!("  from openai import OpenAI");
-        println!("  client = OpenAI(base_url=\"{base}\", api_key=\"devnet\")");
+        println!("  client = OpenAI(base_url=\"{base}\", api_key=\"{key}\")");
         println!("  for chunk in client.chat.completions.create(model=\"smollm2-135m-instruct\", stream=True,");
         println!("          messages=[{{\"role\": \"user\", \"content\": \"Name three rivers.\"}}]):");
         println!("      print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)");

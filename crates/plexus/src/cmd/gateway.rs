@@ -10,13 +10,17 @@ use plexus_types::Amount;
 
 #[derive(clap::Args)]
 #[command(long_about = "Run a local OpenAI-compatible gateway to the Plexus network.\n\n\
-Point any OpenAI SDK at it (base URL http://<listen>/v1; the API key is not checked). The gateway \
-holds your client key, opens prepaid sessions with providers on-chain, signs a cumulative receipt \
-for exactly the tokens each provider delivered, routes by price, latency and load, and fails over \
-to another provider when one fails, in the middle of a stream too. When it stops (Ctrl-C) it closes \
-its sessions, so providers settle and the unused escrow is refunded.\n\n\
-Example:\n  plexus gateway --key client.json --node http://127.0.0.1:8545 --listen 127.0.0.1:8000\n  \
-export OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=unused")]
+Point any OpenAI SDK at it (base URL http://<listen>/v1, api_key = the gateway's API key). The \
+gateway holds your client key, opens prepaid sessions with providers on-chain within a budget, \
+counts every request and response itself with its own copy of the model's tokenizer, signs a \
+cumulative receipt for exactly the tokens it verified (a provider whose response does not verify \
+gets nothing and is shunned), routes by price, latency and load, and fails over to another \
+provider when one fails, in the middle of a stream too. When it stops (Ctrl-C) it closes its \
+sessions, so providers settle and the unused escrow is refunded.\n\n\
+Without --api-key it serves only on loopback and checks no key; with one, every route but /health \
+needs it. Browser origins are refused unless allowed with --allow-origin.\n\n\
+Example:\n  plexus gateway --key client.json --node http://127.0.0.1:8545 --api-key \"$(openssl rand -hex 16)\"\n  \
+export OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=<that key>")]
 pub struct GatewayArgs {
     /// The client key file paying for sessions (as written by `plexus keys new`).
     #[arg(long, value_name = "FILE")]
@@ -48,6 +52,31 @@ pub struct GatewayArgs {
     /// Output tokens between receipts during a stream.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     receipt_every: u64,
+    /// The API key apps must send as `Authorization: Bearer <key>` (at least 16 characters);
+    /// required to listen beyond loopback.
+    #[arg(long, env = "PLEXUS_GATEWAY_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// A web origin (e.g. http://localhost:3000) allowed to call the gateway from a browser.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// The most the gateway commits to sessions in total, deposits and top-ups (base units,
+    /// or e.g. 50plx); requests beyond it get an insufficient_quota error.
+    #[arg(long, default_value = "50plx", value_parser = super::parse_amount)]
+    budget: Amount,
+    /// Pin a model name to a model id (NAME=ID), over what the network says; repeatable.
+    #[arg(long = "model", value_name = "NAME=ID", value_parser = parse_pin)]
+    pins: Vec<(String, plexus_types::ModelId)>,
+    /// Only use this provider (an address); repeat for several. Default: any.
+    #[arg(long = "provider", value_name = "ADDRESS")]
+    providers: Vec<plexus_types::Address>,
+    /// max_tokens for requests that set none.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tokens_default: u32,
+}
+
+fn parse_pin(s: &str) -> Result<(String, plexus_types::ModelId), String> {
+    let (name, id) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=ID"))?;
+    Ok((name.trim().to_string(), id.trim().parse()?))
 }
 
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
@@ -62,8 +91,14 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             region: args.region,
             max_input_per_1k: args.max_input_price,
             max_output_per_1k: args.max_output_price,
+            pins: args.pins.into_iter().collect(),
+            providers: args.providers,
         },
         receipt_every_tokens: args.receipt_every,
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        allowed_origins: args.allowed_origins,
+        budget: args.budget,
+        max_tokens_default: args.max_tokens_default,
         ..GatewayConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

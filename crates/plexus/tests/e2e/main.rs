@@ -2,6 +2,7 @@
 
 mod attack;
 mod chain;
+mod metering;
 mod paid;
 mod serve;
 mod setup;

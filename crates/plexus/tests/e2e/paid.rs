@@ -83,6 +83,10 @@ fn paid_inference_settles_exactly_even_when_a_provider_dies_mid_stream() {
     let (devnet, info) = start_devnet(&home, 4, &["--claim-interval", "2", "--threads", "1"]);
     let api = info["nodes"][0]["api"].as_str().unwrap().to_string();
     let gateway = info["gateway"]["url"].as_str().unwrap().trim_end_matches("/v1").to_string();
+    let key = info["gateway"]["api_key"].as_str().unwrap().to_string();
+    let gw_get = |path: &str| -> Option<Value> {
+        http().get(format!("{gateway}{path}")).bearer_auth(&key).send().ok()?.json().ok()
+    };
     let client = info["client"]["address"].as_str().unwrap().to_string();
     let fee = min_fee(&api);
     let start = height(&api).unwrap();
@@ -115,16 +119,22 @@ fn paid_inference_settles_exactly_even_when_a_provider_dies_mid_stream() {
         .to_string();
     let killed_session = failover["segments"][0]["session"].as_str().unwrap().to_string();
     wait_for("the restarted provider to hold its receipt", Duration::from_secs(180), || {
-        let gw: Value = get(&format!("{gateway}/plexus/v1/status"))?;
+        let gw: Value = gw_get("/plexus/v1/status")?;
         let seq = gw["sessions"].as_array()?.iter().find(|s| s["id"] == killed_session.as_str())?["seq"].as_u64()?;
         let held = get(&format!("{killed_inference}/plexus/v1/sessions/{killed_session}"))?["receipt_seq"].as_u64()?;
         (held == seq).then_some(())
     });
 
     // The app is done: the gateway closes its sessions; providers settle and close them.
-    let closed = http().post(format!("{gateway}/plexus/v1/close")).timeout(Duration::from_secs(60)).send().unwrap();
+    let closed = http()
+        .post(format!("{gateway}/plexus/v1/close"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .timeout(Duration::from_secs(60))
+        .send()
+        .unwrap();
     assert!(closed.status().is_success());
-    let gw: Value = get(&format!("{gateway}/plexus/v1/status")).unwrap();
+    let gw: Value = gw_get("/plexus/v1/status").unwrap();
     let sessions = gw["sessions"].as_array().unwrap().clone();
     assert!(sessions.len() >= 3, "chat, embeddings and the failover each used a session: {gw}");
     wait_for("every session settled, closed and refunded", Duration::from_secs(180), || {

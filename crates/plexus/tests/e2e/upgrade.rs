@@ -103,19 +103,20 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     let apis: Vec<String> = nodes.iter().map(|n| n["api"].as_str().unwrap().to_string()).collect();
     let api = apis[0].clone();
     let gateway = info["gateway"]["url"].as_str().unwrap().to_string();
+    let key = info["gateway"]["api_key"].as_str().unwrap().to_string();
 
     // Continuous client load through the gateway, and a watch on finality.
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let load = {
-        let (stop, ok, failed, gateway) = (stop.clone(), ok.clone(), failed.clone(), gateway.clone());
+        let (stop, ok, failed, gateway, key) = (stop.clone(), ok.clone(), failed.clone(), gateway.clone(), key.clone());
         std::thread::spawn(move || {
             let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
             let mut errors = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let body = json!({"model": "smollm2-135m-instruct", "max_tokens": 8, "temperature": 0,
                                   "messages": [{"role": "user", "content": "Say hello."}]});
-                match client.post(format!("{gateway}/chat/completions")).json(&body).send() {
+                match client.post(format!("{gateway}/chat/completions")).bearer_auth(&key).json(&body).send() {
                     Ok(r) if r.status().is_success() => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }

@@ -120,7 +120,7 @@ def kill_mid_stream(client, info):
 
 def main():
     info = json.load(open(sys.argv[1]))
-    client = OpenAI(base_url=info["gateway"]["url"], api_key="devnet", max_retries=0, timeout=300)
+    client = OpenAI(base_url=info["gateway"]["url"], api_key=info["gateway"].get("api_key") or "devnet", max_retries=0, timeout=300)
     result = basic(client)
     if "--kill-mid-stream" in sys.argv:
         result["failover"] = kill_mid_stream(client, info)

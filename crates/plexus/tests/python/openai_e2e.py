@@ -39,7 +39,7 @@ def main():
     assert chat.usage.total_tokens == chat.usage.prompt_tokens + 12
     for h in ("x-plexus-model-id", "x-plexus-provider", "x-plexus-signature"):
         assert len(raw.headers[h]) in (64, 128), (h, raw.headers[h])
-    assert len(raw.headers["x-plexus-attestation"]) == 2 * (32 * 4 + 8)
+    assert len(raw.headers["x-plexus-attestation"]) == 2 * (32 * 5 + 8)
 
     # Streaming chat: the same text, usage in the final chunk, attestation alongside.
     stream = client.chat.completions.create(
