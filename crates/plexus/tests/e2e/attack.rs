@@ -176,7 +176,48 @@ fn dishonest_peers_fee_games_and_dust_votes_leave_the_chain_running_and_balances
     let proposals = get(&format!("{}/chain/v1/proposals", apis[0])).unwrap();
     assert_eq!(proposals["proposals"].as_array().unwrap().len(), 1, "only the text proposal exists");
 
+    // 4. Reads are bounded: pages of at most 100, a cursor to go on, and a limit on readers of
+    // the block stream.
+    let page = get(&format!("{}/chain/v1/proposals?limit=1", apis[0])).unwrap();
+    assert_eq!(page["proposals"].as_array().unwrap().len(), 1);
+    let r = http().get(format!("{}/chain/v1/sessions?limit=1000", apis[0])).send().unwrap();
+    assert_eq!(r.status().as_u16(), 400, "a page of a thousand is refused");
+    let validators: Vec<String> = nodes.iter().map(|n| n["address"].as_str().unwrap().to_string()).collect();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            Some(a) => format!("{}/chain/v1/evidence?limit=1&after={a}", apis[0]),
+            None => format!("{}/chain/v1/evidence?limit=1", apis[0]),
+        };
+        let page = get(&url).unwrap();
+        seen.extend(page["evidence"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert!(seen.is_empty(), "no validator equivocated: {seen:?} ({validators:?})");
+    let readers: Vec<_> = (0..crate_stream_max())
+        .map(|_| {
+            let r = reqwest::blocking::Client::new().get(format!("{}/chain/v1/stream", apis[0])).send().unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r
+        })
+        .collect();
+    let r = http().get(format!("{}/chain/v1/stream", apis[0])).send().unwrap();
+    assert_eq!(r.status().as_u16(), 503, "one reader too many");
+    drop(readers);
+    wait_for("a stream place frees up", Duration::from_secs(10), || {
+        let r = http().get(format!("{}/chain/v1/stream", apis[0])).send().ok()?;
+        (r.status().as_u16() == 200).then_some(())
+    });
+
     all_alive_and_progressing(&apis);
     let supply = get(&format!("{}/chain/v1/supply", apis[0])).unwrap();
     assert_eq!(supply["conserved"], json!(true));
+}
+
+fn crate_stream_max() -> usize {
+    plexus_node::api::STREAM_SUBSCRIBERS_MAX
 }
