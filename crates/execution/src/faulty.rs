@@ -1,17 +1,17 @@
-//! A deliberately faulty execution version 3, compiled only with the `faulty-version` feature
-//! (tests and demonstrations of automatic rollback; never in a release build). It runs version
-//! 2, then — once it is really active, so shadow runs before activation pass, like a bug that
+//! A deliberately faulty execution version (the one after the latest real one), compiled only with the `faulty-version` feature
+//! (tests and demonstrations of automatic rollback; never in a release build). It runs the
+//! latest real version, then — once it is really active, so shadow runs before activation pass, like a bug that
 //! only shows in production — writes the proposer one more base unit straight into its account
 //! record on every block with transactions, without touching any supply counter. The counters
 //! still add up; only the conservation check over what the block changed sees the unit that
-//! came from nothing, and the chain must fall back to version 2 by itself.
+//! came from nothing, and the chain must fall back to the version before it by itself.
 
 use plexus_types::{Hash, SignedTx};
 
 use crate::state::{Layered, Overlay, StateRead, Store};
-use crate::{BlockEnv, BlockError, BlockOutcome, Executor, TxError, v2};
+use crate::{BlockEnv, BlockError, BlockOutcome, Executor, TxError, v3};
 
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = crate::LATEST_EXECUTION_VERSION + 1;
 
 pub(crate) fn execute_block(
     exec: &Executor,
@@ -19,7 +19,7 @@ pub(crate) fn execute_block(
     env: &BlockEnv,
     txs: &[SignedTx],
 ) -> Result<BlockOutcome, BlockError> {
-    let mut outcome = v2::execute_block(exec, state, env, txs)?;
+    let mut outcome = v3::execute_block(exec, state, env, txs)?;
     corrupt(state, env, &mut outcome, !txs.is_empty())?;
     Ok(outcome)
 }
@@ -32,7 +32,7 @@ pub(crate) fn build_block(
     max_txs: usize,
     max_bytes: usize,
 ) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
-    let (included, mut outcome, dropped) = v2::build_block(exec, state, env, candidates, max_txs, max_bytes)?;
+    let (included, mut outcome, dropped) = v3::build_block(exec, state, env, candidates, max_txs, max_bytes)?;
     corrupt(state, env, &mut outcome, !included.is_empty())?;
     Ok((included, outcome, dropped))
 }

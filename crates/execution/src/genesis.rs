@@ -1,7 +1,6 @@
 //! The state at height 0, built from a genesis file.
 
 use plexus_types::genesis::Genesis;
-use plexus_types::version::VersionVector;
 
 use crate::state::{
     Account, AddressList, ChainMeta, ChangeSet, Overlay, Stake, Store, Supply, ValidatorEntry, ValidatorSet, keys,
@@ -34,10 +33,15 @@ pub fn genesis_changes(genesis: &Genesis) -> ChangeSet {
     store.write(keys::STAKERS.to_vec(), &AddressList(stakers));
     store.write(keys::validators(0), &ValidatorSet(set));
     store.set_supply(&supply);
-    store.write(keys::VERSIONS.to_vec(), &VersionVector::V1);
+    store.write(keys::VERSIONS.to_vec(), &genesis.versions);
     store.write(keys::GENESIS.to_vec(), &genesis.hash());
     store.write(keys::CHAIN.to_vec(), &ChainMeta { chain_id: genesis.chain_id.clone(), height: 0, epoch: 0 });
+    // Parameters of later execution versions are written only by genesis files that start
+    // there: older chains' genesis states stay what they were.
     for (name, _) in plexus_types::Params::NAMES {
+        if plexus_types::params::SINCE_V3.contains(name) && genesis.versions.execution < 3 {
+            continue;
+        }
         store.set_param(name, genesis.params.get(name).expect("every name has a value"));
     }
     overlay.into_changes()

@@ -25,6 +25,7 @@ pub mod state;
 mod tests;
 pub mod v1;
 pub mod v2;
+pub mod v3;
 
 use std::fmt;
 
@@ -237,6 +238,33 @@ pub enum Event {
         proposer: Address,
         amount: Amount,
     },
+    /// Execution v3: a provider's response is challenged; `committee` re-runs it and votes.
+    ChallengeOpened {
+        challenge: u64,
+        provider: Address,
+        challenger: Address,
+        committee: Vec<Address>,
+        deadline_height: Height,
+    },
+    ChallengeVoted {
+        challenge: u64,
+        voter: Address,
+        guilty: bool,
+    },
+    ChallengeResolved {
+        challenge: u64,
+        provider: Address,
+        guilty: bool,
+        slashed: Amount,
+        refunded: Amount,
+        reward: Amount,
+    },
+    /// Stake taken for a proven fault.
+    Slashed {
+        offender: Address,
+        amount: Amount,
+        reason: String,
+    },
 }
 
 /// The outcome of one transaction in a block.
@@ -311,12 +339,15 @@ impl fmt::Debug for Executor {
     }
 }
 
+/// The latest execution version of this release.
+pub const LATEST_EXECUTION_VERSION: u16 = 3;
+
 /// Execution versions this binary can run.
 #[cfg(not(feature = "faulty-version"))]
-pub const SUPPORTED_EXECUTION_VERSIONS: std::ops::RangeInclusive<u16> = 1..=2;
-/// Execution versions this binary can run (with the test-only faulty version 3).
+pub const SUPPORTED_EXECUTION_VERSIONS: std::ops::RangeInclusive<u16> = 1..=LATEST_EXECUTION_VERSION;
+/// Execution versions this binary can run (with the test-only faulty version after the latest).
 #[cfg(feature = "faulty-version")]
-pub const SUPPORTED_EXECUTION_VERSIONS: std::ops::RangeInclusive<u16> = 1..=3;
+pub const SUPPORTED_EXECUTION_VERSIONS: std::ops::RangeInclusive<u16> = 1..=LATEST_EXECUTION_VERSION + 1;
 
 /// How running a block under one version went wrong.
 enum Failure {
@@ -403,6 +434,7 @@ impl Executor {
         let outcome = match version {
             1 => v1::execute_block(self, state, env, txs),
             2 => v2::execute_block(self, state, env, txs),
+            3 => v3::execute_block(self, state, env, txs),
             #[cfg(feature = "faulty-version")]
             faulty::VERSION => faulty::execute_block(self, state, env, txs),
             v => Err(BlockError::UnsupportedVersion(v)),
@@ -490,6 +522,7 @@ impl Executor {
                 let built = match v {
                     1 => Ok(v1::build_block(self, state, env, candidates, max_txs, max_bytes)),
                     2 => v2::build_block(self, state, env, candidates, max_txs, max_bytes),
+                    3 => v3::build_block(self, state, env, candidates, max_txs, max_bytes),
                     #[cfg(feature = "faulty-version")]
                     faulty::VERSION => faulty::build_block(self, state, env, candidates, max_txs, max_bytes),
                     v => Err(BlockError::UnsupportedVersion(v)),
@@ -537,8 +570,11 @@ impl Executor {
         if !signature_verified && !tx.verify(&self.chain_id) {
             return Err(TxError::BadSignature);
         }
-        // Admission is the same in every version so far.
-        v1::check_tx(self, state, height, tx)
+        // Admission (nonce, fee) is version 1's in every version; the payload is the active one's.
+        match read_execution_version(state) {
+            v if v >= 3 => v1::check_tx_with(self, state, height, tx, &v3::RULES),
+            _ => v1::check_tx(self, state, height, tx),
+        }
     }
 
     /// Admission of a transaction queued behind the sender's pending ones (which would move up to
@@ -592,6 +628,7 @@ pub fn max_spend(payload: &plexus_types::Payload) -> Amount {
             *amount
         }
         Payload::OpenSession { deposit, .. } | Payload::SubmitProposal { deposit, .. } => *deposit,
+        Payload::Challenge { bond, .. } => *bond,
         _ => 0,
     }
 }

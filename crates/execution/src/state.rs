@@ -155,6 +155,17 @@ pub mod table {
     pub const SESSION_BY_CLIENT: u8 = 0x10;
     /// Model names: the name → the one model registered under it, and who registered it.
     pub const MODEL_NAME: u8 = 0x11;
+    /// Execution v3: challenges by id.
+    pub const CHALLENGE: u8 = 0x12;
+    /// Execution v3: challenges whose voting ends at a height.
+    pub const CHALLENGE_DEADLINE: u8 = 0x13;
+    /// Execution v3: a provider's record of challenges and slashes.
+    pub const PROVIDER_STATS: u8 = 0x14;
+    /// Execution v3: the challenge of an attestation (one per attestation).
+    pub const CHALLENGE_BY_ATTESTATION: u8 = 0x15;
+    /// Execution v3: release heights at which a staker has stake unbonding (so a slash can
+    /// reach it).
+    pub const UNBONDING_OF: u8 = 0x16;
 }
 
 fn key(prefix: u8, body: &[u8]) -> Vec<u8> {
@@ -217,6 +228,21 @@ pub mod keys {
     pub fn model_name(name: &str) -> Vec<u8> {
         key(table::MODEL_NAME, name.as_bytes())
     }
+    pub fn challenge(id: u64) -> Vec<u8> {
+        key(table::CHALLENGE, &id.to_be_bytes())
+    }
+    pub fn challenge_deadline(h: Height) -> Vec<u8> {
+        key(table::CHALLENGE_DEADLINE, &h.to_be_bytes())
+    }
+    pub fn provider_stats(a: &Address) -> Vec<u8> {
+        key(table::PROVIDER_STATS, a.as_bytes())
+    }
+    pub fn challenge_by_attestation(attestation: &Hash) -> Vec<u8> {
+        key(table::CHALLENGE_BY_ATTESTATION, attestation.as_bytes())
+    }
+    pub fn unbonding_of(staker: &Address) -> Vec<u8> {
+        key(table::UNBONDING_OF, staker.as_bytes())
+    }
     pub fn session_by_client(client: &Address, session: &Hash) -> Vec<u8> {
         let mut body = client.as_bytes().to_vec();
         body.extend_from_slice(session.as_bytes());
@@ -229,6 +255,10 @@ pub mod keys {
     pub const GOVERNANCE: &[u8] = b"\x00governance";
     /// SHA-256 of the genesis file this state was created from.
     pub const GENESIS: &[u8] = b"\x00genesis";
+    /// Execution v3: the next challenge id.
+    pub const CHALLENGES: &[u8] = b"\x00challenges";
+    /// Execution v3: randomness from every block so far (committees are drawn from it).
+    pub const BEACON: &[u8] = b"\x00beacon";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -305,6 +335,52 @@ impl Session {
 pub struct ModelName {
     pub id: ModelId,
     pub owner: Address,
+}
+
+/// Where a challenge stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChallengeStatus {
+    /// Waiting for the committee's votes.
+    Open,
+    /// The committee found the provider's response was not its model's: slashed.
+    Convicted,
+    /// No majority for guilty by the deadline: the challenger's bond went to the provider.
+    Acquitted,
+}
+
+/// An accusation that a provider's attested response was not produced by its model, with the
+/// evidence and the committee that re-runs it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Challenge {
+    pub challenger: Address,
+    pub provider: Address,
+    pub session: Hash,
+    pub attestation: plexus_types::Attestation,
+    pub transcript: plexus_types::receipt::Transcript,
+    /// Held in the deposits bucket while open.
+    pub bond: Amount,
+    pub opened_height: Height,
+    pub deadline_height: Height,
+    pub committee: Vec<Address>,
+    /// (voter, guilty), in voting order.
+    pub votes: Vec<(Address, bool)>,
+    pub status: ChallengeStatus,
+    /// Taken from the provider's stake when convicted.
+    pub slashed: Amount,
+    /// Of which back to the client for the request.
+    pub refunded: Amount,
+    /// Of which to the challenger.
+    pub reward: Amount,
+}
+
+/// A provider's record: what verification found about it. Only facts the chain established
+/// count (convictions and acquittals by committees, slashes), never what a provider reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProviderStats {
+    pub convicted: u64,
+    pub acquitted: u64,
+    pub slashed: Amount,
 }
 
 /// Conflicting-vote evidence, recorded once per offence.
@@ -390,6 +466,104 @@ macro_rules! codec_struct {
 
 codec_struct!(Account { balance: u128, nonce: u64 });
 codec_struct!(ModelName { id: Hash, owner: Address });
+codec_struct!(ProviderStats { convicted: u64, acquitted: u64, slashed: u128 });
+
+/// Most members of a challenge committee (bounds the record).
+pub const COMMITTEE_MAX: usize = 15;
+
+impl Write for ChallengeStatus {
+    fn write(&self, buf: &mut impl BufMut) {
+        (*self as u8).write(buf)
+    }
+}
+impl FixedSize for ChallengeStatus {
+    const SIZE: usize = 1;
+}
+impl Read for ChallengeStatus {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        match u8::read(buf)? {
+            0 => Ok(ChallengeStatus::Open),
+            1 => Ok(ChallengeStatus::Convicted),
+            2 => Ok(ChallengeStatus::Acquitted),
+            t => Err(CodecError::InvalidEnum(t)),
+        }
+    }
+}
+
+impl Write for Challenge {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.challenger.write(buf);
+        self.provider.write(buf);
+        self.session.write(buf);
+        self.attestation.write(buf);
+        self.transcript.write(buf);
+        self.bond.write(buf);
+        self.opened_height.write(buf);
+        self.deadline_height.write(buf);
+        self.committee.write(buf);
+        self.votes.write(buf);
+        self.status.write(buf);
+        self.slashed.write(buf);
+        self.refunded.write(buf);
+        self.reward.write(buf);
+    }
+}
+impl EncodeSize for Challenge {
+    fn encode_size(&self) -> usize {
+        32 * 3
+            + plexus_types::Attestation::SIZE
+            + self.transcript.encode_size()
+            + 16
+            + 16
+            + self.committee.encode_size()
+            + self.votes.encode_size()
+            + 1
+            + 48
+    }
+}
+impl Read for Challenge {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        Ok(Challenge {
+            challenger: Address::read(buf)?,
+            provider: Address::read(buf)?,
+            session: Hash::read(buf)?,
+            attestation: plexus_types::Attestation::read(buf)?,
+            transcript: plexus_types::receipt::Transcript::read(buf)?,
+            bond: u128::read(buf)?,
+            opened_height: u64::read(buf)?,
+            deadline_height: u64::read(buf)?,
+            committee: read_vec(buf, COMMITTEE_MAX, &())?,
+            votes: read_vec(buf, COMMITTEE_MAX, &((), ()))?,
+            status: ChallengeStatus::read(buf)?,
+            slashed: u128::read(buf)?,
+            refunded: u128::read(buf)?,
+            reward: u128::read(buf)?,
+        })
+    }
+}
+
+/// Challenge ids (those whose vote ends at one height), or heights (a staker's unbonding).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdList(pub Vec<u64>);
+
+impl Write for IdList {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.0.write(buf)
+    }
+}
+impl EncodeSize for IdList {
+    fn encode_size(&self) -> usize {
+        self.0.encode_size()
+    }
+}
+impl Read for IdList {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        Ok(IdList(read_vec(buf, limits::SCHEDULE_BUCKET_MAX, &())?))
+    }
+}
 codec_struct!(Stake { bonded: u128, p2p_address: str });
 codec_struct!(Provider { info: ProviderInfo, registered_height: u64 });
 codec_struct!(EvidenceRecord { offender: Address, epoch: u64, view: u64, kind: str, reporter: Address, height: u64 });
@@ -745,9 +919,17 @@ pub fn audit(map: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<Supply, String> {
         .map(|(k, v)| decode_record::<crate::gov::Proposal>(k, v))
         .filter(|p| p.status == crate::gov::ProposalStatus::Voting)
         .map(|p| p.deposit)
-        .sum();
+        .sum::<Amount>()
+        + scan_table(map, table::CHALLENGE)
+            .map(|(k, v)| decode_record::<Challenge>(k, v))
+            .filter(|c| c.status == ChallengeStatus::Open)
+            .map(|c| c.bond)
+            .sum::<Amount>();
     if open_deposits != recorded.deposits {
-        return Err(format!("open proposals hold {open_deposits} in deposits, the supply says {}", recorded.deposits));
+        return Err(format!(
+            "open proposals and challenges hold {open_deposits} in deposits, the supply says {}",
+            recorded.deposits
+        ));
     }
     if s != recorded {
         return Err(format!("aggregates {recorded:?} differ from records {s:?}"));
@@ -831,6 +1013,13 @@ pub fn check_conservation(base: &dyn StateRead, changes: &ChangeSet) -> Result<(
                 let f = |b: &[u8]| {
                     let p = decode_record::<crate::gov::Proposal>(key, b);
                     if p.status == crate::gov::ProposalStatus::Voting { p.deposit } else { 0 }
+                };
+                deposits.add(amount(old, &f), amount(new, &f))?;
+            }
+            table::CHALLENGE => {
+                let f = |b: &[u8]| {
+                    let c = decode_record::<Challenge>(key, b);
+                    if c.status == ChallengeStatus::Open { c.bond } else { 0 }
                 };
                 deposits.add(amount(old, &f), amount(new, &f))?;
             }

@@ -36,12 +36,18 @@ fn params() -> Params {
 
 impl Chain {
     fn new(accounts: usize) -> Chain {
+        Chain::with(accounts, 2, 1, Arc::new(NoEvidence))
+    }
+
+    /// `accounts` funded accounts, the first `validators` of them validators, starting at
+    /// `execution` version.
+    fn with(accounts: usize, validators: usize, execution: u16, evidence: Arc<dyn EvidenceVerifier>) -> Chain {
         let keys: Vec<PrivateKey> = (0..accounts as u64).map(PrivateKey::from_seed).collect();
         let params = params();
         let genesis = Genesis {
             chain_id: CHAIN.into(),
             accounts: keys.iter().map(|k| GenesisAccount { address: k.address(), balance: 1_000_000 * PLX }).collect(),
-            validators: keys[..2]
+            validators: keys[..validators]
                 .iter()
                 .enumerate()
                 .map(|(i, k)| GenesisValidator {
@@ -51,11 +57,12 @@ impl Chain {
                 })
                 .collect(),
             params,
+            versions: plexus_types::VersionVector { execution, ..plexus_types::VersionVector::V1 },
         };
         genesis.validate().unwrap();
         let mut state = BTreeMap::new();
         commit(&mut state, genesis::genesis_changes(&genesis));
-        Chain { state, exec: Executor::new(CHAIN, Arc::new(NoEvidence)), height: 0, keys, nonces: BTreeMap::new() }
+        Chain { state, exec: Executor::new(CHAIN, evidence), height: 0, keys, nonces: BTreeMap::new() }
     }
 
     fn tx(&mut self, who: usize, payload: Payload) -> SignedTx {
@@ -1063,42 +1070,53 @@ mod governance {
     #[cfg(feature = "faulty-version")]
     #[test]
     fn a_faulty_version_rolls_back_by_itself_and_the_chain_goes_on() {
+        let faulty = crate::faulty::VERSION;
+        let latest = faulty - 1;
         let mut c = Chain::new(4);
         let (_, activation) = upgrade_to_v2(&mut c);
-        signal(&mut c, 0, 3, true);
-        signal(&mut c, 1, 3, true);
+        signal(&mut c, 0, faulty, true);
+        signal(&mut c, 1, faulty, true);
         until(&mut c, activation + 1);
         assert_eq!(read(&c, |s| s.versions().execution), 2);
-        // Now the faulty version 3.
-        let voting = params().voting_period_blocks as u64;
-        let at = c.height + 1 + voting + 2;
-        let id = propose(
-            &mut c,
-            ProposalKind::Upgrade {
-                layer: Layer::Execution,
-                version: 3,
-                activation_height: at,
-                deadline_height: at + 20,
-            },
-        );
-        vote(&mut c, 1, id, VoteOption::Yes);
-        until(&mut c, at + 1);
-        assert_eq!(read(&c, |s| s.versions().execution), 3);
+        // Up to the latest real version, then the faulty one after it.
+        for version in 3..=faulty {
+            let voting = params().voting_period_blocks as u64;
+            let at = c.height + 1 + voting + 2;
+            let id = propose(
+                &mut c,
+                ProposalKind::Upgrade {
+                    layer: Layer::Execution,
+                    version,
+                    activation_height: at,
+                    deadline_height: at + 20,
+                },
+            );
+            vote(&mut c, 1, id, VoteOption::Yes);
+            until(&mut c, at + 1);
+            assert_eq!(read(&c, |s| s.versions().execution), version);
+        }
         let uid = read(&c, |s| gov::meta(s).last_activated[2]);
-        // Empty blocks pass under v3; the first block with a transaction breaks conservation.
+        // Empty blocks pass under the faulty version; the first with a transaction breaks
+        // conservation.
         c.block(vec![]);
         let before = c.balance(3);
         let to = c.addr(3);
         let t = c.tx(2, Payload::Transfer { to, amount: 5 });
         let out = c.block(vec![t]);
-        assert!(out.block_events.iter().any(|e| matches!(e, Event::UpgradeAborted { version: 3, previous: 2, .. })));
-        assert_eq!(out.results[0].error, None, "the block's transactions still applied, under version 2");
+        assert!(
+            out.block_events
+                .iter()
+                .any(|e| matches!(e, Event::UpgradeAborted { version, previous, .. } if *version == faulty && *previous == latest)),
+            "{:?}",
+            out.block_events
+        );
+        assert_eq!(out.results[0].error, None, "the block's transactions still applied, under the previous version");
         assert_eq!(c.balance(3), before + 5);
-        assert_eq!(read(&c, |s| s.versions().execution), 2);
+        assert_eq!(read(&c, |s| s.versions().execution), latest);
         let u = read(&c, |s| gov::upgrade(s, uid).unwrap());
         assert_eq!(u.status, UpgradeStatus::Aborted);
         assert!(u.note.contains("balances") && u.note.contains("changed records"), "{}", u.note);
-        // And blocks keep coming under version 2 (the audit in `block` checks every one).
+        // And blocks keep coming under the previous version (the audit in `block` checks every one).
         let to = c.addr(2);
         let t = c.tx(3, Payload::Transfer { to, amount: 1 });
         c.block(vec![t]);
@@ -1189,5 +1207,243 @@ mod governance {
             let burned = read(&c, |s| s.supply().burned) - burned_before;
             prop_assert_eq!(burned, if expected == ProposalStatus::Vetoed { params().proposal_deposit_min } else { 0 });
         }
+    }
+}
+
+// ---- execution v3: challenges and slashing ----
+
+mod verification {
+    use super::*;
+    use crate::state::{Challenge, ChallengeStatus, ProviderStats};
+    use plexus_types::receipt::{SamplingSpec, Transcript, output_ids_hash};
+    use plexus_types::{Attestation, Sig};
+
+    /// Accepts evidence b"guilty:<n>" as proof that validator n equivocated.
+    struct Accepting;
+    impl EvidenceVerifier for Accepting {
+        fn verify(
+            &self,
+            evidence: &[u8],
+            validators_of: &dyn Fn(u64) -> Option<Vec<Address>>,
+        ) -> Result<VerifiedEvidence, String> {
+            let n: usize = std::str::from_utf8(evidence)
+                .ok()
+                .and_then(|s| s.strip_prefix("guilty:"))
+                .and_then(|n| n.parse().ok())
+                .ok_or("no")?;
+            let offender = validators_of(0).ok_or("no set")?.get(n).cloned().ok_or("no such validator")?;
+            Ok(VerifiedEvidence { offender, epoch: 0, view: 1, kind: "conflicting_notarize" })
+        }
+    }
+
+    /// A v3 chain with four validators (0..4); account 4 provides `model()` at 10/20 per 1k;
+    /// account 5 is a client with an open session.
+    fn setup() -> (Chain, Hash) {
+        let mut c = Chain::with(6, 4, 3, Arc::new(Accepting));
+        let stake = params().min_provider_stake * 5;
+        let t1 = c.tx(4, Payload::RegisterModel(model()));
+        let t2 = c.tx(4, Payload::Stake { amount: stake, p2p_address: String::new() });
+        let t3 = c.tx(
+            4,
+            Payload::RegisterProvider(ProviderInfo {
+                endpoint: "http://127.0.0.1:8080".into(),
+                region: "eu".into(),
+                hardware: "2 vCPU".into(),
+                prices: vec![ModelPrice { model: model().id(), input_per_1k: 10, output_per_1k: 20 }],
+                versions: SupportedVersions::V1_ONLY,
+            }),
+        );
+        assert!(c.block(vec![t1, t2, t3]).results.iter().all(|r| r.error.is_none()));
+        let nonce = *c.nonces.get(&c.addr(5)).unwrap_or(&0);
+        let expiry = c.height + 50;
+        let open = c.tx(
+            5,
+            Payload::OpenSession {
+                provider: c.addr(4),
+                model: model().id(),
+                deposit: 100_000,
+                max_input_per_1k: 10,
+                max_output_per_1k: 20,
+                expiry_height: expiry,
+            },
+        );
+        assert_eq!(c.block(vec![open]).results[0].error, None);
+        let id = session_id(&c.addr(5), nonce);
+        (c, id)
+    }
+
+    fn evidence(c: &Chain, output: Vec<i32>) -> (Attestation, Sig, Transcript) {
+        let transcript = Transcript {
+            model: model().id(),
+            prompt: (0..200).collect(),
+            max_tokens: 100,
+            sampling: SamplingSpec::Greedy,
+            stop: vec![],
+            output,
+        };
+        let att = Attestation {
+            request_hash: transcript.request_hash(),
+            output_hash: hash(b"text"),
+            model: model().id(),
+            input_tokens: 200,
+            output_tokens: transcript.output.len() as u32,
+            output_ids_hash: output_ids_hash(&transcript.output),
+            logits_fingerprint: Hash::ZERO,
+        };
+        let sig = att.sign(&c.keys[4], CHAIN);
+        (att, sig, transcript)
+    }
+
+    fn challenge(c: &Chain, id: u64) -> Challenge {
+        let mut o = Overlay::new(&c.state);
+        Store::new(&mut o).read(&keys::challenge(id)).unwrap()
+    }
+
+    fn bonded(c: &Chain, who: usize) -> Amount {
+        let mut o = Overlay::new(&c.state);
+        Store::new(&mut o).stake(&c.addr(who)).bonded
+    }
+
+    #[test]
+    fn a_convicted_provider_is_slashed_the_client_refunded_and_the_challenger_paid() {
+        let (mut c, session) = setup();
+        let (att, sig, transcript) = evidence(&c, (0..50).collect());
+        let bond = params().challenge_bond_min;
+        let (client_before, provider_stake) = (c.balance(5), bonded(&c, 4));
+        let t = c.tx(
+            5,
+            Payload::Challenge {
+                session,
+                attestation: att.clone(),
+                signature: sig.clone(),
+                transcript: transcript.clone(),
+                bond,
+            },
+        );
+        let out = c.block(vec![t]);
+        assert_eq!(out.results[0].error, None);
+        let opened = challenge(&c, 0);
+        assert_eq!(opened.committee.len(), 3);
+        assert!(!opened.committee.contains(&c.addr(4)), "the accused never judges itself");
+        assert_eq!(read_deposits(&c), bond, "the bond is held");
+        // The same response cannot be challenged twice; a forged or mismatched one not at all.
+        let again = c.tx(
+            5,
+            Payload::Challenge {
+                session,
+                attestation: att.clone(),
+                signature: sig.clone(),
+                transcript: transcript.clone(),
+                bond,
+            },
+        );
+        assert!(c.block(vec![again]).results[0].error.as_ref().unwrap().contains("already"));
+        let mut other = transcript.clone();
+        other.output[3] = 999;
+        let t = c.tx(
+            5,
+            Payload::Challenge { session, attestation: att.clone(), signature: sig.clone(), transcript: other, bond },
+        );
+        assert!(c.block(vec![t]).results[0].error.is_some(), "a transcript the attestation does not name");
+        // Only committee members vote; a majority for guilty convicts at once.
+        let outsider = c.tx(5, Payload::ChallengeVote { challenge: 0, guilty: true });
+        assert!(c.block(vec![outsider]).results[0].error.as_ref().unwrap().contains("committee"));
+        let members: Vec<usize> = (0..4).filter(|i| opened.committee.contains(&c.addr(*i))).collect();
+        let v1 = c.tx(members[0], Payload::ChallengeVote { challenge: 0, guilty: true });
+        c.block(vec![v1]);
+        assert_eq!(challenge(&c, 0).status, ChallengeStatus::Open);
+        let v2 = c.tx(members[1], Payload::ChallengeVote { challenge: 0, guilty: true });
+        let out = c.block(vec![v2]);
+        assert!(out.results[0].events.iter().any(|e| matches!(e, Event::ChallengeResolved { guilty: true, .. })));
+        let done = challenge(&c, 0);
+        assert_eq!(done.status, ChallengeStatus::Convicted);
+        // 10% of the provider's stake; the request's cost back to the client, 10% of the rest to
+        // the challenger (the same client), the remainder to the treasury; the bond back.
+        let slashed = provider_stake / 10;
+        let cost = crate::max_cost(200, 50, 10, 20).unwrap();
+        let reward = (slashed - cost) / 10;
+        assert_eq!((done.slashed, done.refunded, done.reward), (slashed, cost, reward));
+        assert_eq!(bonded(&c, 4), provider_stake - slashed);
+        // The client paid fees for four transactions (open excluded: before) and got refund + reward.
+        assert_eq!(c.balance(5), client_before - 4 * 1_000 + cost + reward);
+        assert_eq!(read_deposits(&c), 0);
+        let mut o = Overlay::new(&c.state);
+        let stats: ProviderStats = Store::new(&mut o).read(&keys::provider_stats(&c.addr(4))).unwrap();
+        assert_eq!((stats.convicted, stats.acquitted, stats.slashed), (1, 0, slashed));
+    }
+
+    #[test]
+    fn a_false_challenge_costs_the_challenger_its_bond() {
+        let (mut c, session) = setup();
+        let (att, sig, transcript) = evidence(&c, (0..50).collect());
+        let bond = params().challenge_bond_min;
+        let provider_balance = c.balance(4);
+        let t = c.tx(5, Payload::Challenge { session, attestation: att, signature: sig, transcript, bond });
+        c.block(vec![t]);
+        let opened = challenge(&c, 0);
+        let members: Vec<usize> = (0..4).filter(|i| opened.committee.contains(&c.addr(*i))).collect();
+        // One votes guilty, two innocent: acquitted.
+        for (i, guilty) in [(0, true), (1, false), (2, false)] {
+            let t = c.tx(members[i], Payload::ChallengeVote { challenge: 0, guilty });
+            c.block(vec![t]);
+        }
+        assert_eq!(challenge(&c, 0).status, ChallengeStatus::Acquitted);
+        assert_eq!(c.balance(4), provider_balance + bond);
+        assert_eq!(bonded(&c, 4), params().min_provider_stake * 5, "nothing slashed");
+    }
+
+    #[test]
+    fn an_undecided_challenge_is_settled_at_its_deadline() {
+        let (mut c, session) = setup();
+        let (att, sig, transcript) = evidence(&c, (0..50).collect());
+        let t = c.tx(
+            5,
+            Payload::Challenge {
+                session,
+                attestation: att,
+                signature: sig,
+                transcript,
+                bond: params().challenge_bond_min,
+            },
+        );
+        c.block(vec![t]);
+        let deadline = challenge(&c, 0).deadline_height;
+        while c.height < deadline {
+            c.block(vec![]);
+        }
+        assert_eq!(challenge(&c, 0).status, ChallengeStatus::Acquitted, "nobody proved anything");
+    }
+
+    #[test]
+    fn equivocation_is_slashed_under_version_three() {
+        let (mut c, _) = setup();
+        // The set is ordered by stake: its second member is account 2 (3 x min_stake).
+        let (before, reporter) = (bonded(&c, 2), c.balance(5));
+        let t = c.tx(5, Payload::ReportEvidence { evidence: b"guilty:1".to_vec() });
+        let out = c.block(vec![t]);
+        let slashed = out.results[0]
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::Slashed { offender, amount, .. } if offender == &c.addr(2) => Some(*amount),
+                _ => None,
+            })
+            .expect("slashed");
+        assert_eq!(slashed, before / 20, "5% of its stake");
+        assert_eq!(bonded(&c, 2), before - slashed);
+        assert_eq!(c.balance(5), reporter - 1_000 + slashed / 10, "the reporter gets its share");
+    }
+
+    #[test]
+    fn versions_before_three_refuse_challenges() {
+        let mut c = with_provider();
+        let t = c.tx(3, Payload::ChallengeVote { challenge: 0, guilty: true });
+        let error = c.block(vec![t]).results[0].error.clone().unwrap();
+        assert!(error.contains("not supported"), "{error}");
+    }
+
+    fn read_deposits(c: &Chain) -> Amount {
+        let mut o = Overlay::new(&c.state);
+        Store::new(&mut o).supply().deposits
     }
 }

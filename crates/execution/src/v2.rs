@@ -38,7 +38,7 @@ pub fn proposer_reward(fees: Amount) -> Amount {
     fees / 2
 }
 
-fn reward(state: &dyn StateRead, env: &BlockEnv, outcome: &mut BlockOutcome) -> Result<(), BlockError> {
+pub(crate) fn reward(state: &dyn StateRead, env: &BlockEnv, outcome: &mut BlockOutcome) -> Result<(), BlockError> {
     let fees = outcome.results.iter().fold(0u128, |acc, r| acc.saturating_add(r.fee));
     let after = Layered { base: state, changes: &outcome.changes };
     let mut overlay = Overlay::new(&after);

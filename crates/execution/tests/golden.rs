@@ -176,6 +176,7 @@ fn record() -> History {
             })
             .collect(),
         params,
+        versions: plexus_types::VersionVector::V1,
     };
     genesis.validate().unwrap();
     let mut state = State::new();

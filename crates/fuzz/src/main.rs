@@ -224,6 +224,7 @@ fn genesis() -> Genesis {
             p2p_address: "127.0.0.1:9000".into(),
         }],
         params: Params::default(),
+        versions: plexus_types::VersionVector::V1,
     }
 }
 

@@ -18,10 +18,12 @@
 //! inputs all have limits, and bad input is an [`Error`] with [`ErrorKind::BadRequest`], never a
 //! panic. Greedy output is reproducible for a given model, thread count and batch schedule.
 
+pub mod audit;
 mod error;
 pub mod fingerprint;
 pub mod gguf;
 pub mod models;
+pub mod sampler;
 pub mod template;
 pub mod text;
 pub mod tokenizer;
@@ -88,7 +90,7 @@ pub trait Engine: Send + Sync + 'static {
 }
 
 /// A continuation to score with [`Engine::score`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ScoreRequest {
     /// The prompt's tokens, as [`Prepared::tokens`] holds them.
     pub prompt: Vec<TokenId>,
@@ -96,6 +98,9 @@ pub struct ScoreRequest {
     pub output: Vec<TokenId>,
     /// How many of the highest logits to return per position (at most [`SCORE_TOP_K_MAX`]).
     pub top_k: usize,
+    /// With the sampling the output was generated with, each position also gets its
+    /// [`sampler::margin`] from this engine's logits.
+    pub sampling: Option<Sampling>,
 }
 
 /// Most logits returned per scored position.
@@ -106,6 +111,9 @@ pub const SCORE_TOP_K_MAX: usize = 64;
 pub struct PositionScore {
     /// The committed token's logit.
     pub token_logit: f32,
+    /// How far the committed token is from what the request's sampling picks from these
+    /// logits ([`sampler::margin`]), when the request named its sampling.
+    pub margin: Option<f32>,
     /// (token, logit), highest first; ties broken by the lower token id.
     pub top: Vec<(TokenId, f32)>,
 }
@@ -214,7 +222,9 @@ impl Sampling {
         if !(0.0..=1.0).contains(&min_p) {
             return Err(Error::invalid("min_p", "must be between 0 and 1"));
         }
-        let top_k = top_k.unwrap_or(0);
+        // llama-server's default: OpenAI's API has no top_k, and 40 keeps the seeded sampler's
+        // work per token (and so an audit's) to forty candidates.
+        let top_k = top_k.unwrap_or(DEFAULT_TOP_K);
         if temperature == 0.0 || top_k == 1 {
             return Ok(Sampling::Greedy);
         }
@@ -225,17 +235,33 @@ impl Sampling {
         Ok(Sampling::Random { temperature, top_k, top_p, min_p, seed })
     }
 
-    fn write_canonical(&self, out: &mut Vec<u8>) {
+    /// The sampling as a request hash (and a challenge's transcript) commits to it.
+    pub fn spec(&self) -> plexus_types::receipt::SamplingSpec {
+        use plexus_types::receipt::SamplingSpec;
         match *self {
-            Sampling::Greedy => out.push(0),
-            Sampling::Random { temperature, top_k, top_p, min_p, seed } => {
-                out.push(1);
-                out.extend(temperature.to_bits().to_be_bytes());
-                out.extend(top_k.to_be_bytes());
-                out.extend(top_p.to_bits().to_be_bytes());
-                out.extend(min_p.to_bits().to_be_bytes());
-                out.extend(seed.to_be_bytes());
-            }
+            Sampling::Greedy => SamplingSpec::Greedy,
+            Sampling::Random { temperature, top_k, top_p, min_p, seed } => SamplingSpec::Random {
+                temperature_bits: temperature.to_bits(),
+                top_k,
+                top_p_bits: top_p.to_bits(),
+                min_p_bits: min_p.to_bits(),
+                seed,
+            },
+        }
+    }
+
+    /// The sampling a transcript names.
+    pub fn from_spec(spec: &plexus_types::receipt::SamplingSpec) -> Sampling {
+        use plexus_types::receipt::SamplingSpec;
+        match *spec {
+            SamplingSpec::Greedy => Sampling::Greedy,
+            SamplingSpec::Random { temperature_bits, top_k, top_p_bits, min_p_bits, seed } => Sampling::Random {
+                temperature: f32::from_bits(temperature_bits),
+                top_k,
+                top_p: f32::from_bits(top_p_bits),
+                min_p: f32::from_bits(min_p_bits),
+                seed,
+            },
         }
     }
 }
@@ -247,6 +273,9 @@ fn random_seed() -> u32 {
     h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
     (h.finish() & 0xFFFF_FFFF) as u32
 }
+
+/// `top_k` when a request sets none (llama-server's default).
+pub const DEFAULT_TOP_K: u32 = 40;
 
 /// A text-generation request.
 #[derive(Clone, Debug, PartialEq)]
@@ -276,21 +305,7 @@ pub struct Prepared {
 impl Prepared {
     /// Builds a prepared request and its hash.
     pub fn new(model: ModelId, tokens: Vec<TokenId>, max_tokens: u32, sampling: Sampling, stop: Vec<String>) -> Self {
-        let mut canon = Vec::with_capacity(64 + tokens.len() * 4);
-        canon.extend(b"plexus/request/generate/v1");
-        canon.extend(model.as_bytes());
-        canon.extend((tokens.len() as u32).to_be_bytes());
-        for t in &tokens {
-            canon.extend(t.to_be_bytes());
-        }
-        canon.extend(max_tokens.to_be_bytes());
-        sampling.write_canonical(&mut canon);
-        canon.extend((stop.len() as u32).to_be_bytes());
-        for s in &stop {
-            canon.extend((s.len() as u32).to_be_bytes());
-            canon.extend(s.as_bytes());
-        }
-        let request_hash = plexus_types::hash(&canon);
+        let request_hash = plexus_types::receipt::request_hash(&model, &tokens, max_tokens, &sampling.spec(), &stop);
         Prepared { model, tokens, max_tokens, sampling, stop, request_hash }
     }
 

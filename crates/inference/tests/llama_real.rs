@@ -133,8 +133,9 @@ fn assert_same_or_near_tie(
         return None;
     }
     assert!(p < reference.len() && p < other.len(), "{what}: one reply is a strict prefix of the other");
-    let scores =
-        e.score(&ScoreRequest { prompt: prompt.to_vec(), output: reference[..=p].to_vec(), top_k: 64 }).unwrap();
+    let scores = e
+        .score(&ScoreRequest { prompt: prompt.to_vec(), output: reference[..=p].to_vec(), top_k: 64, sampling: None })
+        .unwrap();
     let at = &scores[p];
     let logit_of = |t: i32| at.top.iter().find(|(tok, _)| *tok == t).map(|(_, l)| *l);
     let (mine, theirs) = (logit_of(reference[p]), logit_of(other[p]));
@@ -202,7 +203,9 @@ fn scoring_tells_the_models_own_reply_from_another() {
     let e = engine();
     let prepared = e.prepare(chat(&[("user", "What is 2 plus 2?")], 24)).unwrap();
     let own = run(&e, chat(&[("user", "What is 2 plus 2?")], 24)).tokens;
-    let scores = e.score(&ScoreRequest { prompt: prepared.tokens.clone(), output: own.clone(), top_k: 8 }).unwrap();
+    let scores = e
+        .score(&ScoreRequest { prompt: prepared.tokens.clone(), output: own.clone(), top_k: 8, sampling: None })
+        .unwrap();
     assert_eq!(scores.len(), own.len());
     // Greedy tokens are the best (or tied within the noise of another batch shape) everywhere.
     for (i, s) in scores.iter().enumerate() {
@@ -210,11 +213,14 @@ fn scoring_tells_the_models_own_reply_from_another() {
     }
     // The reply to another question, forced after this prompt, is far from what the model says.
     let other = run(&e, chat(&[("user", "Name three colors.")], 24)).tokens;
-    let forced = e.score(&ScoreRequest { prompt: prepared.tokens.clone(), output: other, top_k: 8 }).unwrap();
+    let forced =
+        e.score(&ScoreRequest { prompt: prepared.tokens.clone(), output: other, top_k: 8, sampling: None }).unwrap();
     let far = forced.iter().filter(|s| s.shortfall() > 2.0).count();
     assert!(far >= 2, "a foreign reply should fall well below the best logit somewhere: {forced:?}");
     // Bad input is an error, not a panic.
-    let bad = |prompt: Vec<i32>, output: Vec<i32>, top_k: usize| e.score(&ScoreRequest { prompt, output, top_k });
+    let bad = |prompt: Vec<i32>, output: Vec<i32>, top_k: usize| {
+        e.score(&ScoreRequest { prompt, output, top_k, sampling: None })
+    };
     assert!(matches!(bad(vec![], own.clone(), 8), Err(Error::InvalidParam { .. })));
     assert!(matches!(bad(prepared.tokens.clone(), vec![], 8), Err(Error::InvalidParam { .. })));
     assert!(matches!(bad(prepared.tokens.clone(), vec![i32::MAX], 8), Err(Error::InvalidParam { .. })));

@@ -77,6 +77,7 @@ pub fn genesis(validators: usize, epoch_length: u64) -> (Genesis, Vec<PrivateKey
             })
             .collect(),
         params,
+        versions: plexus_types::VersionVector::V1,
     };
     genesis.validate().expect("simulated genesis is valid");
     (genesis, keys, accounts)

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::Amount;
 use crate::crypto::{Address, Hash, hash};
 use crate::params::{Params, limits};
+use crate::version::VersionVector;
 
 /// An initial account balance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +30,28 @@ pub struct Genesis {
     pub chain_id: String,
     pub accounts: Vec<GenesisAccount>,
     pub validators: Vec<GenesisValidator>,
-    #[serde(default)]
+    /// Parameters that later execution versions introduced are written only when they differ
+    /// from their defaults, so an older genesis file keeps its bytes, and its hash.
+    #[serde(default, serialize_with = "params_compat")]
     pub params: Params,
+    /// The version of each layer the chain starts at (a new network may start at the latest
+    /// execution version; omitted, every layer starts at 1).
+    #[serde(default = "VersionVector::v1", skip_serializing_if = "VersionVector::is_v1")]
+    pub versions: VersionVector,
+}
+
+fn params_compat<S: serde::Serializer>(params: &Params, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let defaults = Params::default();
+    let mut map = s.serialize_map(None)?;
+    for (name, _) in Params::NAMES {
+        let value = params.get(name).unwrap_or_default();
+        if crate::params::SINCE_V3.contains(name) && Some(value) == defaults.get(name) {
+            continue;
+        }
+        map.serialize_entry(name, &value)?;
+    }
+    map.end()
 }
 
 /// A genesis file that cannot start a chain.
@@ -129,6 +150,7 @@ mod tests {
                 p2p_address: "127.0.0.1:9000".into(),
             }],
             params: Params::default(),
+            versions: VersionVector::V1,
         }
     }
 

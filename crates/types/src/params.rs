@@ -172,7 +172,35 @@ params! {
     /// Upgrades: share of validator-candidate stake that must have signalled support before an
     /// approved upgrade activates, in basis points. At least two thirds.
     upgrade_readiness_bps: 6_667, 6_667, 10_000;
+    /// Verification (execution v3): smallest bond that opens a challenge, in base units; lost to
+    /// the provider if the committee acquits.
+    challenge_bond_min: 10_000_000, 1_000_000, 10_000_000_000;
+    /// Verification: blocks a challenge's committee has to vote before it is decided.
+    challenge_window_blocks: 100, 10, 100_000;
+    /// Verification: validators drawn to re-run a challenged request and vote.
+    challenge_committee_size: 3, 1, 15;
+    /// Verification: share of a convicted provider's stake (bonded and unbonding) slashed, in
+    /// basis points.
+    fault_slash_bps: 1_000, 100, 5_000;
+    /// Verification: share of a validator's stake slashed for signing conflicting votes, in
+    /// basis points.
+    equivocation_slash_bps: 500, 100, 5_000;
+    /// Verification: share of a slash paid to whoever proved the fault, in basis points (the
+    /// client's refund comes first; the rest goes to the treasury).
+    challenger_reward_bps: 1_000, 0, 5_000;
 }
+
+/// Parameters that execution version 3 introduced. Genesis states of earlier chains do not hold
+/// them, so the states they replay to never change; until governance sets one, it has its
+/// default.
+pub const SINCE_V3: &[&str] = &[
+    "challenge_bond_min",
+    "challenge_window_blocks",
+    "challenge_committee_size",
+    "fault_slash_bps",
+    "equivocation_slash_bps",
+    "challenger_reward_bps",
+];
 
 /// A rejected parameter change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -257,7 +285,7 @@ mod tests {
         let json = serde_json::to_string(&Params::default()).unwrap();
         assert_eq!(
             json,
-            r#"{"min_tx_fee":1000,"min_stake":1000000000,"min_provider_stake":100000000,"max_validators":32,"unbonding_delay_blocks":600,"epoch_length_blocks":100,"max_block_txs":10000,"max_block_bytes":4194304,"min_session_deposit":1000,"max_session_blocks":1000000,"session_grace_blocks":100,"protocol_fee_bps":200,"block_interval_ms":200,"leader_timeout_ms":1000,"notarization_timeout_ms":2000,"nullify_retry_ms":10000,"activity_timeout_views":256,"skip_timeout_views":32,"proposal_deposit_min":100000000,"voting_period_blocks":300,"quorum_bps":3340,"threshold_bps":5000,"veto_bps":3340,"voter_reward":1000,"upgrade_readiness_bps":6667}"#
+            r#"{"min_tx_fee":1000,"min_stake":1000000000,"min_provider_stake":100000000,"max_validators":32,"unbonding_delay_blocks":600,"epoch_length_blocks":100,"max_block_txs":10000,"max_block_bytes":4194304,"min_session_deposit":1000,"max_session_blocks":1000000,"session_grace_blocks":100,"protocol_fee_bps":200,"block_interval_ms":200,"leader_timeout_ms":1000,"notarization_timeout_ms":2000,"nullify_retry_ms":10000,"activity_timeout_views":256,"skip_timeout_views":32,"proposal_deposit_min":100000000,"voting_period_blocks":300,"quorum_bps":3340,"threshold_bps":5000,"veto_bps":3340,"voter_reward":1000,"upgrade_readiness_bps":6667,"challenge_bond_min":10000000,"challenge_window_blocks":100,"challenge_committee_size":3,"fault_slash_bps":1000,"equivocation_slash_bps":500,"challenger_reward_bps":1000}"#
         );
         Params::default().validate().unwrap();
     }
@@ -276,7 +304,9 @@ mod tests {
              notarization_timeout_ms:500..=120000 nullify_retry_ms:1000..=600000 activity_timeout_views:16..=100000 \
              skip_timeout_views:1..=10000 proposal_deposit_min:1000000..=100000000000 voting_period_blocks:10..=1000000 \
              quorum_bps:1000..=5000 threshold_bps:5000..=8000 veto_bps:3340..=5000 voter_reward:0..=1000000 \
-             upgrade_readiness_bps:6667..=10000"
+             upgrade_readiness_bps:6667..=10000 challenge_bond_min:1000000..=10000000000 \
+             challenge_window_blocks:10..=100000 challenge_committee_size:1..=15 fault_slash_bps:100..=5000 \
+             equivocation_slash_bps:100..=5000 challenger_reward_bps:0..=5000"
         );
     }
 
@@ -313,7 +343,7 @@ mod tests {
         assert!(matches!(p.set("nope", 1), Err(ParamError::Unknown(_))));
         p.set("epoch_length_blocks", 50).unwrap();
         assert_eq!(p.get("epoch_length_blocks"), Some(50));
-        assert_eq!(Params::NAMES.len(), 25);
+        assert_eq!(Params::NAMES.len(), 31);
     }
 
     #[test]

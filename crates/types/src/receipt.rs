@@ -6,7 +6,7 @@
 //! provider signs an [`Attestation`] per response, binding output to request and model.
 
 use bytes::BufMut;
-use commonware_codec::{Buf, Error, FixedSize, Read, ReadExt, Write};
+use commonware_codec::{Buf, EncodeSize, Error, FixedSize, Read, ReadExt, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::to_vec;
@@ -206,6 +206,168 @@ impl Attestation {
     }
 }
 
+/// How a generation picks its tokens, as a request hash commits to it: greedy, or the seeded
+/// sampler with its parameters (floats as their IEEE-754 bits, so the encoding is exact).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SamplingSpec {
+    Greedy,
+    Random { temperature_bits: u32, top_k: u32, top_p_bits: u32, min_p_bits: u32, seed: u32 },
+}
+
+impl Write for SamplingSpec {
+    fn write(&self, buf: &mut impl BufMut) {
+        match *self {
+            SamplingSpec::Greedy => 0u8.write(buf),
+            SamplingSpec::Random { temperature_bits, top_k, top_p_bits, min_p_bits, seed } => {
+                1u8.write(buf);
+                temperature_bits.write(buf);
+                top_k.write(buf);
+                top_p_bits.write(buf);
+                min_p_bits.write(buf);
+                seed.write(buf);
+            }
+        }
+    }
+}
+impl EncodeSize for SamplingSpec {
+    fn encode_size(&self) -> usize {
+        match self {
+            SamplingSpec::Greedy => 1,
+            SamplingSpec::Random { .. } => 1 + 5 * 4,
+        }
+    }
+}
+impl Read for SamplingSpec {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
+        Ok(match u8::read(buf)? {
+            0 => SamplingSpec::Greedy,
+            1 => SamplingSpec::Random {
+                temperature_bits: u32::read(buf)?,
+                top_k: u32::read(buf)?,
+                top_p_bits: u32::read(buf)?,
+                min_p_bits: u32::read(buf)?,
+                seed: u32::read(buf)?,
+            },
+            t => return Err(Error::InvalidEnum(t)),
+        })
+    }
+}
+
+/// Most prompt plus output tokens a transcript holds (so a challenge fits one transaction).
+pub const TRANSCRIPT_TOKENS_MAX: usize = 12_000;
+/// Most stop strings of a transcript, and the longest, in bytes.
+pub const TRANSCRIPT_STOPS_MAX: usize = 4;
+pub const TRANSCRIPT_STOP_BYTES_MAX: usize = 256;
+
+/// The canonical hash of a generation request: the model, the prompt tokens, `max_tokens`, the
+/// sampling and the stop strings. Providers attest to it, clients and verifiers recompute it.
+pub fn request_hash(
+    model: &ModelId,
+    prompt: &[i32],
+    max_tokens: u32,
+    sampling: &SamplingSpec,
+    stop: &[String],
+) -> Hash {
+    let mut canon = Vec::with_capacity(64 + prompt.len() * 4);
+    canon.extend_from_slice(b"plexus/request/generate/v1");
+    canon.extend_from_slice(model.as_bytes());
+    canon.extend_from_slice(&(prompt.len() as u32).to_be_bytes());
+    for t in prompt {
+        canon.extend_from_slice(&t.to_be_bytes());
+    }
+    canon.extend_from_slice(&max_tokens.to_be_bytes());
+    sampling.write(&mut canon);
+    canon.extend_from_slice(&(stop.len() as u32).to_be_bytes());
+    for s in stop {
+        canon.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        canon.extend_from_slice(s.as_bytes());
+    }
+    crate::hash(&canon)
+}
+
+/// A generation as a verifier re-runs it: everything its attestation's request hash covers, and
+/// the output ids the attestation commits to. With the attestation and its signature, it is
+/// the evidence of a challenge: anyone can check it is what the provider signed, and re-run it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Transcript {
+    pub model: ModelId,
+    pub prompt: Vec<i32>,
+    pub max_tokens: u32,
+    pub sampling: SamplingSpec,
+    pub stop: Vec<String>,
+    pub output: Vec<i32>,
+}
+
+impl Transcript {
+    pub fn request_hash(&self) -> Hash {
+        request_hash(&self.model, &self.prompt, self.max_tokens, &self.sampling, &self.stop)
+    }
+
+    /// Whether `att` attests to exactly this generation.
+    pub fn matches(&self, att: &Attestation) -> Result<(), String> {
+        if att.model != self.model {
+            return Err(format!("the attestation is for model {}, the transcript for {}", att.model, self.model));
+        }
+        if att.request_hash != self.request_hash() {
+            return Err("the transcript is not the request the attestation names".into());
+        }
+        if att.input_tokens as usize != self.prompt.len() || att.output_tokens as usize != self.output.len() {
+            return Err("the transcript's token counts are not the attested ones".into());
+        }
+        if att.output_ids_hash != output_ids_hash(&self.output) {
+            return Err("the transcript's output is not what the attestation commits to".into());
+        }
+        Ok(())
+    }
+}
+
+impl Write for Transcript {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.model.write(buf);
+        self.prompt.write(buf);
+        self.max_tokens.write(buf);
+        self.sampling.write(buf);
+        (self.stop.len() as u32).write(buf);
+        for s in &self.stop {
+            crate::codec::write_str(s, buf);
+        }
+        self.output.write(buf);
+    }
+}
+impl EncodeSize for Transcript {
+    fn encode_size(&self) -> usize {
+        32 + self.prompt.encode_size()
+            + 4
+            + self.sampling.encode_size()
+            + 4
+            + self.stop.iter().map(|s| crate::codec::str_size(s)).sum::<usize>()
+            + self.output.encode_size()
+    }
+}
+impl Read for Transcript {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
+        let model = Hash::read(buf)?;
+        let prompt: Vec<i32> = crate::codec::read_vec(buf, TRANSCRIPT_TOKENS_MAX, &())?;
+        let max_tokens = u32::read(buf)?;
+        let sampling = SamplingSpec::read(buf)?;
+        let stops = u32::read(buf)? as usize;
+        if stops > TRANSCRIPT_STOPS_MAX {
+            return Err(Error::Invalid("transcript", "too many stop strings"));
+        }
+        let mut stop = Vec::with_capacity(stops);
+        for _ in 0..stops {
+            stop.push(crate::codec::read_str(buf, TRANSCRIPT_STOP_BYTES_MAX)?);
+        }
+        let output: Vec<i32> = crate::codec::read_vec(buf, TRANSCRIPT_TOKENS_MAX, &())?;
+        if prompt.len() + output.len() > TRANSCRIPT_TOKENS_MAX {
+            return Err(Error::Invalid("transcript", "more tokens than a transcript holds"));
+        }
+        Ok(Transcript { model, prompt, max_tokens, sampling, stop, output })
+    }
+}
+
 /// Extends a receipt's `outputs_root` with one more response: a hash chain over the attestation
 /// hashes in the order the client received them, starting from [`Hash::ZERO`].
 pub fn extend_outputs_root(root: &Hash, attestation: &Hash) -> Hash {
@@ -270,6 +432,51 @@ mod tests {
         // A signature of one kind never passes as another, even over the same bytes.
         let receipt_sig = key.sign(namespace::RECEIPT, &bound("chain-a", &to_vec(&att)));
         assert!(!att.verify(&key.address(), &receipt_sig, "chain-a"));
+    }
+
+    #[test]
+    fn a_transcript_is_what_the_attestation_names() {
+        let t = Transcript {
+            model: crate::hash(b"m"),
+            prompt: vec![1, 2, 3],
+            max_tokens: 8,
+            sampling: SamplingSpec::Random {
+                temperature_bits: 0.7f32.to_bits(),
+                top_k: 40,
+                top_p_bits: 1.0f32.to_bits(),
+                min_p_bits: 0,
+                seed: 9,
+            },
+            stop: vec!["\n\n".into()],
+            output: vec![4, 5, 2],
+        };
+        let bytes = to_vec(&t);
+        assert_eq!(bytes.len(), t.encode_size());
+        let back =
+            <Transcript as commonware_codec::DecodeExt<()>>::decode(commonware_codec::Copying(&bytes[..])).unwrap();
+        assert_eq!(back, t);
+        let att = Attestation {
+            request_hash: t.request_hash(),
+            output_hash: crate::hash(b"text"),
+            model: t.model,
+            input_tokens: 3,
+            output_tokens: 3,
+            output_ids_hash: output_ids_hash(&t.output),
+            logits_fingerprint: Hash::ZERO,
+        };
+        assert_eq!(t.matches(&att), Ok(()));
+        let mut other = t.clone();
+        other.output[1] = 6;
+        assert!(other.matches(&att).is_err(), "another output");
+        let mut other = t.clone();
+        other.sampling = SamplingSpec::Greedy;
+        assert!(other.matches(&att).is_err(), "another sampling");
+        // Oversized transcripts do not decode.
+        let big = Transcript { prompt: vec![0; TRANSCRIPT_TOKENS_MAX], ..t.clone() };
+        assert!(
+            <Transcript as commonware_codec::DecodeExt<()>>::decode(commonware_codec::Copying(&to_vec(&big)[..]))
+                .is_err()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::codec::{read_bytes, read_str, read_vec, str_size, to_vec, write_str};
 use crate::crypto::{Address, Hash, PrivateKey, Sig, hash};
 use crate::model::{ModelId, ModelManifest};
 use crate::params::limits;
-use crate::receipt::SignedReceipt;
+use crate::receipt::{Attestation, SignedReceipt, Transcript};
 use crate::version::{Layer, SupportedVersions};
 use crate::{Amount, Height, namespace};
 
@@ -128,6 +128,21 @@ pub enum Payload {
         versions: SupportedVersions,
         shadow_ok: bool,
     },
+    /// Accuses the provider of `session` of a response its model did not produce, with the
+    /// evidence: its signed attestation and the transcript that attestation names. Locks `bond`,
+    /// lost if the committee acquits. Execution version 3 and later.
+    Challenge {
+        session: Hash,
+        attestation: Attestation,
+        signature: Sig,
+        transcript: Transcript,
+        bond: Amount,
+    },
+    /// A committee member's verdict on a challenge, after re-running its transcript.
+    ChallengeVote {
+        challenge: u64,
+        guilty: bool,
+    },
 }
 
 impl Payload {
@@ -147,6 +162,8 @@ impl Payload {
             Payload::SubmitProposal { .. } => "submit_proposal",
             Payload::Vote { .. } => "vote",
             Payload::SignalVersions { .. } => "signal_versions",
+            Payload::Challenge { .. } => "challenge",
+            Payload::ChallengeVote { .. } => "challenge_vote",
         }
     }
 }
@@ -418,6 +435,19 @@ impl Write for Payload {
                 versions.write(buf);
                 shadow_ok.write(buf);
             }
+            Payload::Challenge { session, attestation, signature, transcript, bond } => {
+                13u8.write(buf);
+                session.write(buf);
+                attestation.write(buf);
+                signature.write(buf);
+                transcript.write(buf);
+                bond.write(buf);
+            }
+            Payload::ChallengeVote { challenge, guilty } => {
+                14u8.write(buf);
+                challenge.write(buf);
+                guilty.write(buf);
+            }
         }
     }
 }
@@ -438,6 +468,8 @@ impl EncodeSize for Payload {
             Payload::SubmitProposal { kind, .. } => kind.encode_size() + 16,
             Payload::Vote { .. } => 8 + 1,
             Payload::SignalVersions { .. } => SupportedVersions::SIZE + 1,
+            Payload::Challenge { transcript, .. } => 32 + Attestation::SIZE + Sig::SIZE + transcript.encode_size() + 16,
+            Payload::ChallengeVote { .. } => 8 + 1,
         }
     }
 }
@@ -468,6 +500,14 @@ impl Read for Payload {
             10 => Payload::SubmitProposal { kind: ProposalKind::read(buf)?, deposit: u128::read(buf)? },
             11 => Payload::Vote { proposal: u64::read(buf)?, option: VoteOption::read(buf)? },
             12 => Payload::SignalVersions { versions: SupportedVersions::read(buf)?, shadow_ok: bool::read(buf)? },
+            13 => Payload::Challenge {
+                session: Hash::read(buf)?,
+                attestation: Attestation::read(buf)?,
+                signature: Sig::read(buf)?,
+                transcript: Transcript::read(buf)?,
+                bond: u128::read(buf)?,
+            },
+            14 => Payload::ChallengeVote { challenge: u64::read(buf)?, guilty: bool::read(buf)? },
             t => return Err(Error::InvalidEnum(t)),
         })
     }
@@ -580,6 +620,29 @@ mod tests {
             Payload::SubmitProposal { kind: ProposalKind::Text { text: "hi".into() }, deposit: 1 },
             Payload::Vote { proposal: 1, option: VoteOption::NoWithVeto },
             Payload::SignalVersions { versions: SupportedVersions::V1_ONLY, shadow_ok: true },
+            Payload::Challenge {
+                session: hash(b"s"),
+                attestation: Attestation {
+                    request_hash: hash(b"r"),
+                    output_hash: hash(b"o"),
+                    model: manifest.id(),
+                    input_tokens: 2,
+                    output_tokens: 1,
+                    output_ids_hash: Hash::ZERO,
+                    logits_fingerprint: Hash::ZERO,
+                },
+                signature: PrivateKey::from_seed(3).sign(b"x", b"y"),
+                transcript: Transcript {
+                    model: manifest.id(),
+                    prompt: vec![1, 2],
+                    max_tokens: 4,
+                    sampling: crate::receipt::SamplingSpec::Greedy,
+                    stop: vec!["\n".into()],
+                    output: vec![7],
+                },
+                bond: 10,
+            },
+            Payload::ChallengeVote { challenge: 3, guilty: true },
         ]
     }
 

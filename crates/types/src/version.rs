@@ -82,6 +82,15 @@ impl VersionVector {
     /// Every layer at version 1: the genesis versions.
     pub const V1: VersionVector = VersionVector { consensus: 1, data: 1, execution: 1, network: 1 };
 
+    /// [`VersionVector::V1`], for serde defaults.
+    pub fn v1() -> Self {
+        Self::V1
+    }
+
+    pub fn is_v1(&self) -> bool {
+        *self == Self::V1
+    }
+
     pub fn get(&self, layer: Layer) -> u16 {
         match layer {
             Layer::Consensus => self.consensus,

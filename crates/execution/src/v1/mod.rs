@@ -24,17 +24,57 @@ use crate::state::{
 };
 use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, TxError, TxResult};
 
+/// How a payload changes state.
+pub(crate) type PayloadFn =
+    fn(&Executor, &mut Store<'_, '_>, &Params, &BlockEnv, &SignedTx, &mut Vec<Event>) -> Result<(), ExecError>;
+
+/// Work done after a block's transactions, before version 1's end of block (governance,
+/// validator sets, the supply check); gets the block's transactions.
+pub(crate) type BeforeEndFn =
+    fn(&mut Overlay<'_>, &Params, &BlockEnv, &[SignedTx], &mut Vec<Event>) -> Result<(), BlockError>;
+
+/// What a later version changes of version 1's block structure. Version 1 itself is
+/// [`RULES`]; a later version passes its own to [`execute_with`], [`build_with`] and
+/// [`check_tx_with`] and keeps everything else as it is here.
+pub(crate) struct Rules {
+    pub(crate) payload: PayloadFn,
+    pub(crate) before_end: BeforeEndFn,
+}
+
+/// Version 1's own rules.
+pub(crate) const RULES: Rules = Rules { payload: apply_payload, before_end: nothing_before_end };
+
+fn nothing_before_end(
+    _: &mut Overlay<'_>,
+    _: &Params,
+    _: &BlockEnv,
+    _: &[SignedTx],
+    _: &mut Vec<Event>,
+) -> Result<(), BlockError> {
+    Ok(())
+}
+
 pub(crate) fn execute_block(
     exec: &Executor,
     state: &dyn StateRead,
     env: &BlockEnv,
     txs: &[SignedTx],
 ) -> Result<BlockOutcome, BlockError> {
+    execute_with(exec, state, env, txs, &RULES)
+}
+
+pub(crate) fn execute_with(
+    exec: &Executor,
+    state: &dyn StateRead,
+    env: &BlockEnv,
+    txs: &[SignedTx],
+    rules: &Rules,
+) -> Result<BlockOutcome, BlockError> {
     let mut overlay = Overlay::new(state);
     let (params, block_events) = begin_block(&mut overlay, env)?;
     let mut results = Vec::with_capacity(txs.len());
     for (index, tx) in txs.iter().enumerate() {
-        let result = apply_tx(exec, &mut overlay, &params, env, tx).map_err(|error| BlockError::Tx {
+        let result = apply_tx(exec, &mut overlay, &params, env, tx, rules.payload).map_err(|error| BlockError::Tx {
             index,
             hash: tx.hash(),
             error,
@@ -42,6 +82,7 @@ pub(crate) fn execute_block(
         results.push(result);
     }
     let mut block_events = block_events;
+    (rules.before_end)(&mut overlay, &params, env, txs, &mut block_events)?;
     end_block(&mut overlay, &params, env, &mut block_events)?;
     Ok(BlockOutcome { changes: overlay.into_changes(), results, block_events })
 }
@@ -53,6 +94,18 @@ pub(crate) fn build_block(
     candidates: impl IntoIterator<Item = SignedTx>,
     max_txs: usize,
     max_bytes: usize,
+) -> (Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>) {
+    build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES)
+}
+
+pub(crate) fn build_with(
+    exec: &Executor,
+    state: &dyn StateRead,
+    env: &BlockEnv,
+    candidates: impl IntoIterator<Item = SignedTx>,
+    max_txs: usize,
+    max_bytes: usize,
+    rules: &Rules,
 ) -> (Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>) {
     let mut overlay = Overlay::new(state);
     let (params, mut block_events) = begin_block(&mut overlay, env).expect("begin_block of a valid parent state");
@@ -70,7 +123,7 @@ pub(crate) fn build_block(
         if bytes + size > max_bytes {
             continue;
         }
-        match apply_tx(exec, &mut overlay, &params, env, &tx) {
+        match apply_tx(exec, &mut overlay, &params, env, &tx, rules.payload) {
             Ok(result) => {
                 bytes += size;
                 results.push(result);
@@ -79,18 +132,30 @@ pub(crate) fn build_block(
             Err(error) => dropped.push((tx.hash(), error)),
         }
     }
+    (rules.before_end)(&mut overlay, &params, env, &included, &mut block_events)
+        .expect("the end of a block built from admissible transactions keeps the invariants");
     end_block(&mut overlay, &params, env, &mut block_events)
         .expect("a block built from admissible transactions keeps the invariants");
     (included, BlockOutcome { changes: overlay.into_changes(), results, block_events }, dropped)
 }
 
 pub(crate) fn check_tx(exec: &Executor, state: &dyn StateRead, height: Height, tx: &SignedTx) -> Result<(), TxError> {
+    check_tx_with(exec, state, height, tx, &RULES)
+}
+
+pub(crate) fn check_tx_with(
+    exec: &Executor,
+    state: &dyn StateRead,
+    height: Height,
+    tx: &SignedTx,
+    rules: &Rules,
+) -> Result<(), TxError> {
     let mut overlay = Overlay::new(state);
     let params = Store::new(&mut overlay).params();
     let env = BlockEnv { height, proposer: tx.tx.signer.clone() };
     // The payload's own error, from the very run that failed (after the fee was taken), so what
     // admission reports is exactly what the block would record.
-    match applied(exec, &mut overlay, &params, &env, tx)?.1 {
+    match applied(exec, &mut overlay, &params, &env, tx, rules.payload)?.1 {
         None => Ok(()),
         Some(err) => Err(TxError::WouldFail(err)),
     }
@@ -105,7 +170,7 @@ pub(crate) fn simulate_tx(
     let mut overlay = Overlay::new(state);
     let params = Store::new(&mut overlay).params();
     let env = BlockEnv { height, proposer: tx.tx.signer.clone() };
-    apply_tx(exec, &mut overlay, &params, &env, tx)?;
+    apply_tx(exec, &mut overlay, &params, &env, tx, apply_payload)?;
     Ok(overlay.into_changes())
 }
 
@@ -224,8 +289,9 @@ fn apply_tx(
     params: &Params,
     env: &BlockEnv,
     tx: &SignedTx,
+    payload: PayloadFn,
 ) -> Result<TxResult, TxError> {
-    applied(exec, overlay, params, env, tx).map(|(result, _)| result)
+    applied(exec, overlay, params, env, tx, payload).map(|(result, _)| result)
 }
 
 /// [`apply_tx`], also returning the payload's typed error when it failed.
@@ -235,6 +301,7 @@ fn applied(
     params: &Params,
     env: &BlockEnv,
     tx: &SignedTx,
+    payload: PayloadFn,
 ) -> Result<(TxResult, Option<ExecError>), TxError> {
     let signer = &tx.tx.signer;
     let mut store = Store::new(overlay);
@@ -257,7 +324,7 @@ fn applied(
 
     let checkpoint = store.overlay.checkpoint();
     let mut events = Vec::new();
-    let error = match apply_payload(exec, &mut store, params, env, tx, &mut events) {
+    let error = match payload(exec, &mut store, params, env, tx, &mut events) {
         Ok(()) => None,
         Err(e) => {
             store.overlay.restore(checkpoint);
@@ -280,7 +347,7 @@ fn invalid(msg: impl Into<String>) -> ExecError {
     ExecError::Invalid(msg.into())
 }
 
-fn apply_payload(
+pub(crate) fn apply_payload(
     exec: &Executor,
     store: &mut Store<'_, '_>,
     params: &Params,
@@ -507,6 +574,10 @@ fn apply_payload(
         Payload::Vote { proposal, option } => gov::vote(store, params, env, signer, *proposal, *option, events)?,
         Payload::SignalVersions { versions, shadow_ok } => {
             gov::signal_versions(store, env, signer, *versions, *shadow_ok, events)?
+        }
+        // Added by later versions (challenges are version 3).
+        Payload::Challenge { .. } | Payload::ChallengeVote { .. } => {
+            return Err(ExecError::Unsupported(tx.tx.payload.kind(), store.versions().execution));
         }
     }
     Ok(())

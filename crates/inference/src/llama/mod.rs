@@ -429,8 +429,10 @@ impl Engine for LlamaEngine {
             for i in start.max(first_wanted)..end {
                 let logits = ctx.get_logits_ith((i - start) as i32);
                 let next = tokens[i + 1].0;
+                let position = (i - first_wanted) as u32;
                 scores.push(PositionScore {
                     token_logit: logits.get(next as usize).copied().unwrap_or(f32::NEG_INFINITY),
+                    margin: request.sampling.map(|s| crate::sampler::margin(logits, &s, position, next)),
                     top: crate::fingerprint::top_k(logits, request.top_k),
                 });
             }

@@ -12,7 +12,9 @@
 //! 2. one batch: the next token of every generating sequence first, then prompt chunks, oldest
 //!    request first, up to the batch size (so a long prompt never starves decoding and requests
 //!    start in arrival order);
-//! 3. one `decode`, then sample each sequence that produced logits and stream its text.
+//! 3. one `decode`, then sample each sequence that produced logits and stream its text. Sampling
+//!    is [`crate::sampler`]'s own seeded, replayable sampler over the raw logits, not llama.cpp's
+//!    sequential `dist` sampler, so a verifier can check every position from one prefill.
 //!
 //! Bounds: the queue (`queue_max`) is a bounded channel and requests leave it only into a free
 //! slot; each request uses at most `request_tokens_max` cells and the context holds
@@ -30,13 +32,12 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::{CONTEXT_LOCK, Job, Shared};
 use crate::fingerprint::{fingerprint, is_probe_position, probe};
 use crate::text::{Step, TextStream};
-use crate::{Error, Event, Finish, FinishReason, LlamaConfig, LogitsProbe, Sampling, TokenId};
+use crate::{Error, Event, Finish, FinishReason, LlamaConfig, LogitsProbe, TokenId};
 
 /// A request waits for another's prompt only when that saves at least this many tokens.
 const SHARE_WAIT_TOKENS_MIN: usize = 32;
@@ -131,7 +132,6 @@ struct Active {
     job: Job,
     serial: u64,
     phase: Phase,
-    sampler: LlamaSampler,
     /// Index in the current batch of this sequence's logits, if it has some.
     logits_at: Option<i32>,
     text: TextStream,
@@ -167,27 +167,6 @@ struct Worker<'m> {
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-fn sampler_for(s: Sampling) -> LlamaSampler {
-    match s {
-        Sampling::Greedy => LlamaSampler::greedy(),
-        Sampling::Random { temperature, top_k, top_p, min_p, seed } => {
-            let mut chain = Vec::with_capacity(5);
-            if top_k > 0 {
-                chain.push(LlamaSampler::top_k(top_k.min(i32::MAX as u32) as i32));
-            }
-            if top_p < 1.0 {
-                chain.push(LlamaSampler::top_p(top_p, 1));
-            }
-            if min_p > 0.0 {
-                chain.push(LlamaSampler::min_p(min_p, 1));
-            }
-            chain.push(LlamaSampler::temp(temperature));
-            chain.push(LlamaSampler::dist(seed));
-            LlamaSampler::chain_simple(chain)
-        }
-    }
 }
 
 impl Worker<'_> {
@@ -263,7 +242,6 @@ impl Worker<'_> {
     }
 
     fn admit(&mut self, k: usize, job: Job, serial: u64) {
-        let sampler = sampler_for(job.prepared.sampling);
         let text = TextStream::new(&job.prepared.stop);
         self.clock += 1;
         self.slots[k].last_used = self.clock;
@@ -272,7 +250,6 @@ impl Worker<'_> {
             job,
             serial,
             phase: Phase::Prompt,
-            sampler,
             logits_at: None,
             text,
             full_text: String::new(),
@@ -531,10 +508,11 @@ impl Worker<'_> {
         let Some(a) = s.active.as_mut() else { return };
         let Some(at) = a.logits_at.take() else { return };
         let position = a.out.len() as u32;
+        let logits = self.ctx.get_logits_ith(at);
         if is_probe_position(position) {
-            a.probes.push(probe(position, self.ctx.get_logits_ith(at)));
+            a.probes.push(probe(position, logits));
         }
-        let token = a.sampler.sample(&self.ctx, at);
+        let token = LlamaToken(crate::sampler::choose(logits, &a.job.prepared.sampling, position));
         a.out.push(token.0);
         if a.first_token.is_none() {
             a.first_token = Some(Instant::now());

@@ -64,7 +64,13 @@ pub fn run(cmd: GenesisCmd) -> anyhow::Result<()> {
             if let Some(l) = epoch_length {
                 params.set("epoch_length_blocks", l as u128)?;
             }
-            let g = Genesis { chain_id, accounts: vec![], validators: vec![], params };
+            let g = Genesis {
+                chain_id,
+                accounts: vec![],
+                validators: vec![],
+                params,
+                versions: plexus_types::VersionVector::V1,
+            };
             write(&out, &g)?;
             println!("wrote {}; add validators and accounts, then `plexus genesis validate`", out.display());
         }

@@ -1,0 +1,122 @@
+//! Auditing a generation: was this output produced by this model, with this seed?
+//!
+//! One teacher-forced prefill of the prompt plus the committed output ([`Engine::score`])
+//! gives this machine's logits at every output position; at each, the [`crate::sampler`]
+//! margin measures (in logits) how far the committed token falls short of what the seeded
+//! sampler picks. An honest provider's tokens are the picks, up to the noise of another CPU,
+//! thread count or batch shape (hundredths of a logit, and a near-tie now and then). A cheaper
+//! model, another quantisation or text from elsewhere misses by whole logits at many positions.
+//!
+//! The verdict uses only the auditor's own numbers: a position fails when its margin exceeds
+//! [`AuditRules::margin_logits`]; a generation is faulty when at least
+//! [`AuditRules::failed_min`] positions and [`AuditRules::failed_fraction`] of them fail. Too
+//! short an output is inconclusive (a few positions prove nothing either way).
+
+use plexus_types::receipt::Transcript;
+
+use crate::{Engine, Error, Sampling, ScoreRequest};
+
+/// When a generation counts as faulty.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AuditRules {
+    /// A position fails when the committed token misses the seeded pick by more than this many
+    /// logits.
+    pub margin_logits: f32,
+    /// Fewest failed positions for a faulty verdict.
+    pub failed_min: usize,
+    /// Smallest share of positions failed for a faulty verdict.
+    pub failed_fraction: f32,
+    /// Outputs shorter than this are inconclusive.
+    pub positions_min: usize,
+}
+
+impl Default for AuditRules {
+    fn default() -> Self {
+        // Measured (docs/benchmarks.md, "Verified inference"): honest margins stay below 0.5
+        // logit; a substitute model misses by more than 2 at a third of positions and more.
+        AuditRules { margin_logits: 2.0, failed_min: 3, failed_fraction: 0.15, positions_min: 8 }
+    }
+}
+
+/// What an audit found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every position (but noise) is what the model picks.
+    Honest,
+    /// Too many positions are not.
+    Faulty,
+    /// Too short to tell.
+    Inconclusive,
+}
+
+/// An audit's findings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditReport {
+    pub verdict: Verdict,
+    /// Output positions scored.
+    pub positions: usize,
+    /// Positions whose margin exceeded the rule.
+    pub failed: usize,
+    /// Every position's margin, in logits.
+    pub margins: Vec<f32>,
+}
+
+impl AuditReport {
+    pub fn worst_margin(&self) -> f32 {
+        self.margins.iter().copied().fold(0.0, f32::max)
+    }
+}
+
+/// Re-runs `transcript` on `engine` (blocking) and judges it.
+pub fn audit(engine: &dyn Engine, transcript: &Transcript, rules: &AuditRules) -> Result<AuditReport, Error> {
+    if transcript.model != engine.info().id {
+        return Err(Error::invalid("model", "the transcript is for another model than this engine's"));
+    }
+    let sampling = Sampling::from_spec(&transcript.sampling);
+    let scores = engine.score(&ScoreRequest {
+        prompt: transcript.prompt.clone(),
+        output: transcript.output.clone(),
+        top_k: 1,
+        sampling: Some(sampling),
+    })?;
+    let margins: Vec<f32> = scores.iter().map(|s| s.margin.unwrap_or(f32::INFINITY)).collect();
+    Ok(judge(margins, rules))
+}
+
+/// The verdict on a generation's margins.
+pub fn judge(margins: Vec<f32>, rules: &AuditRules) -> AuditReport {
+    let positions = margins.len();
+    let failed = margins.iter().filter(|m| !(**m <= rules.margin_logits)).count();
+    let verdict = if positions < rules.positions_min {
+        Verdict::Inconclusive
+    } else if failed >= rules.failed_min && failed as f32 >= rules.failed_fraction * positions as f32 {
+        Verdict::Faulty
+    } else {
+        Verdict::Honest
+    };
+    AuditReport { verdict, positions, failed, margins }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_need_enough_positions_and_enough_misses() {
+        let rules = AuditRules::default();
+        assert_eq!(judge(vec![0.0; 4], &rules).verdict, Verdict::Inconclusive);
+        assert_eq!(judge(vec![0.0; 40], &rules).verdict, Verdict::Honest);
+        // A near-tie or two flipped by noise is honest.
+        let mut noisy = vec![0.01; 40];
+        noisy[7] = 0.4;
+        noisy[30] = 3.0;
+        assert_eq!(judge(noisy, &rules).verdict, Verdict::Honest);
+        // A third of positions far off: faulty.
+        let lie: Vec<f32> = (0..40).map(|i| if i % 3 == 0 { 4.0 } else { 0.0 }).collect();
+        let report = judge(lie, &rules);
+        assert_eq!((report.verdict, report.failed), (Verdict::Faulty, 14));
+        // NaN or infinite margins (a token outside the vocabulary) count as failures.
+        let broken = vec![f32::NAN; 10];
+        assert_eq!(judge(broken, &rules).verdict, Verdict::Faulty);
+    }
+}
