@@ -13,8 +13,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PLEXUS_CACHE/target}"
 export PLEXUS_MODELS="${PLEXUS_MODELS:-$PLEXUS_CACHE/models}"
 PLEXUS_VENV="${PLEXUS_VENV:-$PLEXUS_CACHE/venv}"
 
-# The OpenAI SDK the end-to-end tests drive the servers with (pinned).
+# The OpenAI SDK the end-to-end tests drive the servers with, and the GGUF library that makes
+# the substitute model of the verification tests (pinned).
 OPENAI_PY_VERSION="3.57.0"
+GGUF_PY_VERSION="0.19.0"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -86,6 +88,10 @@ ensure_python() {
     if ! "$py" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_PY_VERSION')" >/dev/null 2>&1; then
         say "installing the openai Python package $OPENAI_PY_VERSION"
         "$py" -m pip install -q --disable-pip-version-check "openai==$OPENAI_PY_VERSION"
+    fi
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('gguf') != '$GGUF_PY_VERSION')" >/dev/null 2>&1; then
+        say "installing the gguf Python package $GGUF_PY_VERSION"
+        "$py" -m pip install -q --disable-pip-version-check "gguf==$GGUF_PY_VERSION"
     fi
     export PLEXUS_PYTHON="$py"
 }

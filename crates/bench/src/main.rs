@@ -10,6 +10,7 @@
 mod chain;
 mod paid;
 mod report;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -26,11 +27,14 @@ enum Command {
     Chain(chain::Args),
     /// Protocol overhead of paid inference, metered requests per second, chain bytes per session.
     Paid(paid::Args),
+    /// Audits: false challenges among honest providers, detection of a substitute model, cost.
+    Verify(verify::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Chain(args) => chain::run(args),
         Command::Paid(args) => paid::run(args),
+        Command::Verify(args) => verify::run(args),
     }
 }

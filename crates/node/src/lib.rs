@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod chain;
+pub mod committee;
 pub mod config;
 pub mod drill;
 pub mod gossip;

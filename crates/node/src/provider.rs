@@ -130,6 +130,7 @@ where
     };
     let provider = Provider::open(chain.clone(), key.address(), config).context("opening the receipt ledger")?;
     let manifests: Vec<ModelManifest> = engines.iter().map(|e| e.info().manifest.clone()).collect();
+    tokio::spawn(crate::committee::serve(chain.clone(), engines.clone()));
     let serve_config = plexus_serve::ServeConfig { chain_id: chain.chain_id().to_string(), ..Default::default() };
     let server = plexus_serve::Server::new(key, engines).with_metering(provider.metering()).with_config(serve_config);
     let router = server.router().merge(plexus_provider::router(provider.clone()));

@@ -6,6 +6,7 @@
 
 /// What the provider lies about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "dishonest"), allow(dead_code))]
 pub(crate) enum Lie {
     Honest,
     /// Reports (and signs) a hundred times the tokens it processed.

@@ -60,6 +60,10 @@ uses BASE+10N.")]
         /// Tokens a provider delivers beyond a client's last receipt before it stops serving it.
         #[arg(long, default_value_t = 512)]
         credit_tokens: u64,
+        /// The execution version the chain starts at (3: verified inference with challenges and
+        /// slashing; 1 or 2 to rehearse the upgrades to it).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=3))]
+        execution_version: u16,
     },
 }
 
@@ -118,6 +122,7 @@ struct Options {
     threads: u32,
     claim_interval: u64,
     credit_tokens: u64,
+    execution_version: u16,
 }
 
 pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
@@ -133,10 +138,19 @@ pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
             threads,
             claim_interval,
             credit_tokens,
+            execution_version,
         } => {
             let home = home.unwrap_or_else(|| super::default_home().join("devnet"));
-            let options =
-                Options { validators, base_port, epoch_length, chain_only, threads, claim_interval, credit_tokens };
+            let options = Options {
+                validators,
+                base_port,
+                epoch_length,
+                chain_only,
+                threads,
+                claim_interval,
+                credit_tokens,
+                execution_version,
+            };
             up(&home, &options, reset, Duration::from_secs(startup_timeout))
         }
     }
@@ -275,7 +289,9 @@ fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
     keyfile::save(&client_dir.join("key.json"), &client)?;
     accounts.push(GenesisAccount { address: client.address(), balance });
 
-    let genesis = Genesis { chain_id: chain_id.clone(), accounts, validators: genesis_validators, params };
+    let versions =
+        plexus_types::VersionVector { execution: options.execution_version, ..plexus_types::VersionVector::V1 };
+    let genesis = Genesis { chain_id: chain_id.clone(), accounts, validators: genesis_validators, params, versions };
     genesis.validate()?;
     for node in &nodes {
         std::fs::write(node.home.join("genesis.json"), genesis.to_json())?;
