@@ -54,6 +54,15 @@ pub struct Sim {
 
 /// The genesis of a simulated network with `validators` validators.
 pub fn genesis(validators: usize, epoch_length: u64) -> (Genesis, Vec<PrivateKey>, Vec<PrivateKey>) {
+    genesis_at(validators, epoch_length, plexus_types::VersionVector::V1)
+}
+
+/// [`genesis`], starting at `versions`.
+pub fn genesis_at(
+    validators: usize,
+    epoch_length: u64,
+    versions: plexus_types::VersionVector,
+) -> (Genesis, Vec<PrivateKey>, Vec<PrivateKey>) {
     let keys: Vec<PrivateKey> = (0..validators as u64).map(PrivateKey::from_seed).collect();
     let accounts: Vec<PrivateKey> = (1000..1008).map(PrivateKey::from_seed).collect();
     let mut params = Params::default();
@@ -77,7 +86,7 @@ pub fn genesis(validators: usize, epoch_length: u64) -> (Genesis, Vec<PrivateKey
             })
             .collect(),
         params,
-        versions: plexus_types::VersionVector::V1,
+        versions,
     };
     genesis.validate().expect("simulated genesis is valid");
     (genesis, keys, accounts)
@@ -122,7 +131,19 @@ impl Sim {
         byzantine: Option<usize>,
         lossy: bool,
     ) -> Sim {
-        let (genesis, keys, accounts) = genesis(validators, epoch_length);
+        Sim::start_at(context, validators, epoch_length, byzantine, lossy, plexus_types::VersionVector::V1).await
+    }
+
+    /// [`Sim::start`], with the chain starting at `versions`.
+    pub async fn start_at(
+        context: &mut Context,
+        validators: usize,
+        epoch_length: u64,
+        byzantine: Option<usize>,
+        lossy: bool,
+        versions: plexus_types::VersionVector,
+    ) -> Sim {
+        let (genesis, keys, accounts) = genesis_at(validators, epoch_length, versions);
         let peers: Vec<plexus_consensus::PublicKey> = keys.iter().map(|k| k.0.public_key()).collect();
         let (network, oracle) = simulated::Network::new_with_peers(
             context.child("network"),

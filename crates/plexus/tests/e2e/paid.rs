@@ -63,6 +63,20 @@ fn settlements(api: &str, from: u64, to: u64) -> Vec<Value> {
     out
 }
 
+/// Block rewards (execution v2 and later) paid to each proposer in `from..=to`.
+fn proposer_rewards(api: &str, from: u64, to: u64) -> BTreeMap<String, Amount> {
+    let mut out: BTreeMap<String, Amount> = BTreeMap::new();
+    for h in from..=to {
+        let block = get(&format!("{api}/chain/v1/blocks/{h}")).unwrap();
+        for e in block["results"]["events"].as_array().into_iter().flatten() {
+            if e["type"] == "proposer_rewarded" {
+                *out.entry(e["proposer"].as_str().unwrap().to_string()).or_default() += amount(&e["amount"]);
+            }
+        }
+    }
+    out
+}
+
 fn restart_node(home: &str) -> Guard {
     let log = std::fs::OpenOptions::new().append(true).open(Path::new(home).join("node.log")).unwrap();
     Guard(
@@ -170,8 +184,10 @@ fn paid_inference_settles_exactly_even_when_a_provider_dies_mid_stream() {
     let (client_after, client_nonce_after) = account(&api, &client);
     let client_fees = Amount::from(client_nonce_after - client_nonce) * fee;
     assert_eq!(client_after, client_balance - settled_total - client_fees);
-    // ...each provider received its settlements minus the protocol fee, less its own fees...
+    // ...each provider received its settlements minus the protocol fee, plus its block rewards
+    // as a proposer, less its own fees...
     let events = settlements(&api, start, end);
+    let rewards = proposer_rewards(&api, start + 1, end);
     let mut earned: BTreeMap<String, Amount> = BTreeMap::new();
     for e in &events {
         *earned.entry(e["provider"].as_str().unwrap().to_string()).or_default() +=
@@ -181,7 +197,8 @@ fn paid_inference_settles_exactly_even_when_a_provider_dies_mid_stream() {
     for (address, before, nonce) in &providers {
         let (after, nonce_after) = account(&api, address);
         let fees = Amount::from(nonce_after - nonce) * fee;
-        assert_eq!(after + fees, before + earned.get(address).copied().unwrap_or(0), "provider {address}");
+        let rewarded = rewards.get(address).copied().unwrap_or(0);
+        assert_eq!(after + fees, before + earned.get(address).copied().unwrap_or(0) + rewarded, "provider {address}");
     }
     // ...and no unit was created or lost.
     assert_eq!(get(&format!("{api}/chain/v1/supply")).unwrap()["conserved"], true);
