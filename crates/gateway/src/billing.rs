@@ -19,6 +19,7 @@
 //! Embeddings: the prompt tokens the gateway counts, and the request hash it computes.
 
 use plexus_inference::{Spelled, TokenId};
+use plexus_types::receipt::{SamplingSpec, Transcript};
 use plexus_types::{Attestation, Hash, ModelId};
 
 /// Bytes of text a provider may hold back before sending (a stop string that might still
@@ -37,6 +38,10 @@ pub struct Expect {
     pub request_hash: Hash,
     /// Stop strings of the request (a stop may cut the text short of what the ids spell).
     pub stop: Vec<String>,
+    /// The prompt's tokens (empty for embeddings), kept to audit the response.
+    pub prompt: Vec<TokenId>,
+    /// How the output is sampled (the request hash covers it).
+    pub sampling: SamplingSpec,
 }
 
 /// What a checked response is paid for.
@@ -46,6 +51,8 @@ pub struct Verified {
     pub output_tokens: u64,
     /// The attestation's hash, chained into the receipt's `outputs_root`.
     pub attestation: Hash,
+    /// The generation as a verifier re-runs it (none for embeddings).
+    pub transcript: Option<Transcript>,
 }
 
 /// Why a response is not paid (and its provider is marked).
@@ -139,6 +146,14 @@ pub fn check_generation(
         input_tokens: u64::from(expect.prompt_tokens),
         output_tokens: ids.len() as u64,
         attestation: att.hash(),
+        transcript: Some(Transcript {
+            model: expect.model,
+            prompt: expect.prompt.clone(),
+            max_tokens: expect.max_tokens,
+            sampling: expect.sampling,
+            stop: expect.stop.clone(),
+            output: ids.to_vec(),
+        }),
     })
 }
 
@@ -148,7 +163,12 @@ pub fn check_embeddings(expect: &Expect, att: &Attestation) -> Result<Verified, 
     if att.output_tokens != 0 {
         return Err(mismatch("output length", att.output_tokens, 0));
     }
-    Ok(Verified { input_tokens: u64::from(expect.prompt_tokens), output_tokens: 0, attestation: att.hash() })
+    Ok(Verified {
+        input_tokens: u64::from(expect.prompt_tokens),
+        output_tokens: 0,
+        attestation: att.hash(),
+        transcript: None,
+    })
 }
 
 /// A stream, checked chunk by chunk.
@@ -232,6 +252,8 @@ mod tests {
             max_tokens,
             request_hash: plexus_types::hash(b"request"),
             stop: vec!["xy".into()],
+            prompt: (0..12).collect(),
+            sampling: SamplingSpec::Greedy,
         }
     }
 
@@ -253,6 +275,9 @@ mod tests {
         let ids = [7, 4, 11, 11, 14, 99]; // "hello" and the end
         let v = check_generation(&Letters, &e, &attest(&e, &ids, "hello"), &ids, "hello").unwrap();
         assert_eq!((v.input_tokens, v.output_tokens), (12, 6));
+        // What was paid for is what an auditor re-runs: the counted prompt and the ids.
+        let t = v.transcript.unwrap();
+        assert_eq!((t.prompt.len(), &t.output[..], t.max_tokens), (12, &ids[..], 8));
         // A stop string cut the text: "ab" received, the ids went on to spell "abxy".
         let ids = [0, 1, 23, 24];
         assert!(check_generation(&Letters, &e, &attest(&e, &ids, "ab"), &ids, "ab").is_ok());

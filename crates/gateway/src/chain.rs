@@ -108,6 +108,9 @@ pub struct ChainParams {
     pub min_tx_fee: Amount,
     pub min_session_deposit: Amount,
     pub max_session_blocks: u64,
+    /// The least bond of a challenge (execution v3; absent before).
+    #[serde(default)]
+    pub challenge_bond_min: Option<Amount>,
 }
 
 pub struct ChainClient {

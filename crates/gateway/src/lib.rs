@@ -9,11 +9,14 @@
 //! counts; a response whose attestation or token ids do not verify gets no receipt and its
 //! provider is shunned), never signs a receipt for more than the escrow holds, and never serves
 //! anyone without the API key when one is set (it must be, to listen beyond loopback).
+//! Then it checks the work itself: a random share of generations is re-run on its own copy of
+//! the model, and one the model would not have produced is challenged on chain ([`audit`]).
 //!
 //! The app sees plain OpenAI responses. Extra headers (`x-plexus-provider`,
 //! `x-plexus-session`, the provider's attestation) say who answered; a stream's usage chunk
 //! lists each provider's part under `plexus.segments`.
 
+pub mod audit;
 pub mod billing;
 mod chain;
 mod directory;
@@ -71,6 +74,8 @@ pub struct GatewayConfig {
     pub max_tokens_default: u32,
     /// The longest a stream may take, all providers together.
     pub stream_deadline: Duration,
+    /// Which generations the gateway re-runs to check them, and how.
+    pub audit: audit::AuditSettings,
 }
 
 impl Default for GatewayConfig {
@@ -90,6 +95,7 @@ impl Default for GatewayConfig {
             budget: 50 * UNITS_PER_PLX,
             max_tokens_default: 512,
             stream_deadline: Duration::from_secs(600),
+            audit: audit::AuditSettings::default(),
         }
     }
 }
@@ -140,6 +146,7 @@ impl Gateway {
             .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?;
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         tokio::spawn(sessions.clone().follow_chain());
+        let (auditor, audit_jobs) = audit::Auditor::new(config.audit.rate);
         let app = Arc::new(proxy::App {
             config,
             chain,
@@ -151,7 +158,9 @@ impl Gateway {
             metrics: metrics::Metrics::new(),
             started,
             next_id: AtomicU64::new(1),
+            auditor,
         });
+        tokio::spawn(audit::work(app.clone(), audit_jobs));
         spawn_background(&app);
         Ok(Gateway { app })
     }

@@ -69,6 +69,7 @@ pub(crate) struct App {
     pub(crate) metrics: Metrics,
     pub(crate) started: u64,
     pub(crate) next_id: AtomicU64,
+    pub(crate) auditor: Arc<crate::audit::Auditor>,
 }
 
 type Shared_ = Arc<App>;
@@ -267,6 +268,8 @@ impl App {
             max_tokens: prepared.max_tokens,
             request_hash: prepared.request_hash,
             stop: parsed.request.stop.clone(),
+            sampling: prepared.sampling.spec(),
+            prompt: prepared.tokens,
         };
         Ok(Counted { body, expect })
     }
@@ -310,6 +313,20 @@ impl App {
         format!("{prefix}-plexus-{:x}{n:08x}", self.started)
     }
 
+    /// A generation was paid for: maybe audit it (decided now, after its receipt is signed).
+    fn offer_audit(&self, c: &Candidate, s: &Shared, v: &Verified, attestation: Attestation, signature: Sig) {
+        let Some(transcript) = &v.transcript else { return };
+        self.auditor.offer(|| {
+            Some(crate::audit::Job {
+                provider: c.provider.clone(),
+                session: s.lock().expect("session lock").id,
+                attestation,
+                signature,
+                transcript: transcript.clone(),
+            })
+        });
+    }
+
     /// A provider sent something that does not verify: no receipt for it, and it is shunned.
     fn caught(&self, c: &Candidate, lie: &Lie) {
         warn!(target: "gateway::verify", provider = %c.provider, "not paid, provider shunned: {lie}");
@@ -324,13 +341,13 @@ fn signed_attestation(
     c: &Candidate,
     attestation_hex: &str,
     signature: &str,
-) -> Result<Attestation, Lie> {
+) -> Result<(Attestation, Sig), Lie> {
     let att = Attestation::from_hex(attestation_hex).map_err(Lie::Attestation)?;
     let sig: Sig = signature.parse().map_err(Lie::Attestation)?;
     if !att.verify(&c.provider, &sig, chain_id) {
         return Err(Lie::Attestation("not signed by the provider for this chain".into()));
     }
-    Ok(att)
+    Ok((att, sig))
 }
 
 /// The output ids a provider listed, bounded by what the request allows.
@@ -427,9 +444,9 @@ async fn forward_once(
         app.directory.finished(&c.provider, Some(started.elapsed()));
         let mut parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let hv = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let verified =
-            signed_attestation(app.sessions.chain_id(), c, hv(H_ATTESTATION), hv(H_SIGNATURE)).and_then(|att| {
-                match check {
+        let verified = signed_attestation(app.sessions.chain_id(), c, hv(H_ATTESTATION), hv(H_SIGNATURE)).and_then(
+            |(att, sig)| {
+                let v = match check {
                     Check::Generation { expect, tokenizer, wire } => {
                         let text = match wire {
                             Wire::Chat => parsed["choices"][0]["message"]["content"].as_str(),
@@ -441,9 +458,11 @@ async fn forward_once(
                         billing::check_generation(*tokenizer, expect, &att, &ids, &text)
                     }
                     Check::Embeddings { expect } => billing::check_embeddings(expect, &att),
-                }
-            });
-        let v = match verified {
+                }?;
+                Ok((v, att, sig))
+            },
+        );
+        let (v, att, sig) = match verified {
             Ok(v) => v,
             Err(lie) => {
                 app.caught(c, &lie);
@@ -451,6 +470,7 @@ async fn forward_once(
             }
         };
         app.sessions.acknowledge(&s, v.input_tokens, v.output_tokens, Some(v.attestation));
+        app.offer_audit(c, &s, &v, att, sig);
         app.metrics.receipts_signed.inc();
         app.metrics.tokens(v.input_tokens, v.output_tokens);
         app.deliver_later(&s);
@@ -604,6 +624,8 @@ struct Segment {
     finish: Option<String>,
     /// The verified end of the stream.
     verified: Option<Verified>,
+    /// Its signed attestation, kept to audit it.
+    signed: Option<(Attestation, Sig)>,
     done: bool,
     first_token: Option<Duration>,
     error: Option<String>,
@@ -623,6 +645,7 @@ impl Segment {
             acked_completion: 0,
             finish: None,
             verified: None,
+            signed: None,
             done: false,
             first_token: None,
             error: None,
@@ -723,12 +746,15 @@ async fn stream_from(
                 p["attestation_hex"].as_str().unwrap_or(""),
                 p["signature"].as_str().unwrap_or(""),
             )
-            .and_then(|att| {
+            .and_then(|(att, sig)| {
                 let ids = ids_of(&p["output_ids"], seg.meter.expect.max_tokens)?;
-                seg.meter.finish(tokenizer.as_ref(), &att, &ids)
+                Ok((seg.meter.finish(tokenizer.as_ref(), &att, &ids)?, att, sig))
             });
             match checked {
-                Ok(verified) => seg.verified = Some(verified),
+                Ok((verified, att, sig)) => {
+                    seg.signed = Some((att, sig));
+                    seg.verified = Some(verified);
+                }
                 Err(lie) => {
                     app.caught(c, &lie);
                     seg.lied = true;
@@ -845,6 +871,9 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
         }
         let att_hash = seg.verified.as_ref().map(|v| v.attestation);
         acknowledge_segment(&app, &s, &mut seg, att_hash);
+        if let (Some(v), Some((att, sig))) = (&seg.verified, seg.signed.take()) {
+            app.offer_audit(&c, &s, v, att, sig);
+        }
         app.sessions.maybe_top_up(&s);
         app.directory.finished(&c.provider, if seg.done { seg.first_token.or(Some(Duration::ZERO)) } else { None });
         let (prompt, completion) = seg.delivered();
@@ -933,7 +962,15 @@ async fn embed(app: Arc<App>, body: Value) -> Result<Response, GatewayError> {
     let parsed = plexus_serve::openai::parse_embeddings(&bytes).map_err(bad_request)?;
     let (id, manifest, tokenizer) = app.model(&parsed.model).await?;
     let (tokens, request_hash) = tokenizer.embedding_request(&parsed.inputs).map_err(|e| bad_request(e.into()))?;
-    let expect = Expect { model: id, prompt_tokens: tokens, max_tokens: 0, request_hash, stop: Vec::new() };
+    let expect = Expect {
+        model: id,
+        prompt_tokens: tokens,
+        max_tokens: 0,
+        request_hash,
+        stop: Vec::new(),
+        prompt: Vec::new(),
+        sampling: plexus_types::receipt::SamplingSpec::Greedy,
+    };
     let candidates = app.candidates(&id, &manifest.name).await?;
     forward(app.clone(), Wire::Embedding, body, candidates, Check::Embeddings { expect: &expect }).await
 }
@@ -1012,6 +1049,9 @@ async fn status(State(app): State<Shared_>) -> Response {
     axum::Json(json!({
         "client": app.sessions.client(), "providers": app.directory.provider_count(), "sessions": sessions,
         "budget": app.sessions.budget_view(),
+        "audits": {
+            "rate": app.config.audit.rate, "counts": app.auditor.counts(), "recent": app.auditor.findings(),
+        },
     }))
     .into_response()
 }

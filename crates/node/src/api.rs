@@ -163,6 +163,8 @@ where
         .route("/chain/v1/sessions", get(sessions::<E>))
         .route("/chain/v1/sessions/{id}", get(session::<E>))
         .route("/chain/v1/evidence", get(evidence::<E>))
+        .route("/chain/v1/challenges", get(challenges::<E>))
+        .route("/chain/v1/challenges/{id}", get(challenge::<E>))
         .route("/chain/v1/proposals", get(proposals::<E>))
         .route("/chain/v1/proposals/{id}", get(proposal::<E>))
         .route("/chain/v1/upgrades", get(upgrades::<E>))
@@ -574,6 +576,9 @@ struct ProviderBody<'a> {
     versions: &'a plexus_types::version::SupportedVersions,
     registered_height: u64,
     bonded: Amount,
+    /// What verification established about it (execution v3): committee convictions and
+    /// acquittals, and what was slashed.
+    stats: st::ProviderStats,
 }
 
 fn provider_body<'a>(
@@ -581,6 +586,7 @@ fn provider_body<'a>(
     info: &'a ProviderInfo,
     registered_height: u64,
     bonded: Amount,
+    stats: st::ProviderStats,
 ) -> ProviderBody<'a> {
     ProviderBody {
         address,
@@ -591,6 +597,7 @@ fn provider_body<'a>(
         versions: &info.versions,
         registered_height,
         bonded,
+        stats,
     }
 }
 
@@ -606,37 +613,175 @@ async fn providers<E: Storage + Clock + Metrics + Spawner>(
 ) -> ApiResult<Response> {
     let (limit, after) = (page.limit()?, page.after::<Address>()?);
     let view = s.chain.state().view();
-    let found: Vec<(Address, st::Provider, Amount)> =
+    let found: Vec<(Address, st::Provider, Amount, st::ProviderStats)> =
         table_page(view.map(), st::table::PROVIDER, after.as_ref().map(Address::as_bytes), limit)
             .into_iter()
             .filter_map(|(k, v)| {
                 let address = Address(commonware_codec::DecodeExt::decode(commonware_codec::Copying(&k[1..])).ok()?);
                 let p: st::Provider = st::decode_record(k, v);
-                let bonded = view
-                    .map()
-                    .get(&st::keys::stake(&address))
-                    .map(|b| st::decode_record::<Stake>(k, b).bonded)
-                    .unwrap_or(0);
-                Some((address, p, bonded))
+                let stake_key = st::keys::stake(&address);
+                let bonded =
+                    view.map().get(&stake_key).map(|b| st::decode_record::<Stake>(&stake_key, b).bonded).unwrap_or(0);
+                let stats_key = st::keys::provider_stats(&address);
+                let stats = view.map().get(&stats_key).map(|b| st::decode_record(&stats_key, b)).unwrap_or_default();
+                Some((address, p, bonded, stats))
             })
             .collect();
     drop(view);
     let next = next_cursor(found.len(), limit, found.last().map(|f| &f.0));
-    let providers =
-        found.iter().map(|(a, p, bonded)| provider_body(a, &p.info, p.registered_height, *bonded)).collect();
+    let providers = found
+        .iter()
+        .map(|(a, p, bonded, stats)| provider_body(a, &p.info, p.registered_height, *bonded, stats.clone()))
+        .collect();
     Ok(Json(ProvidersBody { providers, next }).into_response())
 }
 
+/// Most of a provider's latest challenges shown with it.
+const PROVIDER_CHALLENGES_SHOWN: usize = 20;
+
+#[derive(Serialize)]
+struct ProviderDetail<'a> {
+    address: &'a Address,
+    /// False once it left the registry (deregistered, or slashed below the provider stake):
+    /// its record of faults stays.
+    registered: bool,
+    #[serde(flatten)]
+    info: Option<ProviderBody<'a>>,
+    bonded: Amount,
+    stats: st::ProviderStats,
+    /// Its latest challenges, newest first.
+    challenges: Vec<ChallengeSummary>,
+}
+
+/// `GET /chain/v1/providers/{address}`: a provider, with what verification established about it
+/// (also after it left the registry).
 async fn provider<E: Storage + Clock + Metrics + Spawner>(
     State(s): State<Arc<ApiState<E>>>,
     Path(address): Path<String>,
 ) -> ApiResult<Response> {
     let address: Address = parse("address", &address)?;
-    let found = s.chain.read(|store| {
-        store.read::<st::Provider>(&st::keys::provider(&address)).map(|p| (p, store.stake(&address).bonded))
+    let ids = s.chain.indexes().challenges_of_provider(&address, None, PROVIDER_CHALLENGES_SHOWN);
+    let (record, bonded, stats, challenges) = s.chain.read(|store| {
+        let record = store.read::<st::Provider>(&st::keys::provider(&address));
+        let stats = store.read::<st::ProviderStats>(&st::keys::provider_stats(&address));
+        let challenges: Vec<ChallengeSummary> = ids
+            .iter()
+            .filter_map(|id| store.read::<st::Challenge>(&st::keys::challenge(*id)).map(|c| summary(*id, &c)))
+            .collect();
+        (record, store.stake(&address).bonded, stats, challenges)
     });
-    let (p, bonded) = found.ok_or_else(|| ApiError::not_found(format!("provider {address}")))?;
-    Ok(Json(provider_body(&address, &p.info, p.registered_height, bonded)).into_response())
+    if record.is_none() && stats.is_none() {
+        return Err(ApiError::not_found(format!("provider {address}")));
+    }
+    let stats = stats.unwrap_or_default();
+    let info = record.as_ref().map(|p| provider_body(&address, &p.info, p.registered_height, bonded, stats.clone()));
+    Ok(Json(ProviderDetail { address: &address, registered: record.is_some(), info, bonded, stats, challenges })
+        .into_response())
+}
+
+/// A challenge without its evidence (the transcript can be long).
+#[derive(Serialize)]
+struct ChallengeSummary {
+    id: u64,
+    provider: Address,
+    challenger: Address,
+    session: Hash,
+    model: plexus_types::ModelId,
+    /// Output tokens of the challenged response.
+    output_tokens: u32,
+    status: st::ChallengeStatus,
+    bond: Amount,
+    opened_height: u64,
+    deadline_height: u64,
+    committee: Vec<Address>,
+    votes: Vec<(Address, bool)>,
+    slashed: Amount,
+    refunded: Amount,
+    reward: Amount,
+}
+
+fn summary(id: u64, c: &st::Challenge) -> ChallengeSummary {
+    ChallengeSummary {
+        id,
+        provider: c.provider.clone(),
+        challenger: c.challenger.clone(),
+        session: c.session,
+        model: c.attestation.model,
+        output_tokens: c.attestation.output_tokens,
+        status: c.status,
+        bond: c.bond,
+        opened_height: c.opened_height,
+        deadline_height: c.deadline_height,
+        committee: c.committee.clone(),
+        votes: c.votes.clone(),
+        slashed: c.slashed,
+        refunded: c.refunded,
+        reward: c.reward,
+    }
+}
+
+#[derive(Deserialize)]
+struct ChallengeFilter {
+    provider: Option<String>,
+    challenger: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ChallengesBody {
+    challenges: Vec<ChallengeSummary>,
+    next: Option<String>,
+}
+
+/// `GET /chain/v1/challenges[?provider=|?challenger=][&limit=][&after=]`: challenges newest
+/// first, a page at a time (`after` is the last id of the previous page).
+async fn challenges<E: Storage + Clock + Metrics + Spawner>(
+    State(s): State<Arc<ApiState<E>>>,
+    Query(filter): Query<ChallengeFilter>,
+) -> ApiResult<Json<ChallengesBody>> {
+    let provider: Option<Address> = filter.provider.as_deref().map(|p| parse("provider", p)).transpose()?;
+    let challenger: Option<Address> = filter.challenger.as_deref().map(|p| parse("challenger", p)).transpose()?;
+    let limit = Page { limit: filter.limit, after: None }.limit()?;
+    let before: Option<u64> = filter
+        .after
+        .as_deref()
+        .map(|a| a.parse().map_err(|_| ApiError::bad_request("bad_argument", "after: a challenge id is a number")))
+        .transpose()?;
+    let ids: Vec<u64> = match (&provider, &challenger) {
+        (Some(p), _) => s.chain.indexes().challenges_of_provider(p, before, limit),
+        (None, Some(c)) => s.chain.indexes().challenges_by(c, before, limit),
+        (None, None) => {
+            let count: u64 = s.chain.read(|store| store.read(st::keys::CHALLENGES).unwrap_or(0));
+            let end = before.unwrap_or(count).min(count);
+            (0..end).rev().take(limit).collect()
+        }
+    };
+    let found: Vec<ChallengeSummary> = s.chain.read(|store| {
+        ids.iter()
+            .filter_map(|id| store.read::<st::Challenge>(&st::keys::challenge(*id)).map(|c| summary(*id, &c)))
+            .collect()
+    });
+    let next = next_cursor(ids.len(), limit, ids.last());
+    let challenges = found.into_iter().filter(|c| challenger.as_ref().is_none_or(|x| &c.challenger == x)).collect();
+    Ok(Json(ChallengesBody { challenges, next }))
+}
+
+#[derive(Serialize)]
+struct ChallengeBody {
+    id: u64,
+    #[serde(flatten)]
+    challenge: st::Challenge,
+}
+
+/// `GET /chain/v1/challenges/{id}`: a challenge with its evidence.
+async fn challenge<E: Storage + Clock + Metrics + Spawner>(
+    State(s): State<Arc<ApiState<E>>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ChallengeBody>> {
+    let id: u64 = id.parse().map_err(|_| ApiError::bad_request("bad_argument", "a challenge id is a number"))?;
+    let found = s.chain.read(|store| store.read::<st::Challenge>(&st::keys::challenge(id)));
+    Ok(Json(ChallengeBody { id, challenge: found.ok_or_else(|| ApiError::not_found(format!("challenge {id}")))? }))
 }
 
 #[derive(Serialize)]

@@ -1,5 +1,6 @@
 //! Secondary indexes the node keeps for its API, beside (not in) the consensus state: sessions
-//! by client and by provider, and unbonding amounts by staker. Listing a provider's sessions or
+//! by client and by provider, challenges by accused provider and by challenger, and unbonding
+//! amounts by staker. Listing a provider's sessions or
 //! an account's unbonding stake then reads only that party's entries instead of scanning a whole
 //! table on every request.
 //!
@@ -9,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use plexus_execution::ChangeSet;
-use plexus_execution::state::{self as st, Session, UnbondingBucket};
+use plexus_execution::state::{self as st, Challenge, Session, UnbondingBucket};
 use plexus_types::{Address, Hash, Height};
 
 /// The API's indexes over the committed state.
@@ -20,6 +21,13 @@ pub struct Indexes {
     parties: BTreeMap<Hash, (Address, Address)>,
     unbonding: BTreeSet<(Address, Height)>,
     unbonding_at: BTreeMap<Height, Vec<Address>>,
+    /// Challenges by (provider, id) and (challenger, id); a challenge's parties never change.
+    challenges_of_provider: BTreeSet<(Address, u64)>,
+    challenges_by: BTreeSet<(Address, u64)>,
+}
+
+fn challenge_id(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }
 
 fn session_id(key: &[u8]) -> Option<Hash> {
@@ -40,6 +48,9 @@ impl Indexes {
         for (k, v) in st::scan_table(state, st::table::UNBONDING) {
             ix.put_unbonding(k, Some(v));
         }
+        for (k, v) in st::scan_table(state, st::table::CHALLENGE) {
+            ix.put_challenge(k, Some(v));
+        }
         ix
     }
 
@@ -49,6 +60,7 @@ impl Indexes {
             match k.first() {
                 Some(&st::table::SESSION) => self.put_session(k, v.as_ref()),
                 Some(&st::table::UNBONDING) => self.put_unbonding(k, v.as_ref()),
+                Some(&st::table::CHALLENGE) => self.put_challenge(k, v.as_ref()),
                 _ => {}
             }
         }
@@ -83,6 +95,23 @@ impl Indexes {
         }
     }
 
+    fn put_challenge(&mut self, key: &[u8], value: Option<&Vec<u8>>) {
+        let (Some(id), Some(bytes)) = (challenge_id(key), value) else { return };
+        let c: Challenge = st::decode_record(key, bytes);
+        self.challenges_of_provider.insert((c.provider, id));
+        self.challenges_by.insert((c.challenger, id));
+    }
+
+    /// Up to `limit` challenges of `provider` (accused), newest first, before `before`.
+    pub fn challenges_of_provider(&self, provider: &Address, before: Option<u64>, limit: usize) -> Vec<u64> {
+        newest(&self.challenges_of_provider, provider, before, limit)
+    }
+
+    /// Up to `limit` challenges `challenger` opened, newest first, before `before`.
+    pub fn challenges_by(&self, challenger: &Address, before: Option<u64>, limit: usize) -> Vec<u64> {
+        newest(&self.challenges_by, challenger, before, limit)
+    }
+
     /// Up to `limit` sessions of `client`, in id order, after `after`.
     pub fn sessions_of_client(&self, client: &Address, after: Option<&Hash>, limit: usize) -> Vec<Hash> {
         page(&self.by_client, client, after, limit)
@@ -107,6 +136,11 @@ fn page(set: &BTreeSet<(Address, Hash)>, party: &Address, after: Option<&Hash>, 
     };
     let end = Bound::Included((party.clone(), Hash::from_bytes([0xff; 32])));
     set.range((start, end)).take(limit).map(|(_, h)| *h).collect()
+}
+
+fn newest(set: &BTreeSet<(Address, u64)>, party: &Address, before: Option<u64>, limit: usize) -> Vec<u64> {
+    let end = before.unwrap_or(u64::MAX);
+    set.range((party.clone(), 0)..(party.clone(), end)).rev().take(limit).map(|(_, id)| *id).collect()
 }
 
 #[cfg(test)]
