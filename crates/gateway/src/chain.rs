@@ -22,6 +22,20 @@ pub struct ProviderRecord {
     pub prices: Vec<ModelPrice>,
     pub versions: SupportedVersions,
     pub bonded: Amount,
+    /// What the chain's committees established about it (absent before execution v3).
+    #[serde(default)]
+    pub stats: ProviderStats,
+}
+
+/// A provider's verified record: challenges its committees convicted or acquitted it of.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ProviderStats {
+    #[serde(default)]
+    pub convicted: u64,
+    #[serde(default)]
+    pub acquitted: u64,
+    #[serde(default)]
+    pub slashed: Amount,
 }
 
 #[derive(Deserialize)]

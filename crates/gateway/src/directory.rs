@@ -4,7 +4,10 @@
 //! Routing is power-of-two-choices: two random eligible providers, and the one with the lower
 //! score — measured latency times requests in flight, weighted by price — wins. A provider
 //! that fails is cooled down for a while and tried last; one caught lying (a response the
-//! gateway could not verify) is shunned much longer.
+//! gateway could not verify, or one its audit found the model would not have produced) is
+//! shunned much longer. A provider the chain convicted of serving a response its model would
+//! not produce (a committee re-ran it) is never used again, by any gateway: that record is on
+//! chain and no provider can write it for itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, RwLock};
@@ -111,6 +114,9 @@ impl Directory {
                 continue;
             }
             if !constraints.providers.is_empty() && !constraints.providers.contains(&p.address) {
+                continue;
+            }
+            if p.stats.convicted > 0 {
                 continue;
             }
             for price in &p.prices {

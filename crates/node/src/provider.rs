@@ -75,11 +75,31 @@ pub fn load_engines(cfg: &ProviderSection) -> anyhow::Result<Vec<Arc<dyn Engine>
     let mut engines = Vec::new();
     for spec in &cfg.models {
         let model = resolve(&cache, spec, true, Progress::Hide).with_context(|| format!("resolving model `{spec}`"))?;
+        #[cfg(feature = "faulty-version")]
+        let model = substitute(model)?;
         let engine = load_engine(&model, &config).with_context(|| format!("loading model `{spec}`"))?;
         info!(target: "provider", name = %model.manifest.name, id = %model.id, "model loaded");
         engines.push(engine);
     }
     Ok(engines)
+}
+
+/// Test builds only: a provider that serves another GGUF (`PLEXUS_SUBSTITUTE=<path>`, e.g. a
+/// layer-dropped copy made by `scripts/make-substitute.py`) under the real model's id and
+/// manifest, the way a cheating provider would, so tests can show that audits catch it.
+#[cfg(feature = "faulty-version")]
+fn substitute(model: plexus_inference::models::CachedModel) -> anyhow::Result<plexus_inference::models::CachedModel> {
+    let Some(path) = std::env::var_os("PLEXUS_SUBSTITUTE") else { return Ok(model) };
+    if model.manifest.engine != plexus_types::EngineKind::LlamaCpp {
+        return Ok(model);
+    }
+    let path = std::path::PathBuf::from(path);
+    let other = plexus_inference::models::describe(&path).with_context(|| format!("substitute {}", path.display()))?;
+    tracing::warn!(
+        target: "provider", name = %model.manifest.name, substitute = %path.display(),
+        "this provider serves another model under this one's id (PLEXUS_SUBSTITUTE, a test build)"
+    );
+    Ok(plexus_inference::models::CachedModel { id: model.id, manifest: model.manifest, ..other })
 }
 
 fn hardware() -> String {

@@ -64,6 +64,9 @@ uses BASE+10N.")]
         /// slashing; 1 or 2 to rehearse the upgrades to it).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=3))]
         execution_version: u16,
+        /// Share of paid generations the devnet's gateway re-runs to check them (0 to 1).
+        #[arg(long, default_value_t = plexus_gateway::audit::AUDIT_RATE_DEFAULT)]
+        audit_rate: f64,
     },
 }
 
@@ -112,6 +115,13 @@ pub struct GatewayInfo {
     /// The key apps send as `Authorization: Bearer` (the OpenAI SDKs' `api_key`).
     #[serde(default)]
     pub api_key: String,
+    /// Share of paid generations it re-runs to check them.
+    #[serde(default = "default_audit_rate")]
+    pub audit_rate: f64,
+}
+
+fn default_audit_rate() -> f64 {
+    plexus_gateway::audit::AUDIT_RATE_DEFAULT
 }
 
 struct Options {
@@ -123,6 +133,7 @@ struct Options {
     claim_interval: u64,
     credit_tokens: u64,
     execution_version: u16,
+    audit_rate: f64,
 }
 
 pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
@@ -139,7 +150,11 @@ pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
             claim_interval,
             credit_tokens,
             execution_version,
+            audit_rate,
         } => {
+            if !(0.0..=1.0).contains(&audit_rate) {
+                bail!("--audit-rate {audit_rate} is not between 0 and 1");
+            }
             let home = home.unwrap_or_else(|| super::default_home().join("devnet"));
             let options = Options {
                 validators,
@@ -150,6 +165,7 @@ pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
                 claim_interval,
                 credit_tokens,
                 execution_version,
+                audit_rate,
             };
             up(&home, &options, reset, Duration::from_secs(startup_timeout))
         }
@@ -303,6 +319,7 @@ fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
         log: home.join("gateway").join("gateway.log"),
         pid: None,
         api_key: hex::encode(PrivateKey::generate().secret_bytes())[..32].to_string(),
+        audit_rate: options.audit_rate,
     });
     Ok(DevnetInfo {
         chain_id,
@@ -347,7 +364,8 @@ fn spawn_gateway(exe: &Path, info: &mut DevnetInfo) -> anyhow::Result<Option<Chi
     cmd.args(["gateway", "--listen", &listen, "--budget", "10000plx", "--home"])
         .arg(&g.home)
         .arg("--key")
-        .arg(&info.client.key_file);
+        .arg(&info.client.key_file)
+        .args(["--audit-rate", &g.audit_rate.to_string()]);
     for n in &info.nodes {
         cmd.args(["--node", &n.api]);
     }
@@ -496,6 +514,10 @@ fn print_summary(info: &DevnetInfo) {
         let key = &g.api_key;
         println!("  gateway (OpenAI)    {base}");
         println!("  gateway API key     {key}   (also in devnet.json)");
+        println!(
+            "  gateway audits      {:.1}% of generations (re-run on its own model copy; `plexus query challenges`)",
+            g.audit_rate * 100.0
+        );
         println!();
         println!("Chat through the gateway (any OpenAI SDK works the same way):");
         println!(

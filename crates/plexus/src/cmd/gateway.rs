@@ -72,6 +72,23 @@ pub struct GatewayArgs {
     /// max_tokens for requests that set none.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     max_tokens_default: u32,
+    /// Share of paid generations re-run on this machine's copy of the model to check them
+    /// (0 to 1; 0 audits nothing). A response the model would not have produced is challenged
+    /// on chain, and a convicted provider is slashed; the gateway's account posts the challenge
+    /// bond and is paid a reward.
+    #[arg(long, default_value_t = plexus_gateway::audit::AUDIT_RATE_DEFAULT, value_parser = parse_rate)]
+    audit_rate: f64,
+    /// CPU threads an audit uses (audits run one at a time, beside serving).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    audit_threads: u32,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&r) {
+        return Err(format!("{r} is not between 0 and 1"));
+    }
+    Ok(r)
 }
 
 fn parse_pin(s: &str) -> Result<(String, plexus_types::ModelId), String> {
@@ -99,6 +116,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         allowed_origins: args.allowed_origins,
         budget: args.budget,
         max_tokens_default: args.max_tokens_default,
+        audit: plexus_gateway::audit::AuditSettings { rate: args.audit_rate, threads: args.audit_threads },
         ..GatewayConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

@@ -48,6 +48,28 @@ pub enum QueryCmd {
         opts: QueryOpts,
         address: Option<String>,
     },
+    /// One provider and its record: audits its committees passed or failed, what was slashed,
+    /// its latest challenges (also after it left the registry).
+    Provider {
+        #[command(flatten)]
+        opts: QueryOpts,
+        address: String,
+    },
+    /// Challenges of provider responses, newest first (filter by provider or challenger).
+    Challenges {
+        #[command(flatten)]
+        opts: QueryOpts,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        challenger: Option<String>,
+    },
+    /// One challenge, with its evidence (attestation, transcript) and the committee's votes.
+    Challenge {
+        #[command(flatten)]
+        opts: QueryOpts,
+        id: u64,
+    },
     /// Registered models, or one model.
     Models {
         #[command(flatten)]
@@ -84,9 +106,21 @@ pub fn run(cmd: QueryCmd) -> anyhow::Result<()> {
         QueryCmd::Account { opts, address } => (opts, format!("/chain/v1/accounts/{address}"), show_account),
         QueryCmd::Validators(o) => (o, "/chain/v1/validators".into(), show_validators),
         QueryCmd::Providers { opts, address } => match address {
-            Some(a) => (opts, format!("/chain/v1/providers/{a}"), show_pretty),
+            Some(a) => (opts, format!("/chain/v1/providers/{a}"), show_provider),
             None => (opts, "/chain/v1/providers".into(), show_providers),
         },
+        QueryCmd::Provider { opts, address } => (opts, format!("/chain/v1/providers/{address}"), show_provider),
+        QueryCmd::Challenges { opts, provider, challenger } => {
+            let mut q = Vec::new();
+            if let Some(p) = provider {
+                q.push(format!("provider={p}"));
+            }
+            if let Some(c) = challenger {
+                q.push(format!("challenger={c}"));
+            }
+            (opts, format!("/chain/v1/challenges?{}", q.join("&")), show_challenges)
+        }
+        QueryCmd::Challenge { opts, id } => (opts, format!("/chain/v1/challenges/{id}"), show_challenge),
         QueryCmd::Models { opts, id } => match id {
             Some(id) => (opts, format!("/chain/v1/models/{id}"), show_pretty),
             None => (opts, "/chain/v1/models".into(), show_models),
@@ -208,6 +242,81 @@ fn show_providers(v: &Value) {
             );
         }
     }
+}
+
+fn show_provider(v: &Value) {
+    println!("address     {}", v["address"].as_str().unwrap_or("?"));
+    if v["registered"].as_bool() == Some(true) {
+        println!("endpoint    {}", v["endpoint"].as_str().unwrap_or(""));
+        println!("region      {}", v["region"].as_str().unwrap_or(""));
+        println!("hardware    {}", v["hardware"].as_str().unwrap_or(""));
+    } else {
+        println!("registered  no (left the registry, or was slashed below the provider stake)");
+    }
+    println!("bonded      {}", format_amount(amount_of(&v["bonded"])));
+    let stats = &v["stats"];
+    println!(
+        "audits      {} passed, {} failed (committee verdicts on challenged responses)",
+        stats["acquitted"].as_u64().unwrap_or(0),
+        stats["convicted"].as_u64().unwrap_or(0)
+    );
+    println!("slashed     {}", format_amount(amount_of(&stats["slashed"])));
+    let list = v["challenges"].as_array().cloned().unwrap_or_default();
+    if !list.is_empty() {
+        println!("latest challenges");
+        for c in &list {
+            print_challenge_line(c);
+        }
+    }
+}
+
+fn print_challenge_line(c: &Value) {
+    let votes = c["votes"].as_array().map_or(0, Vec::len);
+    let guilty = c["votes"].as_array().map_or(0, |v| v.iter().filter(|x| x[1].as_bool() == Some(true)).count());
+    println!(
+        "  #{}  {}  provider {}  challenger {}  {} output tokens  {guilty} of {votes} votes guilty (committee of {})  \
+         opened {}, deadline {}  slashed {}",
+        c["id"],
+        c["status"].as_str().unwrap_or("?"),
+        short(&c["provider"]),
+        short(&c["challenger"]),
+        c["output_tokens"],
+        c["committee"].as_array().map_or(0, Vec::len),
+        c["opened_height"],
+        c["deadline_height"],
+        format_amount(amount_of(&c["slashed"])),
+    );
+}
+
+fn show_challenges(v: &Value) {
+    let list = v["challenges"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no challenges");
+    }
+    for c in &list {
+        print_challenge_line(c);
+    }
+}
+
+fn show_challenge(v: &Value) {
+    let c = &v["challenge"];
+    println!("challenge   #{}", v["id"]);
+    println!("status      {}", c["status"].as_str().unwrap_or("?"));
+    println!("provider    {}", c["provider"].as_str().unwrap_or("?"));
+    println!("challenger  {}  bond {}", c["challenger"].as_str().unwrap_or("?"), format_amount(amount_of(&c["bond"])));
+    println!("session     {}", c["session"].as_str().unwrap_or("?"));
+    println!("heights     opened {}, deadline {}", c["opened_height"], c["deadline_height"]);
+    for vote in c["votes"].as_array().cloned().unwrap_or_default() {
+        let verdict = if vote[1].as_bool() == Some(true) { "guilty" } else { "not guilty" };
+        println!("  vote      {}  {verdict}", vote[0].as_str().unwrap_or("?"));
+    }
+    println!(
+        "outcome     slashed {}, refunded to the client {}, reward to the challenger {}",
+        format_amount(amount_of(&c["slashed"])),
+        format_amount(amount_of(&c["refunded"])),
+        format_amount(amount_of(&c["reward"]))
+    );
+    println!("(evidence: add --json)");
 }
 
 fn show_models(v: &Value) {

@@ -8,3 +8,4 @@ mod serve;
 mod setup;
 mod upgrade;
 mod util;
+mod verify;

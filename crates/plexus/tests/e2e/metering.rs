@@ -7,7 +7,6 @@
 //! and the gateway refuses anyone without its API key, non-JSON bodies and foreign origins.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use plexus_types::Amount;
@@ -15,82 +14,6 @@ use plexus_types::tx::{Payload, Transaction};
 use serde_json::{Value, json};
 
 use crate::util::*;
-
-struct Gw {
-    _process: Guard,
-    base: String,
-    key: String,
-}
-
-impl Gw {
-    fn post(&self, path: &str, body: &Value) -> (u16, String) {
-        let r = http()
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .timeout(Duration::from_secs(180))
-            .json(body)
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.text().unwrap())
-    }
-
-    fn status(&self) -> Value {
-        http().get(format!("{}/plexus/v1/status", self.base)).bearer_auth(&self.key).send().unwrap().json().unwrap()
-    }
-}
-
-/// A gateway of its own (fresh home, so a fresh memory of who lied) using only `providers`,
-/// reading the chain from `api`.
-fn gateway(dir: &Path, name: &str, info: &Value, api: &str, providers: &[&str]) -> Gw {
-    let port = free_port_block(1);
-    let home = dir.join(name);
-    let key = format!("test-key-{name}-0123456789");
-    let mut cmd = plexus();
-    cmd.args(["gateway", "--listen", &format!("127.0.0.1:{port}"), "--deposit", "2plx", "--home"])
-        .arg(&home)
-        .arg("--key")
-        .arg(info["client"]["key_file"].as_str().unwrap())
-        .args(["--node", api])
-        .env("PLEXUS_GATEWAY_API_KEY", &key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
-    for p in providers {
-        cmd.args(["--provider", p]);
-    }
-    let process = Guard(cmd.spawn().unwrap());
-    let base = format!("http://127.0.0.1:{port}");
-    wait_for("the gateway", Duration::from_secs(60), || get(&format!("{base}/health")));
-    Gw { _process: process, base, key }
-}
-
-fn restart_lying(node: &Value, lie: &str) -> Guard {
-    let home = node["home"].as_str().unwrap();
-    let log = std::fs::OpenOptions::new().append(true).open(Path::new(home).join("node.log")).unwrap();
-    let g = Guard(
-        plexus()
-            .args(["node", "run", "--home", home])
-            .env("PLEXUS_DISHONEST", lie)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let inference = node["inference"].as_str().unwrap().to_string();
-    wait_for("the lying provider serves", Duration::from_secs(120), || get(&format!("{inference}/health")));
-    g
-}
-
-fn stop(pid: u64) {
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
-    }
-}
-
-fn amount(v: &Value) -> Amount {
-    v.as_str().map(|s| s.parse().unwrap()).or_else(|| v.as_u64().map(Amount::from)).unwrap()
-}
 
 #[test]
 fn lying_providers_are_never_paid_and_apps_are_still_answered() {
@@ -161,9 +84,9 @@ fn lying_providers_are_never_paid_and_apps_are_still_answered() {
         [("inflate", false), ("strip", false), ("forge", false), ("pad", false), ("strip", true), ("endless", true)]
     {
         stop(liar_pid);
-        let guard = restart_lying(liar, lie);
+        let guard = restart_with(liar, "PLEXUS_DISHONEST", lie);
         liar_pid = u64::from(guard.0.id());
-        let gw = gateway(dir.path(), &format!("gw-{lie}-{stream}"), &info, &api, &[&honest_addr, &liar_addr]);
+        let gw = gateway(dir.path(), &format!("gw-{lie}-{stream}"), &info, &api, &[&honest_addr, &liar_addr], &[]);
         let mut caught = false;
         for attempt in 0..20 {
             let (code, text) = gw.post("/v1/chat/completions", &chat(stream));
@@ -218,7 +141,7 @@ fn lying_providers_are_never_paid_and_apps_are_still_answered() {
     // Off the chain's critical path: once a session is open, requests need no chain API. A
     // gateway reading the chain from the (now paused) second node keeps serving through the first.
     let liar_api = liar["api"].as_str().unwrap().to_string();
-    let gw = gateway(dir.path(), "gw-chain-down", &info, &liar_api, &[&honest_addr]);
+    let gw = gateway(dir.path(), "gw-chain-down", &info, &liar_api, &[&honest_addr], &[]);
     let (code, text) = gw.post("/v1/chat/completions", &chat(false));
     assert_eq!(code, 200, "{text}");
     unsafe {

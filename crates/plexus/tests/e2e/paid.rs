@@ -26,14 +26,6 @@ fn python(script: &str, args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
 }
 
-fn amount(v: &Value) -> Amount {
-    match v {
-        Value::Number(n) => n.to_string().parse().unwrap(),
-        Value::String(s) => s.parse().unwrap(),
-        other => panic!("not an amount: {other}"),
-    }
-}
-
 fn account(api: &str, address: &str) -> (Amount, u64) {
     let v = get(&format!("{api}/chain/v1/accounts/{address}")).unwrap();
     (amount(&v["balance"]), v["nonce"].as_u64().unwrap())

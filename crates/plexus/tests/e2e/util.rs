@@ -94,3 +94,96 @@ pub fn start_devnet(home: &Path, validators: u16, extra: &[&str]) -> (Guard, Val
     let info: Value = serde_json::from_str(&std::fs::read_to_string(home.join("devnet.json")).unwrap()).unwrap();
     (guard, info)
 }
+
+/// A gateway of the test's own, on a free port.
+pub struct Gw {
+    _process: Guard,
+    pub base: String,
+    pub key: String,
+}
+
+impl Gw {
+    pub fn post(&self, path: &str, body: &Value) -> (u16, String) {
+        let (code, _, text) = self.post_full(path, body);
+        (code, text)
+    }
+
+    /// The status, the provider that answered (`x-plexus-provider`) and the body.
+    pub fn post_full(&self, path: &str, body: &Value) -> (u16, String, String) {
+        let r = http()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .timeout(Duration::from_secs(180))
+            .json(body)
+            .send()
+            .unwrap();
+        let provider = r.headers().get("x-plexus-provider").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        (r.status().as_u16(), provider, r.text().unwrap())
+    }
+
+    pub fn status(&self) -> Value {
+        http().get(format!("{}/plexus/v1/status", self.base)).bearer_auth(&self.key).send().unwrap().json().unwrap()
+    }
+}
+
+/// A gateway of its own (fresh home, so a fresh memory of who lied) using only `providers`
+/// (any when empty), reading the chain from `api`, with `extra` arguments.
+pub fn gateway(dir: &Path, name: &str, info: &Value, api: &str, providers: &[&str], extra: &[&str]) -> Gw {
+    let port = free_port_block(1);
+    let home = dir.join(name);
+    let key = format!("test-key-{name}-0123456789");
+    let mut cmd = plexus();
+    cmd.args(["gateway", "--listen", &format!("127.0.0.1:{port}"), "--deposit", "2plx", "--home"])
+        .arg(&home)
+        .arg("--key")
+        .arg(info["client"]["key_file"].as_str().unwrap())
+        .args(["--node", api])
+        .args(extra)
+        .env("PLEXUS_GATEWAY_API_KEY", &key)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
+    for p in providers {
+        cmd.args(["--provider", p]);
+    }
+    let process = Guard(cmd.spawn().unwrap());
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for("the gateway", Duration::from_secs(60), || get(&format!("{base}/health")));
+    Gw { _process: process, base, key }
+}
+
+/// Starts a devnet node again (after it was stopped) with `var=value` set, e.g. a test build's
+/// dishonest provider; waits until it serves inference.
+pub fn restart_with(node: &Value, var: &str, value: &str) -> Guard {
+    let home = node["home"].as_str().unwrap();
+    let log = std::fs::OpenOptions::new().append(true).open(Path::new(home).join("node.log")).unwrap();
+    let g = Guard(
+        plexus()
+            .args(["node", "run", "--home", home])
+            .env(var, value)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let inference = node["inference"].as_str().unwrap().to_string();
+    wait_for("the restarted provider serves", Duration::from_secs(120), || get(&format!("{inference}/health")));
+    g
+}
+
+pub fn stop(pid: u64) {
+    // SAFETY: signalling a process this test started.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+/// An amount as the API writes it: a JSON number (of any size) or a string.
+pub fn amount(v: &Value) -> plexus_types::Amount {
+    match v {
+        Value::Number(n) => n.to_string().parse().unwrap(),
+        Value::String(s) => s.parse().unwrap(),
+        other => panic!("not an amount: {other}"),
+    }
+}
