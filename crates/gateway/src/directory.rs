@@ -78,6 +78,20 @@ struct Stats {
     shunned_until: Option<Instant>,
     /// Responses it sent that did not verify.
     lies: u64,
+    /// When a request (an app's or a probe) last went to it.
+    last_used: Option<Instant>,
+    probes: u64,
+    probes_failed: u64,
+}
+
+/// What probes found about a provider, for `/status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProbeView {
+    pub provider: Address,
+    pub probes: u64,
+    pub failed: u64,
+    /// The moving average of its latency (app requests and probes), in ms.
+    pub latency_ms: Option<f64>,
 }
 
 #[derive(Default)]
@@ -214,7 +228,44 @@ impl Directory {
     }
 
     pub fn started(&self, provider: &Address) {
-        self.stats.lock().expect("stats lock").entry(provider.clone()).or_default().inflight += 1;
+        let mut stats = self.stats.lock().expect("stats lock");
+        let s = stats.entry(provider.clone()).or_default();
+        s.inflight += 1;
+        s.last_used = Some(Instant::now());
+    }
+
+    /// Whether `provider` is due a probe: no request went to it for `idle`, and it is not shunned.
+    pub fn due_probe(&self, provider: &Address, idle: Duration) -> bool {
+        let stats = self.stats.lock().expect("stats lock");
+        let Some(s) = stats.get(provider) else { return true };
+        let now = Instant::now();
+        s.shunned_until.is_none_or(|t| t <= now) && s.last_used.is_none_or(|t| now.duration_since(t) >= idle)
+    }
+
+    /// Counts a probe of `provider` (its latency was recorded like any request's).
+    pub fn probed(&self, provider: &Address, ok: bool) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        let s = stats.entry(provider.clone()).or_default();
+        s.probes += 1;
+        if !ok {
+            s.probes_failed += 1;
+        }
+    }
+
+    pub fn probe_view(&self) -> Vec<ProbeView> {
+        let stats = self.stats.lock().expect("stats lock");
+        let mut view: Vec<ProbeView> = stats
+            .iter()
+            .filter(|(_, s)| s.probes > 0)
+            .map(|(a, s)| ProbeView {
+                provider: a.clone(),
+                probes: s.probes,
+                failed: s.probes_failed,
+                latency_ms: s.ewma_ms,
+            })
+            .collect();
+        view.sort_by(|a, b| a.provider.cmp(&b.provider));
+        view
     }
 
     /// Records how a request to `provider` went: `Some(latency)` on success.

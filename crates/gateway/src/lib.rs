@@ -23,6 +23,7 @@ mod directory;
 mod error;
 mod metrics;
 mod models;
+pub mod probe;
 mod proxy;
 mod session;
 mod sse;
@@ -76,6 +77,8 @@ pub struct GatewayConfig {
     pub stream_deadline: Duration,
     /// Which generations the gateway re-runs to check them, and how.
     pub audit: audit::AuditSettings,
+    /// A provider nothing was sent to for this long is probed (zero: never).
+    pub probe_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -96,6 +99,7 @@ impl Default for GatewayConfig {
             max_tokens_default: 512,
             stream_deadline: Duration::from_secs(600),
             audit: audit::AuditSettings::default(),
+            probe_interval: probe::PROBE_INTERVAL_DEFAULT,
         }
     }
 }
@@ -159,8 +163,10 @@ impl Gateway {
             started,
             next_id: AtomicU64::new(1),
             auditor,
+            asked: Default::default(),
         });
         tokio::spawn(audit::work(app.clone(), audit_jobs));
+        tokio::spawn(probe::work(app.clone()));
         spawn_background(&app);
         Ok(Gateway { app })
     }

@@ -70,6 +70,8 @@ pub(crate) struct App {
     pub(crate) started: u64,
     pub(crate) next_id: AtomicU64,
     pub(crate) auditor: Arc<crate::audit::Auditor>,
+    /// Text models apps asked for lately (bounded), the ones probes keep measuring.
+    pub(crate) asked: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 type Shared_ = Arc<App>;
@@ -311,6 +313,29 @@ impl App {
             Wire::Embedding => "embd",
         };
         format!("{prefix}-plexus-{:x}{n:08x}", self.started)
+    }
+
+    /// Remembers that an app asked for the text model `name` (the last few, for probes).
+    fn asked_for(&self, name: &str) {
+        let mut asked = self.asked.lock().expect("asked lock");
+        if let Some(i) = asked.iter().position(|n| n == name) {
+            asked.remove(i);
+        } else if asked.len() >= crate::probe::MODELS_PROBED_MAX {
+            asked.pop_front();
+        }
+        asked.push_back(name.to_string());
+    }
+
+    /// Sends `body` (a chat request) to `c` alone, as any app request is sent: counted,
+    /// verified, paid by receipt, maybe audited. True when it was answered and verified.
+    pub(crate) async fn probe(self: &Arc<Self>, c: &Candidate, name: &str, body: Value) -> bool {
+        let Ok((_, _, tokenizer)) = self.model(name).await else { return false };
+        let Ok(counted) = self.count_generation(Wire::Chat, &tokenizer, body) else { return false };
+        let check = Check::Generation { expect: &counted.expect, tokenizer: &tokenizer, wire: Wire::Chat };
+        match forward(self.clone(), Wire::Chat, counted.body.clone(), vec![c.clone()], check).await {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        }
     }
 
     /// A generation was paid for: maybe audit it (decided now, after its receipt is signed).
@@ -930,6 +955,7 @@ async fn generate(app: Arc<App>, wire: Wire, body: Value) -> Result<Response, Ga
     }
     let counted = app.count_generation(wire, &tokenizer, body)?;
     let candidates = app.candidates(&id, &manifest.name).await?;
+    app.asked_for(&requested);
     if !counted.body["stream"].as_bool().unwrap_or(false) {
         let check = Check::Generation { expect: &counted.expect, tokenizer: &tokenizer, wire };
         return forward(app.clone(), wire, counted.body.clone(), candidates, check).await;
@@ -1051,6 +1077,9 @@ async fn status(State(app): State<Shared_>) -> Response {
         "budget": app.sessions.budget_view(),
         "audits": {
             "rate": app.config.audit.rate, "counts": app.auditor.counts(), "recent": app.auditor.findings(),
+        },
+        "probes": {
+            "interval_s": app.config.probe_interval.as_secs(), "providers": app.directory.probe_view(),
         },
     }))
     .into_response()

@@ -15,7 +15,11 @@ gateway holds your client key, opens prepaid sessions with providers on-chain wi
 counts every request and response itself with its own copy of the model's tokenizer, signs a \
 cumulative receipt for exactly the tokens it verified (a provider whose response does not verify \
 gets nothing and is shunned), routes by price, latency and load, and fails over to another \
-provider when one fails, in the middle of a stream too. When it stops (Ctrl-C) it closes its \
+provider when one fails, in the middle of a stream too. It re-runs a random share of the \
+generations it paid for on its own copy of the model (--audit-rate) and challenges on chain a \
+response the model would not have produced; a provider convicted by the chain's committee is \
+slashed and never used again. Providers it has not used lately are probed with ordinary requests, \
+so routing knows their latency and availability. When it stops (Ctrl-C) it closes its \
 sessions, so providers settle and the unused escrow is refunded.\n\n\
 Without --api-key it serves only on loopback and checks no key; with one, every route but /health \
 needs it. Browser origins are refused unless allowed with --allow-origin.\n\n\
@@ -81,6 +85,10 @@ pub struct GatewayArgs {
     /// CPU threads an audit uses (audits run one at a time, beside serving).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     audit_threads: u32,
+    /// Seconds a provider may go unused before the gateway probes it with an ordinary request
+    /// (paid like any other), so routing knows its latency and availability; 0 never probes.
+    #[arg(long, default_value_t = 60)]
+    probe_interval: u64,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -117,6 +125,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         budget: args.budget,
         max_tokens_default: args.max_tokens_default,
         audit: plexus_gateway::audit::AuditSettings { rate: args.audit_rate, threads: args.audit_threads },
+        probe_interval: std::time::Duration::from_secs(args.probe_interval),
         ..GatewayConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
