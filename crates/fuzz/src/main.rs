@@ -156,6 +156,35 @@ fn receipt() -> SignedReceipt {
     .sign(&key(2), CHAIN)
 }
 
+/// A challenge of a seeded generation, with the provider's (account 2's) signed attestation.
+fn challenge() -> Payload {
+    let transcript = plexus_types::receipt::Transcript {
+        model: manifest().id(),
+        prompt: vec![1, 2, 3, 4],
+        max_tokens: 8,
+        sampling: plexus_types::receipt::SamplingSpec::Random {
+            temperature_bits: 0.7f32.to_bits(),
+            top_k: 40,
+            top_p_bits: 0.95f32.to_bits(),
+            min_p_bits: 0.05f32.to_bits(),
+            seed: 7,
+        },
+        stop: vec!["\n\n".into()],
+        output: vec![5, 6, 7, 8, 9, 10, 11, 12],
+    };
+    let attestation = Attestation {
+        request_hash: transcript.request_hash(),
+        output_hash: plexus_types::hash(b"o"),
+        model: transcript.model,
+        input_tokens: 4,
+        output_tokens: 8,
+        output_ids_hash: plexus_types::receipt::output_ids_hash(&transcript.output),
+        logits_fingerprint: Hash::ZERO,
+    };
+    let signature = attestation.sign(&key(2), CHAIN);
+    Payload::Challenge { session: plexus_types::hash(b"s"), attestation, signature, transcript, bond: 10_000_000 }
+}
+
 /// Valid transactions of every kind, signed by account 1 with consecutive nonces from 0.
 fn sample_txs() -> Vec<SignedTx> {
     let k = key(1);
@@ -202,6 +231,8 @@ fn sample_txs() -> Vec<SignedTx> {
         Payload::SubmitProposal { kind: ProposalKind::Text { text: "hi".into() }, deposit: 1 },
         Payload::Vote { proposal: 0, option: VoteOption::NoWithVeto },
         Payload::SignalVersions { versions: SupportedVersions::V1_ONLY, shadow_ok: true },
+        challenge(),
+        Payload::ChallengeVote { challenge: 0, guilty: true },
     ];
     payloads
         .into_iter()
@@ -224,7 +255,8 @@ fn genesis() -> Genesis {
             p2p_address: "127.0.0.1:9000".into(),
         }],
         params: Params::default(),
-        versions: plexus_types::VersionVector::V1,
+        // The newest execution version, so admission runs its checks (challenges included).
+        versions: plexus_types::VersionVector { execution: 3, ..plexus_types::VersionVector::V1 },
     }
 }
 
