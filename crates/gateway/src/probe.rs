@@ -7,8 +7,9 @@
 //! badly. Latency feeds the same moving average routing scores by; a failed probe cools the
 //! provider down like a failed request. What a provider says of itself never counts.
 //!
-//! Only text models apps asked for recently are probed, only providers nothing was sent to for
-//! the probe interval, a few per round: probes cost little next to the traffic they serve.
+//! Only text models apps asked for in the last ten intervals are probed (an unused gateway stops
+//! spending), only providers nothing was sent to for the probe interval, a few per round:
+//! probes cost little next to the traffic they serve.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,8 @@ use crate::proxy::App;
 pub const MODELS_PROBED_MAX: usize = 8;
 /// Probes sent per round, at most.
 const PROBES_PER_ROUND: usize = 4;
+/// Probing stops once apps have asked for nothing for this many intervals.
+const PROBE_IDLE_INTERVALS: u32 = 10;
 /// The default interval: a provider idle this long is probed.
 pub const PROBE_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 
@@ -71,7 +74,16 @@ pub(crate) async fn work(app: Arc<App>) {
 }
 
 async fn round(app: &Arc<App>, interval: Duration) {
-    let models: Vec<String> = app.asked.lock().expect("asked lock").iter().cloned().collect();
+    // A gateway nobody uses stops probing: only models asked for within the last stretch.
+    let recent = interval.saturating_mul(PROBE_IDLE_INTERVALS);
+    let models: Vec<String> = app
+        .asked
+        .lock()
+        .expect("asked lock")
+        .iter()
+        .filter(|(_, at)| at.elapsed() < recent)
+        .map(|(n, _)| n.clone())
+        .collect();
     let mut sent = 0;
     for name in models.iter().rev() {
         let Ok(id) = app.directory.resolve(name, &app.config.constraints).map(|(id, _)| id) else { continue };

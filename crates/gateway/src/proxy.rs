@@ -70,8 +70,8 @@ pub(crate) struct App {
     pub(crate) started: u64,
     pub(crate) next_id: AtomicU64,
     pub(crate) auditor: Arc<crate::audit::Auditor>,
-    /// Text models apps asked for lately (bounded), the ones probes keep measuring.
-    pub(crate) asked: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// Text models apps asked for lately (bounded), and when last: the ones probes measure.
+    pub(crate) asked: std::sync::Mutex<std::collections::VecDeque<(String, Instant)>>,
 }
 
 type Shared_ = Arc<App>;
@@ -318,12 +318,12 @@ impl App {
     /// Remembers that an app asked for the text model `name` (the last few, for probes).
     fn asked_for(&self, name: &str) {
         let mut asked = self.asked.lock().expect("asked lock");
-        if let Some(i) = asked.iter().position(|n| n == name) {
+        if let Some(i) = asked.iter().position(|(n, _)| n == name) {
             asked.remove(i);
         } else if asked.len() >= crate::probe::MODELS_PROBED_MAX {
             asked.pop_front();
         }
-        asked.push_back(name.to_string());
+        asked.push_back((name.to_string(), Instant::now()));
     }
 
     /// Sends `body` (a chat request) to `c` alone, as any app request is sent: counted,
