@@ -302,6 +302,42 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_convicted_on_chain_is_never_a_candidate() {
+        let model = plexus_types::hash(b"m");
+        let record = |seed: u64, convicted: u64| ProviderRecord {
+            address: PrivateKey::from_seed(seed).address(),
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "eu".into(),
+            hardware: String::new(),
+            prices: vec![ModelPrice { model, input_per_1k: 1, output_per_1k: 1 }],
+            versions: plexus_types::version::SupportedVersions::V1_ONLY,
+            bonded: 1,
+            stats: crate::chain::ProviderStats { convicted, acquitted: 0, slashed: 0 },
+        };
+        let manifest = ModelManifest {
+            name: "m".into(),
+            engine: plexus_types::EngineKind::LlamaCpp,
+            weights_sha256: plexus_types::hash(b"w"),
+            tokenizer_sha256: plexus_types::hash(b"t"),
+            template_sha256: plexus_types::Hash::ZERO,
+            quantization: "Q4_1".into(),
+            context_length: 512,
+        };
+        let d = Directory::default();
+        *d.snapshot.write().unwrap() =
+            Snapshot { providers: vec![record(1, 0), record(2, 1)], models: [(model, manifest)].into_iter().collect() };
+        let convicted = PrivateKey::from_seed(2).address();
+        let found = d.candidates(&model, &Constraints::default());
+        assert_eq!(
+            found.iter().map(|c| c.provider.clone()).collect::<Vec<_>>(),
+            vec![PrivateKey::from_seed(1).address()]
+        );
+        // Not even when the user lists it explicitly.
+        let only = Constraints { providers: vec![convicted], ..Constraints::default() };
+        assert!(d.candidates(&model, &only).is_empty());
+    }
+
+    #[test]
     fn prices_at_the_top_of_the_range_do_not_overflow_routing() {
         let d = Directory::default();
         let pool = vec![candidate(1, u128::MAX, u128::MAX), candidate(2, u128::MAX - 1, 5)];
