@@ -194,7 +194,7 @@ impl Worker<'_> {
                 return;
             }
             // Admit: block only when there is nothing else to do.
-            while let Some(k) = self.free_slot() {
+            while self.slots.iter().any(|s| s.active.is_none()) {
                 let busy = self.slots.iter().any(|s| s.active.is_some());
                 let job = if busy {
                     match rx.try_recv() {
@@ -213,6 +213,7 @@ impl Worker<'_> {
                     continue;
                 }
                 serial += 1;
+                let Some(k) = self.free_slot(&job.prepared.tokens) else { break };
                 self.admit(k, job, serial);
             }
             self.drop_cancelled();
@@ -230,14 +231,19 @@ impl Worker<'_> {
         }
     }
 
-    /// The free slot to use next: the least recently used (its cells are the least likely to be
+    /// The free slot for a prompt: the one whose cached tokens share the longest prefix with it
+    /// (reused in place: no copy, and no second set of cells left behind to lengthen every
+    /// attention scan), else the least recently used (its cells are the least likely to be
     /// wanted again).
-    fn free_slot(&self) -> Option<usize> {
+    fn free_slot(&self, tokens: &[TokenId]) -> Option<usize> {
         self.slots
             .iter()
             .enumerate()
             .filter(|(_, s)| s.active.is_none())
-            .min_by_key(|(_, s)| s.last_used)
+            .max_by_key(|(_, s)| {
+                let shared = s.cached.iter().zip(tokens).take_while(|(a, b)| a.0 == **b).count();
+                (shared, std::cmp::Reverse(s.last_used))
+            })
             .map(|(k, _)| k)
     }
 
