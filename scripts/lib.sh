@@ -63,6 +63,10 @@ ensure_system_packages() {
     mapfile -t dirs < <(libclang_search_dirs)
     find_libclang "${dirs[@]}" >/dev/null || missing+=(libclang-dev)
     command -v c++ >/dev/null 2>&1 || missing+=(g++)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    # Debian ships python3 without venv/ensurepip; model pulls and the edge models' training
+    # environment need both.
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     if [ ${#missing[@]} -eq 0 ]; then
         return
     fi

@@ -8,6 +8,7 @@
 //! reports numbers, it does not pass or fail.
 
 mod chain;
+mod edge;
 mod paid;
 mod report;
 mod verify;
@@ -29,6 +30,8 @@ enum Command {
     Paid(paid::Args),
     /// Audits: false challenges among honest providers, detection of a substitute model, cost.
     Verify(verify::Args),
+    /// Edge tensor models: tract against onnxruntime on the same ONNX files and inputs.
+    Edge(edge::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Command::Chain(args) => chain::run(args),
         Command::Paid(args) => paid::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Edge(args) => edge::run(args),
     }
 }

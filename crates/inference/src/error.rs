@@ -41,6 +41,8 @@ pub enum Error {
     Template(String),
     #[error("{what} is not supported by model `{model}`")]
     Unsupported { what: &'static str, model: String },
+    #[error("input `{input}`: {reason}")]
+    BadTensor { input: String, reason: String },
 
     // ---- back-pressure ----
     #[error("the engine is busy: {queued} requests are already queued (limit {queue_max})")]
@@ -93,7 +95,8 @@ impl Error {
             | Error::MaxTokensTooLarge { .. }
             | Error::InvalidParam { .. }
             | Error::Template(_)
-            | Error::Unsupported { .. } => ErrorKind::BadRequest,
+            | Error::Unsupported { .. }
+            | Error::BadTensor { .. } => ErrorKind::BadRequest,
             Error::Busy { .. } => ErrorKind::Busy,
             Error::ModelNotFound(_) | Error::BackendDisabled { .. } => ErrorKind::NotFound,
             Error::Gguf { .. }
@@ -117,6 +120,7 @@ impl Error {
             Error::PromptTooLong { .. } => Some("messages"),
             Error::MaxTokensTooLarge { .. } => Some("max_tokens"),
             Error::InvalidParam { param, .. } => Some(param),
+            Error::BadTensor { .. } => Some("inputs"),
             _ => None,
         }
     }

@@ -1,5 +1,6 @@
 //! Run content-addressed models on the CPU: text generation on llama.cpp (GGUF) with continuous
-//! batching, and sentence embeddings on candle (BERT safetensors), behind one [`Engine`] trait.
+//! batching, sentence embeddings on candle (BERT safetensors) and small tensor models on tract
+//! (ONNX: [`tensor`]), behind one [`Engine`] trait.
 //!
 //! What is here:
 //! - [`Engine`]: what the rest of Plexus sees. No llama.cpp or candle type crosses it.
@@ -19,12 +20,14 @@
 //! panic. Greedy output is reproducible for a given model, thread count and batch schedule.
 
 pub mod audit;
+pub mod edge;
 mod error;
 pub mod fingerprint;
 pub mod gguf;
 pub mod models;
 pub mod sampler;
 pub mod template;
+pub mod tensor;
 pub mod text;
 pub mod tokenizer;
 
@@ -83,6 +86,19 @@ pub trait Engine: Send + Sync + 'static {
     fn score(&self, request: &ScoreRequest) -> Result<Vec<PositionScore>, Error> {
         let _ = request;
         Err(Error::Unsupported { what: "scoring", model: self.info().name.clone() })
+    }
+
+    /// What a tensor model takes and returns (tensor models only).
+    fn tensor_spec(&self) -> Option<&tensor::TensorSpec> {
+        None
+    }
+
+    /// Runs a tensor model on a batch of rows (blocking: call it from a blocking thread).
+    /// Fails with [`Error::BadTensor`] for any input the spec does not allow and with
+    /// [`Error::Busy`] when too many calls are already running.
+    fn infer(&self, request: &tensor::TensorRequest) -> Result<tensor::TensorResponse, Error> {
+        let _ = request;
+        Err(Error::Unsupported { what: "tensor inference", model: self.info().name.clone() })
     }
 
     /// Current queue and batch sizes, for metrics.
@@ -520,6 +536,12 @@ pub fn load_engine(model: &CachedModel, config: &EngineConfig) -> Result<Arc<dyn
             return Ok(Arc::new(bert::BertEngine::load(model, &config.bert)?));
             #[cfg(not(feature = "bert"))]
             return Err(Error::BackendDisabled { what: "BERT models", feature: "bert" });
+        }
+        EngineKind::TractOnnx => {
+            #[cfg(feature = "tensor")]
+            return Ok(Arc::new(tensor::engine::TensorEngine::load(model)?));
+            #[cfg(not(feature = "tensor"))]
+            return Err(Error::BackendDisabled { what: "ONNX tensor models", feature: "tensor" });
         }
     }
 }

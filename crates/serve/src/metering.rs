@@ -17,6 +17,9 @@ pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// A tensor model (Open Inference Protocol): `max_tokens` is the request's row count, and
+    /// each row delivered counts as one completion "token" (one inference).
+    Infer,
 }
 
 /// What a request will cost at most, known before any work is done.

@@ -25,6 +25,9 @@ pub enum EngineKind {
     LlamaCpp,
     /// Sentence embeddings from BERT safetensors on candle.
     CandleBert,
+    /// A tensor model (classifier, forecaster, detector) from an ONNX graph on tract; paid per
+    /// inference instead of per token.
+    TractOnnx,
 }
 
 impl EngineKind {
@@ -32,6 +35,7 @@ impl EngineKind {
         match self {
             EngineKind::LlamaCpp => 1,
             EngineKind::CandleBert => 2,
+            EngineKind::TractOnnx => 3,
         }
     }
 
@@ -101,6 +105,9 @@ impl Read for ModelManifest {
         let engine = match u8::read(buf)? {
             1 => EngineKind::LlamaCpp,
             2 => EngineKind::CandleBert,
+            // Tag 3 (tensor models) stays undecodable on chain, as on every older binary, until
+            // an execution version prices tensor models: a block carrying one must be invalid
+            // for old and new nodes alike.
             other => return Err(Error::InvalidEnum(other)),
         };
         Ok(ModelManifest {

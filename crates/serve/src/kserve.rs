@@ -1,0 +1,392 @@
+//! The Open Inference Protocol (KServe v2, REST) for tensor models: what Triton, KServe,
+//! Seldon MLServer and TorchServe clients already speak.
+//!
+//! Routes: `GET /v2` (server metadata), `GET /v2/health/live`, `GET /v2/health/ready`,
+//! `GET /v2/models/{name}` (inputs, outputs, shapes), `GET /v2/models/{name}/ready` and
+//! `POST /v2/models/{name}/infer` with JSON tensors:
+//!
+//! ```json
+//! {"id": "42", "inputs": [{"name": "ecg_window", "shape": [2, 256], "datatype": "FP32", "data": [...]}]}
+//! ```
+//!
+//! `data` may be flat (row-major) or nested as the shape; the answer carries every output the
+//! same way (flat), plus the provider's signed attestation in the `X-Plexus-*` headers. Errors
+//! are the protocol's `{"error": "..."}` with a 4xx for anything the caller sent wrong (unknown
+//! model, wrong name, shape, type, a NaN, too many rows): nothing is computed or billed then.
+//!
+//! Metering: one row is one inference. A request is admitted for its row count before it runs
+//! and reports `completion_tokens = rows` when done, so per-1k prices apply per 1,000
+//! inferences with the same sessions, receipts and settlement as tokens.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use plexus_inference::Engine;
+use plexus_inference::tensor::{FP32, RANK_MAX, Tensor, TensorRequest, TensorResponse};
+use plexus_types::{Attestation, Hash, hash};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::ServeError;
+use crate::api::AppState;
+use crate::metering::{Endpoint, MeterRequest, Usage};
+use crate::metrics::Metrics;
+
+type Shared = Arc<AppState>;
+
+/// An Open Inference Protocol error: status and `{"error": message}`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": message.into() }).to_string())
+        .into_response()
+}
+
+fn from_serve(state: &AppState, e: ServeError) -> Response {
+    state.metrics.error(e.kind_label());
+    let status = e.status();
+    let mut r = error(status, e.to_string());
+    if let ServeError::Busy { .. } = e {
+        r.headers_mut().insert(header::RETRY_AFTER, state.config.retry_after_secs.into());
+    }
+    r
+}
+
+fn tensor_engine(state: &AppState, name: &str) -> Result<Arc<dyn Engine>, Response> {
+    let Some(e) = state.engines.iter().find(|e| e.info().name == name || e.info().id.to_string() == name) else {
+        return Err(error(StatusCode::NOT_FOUND, format!("model `{name}` is not served here")));
+    };
+    if e.tensor_spec().is_none() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("model `{name}` is not a tensor model; use the /v1 (OpenAI) routes for it"),
+        ));
+    }
+    Ok(e.clone())
+}
+
+pub(crate) async fn server_metadata() -> Response {
+    let body = json!({ "name": "plexus", "version": env!("CARGO_PKG_VERSION"), "extensions": ["plexus-attestation"] });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+pub(crate) async fn live() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], json!({ "live": true }).to_string()).into_response()
+}
+
+pub(crate) async fn ready() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], json!({ "ready": true }).to_string()).into_response()
+}
+
+pub(crate) async fn model_metadata(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    match tensor_engine(&state, &name) {
+        Ok(e) => {
+            let spec = e.tensor_spec().expect("tensor_engine checked");
+            let info = e.info();
+            let body = json!({
+                "name": info.name,
+                "versions": [info.id.to_string()],
+                "platform": "onnx_tract",
+                "inputs": spec.inputs,
+                "outputs": spec.outputs,
+                "parameters": {
+                    "task": spec.task,
+                    "labels": spec.labels,
+                    "preprocessing": spec.preprocessing,
+                    "batch_max": spec.batch_max,
+                    "opset": spec.opset,
+                    "model_id": info.id.to_string(),
+                    "provider": state.provider.to_string(),
+                },
+            });
+            ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn model_ready(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    match tensor_engine(&state, &name) {
+        Ok(e) => {
+            ([(header::CONTENT_TYPE, "application/json")], json!({ "name": e.info().name, "ready": true }).to_string())
+                .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InferBody {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<InputBody>,
+    #[serde(default)]
+    outputs: Option<Vec<OutputRequest>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    parameters: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputBody {
+    name: String,
+    shape: Vec<u64>,
+    datatype: String,
+    data: Value,
+    #[serde(default)]
+    #[allow(dead_code)]
+    parameters: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputRequest {
+    name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    parameters: Option<Value>,
+}
+
+/// Longest request id echoed back, in bytes.
+const ID_BYTES_MAX: usize = 128;
+
+/// Flattens `data` (flat or nested like the shape) into `out`, refusing anything but numbers
+/// and nesting deeper than a tensor can be.
+fn flatten(v: &Value, depth: usize, out: &mut Vec<f32>, limit: usize) -> Result<(), String> {
+    match v {
+        Value::Number(n) => {
+            if out.len() >= limit {
+                return Err(format!("more values than the shape holds ({limit})"));
+            }
+            let x = n.as_f64().ok_or("a number out of range")?;
+            let f = x as f32;
+            if !f.is_finite() {
+                return Err(format!("{x} does not fit in FP32"));
+            }
+            out.push(f);
+            Ok(())
+        }
+        Value::Array(items) if depth < RANK_MAX => {
+            items.iter().try_for_each(|item| flatten(item, depth + 1, out, limit))
+        }
+        Value::Array(_) => Err(format!("`data` is nested deeper than {RANK_MAX} levels")),
+        Value::Null => Err("`data` holds null (NaN and infinities are not accepted)".into()),
+        _ => Err("`data` must hold numbers only".into()),
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<(Option<String>, TensorRequest, Option<Vec<String>>), String> {
+    let body: InferBody = serde_json::from_slice(bytes).map_err(|e| format!("invalid inference request: {e}"))?;
+    if body.id.as_ref().is_some_and(|id| id.len() > ID_BYTES_MAX) {
+        return Err(format!("`id` is longer than {ID_BYTES_MAX} bytes"));
+    }
+    if body.inputs.len() > 8 {
+        return Err(format!("{} inputs; tensor models here take one", body.inputs.len()));
+    }
+    let mut inputs = Vec::with_capacity(body.inputs.len());
+    for input in body.inputs {
+        if input.datatype != FP32 {
+            return Err(format!("input `{}`: datatype {} is not served; send {FP32}", input.name, input.datatype));
+        }
+        if input.shape.is_empty() || input.shape.len() > RANK_MAX {
+            return Err(format!("input `{}`: a shape has 1 to {RANK_MAX} dimensions", input.name));
+        }
+        let count = input
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&c| c <= (1 << 24))
+            .ok_or_else(|| format!("input `{}`: shape {:?} is too large", input.name, input.shape))?;
+        let mut data = Vec::with_capacity(count as usize);
+        flatten(&input.data, 0, &mut data, count as usize).map_err(|e| format!("input `{}`: {e}", input.name))?;
+        let shape = input.shape.iter().map(|&d| d as usize).collect();
+        inputs.push(Tensor { name: input.name, shape, data });
+    }
+    let outputs = body.outputs.map(|o| o.into_iter().map(|o| o.name).collect());
+    Ok((body.id, TensorRequest { inputs }, outputs))
+}
+
+/// The attestation's request hash: model, then each input's name, shape and values.
+fn request_hash(model: &Hash, request: &TensorRequest) -> Hash {
+    let mut buf = Vec::new();
+    buf.extend_from_slice(b"plexus/tensor-request/v1");
+    buf.extend_from_slice(model.as_bytes());
+    for t in &request.inputs {
+        buf.extend_from_slice(&(t.name.len() as u32).to_le_bytes());
+        buf.extend_from_slice(t.name.as_bytes());
+        buf.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
+        for d in &t.shape {
+            buf.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        for v in &t.data {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    hash(&buf)
+}
+
+/// The attestation's output hash: each output's name, shape and values.
+fn output_hash(response: &TensorResponse) -> Hash {
+    let mut buf = Vec::new();
+    buf.extend_from_slice(b"plexus/tensor-output/v1");
+    for t in &response.outputs {
+        buf.extend_from_slice(&(t.name.len() as u32).to_le_bytes());
+        buf.extend_from_slice(t.name.as_bytes());
+        for d in &t.shape {
+            buf.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        for v in &t.data {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    hash(&buf)
+}
+
+pub(crate) async fn infer(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    state.count_request("infer");
+    let started = Instant::now();
+    let engine = match tensor_engine(&state, &name) {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    let bytes = match state.bytes(body) {
+        Ok(b) => b,
+        Err(e) => return from_serve(&state, e),
+    };
+    let (id, request, wanted) = match parse(&bytes) {
+        Ok(p) => p,
+        Err(message) => {
+            state.metrics.error("invalid_request");
+            return error(StatusCode::BAD_REQUEST, message);
+        }
+    };
+    let spec = engine.tensor_spec().expect("tensor_engine checked");
+    if let Some(names) = &wanted {
+        if let Some(n) = names.iter().find(|n| !spec.outputs.iter().any(|o| &o.name == *n)) {
+            state.metrics.error("invalid_request");
+            return error(StatusCode::BAD_REQUEST, format!("this model has no output `{n}`"));
+        }
+    }
+    let rows = request.inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0);
+    let info = engine.info().clone();
+    // Admission for the rows the request carries, before any work (the engine re-checks the
+    // shape; a request it refuses reports zero usage).
+    let request_id = state.next_request.fetch_add(1, Ordering::Relaxed);
+    let ticket = match state.metering.begin(&MeterRequest {
+        request_id,
+        model: info.id,
+        endpoint: Endpoint::Infer,
+        headers: &headers,
+        prompt_tokens: 0,
+        max_tokens: rows.min(u32::MAX as usize) as u32,
+    }) {
+        Ok(t) => t,
+        Err(e) => return from_serve(&state, e),
+    };
+    let req_hash = request_hash(&info.id, &request);
+    let run_engine = engine.clone();
+    let result = tokio::task::spawn_blocking(move || run_engine.infer(&request))
+        .await
+        .map_err(|e| ServeError::Internal(format!("inference task: {e}")))
+        .and_then(|r| r.map_err(ServeError::from));
+    let (attestation, usage) = match &result {
+        Ok(r) => (
+            Attestation {
+                request_hash: req_hash,
+                output_hash: output_hash(r),
+                model: info.id,
+                input_tokens: 0,
+                output_tokens: r.rows,
+                output_ids_hash: Hash::ZERO,
+                logits_fingerprint: Hash::ZERO,
+            },
+            Usage { prompt_tokens: 0, completion_tokens: r.rows, cached_tokens: 0, complete: true },
+        ),
+        Err(_) => (
+            Attestation {
+                request_hash: Hash::ZERO,
+                output_hash: Hash::ZERO,
+                model: info.id,
+                input_tokens: 0,
+                output_tokens: 0,
+                output_ids_hash: Hash::ZERO,
+                logits_fingerprint: Hash::ZERO,
+            },
+            Usage::default(),
+        ),
+    };
+    let signature = attestation.sign(&state.key, &state.config.chain_id);
+    state.metering.finish(ticket, &usage, &attestation, &signature);
+    let response = match result {
+        Ok(r) => r,
+        Err(e) => return from_serve(&state, e),
+    };
+    let label = Metrics::model(&info.name);
+    state.metrics.inferences.get_or_create(&label).inc_by(u64::from(response.rows));
+    state.metrics.infer_latency.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+    let outputs: Vec<Value> = response
+        .outputs
+        .iter()
+        .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.name)))
+        .map(|t| json!({ "name": t.name, "shape": t.shape, "datatype": FP32, "data": t.data }))
+        .collect();
+    let mut body = json!({ "model_name": info.name, "model_version": info.id.to_string(), "outputs": outputs });
+    if let Some(id) = id {
+        body["id"] = Value::String(id);
+    }
+    let headers = state.attestation_headers(&info.id, &attestation, &signature);
+    (headers, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_and_flat_data_parse_alike_and_bad_bodies_get_reasons() {
+        let flat = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]}"#;
+        let nested = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4]]}]}"#;
+        let (_, a, _) = parse(flat).unwrap();
+        let (_, b, _) = parse(nested).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.inputs[0].data, vec![1.0, 2.0, 3.0, 4.0]);
+        for (body, want) in [
+            (&br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"INT8","data":[1,2]}]}"#[..], "datatype"),
+            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,null]}]}"#, "null"),
+            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,"2"]}]}"#, "numbers only"),
+            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2,3]}]}"#, "more values"),
+            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,1e39]}]}"#, "FP32"),
+            (br#"{"inputs":[{"name":"x","shape":[4294967296,4294967296],"datatype":"FP32","data":[]}]}"#, "too large"),
+            (br#"{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[[[[[1]]]]]}]}"#, "deeper"),
+            (br#"{"inputs":[],"bogus":1}"#, "invalid inference request"),
+            (b"not json", "invalid inference request"),
+        ] {
+            let e = parse(body).expect_err(want);
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn hashes_cover_names_shapes_and_values() {
+        let t = |name: &str, shape: Vec<usize>, data: Vec<f32>| TensorRequest {
+            inputs: vec![Tensor { name: name.into(), shape, data }],
+        };
+        let m = Hash::ZERO;
+        let base = request_hash(&m, &t("x", vec![1, 2], vec![1.0, 2.0]));
+        assert_ne!(base, request_hash(&m, &t("y", vec![1, 2], vec![1.0, 2.0])));
+        assert_ne!(base, request_hash(&m, &t("x", vec![2, 1], vec![1.0, 2.0])));
+        assert_ne!(base, request_hash(&m, &t("x", vec![1, 2], vec![1.0, 2.5])));
+        assert_ne!(base, request_hash(&hash(b"other model"), &t("x", vec![1, 2], vec![1.0, 2.0])));
+    }
+}
