@@ -230,15 +230,7 @@ impl ModelCache {
         let dir = self.root.join(entry.name);
         // Several processes (devnet nodes, tests) may pull at once: one fetches, the others
         // wait and then find it cached.
-        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
-        let lock_path = self.root.join(format!(".{}.lock", entry.name));
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?;
-        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+        let _lock = self.lock(&format!(".{}.lock", entry.name))?;
         if dir.join(MANIFEST_FILE).is_file() {
             match read_manifest(&dir).and_then(|m| verify_pinned(&dir, entry).map(|()| m)) {
                 Ok(m) => return Ok(m),
@@ -254,19 +246,25 @@ impl ModelCache {
         result
     }
 
-    /// [`ModelCache::pull`] of an edge model: built by its training script (all edge models
-    /// share one lock, since one run makes them all).
-    fn pull_edge(&self, name: &str, progress: Progress) -> Result<CachedModel, Error> {
-        let entry = crate::edge::entry(name).ok_or_else(|| Error::ModelNotFound(name.to_owned()))?;
+    /// An exclusive lock on `<root>/<file>`, held until the returned file is dropped.
+    fn lock(&self, file: &str) -> Result<std::fs::File, Error> {
         std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
-        let lock_path = self.root.join(".edge-models.lock");
+        let path = self.root.join(file);
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io(&lock_path, e))?;
-        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        lock.lock().map_err(|e| Error::io(&path, e))?;
+        Ok(lock)
+    }
+
+    /// [`ModelCache::pull`] of an edge model: built by its training script (all edge models
+    /// share one lock, since one run makes them all).
+    fn pull_edge(&self, name: &str, progress: Progress) -> Result<CachedModel, Error> {
+        let entry = crate::edge::entry(name).ok_or_else(|| Error::ModelNotFound(name.to_owned()))?;
+        let _lock = self.lock(".edge-models.lock")?;
         let dir = self.root.join(entry.name);
         if dir.join(MANIFEST_FILE).is_file() {
             match read_manifest(&dir).and_then(|m| crate::edge::verify(&dir, entry).map(|()| m)) {

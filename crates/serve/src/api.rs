@@ -658,30 +658,11 @@ async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: Resul
             .and_then(|r| r.map_err(ServeError::from));
         let (attestation, usage) = match &result {
             Ok(e) => (
-                Attestation {
-                    request_hash: e.request_hash,
-                    output_hash: e.output_hash,
-                    model: info.id,
-                    input_tokens: e.prompt_tokens,
-                    output_tokens: 0,
-                    output_ids_hash: Hash::ZERO,
-                    logits_fingerprint: Hash::ZERO,
-                },
+                batch_attestation(info.id, e.request_hash, e.output_hash, e.prompt_tokens, 0),
                 Usage { prompt_tokens: e.prompt_tokens, completion_tokens: 0, cached_tokens: 0, complete: true },
             ),
             // Failed: nothing delivered, but metering still hears of the end.
-            Err(_) => (
-                Attestation {
-                    request_hash: Hash::ZERO,
-                    output_hash: Hash::ZERO,
-                    model: info.id,
-                    input_tokens: 0,
-                    output_tokens: 0,
-                    output_ids_hash: Hash::ZERO,
-                    logits_fingerprint: Hash::ZERO,
-                },
-                Usage::default(),
-            ),
+            Err(_) => (batch_attestation(info.id, Hash::ZERO, Hash::ZERO, 0, 0), Usage::default()),
         };
         let signature = attestation.sign(&state.key, &state.config.chain_id);
         state.metrics.prompt_tokens.get_or_create(&Metrics::model(&info.name)).inc_by(u64::from(usage.prompt_tokens));
@@ -713,6 +694,26 @@ async fn embeddings(State(state): State<Shared>, headers: HeaderMap, body: Resul
     }
     .await;
     result.unwrap_or_else(|e| state.fail(e))
+}
+
+/// The attestation of a one-shot request (embeddings, tensor inference): no token ids and no
+/// logits probes. With zero hashes and counts it attests that nothing was delivered.
+pub(crate) fn batch_attestation(
+    model: ModelId,
+    request_hash: Hash,
+    output_hash: Hash,
+    input_tokens: u32,
+    output_tokens: u32,
+) -> Attestation {
+    Attestation {
+        request_hash,
+        output_hash,
+        model,
+        input_tokens,
+        output_tokens,
+        output_ids_hash: Hash::ZERO,
+        logits_fingerprint: Hash::ZERO,
+    }
 }
 
 // ---- models, health, metrics ----

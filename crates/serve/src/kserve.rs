@@ -28,13 +28,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use plexus_inference::Engine;
-use plexus_inference::tensor::{FP32, RANK_MAX, Tensor, TensorRequest, TensorResponse};
-use plexus_types::{Attestation, Hash, hash};
+use plexus_inference::tensor::{FP32, RANK_MAX, Tensor, TensorRequest, TensorResponse, TensorSpec};
+use plexus_types::{Hash, hash};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::ServeError;
-use crate::api::AppState;
+use crate::api::{AppState, batch_attestation};
 use crate::metering::{Endpoint, MeterRequest, Usage};
 use crate::metrics::Metrics;
 
@@ -56,17 +56,18 @@ fn from_serve(state: &AppState, e: ServeError) -> Response {
     r
 }
 
-fn tensor_engine(state: &AppState, name: &str) -> Result<Arc<dyn Engine>, Response> {
+/// The served tensor model called `name` (or with that id), with its spec.
+fn tensor_engine<'a>(state: &'a AppState, name: &str) -> Result<(&'a Arc<dyn Engine>, &'a TensorSpec), Response> {
     let Some(e) = state.engines.iter().find(|e| e.info().name == name || e.info().id.to_string() == name) else {
         return Err(error(StatusCode::NOT_FOUND, format!("model `{name}` is not served here")));
     };
-    if e.tensor_spec().is_none() {
+    let Some(spec) = e.tensor_spec() else {
         return Err(error(
             StatusCode::BAD_REQUEST,
             format!("model `{name}` is not a tensor model; use the /v1 (OpenAI) routes for it"),
         ));
-    }
-    Ok(e.clone())
+    };
+    Ok((e, spec))
 }
 
 pub(crate) async fn server_metadata() -> Response {
@@ -84,8 +85,7 @@ pub(crate) async fn ready() -> Response {
 
 pub(crate) async fn model_metadata(State(state): State<Shared>, Path(name): Path<String>) -> Response {
     match tensor_engine(&state, &name) {
-        Ok(e) => {
-            let spec = e.tensor_spec().expect("tensor_engine checked");
+        Ok((e, spec)) => {
             let info = e.info();
             let body = json!({
                 "name": info.name,
@@ -111,7 +111,7 @@ pub(crate) async fn model_metadata(State(state): State<Shared>, Path(name): Path
 
 pub(crate) async fn model_ready(State(state): State<Shared>, Path(name): Path<String>) -> Response {
     match tensor_engine(&state, &name) {
-        Ok(e) => {
+        Ok((e, _)) => {
             ([(header::CONTENT_TYPE, "application/json")], json!({ "name": e.info().name, "ready": true }).to_string())
                 .into_response()
         }
@@ -256,8 +256,8 @@ pub(crate) async fn infer(
 ) -> Response {
     state.count_request("infer");
     let started = Instant::now();
-    let engine = match tensor_engine(&state, &name) {
-        Ok(e) => e,
+    let (engine, spec) = match tensor_engine(&state, &name) {
+        Ok((e, spec)) => (e.clone(), spec.clone()),
         Err(r) => return r,
     };
     let bytes = match state.bytes(body) {
@@ -271,7 +271,6 @@ pub(crate) async fn infer(
             return error(StatusCode::BAD_REQUEST, message);
         }
     };
-    let spec = engine.tensor_spec().expect("tensor_engine checked");
     if let Some(names) = &wanted {
         if let Some(n) = names.iter().find(|n| !spec.outputs.iter().any(|o| &o.name == *n)) {
             state.metrics.error("invalid_request");
@@ -302,29 +301,10 @@ pub(crate) async fn infer(
         .and_then(|r| r.map_err(ServeError::from));
     let (attestation, usage) = match &result {
         Ok(r) => (
-            Attestation {
-                request_hash: req_hash,
-                output_hash: output_hash(r),
-                model: info.id,
-                input_tokens: 0,
-                output_tokens: r.rows,
-                output_ids_hash: Hash::ZERO,
-                logits_fingerprint: Hash::ZERO,
-            },
+            batch_attestation(info.id, req_hash, output_hash(r), 0, r.rows),
             Usage { prompt_tokens: 0, completion_tokens: r.rows, cached_tokens: 0, complete: true },
         ),
-        Err(_) => (
-            Attestation {
-                request_hash: Hash::ZERO,
-                output_hash: Hash::ZERO,
-                model: info.id,
-                input_tokens: 0,
-                output_tokens: 0,
-                output_ids_hash: Hash::ZERO,
-                logits_fingerprint: Hash::ZERO,
-            },
-            Usage::default(),
-        ),
+        Err(_) => (batch_attestation(info.id, Hash::ZERO, Hash::ZERO, 0, 0), Usage::default()),
     };
     let signature = attestation.sign(&state.key, &state.config.chain_id);
     state.metering.finish(ticket, &usage, &attestation, &signature);
