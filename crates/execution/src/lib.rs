@@ -26,6 +26,7 @@ mod tests;
 pub mod v1;
 pub mod v2;
 pub mod v3;
+pub mod v4;
 
 use std::fmt;
 
@@ -68,6 +69,10 @@ pub enum TxError {
     /// Only from [`Executor::check_tx`]: the payload would fail against current state.
     #[error("{0}")]
     WouldFail(ExecError),
+    /// The payload exists only from a later execution version (older binaries cannot even
+    /// decode it), so no block before that version may carry it.
+    #[error("{kind} needs execution version {needs}; the chain runs version {version}")]
+    TooNew { kind: &'static str, needs: u16, version: u16 },
 }
 
 /// Why a block is invalid.
@@ -127,6 +132,11 @@ pub enum Event {
         model: Hash,
         deposit: Amount,
         expiry_height: Height,
+    },
+    /// Execution v4: the session just opened is restricted to providers in these regions.
+    SessionRestricted {
+        session: Hash,
+        regions: Vec<String>,
     },
     SessionToppedUp {
         session: Hash,
@@ -339,8 +349,11 @@ impl fmt::Debug for Executor {
     }
 }
 
+/// The execution version from which tensor models and region-restricted sessions exist.
+pub const TENSOR_MODELS_SINCE: u16 = v4::VERSION;
+
 /// The latest execution version of this release.
-pub const LATEST_EXECUTION_VERSION: u16 = 3;
+pub const LATEST_EXECUTION_VERSION: u16 = 4;
 
 /// Execution versions this binary can run.
 #[cfg(not(feature = "faulty-version"))]
@@ -405,6 +418,9 @@ impl Executor {
             }
         }
         let version = read_execution_version(state);
+        if let Some((index, error)) = txs.iter().enumerate().find_map(|(i, tx)| too_new(version, tx).map(|e| (i, e))) {
+            return Err(BlockError::Tx { index, hash: txs[index].hash(), error });
+        }
         let run = |v: u16| {
             classify(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_version(v, state, env, txs))))
         };
@@ -435,6 +451,7 @@ impl Executor {
             1 => v1::execute_block(self, state, env, txs),
             2 => v2::execute_block(self, state, env, txs),
             3 => v3::execute_block(self, state, env, txs),
+            4 => v4::execute_block(self, state, env, txs),
             #[cfg(feature = "faulty-version")]
             faulty::VERSION => faulty::execute_block(self, state, env, txs),
             v => Err(BlockError::UnsupportedVersion(v)),
@@ -516,6 +533,17 @@ impl Executor {
         max_bytes: usize,
     ) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
         let version = read_execution_version(state);
+        let mut too_new_dropped = Vec::new();
+        let candidates: Vec<SignedTx> = candidates
+            .into_iter()
+            .filter(|tx| match too_new(version, tx) {
+                Some(e) => {
+                    too_new_dropped.push((tx.hash(), e));
+                    false
+                }
+                None => true,
+            })
+            .collect();
         let build = |v: u16| {
             let candidates = candidates.clone();
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -523,6 +551,7 @@ impl Executor {
                     1 => Ok(v1::build_block(self, state, env, candidates, max_txs, max_bytes)),
                     2 => v2::build_block(self, state, env, candidates, max_txs, max_bytes),
                     3 => v3::build_block(self, state, env, candidates, max_txs, max_bytes),
+                    4 => v4::build_block(self, state, env, candidates, max_txs, max_bytes),
                     #[cfg(feature = "faulty-version")]
                     faulty::VERSION => faulty::build_block(self, state, env, candidates, max_txs, max_bytes),
                     v => Err(BlockError::UnsupportedVersion(v)),
@@ -537,7 +566,7 @@ impl Executor {
                 Err(panic) => Err(Failure::Version(panic_message(&panic))),
             }
         };
-        match build(version) {
+        let built = match build(version) {
             Ok(r) => Ok(r),
             Err(Failure::Block(e)) => Err(e),
             Err(Failure::Version(reason)) if version > 1 => match build(version - 1) {
@@ -548,7 +577,11 @@ impl Executor {
                 Err(Failure::Version(again)) => Err(BlockError::Invariant(again)),
             },
             Err(Failure::Version(reason)) => Err(BlockError::Invariant(reason)),
-        }
+        };
+        built.map(|(included, outcome, mut dropped)| {
+            dropped.extend(too_new_dropped);
+            (included, outcome, dropped)
+        })
     }
 
     /// Checks a transaction against `state` as if it were the next one executed at `height`:
@@ -571,8 +604,13 @@ impl Executor {
             return Err(TxError::BadSignature);
         }
         // Admission (nonce, fee) is version 1's in every version; the payload is the active one's.
-        match read_execution_version(state) {
-            v if v >= 3 => v1::check_tx_with(self, state, height, tx, &v3::RULES),
+        let version = read_execution_version(state);
+        if let Some(e) = too_new(version, tx) {
+            return Err(e);
+        }
+        match version {
+            v if v >= 4 => v1::check_tx_with(self, state, height, tx, &v4::RULES),
+            3 => v1::check_tx_with(self, state, height, tx, &v3::RULES),
             _ => v1::check_tx(self, state, height, tx),
         }
     }
@@ -591,6 +629,9 @@ impl Executor {
     ) -> Result<(), TxError> {
         if !signature_verified && !tx.verify(&self.chain_id) {
             return Err(TxError::BadSignature);
+        }
+        if let Some(e) = too_new(read_execution_version(state), tx) {
+            return Err(e);
         }
         let min = params(state).min_tx_fee;
         if tx.tx.fee < min {
@@ -620,6 +661,19 @@ impl Executor {
     }
 }
 
+/// Refuses a transaction whose payload a later execution version than `version` introduced:
+/// binaries older than that version cannot decode it, so a block carrying it must be invalid
+/// to every node until the version is active (not merely a failed transaction).
+pub fn too_new(version: u16, tx: &SignedTx) -> Option<TxError> {
+    use plexus_types::Payload;
+    let needs = match &tx.tx.payload {
+        Payload::OpenSessionIn { .. } => v4::VERSION,
+        Payload::RegisterModel(m) if m.engine.is_tensor() => v4::VERSION,
+        _ => return None,
+    };
+    (version < needs).then(|| TxError::TooNew { kind: tx.tx.payload.kind(), needs, version })
+}
+
 /// The most a payload can move out of its signer's balance, besides the fee.
 pub fn max_spend(payload: &plexus_types::Payload) -> Amount {
     use plexus_types::Payload;
@@ -627,7 +681,9 @@ pub fn max_spend(payload: &plexus_types::Payload) -> Amount {
         Payload::Transfer { amount, .. } | Payload::Stake { amount, .. } | Payload::TopUpSession { amount, .. } => {
             *amount
         }
-        Payload::OpenSession { deposit, .. } | Payload::SubmitProposal { deposit, .. } => *deposit,
+        Payload::OpenSession { deposit, .. }
+        | Payload::OpenSessionIn { deposit, .. }
+        | Payload::SubmitProposal { deposit, .. } => *deposit,
         Payload::Challenge { bond, .. } => *bond,
         _ => 0,
     }

@@ -166,6 +166,8 @@ pub mod table {
     /// Execution v3: release heights at which a staker has stake unbonding (so a slash can
     /// reach it).
     pub const UNBONDING_OF: u8 = 0x16;
+    /// Execution v4: the regions a session is restricted to (data residency).
+    pub const SESSION_REGIONS: u8 = 0x17;
 }
 
 fn key(prefix: u8, body: &[u8]) -> Vec<u8> {
@@ -242,6 +244,9 @@ pub mod keys {
     }
     pub fn unbonding_of(staker: &Address) -> Vec<u8> {
         key(table::UNBONDING_OF, staker.as_bytes())
+    }
+    pub fn session_regions(session: &Hash) -> Vec<u8> {
+        key(table::SESSION_REGIONS, session.as_bytes())
     }
     pub fn session_by_client(client: &Address, session: &Hash) -> Vec<u8> {
         let mut body = client.as_bytes().to_vec();
@@ -635,6 +640,35 @@ impl Read for AddressList {
     type Cfg = ();
     fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
         Ok(AddressList(read_vec(buf, limits::STAKERS_MAX, &())?))
+    }
+}
+
+/// The regions a session is restricted to (at most [`limits::SESSION_REGIONS_MAX`] labels).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Regions(pub Vec<String>);
+
+impl Write for Regions {
+    fn write(&self, buf: &mut impl BufMut) {
+        (self.0.len() as u32).write(buf);
+        for r in &self.0 {
+            plexus_types::codec::write_str(r, buf);
+        }
+    }
+}
+impl EncodeSize for Regions {
+    fn encode_size(&self) -> usize {
+        4 + self.0.iter().map(|r| plexus_types::codec::str_size(r)).sum::<usize>()
+    }
+}
+impl Read for Regions {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        let count = u32::read(buf)? as usize;
+        if count > limits::SESSION_REGIONS_MAX {
+            return Err(CodecError::Invalid("regions", "too many"));
+        }
+        let regions = (0..count).map(|_| plexus_types::codec::read_str(buf, limits::REGION_BYTES_MAX));
+        Ok(Regions(regions.collect::<Result<_, _>>()?))
     }
 }
 

@@ -1447,3 +1447,164 @@ mod verification {
         Store::new(&mut o).supply().deposits
     }
 }
+
+/// Execution version 4: tensor models priced per inference, and sessions restricted to regions.
+mod v4_tensor_and_residency {
+    use super::*;
+
+    fn tensor_model() -> ModelManifest {
+        ModelManifest {
+            name: "ecg-heartbeat".into(),
+            engine: EngineKind::TractOnnx,
+            weights_sha256: hash(b"graph"),
+            tokenizer_sha256: hash(b"tensor.json"),
+            template_sha256: Hash::ZERO,
+            quantization: "F32".into(),
+            context_length: 1024,
+        }
+    }
+
+    fn provider(region: &str, model: &ModelManifest) -> Payload {
+        Payload::RegisterProvider(ProviderInfo {
+            endpoint: "http://127.0.0.1:8080".into(),
+            region: region.into(),
+            hardware: "2 vCPU".into(),
+            // One row is one inference: 2,000 base units per 1,000 inferences, no input price.
+            prices: vec![ModelPrice { model: model.id(), input_per_1k: 0, output_per_1k: 2_000 }],
+            versions: SupportedVersions::V1_ONLY,
+        })
+    }
+
+    fn open_in(c: &mut Chain, client: usize, provider: usize, regions: &[&str]) -> (SignedTx, Hash) {
+        let nonce = *c.nonces.get(&c.addr(client)).unwrap_or(&0);
+        let payload = Payload::OpenSessionIn {
+            provider: c.addr(provider),
+            model: tensor_model().id(),
+            deposit: 10_000,
+            max_input_per_1k: 0,
+            max_output_per_1k: 2_000,
+            expiry_height: c.height + 50,
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+        };
+        (c.tx(client, payload), session_id(&c.addr(client), nonce))
+    }
+
+    /// A v4 chain: accounts 2 (region eu-west) and 3 (us-east) provide the tensor model.
+    fn setup() -> Chain {
+        let mut c = Chain::with(6, 2, 4, Arc::new(NoEvidence));
+        let stake = params().min_provider_stake;
+        let mut txs = vec![c.tx(2, Payload::RegisterModel(tensor_model()))];
+        for (who, region) in [(2, "eu-west"), (3, "us-east")] {
+            txs.push(c.tx(who, Payload::Stake { amount: stake, p2p_address: String::new() }));
+            txs.push(c.tx(who, provider(region, &tensor_model())));
+        }
+        let out = c.block(txs);
+        assert!(out.results.iter().all(|r| r.error.is_none()), "{:?}", out.results);
+        c
+    }
+
+    #[test]
+    fn before_version_4_a_block_with_a_tensor_model_or_a_restricted_session_is_invalid() {
+        // As it is to older binaries, which cannot decode either: not a failed transaction
+        // (which old and new nodes would disagree on), an invalid block.
+        for version in 1..=3 {
+            let mut c = Chain::with(4, 2, version, Arc::new(NoEvidence));
+            let t = c.tx(2, Payload::RegisterModel(tensor_model()));
+            let height = c.height + 1;
+            let err = c.exec.check_tx(&c.state, height, &t).unwrap_err();
+            assert!(matches!(err, TxError::TooNew { needs: 4, .. }), "v{version}: {err}");
+            let err = c.try_block(vec![t.clone()]).unwrap_err();
+            assert!(matches!(err, BlockError::Tx { index: 0, error: TxError::TooNew { .. }, .. }), "{err}");
+            // The block builder leaves it out, with the reason.
+            let env = BlockEnv { height, proposer: c.addr(0) };
+            let (included, _, dropped) = c.exec.build_block(&c.state, &env, vec![t.clone()], 10, 1 << 20).unwrap();
+            assert!(included.is_empty());
+            assert_eq!(dropped, vec![(t.hash(), TxError::TooNew { kind: "register_model", needs: 4, version })]);
+            let (open, _) = open_in(&mut c, 3, 2, &["eu-west"]);
+            assert!(matches!(c.try_block(vec![open]).unwrap_err(), BlockError::Tx { .. }));
+            // A text model registers as before (nothing above was applied: nonces start again).
+            c.nonces.clear();
+            let llm = c.tx(2, Payload::RegisterModel(model()));
+            assert_eq!(c.try_block(vec![llm]).unwrap().results[0].error, None);
+        }
+    }
+
+    #[test]
+    fn a_tensor_model_is_paid_per_inference_with_the_same_sessions_and_receipts() {
+        let mut c = setup();
+        let (client_before, provider_before) = (c.balance(4), c.balance(2));
+        let (open, id) = open_in(&mut c, 4, 2, &["eu-west", "eu-central"]);
+        let out = c.block(vec![open]);
+        assert_eq!(out.results[0].error, None);
+        assert!(out.results[0].events.iter().any(
+            |e| matches!(e, Event::SessionRestricted { session, regions } if session == &id && regions.len() == 2)
+        ));
+        // 1,500 inferences at 2,000 per 1,000 = 3,000 base units.
+        let r = Receipt {
+            session: id,
+            seq: 1,
+            cum_input_tokens: 0,
+            cum_output_tokens: 1_500,
+            cum_amount: 3_000,
+            outputs_root: hash(b"rows"),
+        }
+        .sign(&c.keys[4], CHAIN);
+        let t = c.tx(2, Payload::Claim { receipts: vec![r] });
+        assert_eq!(c.block(vec![t]).results[0].error, None);
+        let s = c.session(&id);
+        assert_eq!((s.settled_output_tokens, s.settled_amount), (1_500, 3_000));
+        let fee = params().protocol_fee(3_000);
+        assert_eq!(c.balance(2), provider_before - 1_000 + 3_000 - fee, "paid to the base unit, less the fee");
+        assert_eq!(c.balance(4), client_before - 1_000 - 10_000, "the deposit is in escrow");
+        // A receipt for more than its inferences cost at the session's price settles nothing:
+        // 1,501 inferences cost at most 3,002.
+        let r = Receipt {
+            session: id,
+            seq: 2,
+            cum_input_tokens: 0,
+            cum_output_tokens: 1_501,
+            cum_amount: 3_003,
+            outputs_root: hash(b"more"),
+        }
+        .sign(&c.keys[4], CHAIN);
+        let t = c.tx(2, Payload::Claim { receipts: vec![r] });
+        assert!(c.block(vec![t]).results[0].error.is_some());
+        assert_eq!(c.session(&id).settled_amount, 3_000);
+    }
+
+    #[test]
+    fn a_restricted_session_opens_only_with_a_provider_inside_and_settles_only_while_inside() {
+        let mut c = setup();
+        // The us-east provider is outside: refused, the client keeps its deposit.
+        let before = c.balance(4);
+        let (open, _) = open_in(&mut c, 4, 3, &["eu-west"]);
+        let out = c.block(vec![open]);
+        let err = out.results[0].error.clone().unwrap();
+        assert!(err.contains("outside the session's regions"), "{err}");
+        assert_eq!(c.balance(4), before - 1_000, "only the fee");
+        // Bad region lists are refused.
+        for regions in [vec![], vec!["eu-west", "eu-west"], vec!["has space"]] {
+            let (open, _) = open_in(&mut c, 4, 2, &regions);
+            assert!(c.block(vec![open]).results[0].error.is_some(), "{regions:?}");
+        }
+        // Inside: opens. Then the provider re-registers in another region: its receipts for the
+        // session no longer settle (the escrow goes back to the client at expiry).
+        let (open, id) = open_in(&mut c, 4, 2, &["eu-west"]);
+        assert_eq!(c.block(vec![open]).results[0].error, None);
+        let moved = c.tx(2, provider("us-west", &tensor_model()));
+        assert_eq!(c.block(vec![moved]).results[0].error, None);
+        let r = Receipt {
+            session: id,
+            seq: 1,
+            cum_input_tokens: 0,
+            cum_output_tokens: 10,
+            cum_amount: 20,
+            outputs_root: Hash::ZERO,
+        }
+        .sign(&c.keys[4], CHAIN);
+        let t = c.tx(2, Payload::Claim { receipts: vec![r] });
+        let out = c.block(vec![t]);
+        assert!(out.results[0].error.clone().unwrap().contains("restricted to regions"), "{:?}", out.results[0]);
+        assert_eq!(c.session(&id).settled_amount, 0);
+    }
+}

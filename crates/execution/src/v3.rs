@@ -67,7 +67,7 @@ fn invalid(msg: impl Into<String>) -> ExecError {
     ExecError::Invalid(msg.into())
 }
 
-fn apply_payload(
+pub(crate) fn apply_payload(
     exec: &Executor,
     store: &mut Store<'_, '_>,
     params: &Params,
@@ -407,7 +407,7 @@ fn pay_out(store: &mut Store<'_, '_>, party: &Address, to_party: Amount, to_trea
 
 /// After the block's transactions: stir the beacon, and decide the challenges whose vote ends
 /// here.
-fn before_end(
+pub(crate) fn before_end(
     overlay: &mut Overlay<'_>,
     params: &Params,
     env: &BlockEnv,

@@ -43,6 +43,11 @@ impl EngineKind {
     pub fn generates_text(self) -> bool {
         matches!(self, EngineKind::LlamaCpp)
     }
+
+    /// True for tensor models (Open Inference Protocol; one row is one inference).
+    pub fn is_tensor(self) -> bool {
+        matches!(self, EngineKind::TractOnnx)
+    }
 }
 
 /// Everything that determines what a model computes.
@@ -105,9 +110,9 @@ impl Read for ModelManifest {
         let engine = match u8::read(buf)? {
             1 => EngineKind::LlamaCpp,
             2 => EngineKind::CandleBert,
-            // Tag 3 (tensor models) stays undecodable on chain, as on every older binary, until
-            // an execution version prices tensor models: a block carrying one must be invalid
-            // for old and new nodes alike.
+            // Tensor models decode everywhere, but a block carrying one before execution
+            // version 4 is invalid (as it is to older binaries, which cannot decode it).
+            3 => EngineKind::TractOnnx,
             other => return Err(Error::InvalidEnum(other)),
         };
         Ok(ModelManifest {

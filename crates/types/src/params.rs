@@ -21,6 +21,8 @@ pub mod limits {
     pub const ENDPOINT_BYTES_MAX: usize = 256;
     /// Longest region label, in bytes.
     pub const REGION_BYTES_MAX: usize = 32;
+    /// Most regions a session may be restricted to.
+    pub const SESSION_REGIONS_MAX: usize = 8;
     /// Longest hardware profile, in bytes.
     pub const HARDWARE_BYTES_MAX: usize = 128;
     /// Most model prices one provider registers.

@@ -143,6 +143,19 @@ pub enum Payload {
         challenge: u64,
         guilty: bool,
     },
+    /// [`Payload::OpenSession`] restricted to providers in `regions` (data residency): the chain
+    /// refuses it unless the provider's registered region is one of them, and keeps the
+    /// restriction with the session for the provider and the gateway to honour. Execution
+    /// version 4 and later.
+    OpenSessionIn {
+        provider: Address,
+        model: ModelId,
+        deposit: Amount,
+        max_input_per_1k: Amount,
+        max_output_per_1k: Amount,
+        expiry_height: Height,
+        regions: Vec<String>,
+    },
 }
 
 impl Payload {
@@ -164,6 +177,7 @@ impl Payload {
             Payload::SignalVersions { .. } => "signal_versions",
             Payload::Challenge { .. } => "challenge",
             Payload::ChallengeVote { .. } => "challenge_vote",
+            Payload::OpenSessionIn { .. } => "open_session_in",
         }
     }
 }
@@ -448,6 +462,29 @@ impl Write for Payload {
                 challenge.write(buf);
                 guilty.write(buf);
             }
+            Payload::OpenSessionIn {
+                provider,
+                model,
+                deposit,
+                max_input_per_1k,
+                max_output_per_1k,
+                expiry_height,
+                regions,
+            } => {
+                15u8.write(buf);
+                provider.write(buf);
+                model.write(buf);
+                deposit.write(buf);
+                max_input_per_1k.write(buf);
+                max_output_per_1k.write(buf);
+                expiry_height.write(buf);
+                // Encoders never see more than SESSION_REGIONS_MAX from a decoded payload; a
+                // longer list built locally is cut here and refused by the chain's check.
+                (regions.len().min(u8::MAX as usize) as u8).write(buf);
+                for r in regions.iter().take(u8::MAX as usize) {
+                    write_str(r, buf);
+                }
+            }
         }
     }
 }
@@ -470,8 +507,20 @@ impl EncodeSize for Payload {
             Payload::SignalVersions { .. } => SupportedVersions::SIZE + 1,
             Payload::Challenge { transcript, .. } => 32 + Attestation::SIZE + Sig::SIZE + transcript.encode_size() + 16,
             Payload::ChallengeVote { .. } => 8 + 1,
+            Payload::OpenSessionIn { regions, .. } => {
+                Address::SIZE + 32 + 16 * 3 + 8 + 1 + regions.iter().map(|r| str_size(r)).sum::<usize>()
+            }
         }
     }
+}
+
+/// A session's region list: a count (at most [`limits::SESSION_REGIONS_MAX`]), then the labels.
+fn read_regions(buf: &mut impl Buf) -> Result<Vec<String>, Error> {
+    let count = u8::read(buf)? as usize;
+    if count > limits::SESSION_REGIONS_MAX {
+        return Err(Error::Invalid("regions", "too many"));
+    }
+    (0..count).map(|_| read_str(buf, limits::REGION_BYTES_MAX)).collect()
 }
 
 impl Read for Payload {
@@ -508,6 +557,15 @@ impl Read for Payload {
                 bond: u128::read(buf)?,
             },
             14 => Payload::ChallengeVote { challenge: u64::read(buf)?, guilty: bool::read(buf)? },
+            15 => Payload::OpenSessionIn {
+                provider: Address::read(buf)?,
+                model: Hash::read(buf)?,
+                deposit: u128::read(buf)?,
+                max_input_per_1k: u128::read(buf)?,
+                max_output_per_1k: u128::read(buf)?,
+                expiry_height: u64::read(buf)?,
+                regions: read_regions(buf)?,
+            },
             t => return Err(Error::InvalidEnum(t)),
         })
     }
@@ -643,7 +701,40 @@ mod tests {
                 bond: 10,
             },
             Payload::ChallengeVote { challenge: 3, guilty: true },
+            Payload::OpenSessionIn {
+                provider: a.clone(),
+                model: manifest.id(),
+                deposit: 100,
+                max_input_per_1k: 0,
+                max_output_per_1k: 4,
+                expiry_height: 99,
+                regions: vec!["eu-west".into(), "eu-central".into()],
+            },
+            Payload::RegisterModel(ModelManifest { engine: EngineKind::TractOnnx, ..manifest.clone() }),
         ]
+    }
+
+    #[test]
+    fn region_lists_are_bounded_on_decode() {
+        let key = PrivateKey::from_seed(1);
+        let open = |regions: Vec<String>| {
+            let payload = Payload::OpenSessionIn {
+                provider: key.address(),
+                model: Hash::ZERO,
+                deposit: 1,
+                max_input_per_1k: 0,
+                max_output_per_1k: 1,
+                expiry_height: 9,
+                regions,
+            };
+            to_vec(&Transaction { signer: key.address(), nonce: 0, fee: 1, payload }.sign(&key, "c"))
+        };
+        let ok = vec!["r".to_string(); limits::SESSION_REGIONS_MAX];
+        assert!(SignedTx::decode(&open(ok)).is_ok());
+        let many = vec!["r".to_string(); limits::SESSION_REGIONS_MAX + 1];
+        assert!(SignedTx::decode(&open(many)).is_err());
+        let long = vec!["r".repeat(limits::REGION_BYTES_MAX + 1)];
+        assert!(SignedTx::decode(&open(long)).is_err());
     }
 
     #[test]

@@ -575,8 +575,8 @@ pub(crate) fn apply_payload(
         Payload::SignalVersions { versions, shadow_ok } => {
             gov::signal_versions(store, env, signer, *versions, *shadow_ok, events)?
         }
-        // Added by later versions (challenges are version 3).
-        Payload::Challenge { .. } | Payload::ChallengeVote { .. } => {
+        // Added by later versions (challenges are version 3, restricted sessions version 4).
+        Payload::Challenge { .. } | Payload::ChallengeVote { .. } | Payload::OpenSessionIn { .. } => {
             return Err(ExecError::Unsupported(tx.tx.payload.kind(), store.versions().execution));
         }
     }
