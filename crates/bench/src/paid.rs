@@ -469,6 +469,7 @@ async fn trivial(args: &Args) -> anyhow::Result<Trivial> {
         refund_height: u64::MAX,
         settled_seq: 0,
         open: true,
+        regions: Vec::new(),
     };
     let dir = std::env::temp_dir().join(format!("plexus-bench-ledger-{}", std::process::id()));
     let provider =

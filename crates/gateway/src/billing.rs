@@ -17,6 +17,9 @@
 //! mid-stream for verified tokens only, and a stream that runs past `max_tokens` is cut.
 //!
 //! Embeddings: the prompt tokens the gateway counts, and the request hash it computes.
+//!
+//! Tensor models: the rows the gateway counts in the request (one inference each), the request
+//! hash it computes, and outputs with exactly those rows that hash to what was attested.
 
 use plexus_inference::{Spelled, TokenId};
 use plexus_types::receipt::{SamplingSpec, Transcript};
@@ -166,6 +169,27 @@ pub fn check_embeddings(expect: &Expect, att: &Attestation) -> Result<Verified, 
     Ok(Verified {
         input_tokens: u64::from(expect.prompt_tokens),
         output_tokens: 0,
+        attestation: att.hash(),
+        transcript: None,
+    })
+}
+
+/// Checks a tensor model's response: the request the gateway hashed, exactly the rows it
+/// counted (one inference each, `expect.max_tokens`), and outputs that are the ones attested —
+/// every output with that many rows, hashing to the attestation's output hash.
+pub fn check_infer(expect: &Expect, att: &Attestation, body: &serde_json::Value) -> Result<Verified, Lie> {
+    check_request(expect, att)?;
+    if att.output_tokens != expect.max_tokens {
+        return Err(mismatch("inferences", att.output_tokens, expect.max_tokens));
+    }
+    let outputs = plexus_serve::kserve::parse_outputs(body, expect.max_tokens as usize).map_err(Lie::Attestation)?;
+    let got = plexus_serve::kserve::output_hash(&outputs);
+    if got != att.output_hash {
+        return Err(mismatch("outputs", att.output_hash, got));
+    }
+    Ok(Verified {
+        input_tokens: 0,
+        output_tokens: u64::from(expect.max_tokens),
         attestation: att.hash(),
         transcript: None,
     })

@@ -31,8 +31,10 @@ const UNMEASURED_MS: f64 = 200.0;
 /// Limits on which providers the gateway uses.
 #[derive(Clone, Debug, Default)]
 pub struct Constraints {
-    /// Only providers whose region label equals this.
-    pub region: Option<String>,
+    /// Only providers whose region label is one of these (any region when empty). Sessions are
+    /// then opened restricted to them on chain (data residency, execution version 4): the
+    /// chain refuses a provider outside them and the provider refuses the session.
+    pub regions: Vec<String>,
     /// Highest price per 1k input tokens accepted.
     pub max_input_per_1k: Option<Amount>,
     /// Highest price per 1k output tokens accepted.
@@ -41,6 +43,13 @@ pub struct Constraints {
     pub pins: BTreeMap<String, ModelId>,
     /// Only these providers, when not empty (`--provider ADDR`).
     pub providers: Vec<Address>,
+}
+
+impl Constraints {
+    /// Whether a provider in `region` may be used.
+    pub fn allows_region(&self, region: &str) -> bool {
+        self.regions.is_empty() || self.regions.iter().any(|r| r == region)
+    }
 }
 
 /// A provider able to serve one model.
@@ -124,7 +133,7 @@ impl Directory {
         let snap = self.snapshot.read().expect("directory lock");
         let mut out = Vec::new();
         for p in &snap.providers {
-            if constraints.region.as_ref().is_some_and(|r| r != &p.region) {
+            if !constraints.allows_region(&p.region) {
                 continue;
             }
             if !constraints.providers.is_empty() && !constraints.providers.contains(&p.address) {
@@ -161,7 +170,7 @@ impl Directory {
         let snap = self.snapshot.read().expect("directory lock");
         let mut by_id: BTreeMap<ModelId, NetworkModel> = BTreeMap::new();
         for p in &snap.providers {
-            if constraints.region.as_ref().is_some_and(|r| r != &p.region) {
+            if !constraints.allows_region(&p.region) {
                 continue;
             }
             for price in &p.prices {

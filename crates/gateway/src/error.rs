@@ -55,7 +55,7 @@ impl GatewayError {
         GatewayError::BadRequest { message: message.into(), param: Some(param.into()) }
     }
 
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::NoProvider(_) => StatusCode::NOT_FOUND,

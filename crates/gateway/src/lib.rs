@@ -21,6 +21,7 @@ pub mod billing;
 mod chain;
 mod directory;
 mod error;
+mod kserve;
 mod metrics;
 mod models;
 pub mod probe;

@@ -87,6 +87,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/plexus/v1/status", get(status))
         .route("/plexus/v1/close", post(close))
+        .route("/v2", get(crate::kserve::server_metadata))
+        .route("/v2/health/live", get(crate::kserve::live))
+        .route("/v2/health/ready", get(crate::kserve::ready))
+        .route("/v2/models/{name}", get(crate::kserve::model_metadata))
+        .route("/v2/models/{name}/infer", post(crate::kserve::infer))
         .fallback(|| async { GatewayError::bad("path", "no such route on the gateway").into_response() })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
@@ -99,7 +104,7 @@ async fn guard(State(app): State<Shared_>, request: Request, next: Next) -> Resp
         (status, [(header::CONTENT_TYPE, "application/json")], GatewayError::refusal_json(code, &message))
             .into_response()
     };
-    if request.uri().path() == "/health" {
+    if matches!(request.uri().path(), "/health" | "/v2/health/live" | "/v2/health/ready") {
         return next.run(request).await;
     }
     let headers = request.headers();
@@ -147,10 +152,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Wire {
+pub(crate) enum Wire {
     Chat,
     Completion,
     Embedding,
+    /// A tensor model's inference (Open Inference Protocol); its path names the model.
+    Infer,
 }
 
 impl Wire {
@@ -159,14 +166,16 @@ impl Wire {
             Wire::Chat => "/v1/chat/completions",
             Wire::Completion => "/v1/completions",
             Wire::Embedding => "/v1/embeddings",
+            Wire::Infer => "/v2/models/{model}/infer",
         }
     }
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Wire::Chat => "chat_completions",
             Wire::Completion => "completions",
             Wire::Embedding => "embeddings",
+            Wire::Infer => "infer",
         }
     }
 }
@@ -202,27 +211,38 @@ struct Counted {
 }
 
 impl App {
-    /// The model `requested` names and its tokenizer, refreshing the directory once if needed.
-    async fn model(
+    /// The model `requested` names, refreshing the directory once if needed.
+    pub(crate) async fn resolve(
         &self,
         requested: &str,
-    ) -> Result<(plexus_types::ModelId, plexus_types::ModelManifest, Arc<Tokenizer>), GatewayError> {
-        let resolved = match self.directory.resolve(requested, &self.config.constraints) {
-            Ok(r) => r,
+    ) -> Result<(plexus_types::ModelId, plexus_types::ModelManifest), GatewayError> {
+        match self.directory.resolve(requested, &self.config.constraints) {
+            Ok(r) => Ok(r),
             Err(_) => {
                 if let Err(e) = self.directory.refresh(&self.chain).await {
                     warn!(target: "gateway", "cannot refresh providers: {e}");
                 }
-                self.directory.resolve(requested, &self.config.constraints)?
+                self.directory.resolve(requested, &self.config.constraints)
             }
-        };
-        let (id, manifest) = resolved;
+        }
+    }
+
+    /// The model `requested` names and its tokenizer.
+    async fn model(
+        &self,
+        requested: &str,
+    ) -> Result<(plexus_types::ModelId, plexus_types::ModelManifest, Arc<Tokenizer>), GatewayError> {
+        let (id, manifest) = self.resolve(requested).await?;
         let tokenizer = self.tokenizers.get(id, &manifest).await?;
         Ok((id, manifest, tokenizer))
     }
 
     /// Providers for `model`, refreshing the directory once if none is known.
-    async fn candidates(&self, model: &plexus_types::ModelId, name: &str) -> Result<Vec<Candidate>, GatewayError> {
+    pub(crate) async fn candidates(
+        &self,
+        model: &plexus_types::ModelId,
+        name: &str,
+    ) -> Result<Vec<Candidate>, GatewayError> {
         let found = self.directory.candidates(model, &self.config.constraints);
         if !found.is_empty() {
             return Ok(found);
@@ -234,7 +254,10 @@ impl App {
         if found.is_empty() {
             return Err(GatewayError::NoProvider(format!(
                 "no provider serves the model `{name}` ({model}){}",
-                self.config.constraints.region.as_ref().map(|r| format!(" in region {r}")).unwrap_or_default(),
+                match self.config.constraints.regions.as_slice() {
+                    [] => String::new(),
+                    regions => format!(" in regions {regions:?}"),
+                },
             )));
         }
         Ok(found)
@@ -311,6 +334,7 @@ impl App {
             Wire::Chat => "chatcmpl",
             Wire::Completion => "cmpl",
             Wire::Embedding => "embd",
+            Wire::Infer => "infer",
         };
         format!("{prefix}-plexus-{:x}{n:08x}", self.started)
     }
@@ -400,9 +424,32 @@ enum Attempt {
 // ---- non-streamed requests (chat, completions, embeddings) ----
 
 /// What one non-streamed response is checked against.
-enum Check<'a> {
-    Generation { expect: &'a Expect, tokenizer: &'a Tokenizer, wire: Wire },
-    Embeddings { expect: &'a Expect },
+pub(crate) enum Check<'a> {
+    Generation {
+        expect: &'a Expect,
+        tokenizer: &'a Tokenizer,
+        wire: Wire,
+    },
+    Embeddings {
+        expect: &'a Expect,
+    },
+    /// A tensor model: `expect.max_tokens` is the row count the gateway read from the request;
+    /// `path` is the provider's route; `wanted` the outputs the app asked for (all are
+    /// fetched, to check them against the attested hash).
+    Infer {
+        expect: &'a Expect,
+        path: String,
+        wanted: Option<Vec<String>>,
+    },
+}
+
+impl Check<'_> {
+    fn path(&self, wire: Wire) -> &str {
+        match self {
+            Check::Infer { path, .. } => path,
+            _ => wire.path(),
+        }
+    }
 }
 
 async fn forward_once(
@@ -418,7 +465,7 @@ async fn forward_once(
         Err(e) => return Ok(Attempt::Retry(format!("session with {}: {e}", c.provider))),
     };
     for round in 0..2 {
-        let url = format!("{}{}", c.endpoint, wire.path());
+        let url = format!("{}{}", c.endpoint, check.path(wire));
         app.directory.started(&c.provider);
         let started = Instant::now();
         let sent = app.http.post(&url).headers(app.request_headers(&s, false)).json(body).send().await;
@@ -483,6 +530,7 @@ async fn forward_once(
                         billing::check_generation(*tokenizer, expect, &att, &ids, &text)
                     }
                     Check::Embeddings { expect } => billing::check_embeddings(expect, &att),
+                    Check::Infer { expect, .. } => billing::check_infer(expect, &att, &parsed),
                 }?;
                 Ok((v, att, sig))
             },
@@ -500,12 +548,20 @@ async fn forward_once(
         app.metrics.tokens(v.input_tokens, v.output_tokens);
         app.deliver_later(&s);
         app.sessions.maybe_top_up(&s);
-        // The app sees what it pays for: the gateway's counts, not the provider's.
-        parsed["usage"]["prompt_tokens"] = json!(v.input_tokens);
-        if wire != Wire::Embedding {
-            parsed["usage"]["completion_tokens"] = json!(v.output_tokens);
+        if let Check::Infer { wanted, .. } = check {
+            // The outputs the app asked for, and the inferences it pays for.
+            if let (Some(wanted), Some(outputs)) = (wanted, parsed["outputs"].as_array_mut()) {
+                outputs.retain(|o| o["name"].as_str().is_some_and(|n| wanted.iter().any(|w| w == n)));
+            }
+            parsed["parameters"]["plexus_inferences"] = json!(v.output_tokens);
+        } else {
+            // The app sees what it pays for: the gateway's counts, not the provider's.
+            parsed["usage"]["prompt_tokens"] = json!(v.input_tokens);
+            if wire != Wire::Embedding {
+                parsed["usage"]["completion_tokens"] = json!(v.output_tokens);
+            }
+            parsed["usage"]["total_tokens"] = json!(v.input_tokens + v.output_tokens);
         }
-        parsed["usage"]["total_tokens"] = json!(v.input_tokens + v.output_tokens);
         let mut r = (StatusCode::OK, parsed.to_string()).into_response();
         let out = r.headers_mut();
         out.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -522,7 +578,7 @@ async fn forward_once(
     Ok(Attempt::Retry(format!("{} kept refusing the session", c.provider)))
 }
 
-async fn forward(
+pub(crate) async fn forward(
     app: Arc<App>,
     wire: Wire,
     body: Value,
@@ -594,7 +650,7 @@ impl StreamJob {
                 let prompt = body["prompt"].as_str().unwrap_or_default().to_string();
                 body["prompt"] = json!(format!("{prompt}{delivered}"));
             }
-            Wire::Embedding => {}
+            Wire::Embedding | Wire::Infer => {}
         }
         body
     }

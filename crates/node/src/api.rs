@@ -365,6 +365,7 @@ fn submit_error(e: SubmitError) -> ApiError {
             "insufficient_balance"
         }
         SubmitError::Tx(TxError::WouldFail(_)) => "tx_would_fail",
+        SubmitError::Tx(TxError::TooNew { .. }) => "unsupported_by_version",
         SubmitError::Mempool(MempoolError::AlreadyKnown) => "already_known",
         SubmitError::Mempool(MempoolError::StaleNonce { .. } | MempoolError::NonceTooFarAhead { .. }) => "wrong_nonce",
         SubmitError::Mempool(MempoolError::ReplacementUnderpriced { .. }) => "replacement_underpriced",
@@ -840,10 +841,13 @@ struct SessionBody {
     #[serde(flatten)]
     session: Session,
     remaining: Amount,
+    /// The regions a restricted session's provider must be in (data residency).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    regions: Vec<String>,
 }
 
-fn session_body(id: Hash, session: Session) -> SessionBody {
-    SessionBody { id, remaining: session.remaining(), session }
+fn session_body(id: Hash, session: Session, regions: Option<st::Regions>) -> SessionBody {
+    SessionBody { id, remaining: session.remaining(), session, regions: regions.map(|r| r.0).unwrap_or_default() }
 }
 
 #[derive(Deserialize)]
@@ -887,13 +891,19 @@ async fn sessions<E: Storage + Clock + Metrics + Spawner>(
             .filter_map(|(k, v)| Some((Hash::from_bytes(k.get(1..33)?.try_into().ok()?), st::decode_record(k, v))))
             .collect(),
     };
+    let regions = |id: &Hash| {
+        let key = st::keys::session_regions(id);
+        view.map().get(&key).map(|bytes| st::decode_record::<st::Regions>(&key, bytes))
+    };
+    let found: Vec<(Hash, Session, Option<st::Regions>)> =
+        found.into_iter().map(|(id, sess)| (id, sess, regions(&id))).collect();
     drop(view);
     let next = next_cursor(found.len(), limit, found.last().map(|f| f.0));
     // With both filters, the page is the client's, narrowed to the provider.
     let sessions = found
         .into_iter()
-        .filter(|(_, sess)| provider.as_ref().is_none_or(|p| &sess.provider == p))
-        .map(|(id, sess)| session_body(id, sess))
+        .filter(|(_, sess, _)| provider.as_ref().is_none_or(|p| &sess.provider == p))
+        .map(|(id, sess, regions)| session_body(id, sess, regions))
         .collect();
     Ok(Json(SessionsBody { sessions, next }))
 }
@@ -903,8 +913,10 @@ async fn session<E: Storage + Clock + Metrics + Spawner>(
     Path(id): Path<String>,
 ) -> ApiResult<Json<SessionBody>> {
     let id: Hash = parse("session id", &id)?;
-    let found = s.chain.read(|store| store.read::<Session>(&st::keys::session(&id)));
-    Ok(Json(session_body(id, found.ok_or_else(|| ApiError::not_found(format!("session {id}")))?)))
+    let (found, regions) = s.chain.read(|store| {
+        (store.read::<Session>(&st::keys::session(&id)), store.read::<st::Regions>(&st::keys::session_regions(&id)))
+    });
+    Ok(Json(session_body(id, found.ok_or_else(|| ApiError::not_found(format!("session {id}")))?, regions)))
 }
 
 #[derive(Serialize)]

@@ -70,6 +70,8 @@ models = ["smollm2-135m-instruct", "all-minilm-l6-v2"]
 # Prices in base units (one millionth of a PLX) per 1,000 tokens, for every model served.
 input_price_per_1k = 10000
 output_price_per_1k = 40000
+# Price per 1,000 inferences (rows of a request) of a tensor model (ONNX), in base units.
+inference_price_per_1k = 2000
 # Threads for each text model (0 = number of CPUs).
 threads = 0
 # Requests a text model decodes together, and the KV cache tokens they share.
@@ -122,6 +124,9 @@ pub struct ProviderSection {
     pub input_price_per_1k: u64,
     /// Base units per 1,000 output tokens.
     pub output_price_per_1k: u64,
+    /// Base units per 1,000 inferences of a tensor model.
+    #[serde(default = "inference_price_default")]
+    pub inference_price_per_1k: u64,
     /// Threads per text model (0 = number of CPUs).
     #[serde(default)]
     pub threads: u32,
@@ -135,6 +140,10 @@ pub struct ProviderSection {
     pub claim_interval_secs: u64,
 }
 
+fn inference_price_default() -> u64 {
+    2_000
+}
+
 impl Default for ProviderSection {
     fn default() -> Self {
         ProviderSection {
@@ -146,6 +155,7 @@ impl Default for ProviderSection {
             models: vec!["smollm2-135m-instruct".into(), "all-minilm-l6-v2".into()],
             input_price_per_1k: 10_000,
             output_price_per_1k: 40_000,
+            inference_price_per_1k: inference_price_default(),
             threads: 0,
             parallel: 4,
             ctx_tokens: 8192,

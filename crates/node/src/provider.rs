@@ -40,6 +40,7 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> ChainView f
                 refund_height: s.expiry_height.saturating_add(grace),
                 settled_seq: s.settled_seq,
                 open: s.status == SessionStatus::Open,
+                regions: store.read::<st::Regions>(&st::keys::session_regions(id)).map(|r| r.0).unwrap_or_default(),
             })
         })
     }
@@ -113,7 +114,8 @@ fn hardware() -> String {
     format!("{cpus} vCPU {}, {mem_gib} GiB", std::env::consts::ARCH)
 }
 
-/// What this node publishes on-chain about itself.
+/// What this node publishes on-chain about itself. A tensor model is priced per 1,000
+/// inferences: one row is one output "token", and it has no input tokens.
 pub fn provider_info(cfg: &ProviderSection, manifests: &[ModelManifest]) -> ProviderInfo {
     ProviderInfo {
         endpoint: cfg.public_endpoint(),
@@ -121,14 +123,29 @@ pub fn provider_info(cfg: &ProviderSection, manifests: &[ModelManifest]) -> Prov
         hardware: if cfg.hardware.is_empty() { hardware() } else { cfg.hardware.clone() },
         prices: manifests
             .iter()
-            .map(|m| ModelPrice {
-                model: m.id(),
-                input_per_1k: u128::from(cfg.input_price_per_1k),
-                output_per_1k: u128::from(cfg.output_price_per_1k),
+            .map(|m| match m.engine.is_tensor() {
+                true => {
+                    ModelPrice { model: m.id(), input_per_1k: 0, output_per_1k: u128::from(cfg.inference_price_per_1k) }
+                }
+                false => ModelPrice {
+                    model: m.id(),
+                    input_per_1k: u128::from(cfg.input_price_per_1k),
+                    output_per_1k: u128::from(cfg.output_price_per_1k),
+                },
             })
             .collect(),
         versions: crate::supported_versions(),
     }
+}
+
+/// The served models the chain can take at `execution_version`: tensor models only from the
+/// version that introduced them (until then the node serves them off-chain only).
+fn registrable(manifests: &[ModelManifest], execution_version: u16) -> Vec<ModelManifest> {
+    manifests
+        .iter()
+        .filter(|m| !m.engine.is_tensor() || execution_version >= plexus_execution::TENSOR_MODELS_SINCE)
+        .cloned()
+        .collect()
 }
 
 /// Starts serving: the OpenAI-compatible API with metering and payment routes on
@@ -144,6 +161,7 @@ where
     E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static,
 {
     let config = ProviderConfig {
+        region: cfg.region.clone(),
         credit_tokens: cfg.credit_tokens,
         claim_interval: Duration::from_secs(cfg.claim_interval_secs.max(1)),
         ..ProviderConfig::new(ledger_path.to_path_buf())
@@ -165,18 +183,20 @@ where
         }
     });
     tokio::spawn(provider.run_claims());
-    tokio::spawn(register(chain, provider_info(&cfg, &manifests), manifests));
+    tokio::spawn(register(chain, cfg, manifests));
     Ok(())
 }
 
 /// Registers the served models and this provider on-chain, and keeps the registration equal
-/// to `info` (re-registering if it changes, e.g. after a restart with new prices).
-async fn register<E>(chain: ChainState<E>, info: ProviderInfo, manifests: Vec<ModelManifest>)
+/// to what `cfg` says (re-registering if it changes, e.g. after a restart with new prices, or
+/// after an upgrade lets the chain take the tensor models it serves).
+async fn register<E>(chain: ChainState<E>, cfg: ProviderSection, all: Vec<ModelManifest>)
 where
     E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static,
 {
     let me = chain.address();
     let mut warned_stake = false;
+    let mut warned_tensor = false;
     let mut sent_at: Option<Height> = None;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -184,6 +204,13 @@ where
         if sent_at.is_some_and(|h| height < h + 10) {
             continue; // let what we sent finalize first
         }
+        let execution = chain.read(|store| store.versions().execution);
+        let manifests = registrable(&all, execution);
+        if manifests.len() < all.len() && !warned_tensor {
+            warn!(target: "provider", execution, "the chain takes tensor models from execution version {}: they are served but not registered until then", plexus_execution::TENSOR_MODELS_SINCE);
+            warned_tensor = true;
+        }
+        let info = provider_info(&cfg, &manifests);
         let (missing, current, bonded, min_stake) = chain.read(|store| {
             let missing: Vec<ModelManifest> = manifests
                 .iter()

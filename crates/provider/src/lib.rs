@@ -63,6 +63,8 @@ pub struct SessionView {
     pub settled_seq: u64,
     /// False once settled and refunded.
     pub open: bool,
+    /// The regions the session is restricted to (data residency); empty for any region.
+    pub regions: Vec<String>,
 }
 
 /// What a provider needs from the chain. Implemented by the node over its committed state.
@@ -94,6 +96,8 @@ pub struct ProviderConfig {
     pub sessions_max: usize,
     /// Where receipts are stored (an append-only log, compacted as it grows).
     pub ledger_path: PathBuf,
+    /// The region this provider serves from: a session restricted to other regions is refused.
+    pub region: String,
 }
 
 impl ProviderConfig {
@@ -105,6 +109,7 @@ impl ProviderConfig {
             claim_retry_blocks: 30,
             sessions_max: 100_000,
             ledger_path,
+            region: String::new(),
         }
     }
 }

@@ -43,6 +43,13 @@ impl<C: ChainView> Provider<C> {
         if &view.provider != self.address() {
             return Err(payment(format!("session {id} is with provider {}, not this one", view.provider)));
         }
+        let region = &self.config().region;
+        if !view.regions.is_empty() && !view.regions.contains(region) {
+            return Err(ServeError::Forbidden(format!(
+                "session {id} is restricted to regions {:?}; this provider serves from {region:?}",
+                view.regions
+            )));
+        }
         Ok(view)
     }
 
@@ -303,6 +310,7 @@ mod tests {
             refund_height: 200,
             settled_seq: 0,
             open: true,
+            regions: Vec::new(),
         };
         let config = ProviderConfig { credit_tokens: 1_000, ..ProviderConfig::new(dir.path().join("ledger.log")) };
         let provider = Provider::open(OneSession { id, view }, provider_key.address(), config).unwrap();
@@ -359,5 +367,45 @@ mod tests {
         }
         let state = provider.session_state(&id).unwrap();
         assert_eq!(state.requests_in_flight, 0);
+    }
+
+    #[test]
+    fn a_provider_outside_a_sessions_regions_refuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (provider_key, client) = (PrivateKey::from_seed(1), PrivateKey::from_seed(2));
+        let model = plexus_types::hash(b"model");
+        let id = plexus_types::hash(b"session");
+        let view = SessionView {
+            client: client.address(),
+            provider: provider_key.address(),
+            model,
+            deposit: 1_000_000,
+            price: ModelPrice { model, input_per_1k: 0, output_per_1k: 1_000 },
+            expiry_height: 100,
+            refund_height: 200,
+            settled_seq: 0,
+            open: true,
+            regions: vec!["eu-west".into(), "eu-central".into()],
+        };
+        let proof = |nonce| {
+            plexus_types::receipt::SessionAuth { session: id, provider: provider_key.address(), nonce }
+                .sign(&client, CHAIN)
+        };
+        for (region, ok) in [("us-east", false), ("", false), ("eu-central", true)] {
+            let config = ProviderConfig {
+                region: region.into(),
+                ..ProviderConfig::new(dir.path().join(format!("ledger-{region}.log")))
+            };
+            let view = view.clone();
+            let provider = Provider::open(OneSession { id, view }, provider_key.address(), config).unwrap();
+            match provider.authenticate(&id, 1, &proof(1)) {
+                Ok(_) => assert!(ok, "{region:?} is outside the session's regions and must refuse"),
+                Err(e) => {
+                    assert!(!ok, "{region:?} is inside: {e}");
+                    assert!(matches!(e, ServeError::Forbidden(_)), "{e:?}");
+                    assert!(e.to_string().contains("restricted to regions"), "{e}");
+                }
+            }
+        }
     }
 }

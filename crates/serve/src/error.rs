@@ -30,6 +30,10 @@ pub enum ServeError {
     /// Metering refused: the caller is not who it claims to be.
     #[error("{0}")]
     Unauthorized(String),
+    /// Metering refused: this provider may not serve the session (e.g. it is outside the
+    /// session's regions).
+    #[error("{0}")]
+    Forbidden(String),
     /// The model failed.
     #[error(transparent)]
     Inference(plexus_inference::Error),
@@ -84,6 +88,7 @@ impl ServeError {
             ServeError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ServeError::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             ServeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ServeError::Forbidden(_) => StatusCode::FORBIDDEN,
             ServeError::Inference(e) if e.kind() == ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ServeError::Inference(_) | ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -98,6 +103,7 @@ impl ServeError {
             ServeError::Busy { .. } => "busy",
             ServeError::PaymentRequired(_) => "payment_required",
             ServeError::Unauthorized(_) => "unauthorized",
+            ServeError::Forbidden(_) => "forbidden",
             ServeError::Inference(_) | ServeError::Internal(_) => "internal",
         }
     }
@@ -111,6 +117,7 @@ impl ServeError {
             ServeError::Busy { .. } => "rate_limit_error",
             ServeError::PaymentRequired(_) => "insufficient_quota",
             ServeError::Unauthorized(_) => "authentication_error",
+            ServeError::Forbidden(_) => "permission_error",
             ServeError::Inference(_) | ServeError::Internal(_) => "server_error",
         }
     }

@@ -181,7 +181,12 @@ fn flatten(v: &Value, depth: usize, out: &mut Vec<f32>, limit: usize) -> Result<
     }
 }
 
-fn parse(bytes: &[u8]) -> Result<(Option<String>, TensorRequest, Option<Vec<String>>), String> {
+/// A parsed inference request: its `id`, the input tensors, and the outputs asked for (all
+/// when `None`).
+pub type Parsed = (Option<String>, TensorRequest, Option<Vec<String>>);
+
+/// Parses and bounds an inference request body (a gateway counts rows with this too).
+pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     let body: InferBody = serde_json::from_slice(bytes).map_err(|e| format!("invalid inference request: {e}"))?;
     if body.id.as_ref().is_some_and(|id| id.len() > ID_BYTES_MAX) {
         return Err(format!("`id` is longer than {ID_BYTES_MAX} bytes"));
@@ -212,8 +217,13 @@ fn parse(bytes: &[u8]) -> Result<(Option<String>, TensorRequest, Option<Vec<Stri
     Ok((body.id, TensorRequest { inputs }, outputs))
 }
 
+/// Rows of a request: one inference each, what is paid for.
+pub fn rows(request: &TensorRequest) -> usize {
+    request.inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0)
+}
+
 /// The attestation's request hash: model, then each input's name, shape and values.
-fn request_hash(model: &Hash, request: &TensorRequest) -> Hash {
+pub fn request_hash(model: &Hash, request: &TensorRequest) -> Hash {
     let mut buf = Vec::new();
     buf.extend_from_slice(b"plexus/tensor-request/v1");
     buf.extend_from_slice(model.as_bytes());
@@ -232,7 +242,7 @@ fn request_hash(model: &Hash, request: &TensorRequest) -> Hash {
 }
 
 /// The attestation's output hash: each output's name, shape and values.
-fn output_hash(response: &TensorResponse) -> Hash {
+pub fn output_hash(response: &TensorResponse) -> Hash {
     let mut buf = Vec::new();
     buf.extend_from_slice(b"plexus/tensor-output/v1");
     for t in &response.outputs {
@@ -246,6 +256,39 @@ fn output_hash(response: &TensorResponse) -> Hash {
         }
     }
     hash(&buf)
+}
+
+/// Reads the outputs of an inference response (flat FP32 data, as this server writes them),
+/// so that a gateway can check them against the provider's attested output hash. `rows` is
+/// the batch every output must have.
+pub fn parse_outputs(body: &Value, rows: usize) -> Result<TensorResponse, String> {
+    let list = body["outputs"].as_array().ok_or("the response has no `outputs`")?;
+    if list.len() > 16 {
+        return Err(format!("{} outputs is more than a tensor model here has", list.len()));
+    }
+    let mut outputs = Vec::with_capacity(list.len());
+    for o in list {
+        let name = o["name"].as_str().ok_or("an output without a name")?.to_string();
+        let shape: Vec<usize> = o["shape"]
+            .as_array()
+            .ok_or_else(|| format!("output `{name}` has no shape"))?
+            .iter()
+            .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("output `{name}` has a bad shape"))?;
+        if shape.is_empty() || shape.len() > RANK_MAX || shape[0] != rows {
+            return Err(format!("output `{name}` has shape {shape:?}, not {rows} rows"));
+        }
+        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&c| c <= 1 << 24);
+        let count = count.ok_or_else(|| format!("output `{name}` is too large"))?;
+        let mut data = Vec::with_capacity(count);
+        flatten(&o["data"], RANK_MAX - 1, &mut data, count).map_err(|e| format!("output `{name}`: {e}"))?;
+        if data.len() != count {
+            return Err(format!("output `{name}` has {} values for shape {shape:?}", data.len()));
+        }
+        outputs.push(Tensor { name, shape, data });
+    }
+    Ok(TensorResponse { outputs, rows: rows.min(u32::MAX as usize) as u32 })
 }
 
 pub(crate) async fn infer(
@@ -277,7 +320,7 @@ pub(crate) async fn infer(
             return error(StatusCode::BAD_REQUEST, format!("this model has no output `{n}`"));
         }
     }
-    let rows = request.inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0);
+    let rows = rows(&request);
     let info = engine.info().clone();
     // Admission for the rows the request carries, before any work (the engine re-checks the
     // shape; a request it refuses reports zero usage).

@@ -18,7 +18,7 @@
 mod api;
 mod dishonest;
 mod error;
-mod kserve;
+pub mod kserve;
 mod metering;
 mod metrics;
 pub mod openai;

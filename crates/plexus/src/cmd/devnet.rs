@@ -16,16 +16,18 @@ use plexus_types::{Genesis, Params, PrivateKey, UNITS_PER_PLX};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The models every devnet provider serves.
-pub const DEVNET_MODELS: [&str; 2] = ["smollm2-135m-instruct", "all-minilm-l6-v2"];
+/// The models every devnet provider serves: an LLM, sentence embeddings, and the three edge
+/// tensor models (trained here from public data on first use; served by KServe v2 routes).
+pub const DEVNET_MODELS: [&str; 5] =
+    ["smollm2-135m-instruct", "all-minilm-l6-v2", "ecg-heartbeat", "demand-forecast", "traffic-anomaly"];
 
 #[derive(Subcommand)]
 pub enum DevnetCmd {
     /// Create (or resume) a local network and run it in the foreground.
     #[command(long_about = "Create (or resume) a local network and run it in the foreground.\n\n\
 Pulls the models (once, into the shared cache), writes genesis and one home per validator, and \
-starts every validator as a real `plexus node run` process that also serves SmolLM2 and MiniLM as a \
-provider. Then it starts `plexus gateway` with a funded client key and prints its OpenAI base URL. \
+starts every validator as a real `plexus node run` process that also serves SmolLM2, MiniLM and \
+the three edge tensor models (heartbeats, electricity demand, traffic anomalies) as a provider. Then it starts `plexus gateway` with a funded client key and prints its OpenAI base URL. \
 Everything is described in DIR/devnet.json. Ctrl-C stops it all; running it again resumes.\n\n\
 Ports: node i uses BASE+10i (p2p), BASE+10i+1 (chain API) and BASE+10i+2 (inference); the gateway \
 uses BASE+10N.")]
@@ -60,9 +62,10 @@ uses BASE+10N.")]
         /// Tokens a provider delivers beyond a client's last receipt before it stops serving it.
         #[arg(long, default_value_t = 512)]
         credit_tokens: u64,
-        /// The execution version the chain starts at (3: verified inference with challenges and
-        /// slashing; 1 or 2 to rehearse the upgrades to it).
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=3))]
+        /// The execution version the chain starts at (4: tensor models paid per inference and
+        /// sessions restricted to regions; 3: verified inference with challenges and slashing;
+        /// lower ones to rehearse the upgrades).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=4))]
         execution_version: u16,
         /// Share of paid generations the devnet's gateway re-runs to check them (0 to 1).
         #[arg(long, default_value_t = plexus_gateway::audit::AUDIT_RATE_DEFAULT)]
@@ -282,6 +285,10 @@ fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
                 )
                 .replace("credit_tokens = 512", &format!("credit_tokens = {}", options.credit_tokens))
                 .replace("region = \"local\"", &format!("region = \"devnet-{}\"", i % 2))
+                .replace(
+                    "models = [\"smollm2-135m-instruct\", \"all-minilm-l6-v2\"]",
+                    &format!("models = {DEVNET_MODELS:?}"),
+                )
         }
         .replace("worker_threads = 0", &workers);
         std::fs::write(dir.join("config.toml"), config)?;
@@ -537,6 +544,15 @@ fn print_summary(info: &DevnetInfo) {
             "  print(client.embeddings.create(model=\"all-minilm-l6-v2\", input=\"hello\").data[0].embedding[:4])"
         );
         println!("  EOF");
+        println!();
+        let root = base.trim_end_matches("/v1");
+        println!("Edge tensor models (KServe v2) through the gateway, paid per inference (one row = one):");
+        println!(
+            "  python3 -c 'import json, math; print(json.dumps({{\"inputs\": [{{\"name\": \"ecg_window\", \"shape\": [1, 256], \"datatype\": \"FP32\", \"data\": [math.exp(-((i - 90) / 6) ** 2) for i in range(256)]}}]}}))' > /tmp/beat.json"
+        );
+        println!(
+            "  curl -s {root}/v2/models/ecg-heartbeat/infer -H 'Content-Type: application/json' -H 'Authorization: Bearer {key}' -d @/tmp/beat.json"
+        );
         println!();
         println!("Then see who earned what:");
         println!("  {plexus} query sessions --node {} --client {}", info.nodes[0].api, info.client.address);

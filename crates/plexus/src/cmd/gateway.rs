@@ -44,9 +44,11 @@ pub struct GatewayArgs {
     /// Blocks a session stays open.
     #[arg(long, default_value_t = 36_000)]
     session_blocks: u64,
-    /// Only use providers in this region.
-    #[arg(long)]
-    region: Option<String>,
+    /// Only use providers in this region (repeat for several). Sessions are then restricted to
+    /// these regions on chain (data residency; needs execution version 4): the chain refuses
+    /// a provider elsewhere, and providers elsewhere refuse the session.
+    #[arg(long = "region", value_name = "REGION")]
+    regions: Vec<String>,
     /// Highest price accepted per 1,000 input tokens, in base units.
     #[arg(long)]
     max_input_price: Option<Amount>,
@@ -113,7 +115,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         deposit: args.deposit,
         session_blocks: args.session_blocks,
         constraints: Constraints {
-            region: args.region,
+            regions: args.regions,
             max_input_per_1k: args.max_input_price,
             max_output_per_1k: args.max_output_price,
             pins: args.pins.into_iter().collect(),

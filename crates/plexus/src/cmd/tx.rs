@@ -107,6 +107,10 @@ pub enum TxCmd {
         /// Blocks from now until the session expires.
         #[arg(long, default_value_t = 10_000)]
         expiry_blocks: u64,
+        /// Restrict the session to providers in this region (repeat for several; data
+        /// residency, execution version 4): the chain refuses a provider elsewhere.
+        #[arg(long = "region", value_name = "REGION")]
+        regions: Vec<String>,
     },
     /// Add to a session's escrow.
     TopUpSession {
@@ -165,16 +169,37 @@ pub fn run(cmd: TxCmd) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not a model manifest", manifest.display()))?;
             (opts, Payload::RegisterModel(m))
         }
-        TxCmd::OpenSession { opts, provider, model, deposit, max_input_per_1k, max_output_per_1k, expiry_blocks } => {
+        TxCmd::OpenSession {
+            opts,
+            provider,
+            model,
+            deposit,
+            max_input_per_1k,
+            max_output_per_1k,
+            expiry_blocks,
+            regions,
+        } => {
             let client = Client::new(&opts.node)?;
             let height = client.get("/chain/v1/status")?["height"].as_u64().unwrap_or(0);
-            let payload = Payload::OpenSession {
-                provider,
-                model,
-                deposit,
-                max_input_per_1k,
-                max_output_per_1k,
-                expiry_height: height + expiry_blocks,
+            let expiry_height = height + expiry_blocks;
+            let payload = match regions.is_empty() {
+                true => Payload::OpenSession {
+                    provider,
+                    model,
+                    deposit,
+                    max_input_per_1k,
+                    max_output_per_1k,
+                    expiry_height,
+                },
+                false => Payload::OpenSessionIn {
+                    provider,
+                    model,
+                    deposit,
+                    max_input_per_1k,
+                    max_output_per_1k,
+                    expiry_height,
+                    regions,
+                },
             };
             (opts, payload)
         }

@@ -2,6 +2,7 @@
 
 mod attack;
 mod chain;
+mod edge;
 mod metering;
 mod paid;
 mod serve;

@@ -97,12 +97,17 @@ pub fn start_devnet(home: &Path, validators: u16, extra: &[&str]) -> (Guard, Val
 
 /// A gateway of the test's own, on a free port.
 pub struct Gw {
-    _process: Guard,
+    _process: Option<Guard>,
     pub base: String,
     pub key: String,
 }
 
 impl Gw {
+    /// A gateway someone else runs (e.g. the devnet's), at `base` (without `/v1`).
+    pub fn running(base: &str, key: &str) -> Gw {
+        Gw { _process: None, base: base.trim_end_matches("/v1").to_string(), key: key.to_string() }
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> (u16, String) {
         let (code, _, text) = self.post_full(path, body);
         (code, text)
@@ -149,7 +154,7 @@ pub fn gateway(dir: &Path, name: &str, info: &Value, api: &str, providers: &[&st
     let process = Guard(cmd.spawn().unwrap());
     let base = format!("http://127.0.0.1:{port}");
     wait_for("the gateway", Duration::from_secs(60), || get(&format!("{base}/health")));
-    Gw { _process: process, base, key }
+    Gw { _process: Some(process), base, key }
 }
 
 /// Starts a devnet node again (after it was stopped) with `var=value` set, e.g. a test build's

@@ -1,0 +1,142 @@
+//! The Open Inference Protocol (KServe v2) for the network's tensor models, paid per inference:
+//! `POST /v2/models/{name}/infer` is carried to a provider exactly as a chat request is —
+//! counted by the gateway itself (the rows of the request: one inference each, and the request
+//! hash the provider must attest), sent on a session with that provider, checked (the attested
+//! rows and request, and outputs that hash to what was attested) and acknowledged by a signed
+//! receipt for exactly those rows; a provider that fails or does not verify is replaced by the
+//! next. `GET /v2/models/{name}` asks a provider of the model for its metadata (inputs,
+//! outputs, labels), free of charge; `GET /v2`, `/v2/health/live` and `/v2/health/ready` are
+//! the protocol's server routes.
+//!
+//! Errors are the protocol's `{"error": "..."}` with the status the OpenAI routes would give.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::GatewayError;
+use crate::billing::Expect;
+use crate::proxy::{App, Check, Wire, forward};
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": message.into() }).to_string())
+        .into_response()
+}
+
+fn from_gateway(e: GatewayError) -> Response {
+    error(e.status(), e.to_string())
+}
+
+fn json_response(body: Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+pub(crate) async fn server_metadata() -> Response {
+    json_response(
+        json!({ "name": "plexus-gateway", "version": env!("CARGO_PKG_VERSION"), "extensions": ["plexus-attestation"] }),
+    )
+}
+
+pub(crate) async fn live() -> Response {
+    json_response(json!({ "live": true }))
+}
+
+pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
+    json_response(json!({ "ready": app.directory.provider_count() > 0 }))
+}
+
+/// The tensor model `name` means on this network, and its providers.
+async fn tensor_model(
+    app: &App,
+    name: &str,
+) -> Result<(plexus_types::ModelId, Vec<crate::directory::Candidate>), GatewayError> {
+    let (id, manifest) = app.resolve(name).await?;
+    if !manifest.engine.is_tensor() {
+        return Err(GatewayError::bad("model", format!("model `{name}` is not a tensor model; use the /v1 routes")));
+    }
+    let candidates = app.candidates(&id, &manifest.name).await?;
+    Ok((id, candidates))
+}
+
+pub(crate) async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    let (id, candidates) = match tensor_model(&app, &name).await {
+        Ok(found) => found,
+        Err(e) => return from_gateway(e),
+    };
+    let mut errors = Vec::new();
+    for c in candidates.iter().take(app.config.attempts_max as usize) {
+        let url = format!("{}/v2/models/{id}", c.endpoint);
+        match app.http.get(&url).send().await {
+            Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                Ok(mut body) if body.is_object() => {
+                    // Information only (nothing here is paid for); the provider's answer
+                    // with the network's view of the model added.
+                    body["parameters"]["model_id"] = json!(id.to_string());
+                    body["parameters"]["providers"] = json!(candidates.len());
+                    return json_response(body);
+                }
+                Ok(_) => errors.push(format!("{url}: not a JSON object")),
+                Err(e) => errors.push(format!("{url}: {e}")),
+            },
+            Ok(r) => errors.push(format!("{url}: HTTP {}", r.status())),
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    error(StatusCode::BAD_GATEWAY, format!("no provider answered: {}", errors.join("; ")))
+}
+
+pub(crate) async fn infer(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    app.metrics.request(Wire::Infer.label());
+    let bytes = match body {
+        Ok(b) => b,
+        Err(r) => return error(r.status(), r.body_text()),
+    };
+    // The gateway's own count: the same parser and bounds as the provider's.
+    let (_, request, wanted) = match plexus_serve::kserve::parse(&bytes) {
+        Ok(p) => p,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let rows = plexus_serve::kserve::rows(&request);
+    let Ok(rows) = u32::try_from(rows) else {
+        return error(StatusCode::BAD_REQUEST, format!("{rows} rows is too many"));
+    };
+    if rows == 0 {
+        return error(StatusCode::BAD_REQUEST, "the request has no rows to infer");
+    }
+    let (id, candidates) = match tensor_model(&app, &name).await {
+        Ok(found) => found,
+        Err(e) => return from_gateway(e),
+    };
+    let expect = Expect {
+        model: id,
+        prompt_tokens: 0,
+        max_tokens: rows,
+        request_hash: plexus_serve::kserve::request_hash(&id, &request),
+        stop: Vec::new(),
+        prompt: Vec::new(),
+        sampling: plexus_types::receipt::SamplingSpec::Greedy,
+    };
+    // Every output is fetched (the attestation hashes them all); the app's choice is applied
+    // to the verified answer.
+    let mut body: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid inference request: {e}")),
+    };
+    if let Some(o) = body.as_object_mut() {
+        o.remove("outputs");
+    }
+    let check = Check::Infer { expect: &expect, path: format!("/v2/models/{id}/infer"), wanted };
+    match forward(app.clone(), Wire::Infer, body, candidates, check).await {
+        Ok(r) => r,
+        Err(e) => from_gateway(e),
+    }
+}
