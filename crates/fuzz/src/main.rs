@@ -233,6 +233,16 @@ fn sample_txs() -> Vec<SignedTx> {
         Payload::SignalVersions { versions: SupportedVersions::V1_ONLY, shadow_ok: true },
         challenge(),
         Payload::ChallengeVote { challenge: 0, guilty: true },
+        Payload::OpenSessionIn {
+            provider: to.clone(),
+            model: m.id(),
+            deposit: 100_000,
+            max_input_per_1k: 0,
+            max_output_per_1k: 4,
+            expiry_height: 99,
+            regions: vec!["eu-west".into(), "eu-central".into()],
+        },
+        Payload::RegisterModel(ModelManifest { engine: EngineKind::TractOnnx, ..m.clone() }),
     ];
     payloads
         .into_iter()
