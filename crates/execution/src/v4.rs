@@ -88,14 +88,15 @@ fn apply_payload(
             }
             // Version 1's session, opened by the same signer and nonce (so with the same id).
             let mut plain = tx.clone();
-            plain.tx.payload = Payload::OpenSession {
-                provider: provider.clone(),
-                model: *model,
-                deposit: *deposit,
-                max_input_per_1k: *max_input_per_1k,
-                max_output_per_1k: *max_output_per_1k,
-                expiry_height: *expiry_height,
-            };
+            plain.tx.payload = Payload::open_session(
+                provider.clone(),
+                *model,
+                *deposit,
+                *max_input_per_1k,
+                *max_output_per_1k,
+                *expiry_height,
+                Vec::new(),
+            );
             v3::apply_payload(exec, store, params, env, &plain, events)?;
             let id = v1::session_id(&tx.tx.signer, tx.tx.nonce);
             store.write(keys::session_regions(&id), &Regions(regions.clone()));

@@ -176,13 +176,17 @@ pub fn check_embeddings(expect: &Expect, att: &Attestation) -> Result<Verified, 
 
 /// Checks a tensor model's response: the request the gateway hashed, exactly the rows it
 /// counted (one inference each, `expect.max_tokens`), and outputs that are the ones attested —
-/// every output with that many rows, hashing to the attestation's output hash.
+/// at least one, every one with that many rows, all of them hashing to the attestation's
+/// output hash (a provider attests exactly the outputs it sends).
 pub fn check_infer(expect: &Expect, att: &Attestation, body: &serde_json::Value) -> Result<Verified, Lie> {
     check_request(expect, att)?;
     if att.output_tokens != expect.max_tokens {
         return Err(mismatch("inferences", att.output_tokens, expect.max_tokens));
     }
     let outputs = plexus_serve::kserve::parse_outputs(body, expect.max_tokens as usize).map_err(Lie::Attestation)?;
+    if outputs.outputs.is_empty() {
+        return Err(Lie::Attestation("no outputs".into()));
+    }
     let got = plexus_serve::kserve::output_hash(&outputs);
     if got != att.output_hash {
         return Err(mismatch("outputs", att.output_hash, got));
@@ -359,5 +363,50 @@ mod tests {
         let all = [0, 1, 99];
         assert!(m.finish(&Letters, &attest(&e, &all, "ab"), &all).is_ok());
         assert!(m.finish(&Letters, &attest(&e, &[2, 1, 99], "ab"), &[2, 1, 99]).is_err());
+    }
+
+    #[test]
+    fn a_tensor_response_is_paid_only_for_the_counted_rows_and_the_attested_outputs() {
+        use plexus_inference::tensor::{Tensor, TensorResponse};
+        let expect = Expect { prompt_tokens: 0, max_tokens: 2, stop: vec![], prompt: vec![], ..expect(2) };
+        let outputs = |rows: usize, values: Vec<f32>| TensorResponse {
+            outputs: vec![Tensor { name: "p".into(), shape: vec![rows, values.len() / rows.max(1)], data: values }],
+            rows: rows as u32,
+        };
+        let body = |r: &TensorResponse| {
+            let outs: Vec<serde_json::Value> = r
+                .outputs
+                .iter()
+                .map(|t| serde_json::json!({"name": t.name, "shape": t.shape, "datatype": "FP32", "data": t.data}))
+                .collect();
+            serde_json::json!({ "outputs": outs })
+        };
+        let att = |r: &TensorResponse, rows: u32| Attestation {
+            request_hash: expect.request_hash,
+            output_hash: plexus_serve::kserve::output_hash(r),
+            model: expect.model,
+            input_tokens: 0,
+            output_tokens: rows,
+            output_ids_hash: Hash::ZERO,
+            logits_fingerprint: Hash::ZERO,
+        };
+        let honest = outputs(2, vec![0.25, 0.75, 0.5, 0.5]);
+        let v = check_infer(&expect, &att(&honest, 2), &body(&honest)).unwrap();
+        assert_eq!((v.input_tokens, v.output_tokens), (0, 2));
+        // More rows attested than the request had: not paid.
+        let err = check_infer(&expect, &att(&honest, 3), &body(&honest)).unwrap_err();
+        assert!(matches!(err, Lie::Mismatch { field: "inferences", .. }), "{err}");
+        // Outputs changed after attesting (or attested and sent differently): not paid.
+        let other = outputs(2, vec![0.25, 0.75, 0.5, 0.4]);
+        assert!(matches!(check_infer(&expect, &att(&honest, 2), &body(&other)), Err(Lie::Mismatch { .. })));
+        // Fewer rows in the outputs than were paid for, or none at all: not paid.
+        let short = outputs(1, vec![0.25, 0.75]);
+        assert!(check_infer(&expect, &att(&short, 2), &body(&short)).is_err());
+        let empty = TensorResponse { outputs: vec![], rows: 2 };
+        assert!(check_infer(&expect, &att(&empty, 2), &body(&empty)).is_err());
+        // Another request's attestation: not paid.
+        let mut replayed = att(&honest, 2);
+        replayed.request_hash = plexus_types::hash(b"another request");
+        assert!(matches!(check_infer(&expect, &replayed, &body(&honest)), Err(Lie::Mismatch { field: "request", .. })));
     }
 }

@@ -101,7 +101,7 @@ pub(crate) async fn infer(
         Err(r) => return error(r.status(), r.body_text()),
     };
     // The gateway's own count: the same parser and bounds as the provider's.
-    let (_, request, wanted) = match plexus_serve::kserve::parse(&bytes) {
+    let (_, request, _) = match plexus_serve::kserve::parse(&bytes) {
         Ok(p) => p,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
@@ -125,16 +125,11 @@ pub(crate) async fn infer(
         prompt: Vec::new(),
         sampling: plexus_types::receipt::SamplingSpec::Greedy,
     };
-    // Every output is fetched (the attestation hashes them all); the app's choice is applied
-    // to the verified answer.
-    let mut body: Value = match serde_json::from_slice(&bytes) {
+    let body: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid inference request: {e}")),
     };
-    if let Some(o) = body.as_object_mut() {
-        o.remove("outputs");
-    }
-    let check = Check::Infer { expect: &expect, path: format!("/v2/models/{id}/infer"), wanted };
+    let check = Check::Infer { expect: &expect, path: format!("/v2/models/{id}/infer") };
     match forward(app.clone(), Wire::Infer, body, candidates, check).await {
         Ok(r) => r,
         Err(e) => from_gateway(e),

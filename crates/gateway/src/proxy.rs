@@ -434,12 +434,10 @@ pub(crate) enum Check<'a> {
         expect: &'a Expect,
     },
     /// A tensor model: `expect.max_tokens` is the row count the gateway read from the request;
-    /// `path` is the provider's route; `wanted` the outputs the app asked for (all are
-    /// fetched, to check them against the attested hash).
+    /// `path` is the provider's route.
     Infer {
         expect: &'a Expect,
         path: String,
-        wanted: Option<Vec<String>>,
     },
 }
 
@@ -548,11 +546,8 @@ async fn forward_once(
         app.metrics.tokens(v.input_tokens, v.output_tokens);
         app.deliver_later(&s);
         app.sessions.maybe_top_up(&s);
-        if let Check::Infer { wanted, .. } = check {
-            // The outputs the app asked for, and the inferences it pays for.
-            if let (Some(wanted), Some(outputs)) = (wanted, parsed["outputs"].as_array_mut()) {
-                outputs.retain(|o| o["name"].as_str().is_some_and(|n| wanted.iter().any(|w| w == n)));
-            }
+        if let Check::Infer { .. } = check {
+            // The inferences the app pays for.
             parsed["parameters"]["plexus_inferences"] = json!(v.output_tokens);
         } else {
             // The app sees what it pays for: the gateway's counts, not the provider's.

@@ -368,27 +368,16 @@ impl Sessions {
     ) -> Result<Shared, GatewayError> {
         let max_input_per_1k = self.config.constraints.max_input_per_1k.unwrap_or(c.price.input_per_1k);
         let max_output_per_1k = self.config.constraints.max_output_per_1k.unwrap_or(c.price.output_per_1k);
-        let expiry_height = height + blocks;
-        let payload = match self.config.constraints.regions.as_slice() {
-            [] => Payload::OpenSession {
-                provider: c.provider.clone(),
-                model: c.model,
-                deposit,
-                max_input_per_1k,
-                max_output_per_1k,
-                expiry_height,
-            },
-            // Data residency: the restriction goes on chain with the session.
-            regions => Payload::OpenSessionIn {
-                provider: c.provider.clone(),
-                model: c.model,
-                deposit,
-                max_input_per_1k,
-                max_output_per_1k,
-                expiry_height,
-                regions: regions.to_vec(),
-            },
-        };
+        // Data residency: the gateway's regions go on chain with the session.
+        let payload = Payload::open_session(
+            c.provider.clone(),
+            c.model,
+            deposit,
+            max_input_per_1k,
+            max_output_per_1k,
+            height + blocks,
+            self.config.constraints.regions.clone(),
+        );
         let (hash, nonce) = self.send_tx(payload).await?;
         self.chain.wait_tx(&hash, Duration::from_secs(30)).await?;
         let id = plexus_execution::session_id(&self.key.address(), nonce);

@@ -241,7 +241,7 @@ pub fn request_hash(model: &Hash, request: &TensorRequest) -> Hash {
     hash(&buf)
 }
 
-/// The attestation's output hash: each output's name, shape and values.
+/// The attestation's output hash: each output sent (those asked for), its name, shape and values.
 pub fn output_hash(response: &TensorResponse) -> Hash {
     let mut buf = Vec::new();
     buf.extend_from_slice(b"plexus/tensor-output/v1");
@@ -315,6 +315,10 @@ pub(crate) async fn infer(
         }
     };
     if let Some(names) = &wanted {
+        if names.is_empty() {
+            state.metrics.error("invalid_request");
+            return error(StatusCode::BAD_REQUEST, "`outputs` is empty: name at least one, or leave it out for all");
+        }
         if let Some(n) = names.iter().find(|n| !spec.outputs.iter().any(|o| &o.name == *n)) {
             state.metrics.error("invalid_request");
             return error(StatusCode::BAD_REQUEST, format!("this model has no output `{n}`"));
@@ -341,7 +345,12 @@ pub(crate) async fn infer(
     let result = tokio::task::spawn_blocking(move || run_engine.infer(&request))
         .await
         .map_err(|e| ServeError::Internal(format!("inference task: {e}")))
-        .and_then(|r| r.map_err(ServeError::from));
+        .and_then(|r| r.map_err(ServeError::from))
+        .map(|mut r| {
+            // What is sent is what is attested: the outputs asked for.
+            r.outputs.retain(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.name)));
+            r
+        });
     let (attestation, usage) = match &result {
         Ok(r) => (
             batch_attestation(info.id, req_hash, output_hash(r), 0, r.rows),
@@ -361,7 +370,6 @@ pub(crate) async fn infer(
     let outputs: Vec<Value> = response
         .outputs
         .iter()
-        .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.name)))
         .map(|t| json!({ "name": t.name, "shape": t.shape, "datatype": FP32, "data": t.data }))
         .collect();
     let mut body = json!({ "model_name": info.name, "model_version": info.id.to_string(), "outputs": outputs });

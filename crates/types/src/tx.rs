@@ -159,6 +159,33 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// A session opening: restricted to `regions` when any are given
+    /// ([`Payload::OpenSessionIn`], execution version 4 and later), plain otherwise.
+    pub fn open_session(
+        provider: Address,
+        model: ModelId,
+        deposit: Amount,
+        max_input_per_1k: Amount,
+        max_output_per_1k: Amount,
+        expiry_height: Height,
+        regions: Vec<String>,
+    ) -> Payload {
+        match regions.is_empty() {
+            true => {
+                Payload::OpenSession { provider, model, deposit, max_input_per_1k, max_output_per_1k, expiry_height }
+            }
+            false => Payload::OpenSessionIn {
+                provider,
+                model,
+                deposit,
+                max_input_per_1k,
+                max_output_per_1k,
+                expiry_height,
+                regions,
+            },
+        }
+    }
+
     /// A short name for logs, errors and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -181,26 +181,15 @@ pub fn run(cmd: TxCmd) -> anyhow::Result<()> {
         } => {
             let client = Client::new(&opts.node)?;
             let height = client.get("/chain/v1/status")?["height"].as_u64().unwrap_or(0);
-            let expiry_height = height + expiry_blocks;
-            let payload = match regions.is_empty() {
-                true => Payload::OpenSession {
-                    provider,
-                    model,
-                    deposit,
-                    max_input_per_1k,
-                    max_output_per_1k,
-                    expiry_height,
-                },
-                false => Payload::OpenSessionIn {
-                    provider,
-                    model,
-                    deposit,
-                    max_input_per_1k,
-                    max_output_per_1k,
-                    expiry_height,
-                    regions,
-                },
-            };
+            let payload = Payload::open_session(
+                provider,
+                model,
+                deposit,
+                max_input_per_1k,
+                max_output_per_1k,
+                height + expiry_blocks,
+                regions,
+            );
             (opts, payload)
         }
         TxCmd::TopUpSession { opts, session, amount } => (opts, Payload::TopUpSession { session, amount }),
