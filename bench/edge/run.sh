@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Edge tensor-model benchmark, one command: the tract engine against onnxruntime on the same
-# ONNX files and inputs, batch 1 and 32, latency p50/p99 and inferences per second. Results to
+# ONNX files and inputs, batch 1 and 32, latency p50/p99 and inferences per second; then one
+# heartbeat per request end to end: `plexus serve` over HTTP and a devnet's gateway (paid). Results to
 # stdout and to docs/benchmarks.md ("## Edge tensor models").
 #
 #   bench/edge/run.sh [--calls 2000]
@@ -17,4 +18,5 @@ cargo build --release --locked -p plexus -p plexus-bench
 "$CARGO_TARGET_DIR/release/plexus" model pull ecg-heartbeat
 DOCS=()
 [[ -n "${BENCH_NO_DOCS:-}" ]] || DOCS=(--docs "$PLEXUS_ROOT/docs/benchmarks.md")
-exec "$CARGO_TARGET_DIR/release/plexus-bench" edge --script "$PLEXUS_ROOT/bench/edge/ort_bench.py" "${DOCS[@]}" "$@"
+exec "$CARGO_TARGET_DIR/release/plexus-bench" edge --script "$PLEXUS_ROOT/bench/edge/ort_bench.py" \
+  --plexus "$CARGO_TARGET_DIR/release/plexus" "${DOCS[@]}" "$@"

@@ -26,9 +26,18 @@ pub struct Args {
     /// The onnxruntime side's script.
     #[arg(long, default_value = "bench/edge/ort_bench.py")]
     script: PathBuf,
-    /// Write the results into this file's "## Edge tensor models" section.
+    /// Write the results into this file's "## Edge tensor models" section (and, with
+    /// `--plexus`, its "## Edge tensor models end to end" section).
     #[arg(long)]
     docs: Option<PathBuf>,
+    /// Also measure end to end with this `plexus` binary: one ECG heartbeat per request to
+    /// `plexus serve` over HTTP (no payment), and through the gateway of a 1-validator devnet
+    /// (session, attestation checked, receipt signed), interleaved with the engine in-process.
+    #[arg(long)]
+    plexus: Option<PathBuf>,
+    /// Requests per setup end to end.
+    #[arg(long, default_value_t = 500)]
+    requests: usize,
 }
 
 const MODELS: [&str; 3] = ["ecg-heartbeat", "demand-forecast", "traffic-anomaly"];
@@ -180,5 +189,126 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(docs) = &args.docs {
         write_section(docs, "Edge tensor models", &body)?;
     }
+    if let Some(plexus) = &args.plexus {
+        let body = tokio::runtime::Runtime::new()?.block_on(end_to_end(&args, plexus))?;
+        println!("\n{body}");
+        if let Some(docs) = &args.docs {
+            write_section(docs, "Edge tensor models end to end", &body)?;
+        }
+    }
     Ok(())
+}
+
+/// One timed request of a setup.
+type Call<'a> = Box<dyn FnMut() -> anyhow::Result<std::time::Duration> + 'a>;
+
+/// An inference request to `url` (with `key` as the bearer API key, if any), timed.
+fn over_http<'a>(http: &'a reqwest::blocking::Client, url: String, key: Option<String>, body: Value) -> Call<'a> {
+    Box::new(move || {
+        let t0 = Instant::now();
+        let mut r = http.post(&url).json(&body);
+        if let Some(key) = &key {
+            r = r.bearer_auth(key);
+        }
+        let r = r.send()?;
+        let status = r.status();
+        let text = r.text()?;
+        if !status.is_success() {
+            bail!("{url}: HTTP {status}: {text}");
+        }
+        Ok(t0.elapsed())
+    })
+}
+
+/// The ECG model end to end: the engine in-process, `plexus serve`, and a devnet's gateway,
+/// one request at a time, interleaved.
+async fn end_to_end(args: &Args, plexus: &std::path::Path) -> anyhow::Result<String> {
+    use crate::paid::{Process, free_port, start_devnet_with, wait_http};
+    const NAME: &str = "ecg-heartbeat";
+    let model = ModelCache::from_env().pull(NAME, Progress::Hide)?;
+    let heldout: Value = serde_json::from_slice(&std::fs::read(model.dir.join("heldout.json"))?)?;
+    let rows = rows_of(&heldout);
+    let engine = load_engine(&model, &EngineConfig::default())?;
+    let input = engine.tensor_spec().context("not a tensor model")?.inputs[0].name.clone();
+    let port = free_port()?;
+    let _serve = Process(
+        Command::new(plexus)
+            .args(["serve", "-m", NAME, "--port", &port.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let serve = format!("http://127.0.0.1:{port}");
+    wait_http(&format!("{serve}/health")).await?;
+    let devnet = start_devnet_with(plexus, 1, "edge").await?;
+    let gateway = devnet.url.trim_end_matches("/v1").to_string();
+    let key = Some(devnet.key.clone());
+    let n = args.requests;
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<f64>>> {
+        let http = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
+        let body = |i: usize| {
+            let row = &rows[i % rows.len()];
+            serde_json::json!({"inputs": [{"name": input, "shape": [1, row.len()], "datatype": "FP32", "data": row}]})
+        };
+        let request = |i: usize| TensorRequest {
+            inputs: vec![Tensor {
+                name: input.clone(),
+                shape: vec![1, rows[i % rows.len()].len()],
+                data: rows[i % rows.len()].clone(),
+            }],
+        };
+        let mut setups: Vec<(Call<'_>, Vec<f64>)> = vec![
+            (
+                Box::new(|| {
+                    let r = request(0);
+                    let t0 = Instant::now();
+                    engine.infer(&r)?;
+                    Ok(t0.elapsed())
+                }),
+                Vec::new(),
+            ),
+            (over_http(&http, format!("{serve}/v2/models/{NAME}/infer"), None, body(0)), Vec::new()),
+            (over_http(&http, format!("{gateway}/v2/models/{NAME}/infer"), key, body(0)), Vec::new()),
+        ];
+        for (call, _) in setups.iter_mut() {
+            for _ in 0..20 {
+                call()?; // warm-up: connections, the gateway's session
+            }
+        }
+        for _ in 0..n {
+            for (call, times) in setups.iter_mut() {
+                times.push(call()?.as_secs_f64() * 1e3);
+            }
+        }
+        Ok(setups.into_iter().map(|(_, t)| t).collect())
+    })
+    .await??;
+    drop(devnet);
+    let p = |t: &[f64], q: f64| {
+        let mut t = t.to_vec();
+        t.sort_by(f64::total_cmp);
+        quantile(&t, q)
+    };
+    let names = ["engine in-process (tract)", "`plexus serve` over HTTP, no payment", "devnet gateway, paid"];
+    let mut table = String::new();
+    for (name, t) in names.iter().zip(&result) {
+        table.push_str(&format!("| {name} | {:.3} ms | {:.3} ms |\n", p(t, 0.5), p(t, 0.99)));
+    }
+    let (engine_p50, serve_p50, gateway_p50) = (p(&result[0], 0.5), p(&result[1], 0.5), p(&result[2], 0.5));
+    Ok(format!(
+        "`bench/edge/run.sh --plexus` (`plexus-bench edge --plexus <release binary> --requests {n}`).\n\
+         One held-out ECG heartbeat (batch 1) per request, one request at a time, the three setups\n\
+         interleaved request by request: the engine called in-process; `plexus serve -m ecg-heartbeat`\n\
+         over loopback HTTP (no session); the gateway of a 1-validator devnet (`plexus devnet up`), which\n\
+         counts the row, forwards on its session, checks the provider's signed attestation and output\n\
+         hash, and signs a receipt before answering. Client: a keep-alive HTTP connection.\n\n\
+         Machine: {machine}. Commit {commit}.\n\n\
+         | setup | p50 | p99 |\n|---|---|---|\n{table}\n\
+         Gap: HTTP and KServe JSON {:.3} ms over the engine; the gateway and payment {:.3} ms over that.\n\
+         Goal (issue 12): p50 through the gateway <= 2 ms.\n",
+        serve_p50 - engine_p50,
+        gateway_p50 - serve_p50,
+        machine = machine(),
+        commit = commit(),
+    ))
 }

@@ -192,7 +192,7 @@ fn over_http(url: String, key: Option<String>) -> anyhow::Result<Request> {
     }))
 }
 
-struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -207,11 +207,11 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn wait_http(url: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_http(url: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     while reqwest::get(url).await.map(|r| r.status().is_success()).unwrap_or(false) == false {
         if started.elapsed() > Duration::from_secs(300) {
@@ -238,26 +238,31 @@ async fn provider_direct(args: &Args) -> anyhow::Result<(Process, Request)> {
     Ok((serve, over_http(format!("{base}/v1/chat/completions"), None)?))
 }
 
-/// A 1-validator devnet (its node serves the model) and its gateway.
-struct Devnet {
-    process: Process,
-    home: PathBuf,
+/// A 1-validator devnet (its node serves the models) and its gateway.
+pub(crate) struct Devnet {
+    pub(crate) process: Process,
+    pub(crate) home: PathBuf,
     /// The gateway's OpenAI base URL (`…/v1`).
-    url: String,
+    pub(crate) url: String,
     /// The gateway's API key.
-    key: String,
-    api: String,
-    start_height: u64,
+    pub(crate) key: String,
+    pub(crate) api: String,
+    pub(crate) start_height: u64,
 }
 
 async fn start_devnet(args: &Args) -> anyhow::Result<Devnet> {
-    let home = std::env::temp_dir().join(format!("plexus-bench-paid-{}", std::process::id()));
+    start_devnet_with(&args.plexus, args.threads, "paid").await
+}
+
+/// Starts `plexus devnet up` with one validator from the `plexus` binary, its text model on
+/// `threads` threads, claiming only when a session ends (so its chain footprint is one claim).
+pub(crate) async fn start_devnet_with(plexus: &std::path::Path, threads: u32, name: &str) -> anyhow::Result<Devnet> {
+    let home = std::env::temp_dir().join(format!("plexus-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     let base = 31_000 + (std::process::id() % 2_000) as u16 * 10;
     let mut process = Process(
-        Command::new(&args.plexus)
-            .args(["devnet", "up", "--validators", "1", "--threads", &args.threads.to_string()])
-            // Claims only when a session ends, so its chain footprint is one claim.
+        Command::new(plexus)
+            .args(["devnet", "up", "--validators", "1", "--threads", &threads.to_string()])
             .args(["--claim-interval", "3600", "--base-port", &base.to_string(), "--home"])
             .arg(&home)
             .env("RUST_LOG", "warn")
