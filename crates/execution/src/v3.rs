@@ -45,9 +45,7 @@ pub(crate) fn execute_block(
     env: &BlockEnv,
     txs: &[SignedTx],
 ) -> Result<BlockOutcome, BlockError> {
-    let mut outcome = v1::execute_with(exec, state, env, txs, &RULES)?;
-    v2::reward(state, env, &mut outcome)?;
-    Ok(outcome)
+    execute_with(exec, state, env, txs, &RULES)
 }
 
 pub(crate) fn build_block(
@@ -58,7 +56,34 @@ pub(crate) fn build_block(
     max_txs: usize,
     max_bytes: usize,
 ) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
-    let (included, mut outcome, dropped) = v1::build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES);
+    build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES)
+}
+
+/// A block under `rules` with version 1's structure and version 2's proposer reward: this
+/// version's, and later ones' that change only the rules.
+pub(crate) fn execute_with(
+    exec: &Executor,
+    state: &dyn StateRead,
+    env: &BlockEnv,
+    txs: &[SignedTx],
+    rules: &Rules,
+) -> Result<BlockOutcome, BlockError> {
+    let mut outcome = v1::execute_with(exec, state, env, txs, rules)?;
+    v2::reward(state, env, &mut outcome)?;
+    Ok(outcome)
+}
+
+/// [`execute_with`]'s block builder.
+pub(crate) fn build_with(
+    exec: &Executor,
+    state: &dyn StateRead,
+    env: &BlockEnv,
+    candidates: impl IntoIterator<Item = SignedTx>,
+    max_txs: usize,
+    max_bytes: usize,
+    rules: &Rules,
+) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+    let (included, mut outcome, dropped) = v1::build_with(exec, state, env, candidates, max_txs, max_bytes, rules);
     v2::reward(state, env, &mut outcome)?;
     Ok((included, outcome, dropped))
 }

@@ -22,7 +22,7 @@ use plexus_types::{Hash, Params, SignedTx};
 
 use crate::state::{Provider, Regions, Session, Store, keys};
 use crate::v1::{self, Rules};
-use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, TxError, v2, v3};
+use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, TxError, v3};
 
 /// The version that introduced what this module adds.
 pub(crate) const VERSION: u16 = 4;
@@ -36,9 +36,7 @@ pub(crate) fn execute_block(
     env: &BlockEnv,
     txs: &[SignedTx],
 ) -> Result<BlockOutcome, BlockError> {
-    let mut outcome = v1::execute_with(exec, state, env, txs, &RULES)?;
-    v2::reward(state, env, &mut outcome)?;
-    Ok(outcome)
+    v3::execute_with(exec, state, env, txs, &RULES)
 }
 
 pub(crate) fn build_block(
@@ -49,9 +47,7 @@ pub(crate) fn build_block(
     max_txs: usize,
     max_bytes: usize,
 ) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
-    let (included, mut outcome, dropped) = v1::build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES);
-    v2::reward(state, env, &mut outcome)?;
-    Ok((included, outcome, dropped))
+    v3::build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES)
 }
 
 fn invalid(msg: impl Into<String>) -> ExecError {
