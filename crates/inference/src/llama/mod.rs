@@ -163,15 +163,15 @@ fn check_config(c: &LlamaConfig) -> Result<(), Error> {
 }
 
 fn load_model(backend: &LlamaBackend, path: &Path) -> Result<LlamaModel, Error> {
-    load_with(backend, path, LlamaModelParams::default())
+    load_with(backend, path, &LlamaModelParams::default())
 }
 
-fn load_with(backend: &LlamaBackend, path: &Path, params: LlamaModelParams) -> Result<LlamaModel, Error> {
+fn load_with(backend: &LlamaBackend, path: &Path, params: &LlamaModelParams) -> Result<LlamaModel, Error> {
     // llama.cpp panics (debug) or fails obscurely on a missing path; check first.
     if !path.is_file() {
         return Err(Error::ModelNotFound(path.display().to_string()));
     }
-    LlamaModel::load_from_file(backend, path, &params)
+    LlamaModel::load_from_file(backend, path, params)
         .map_err(|e| Error::Load { path: path.to_path_buf(), reason: e.to_string() })
 }
 
@@ -189,7 +189,7 @@ impl LlamaTokenizer {
         let path = cached.weights_path();
         let gguf = GgufFile::open(&path).map_err(|source| Error::Gguf { path: path.clone(), source })?;
         let meta = gguf.model_metadata().map_err(|source| Error::Gguf { path: path.clone(), source })?;
-        let model = load_with(backend()?, &path, LlamaModelParams::default().with_vocab_only(true))?;
+        let model = load_with(backend()?, &path, &LlamaModelParams::default().with_vocab_only(true))?;
         let template = template_of(&model, meta.chat_template.as_deref());
         let context = cached.manifest.context_length.max(16);
         Ok(LlamaTokenizer {
