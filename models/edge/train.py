@@ -216,9 +216,10 @@ def io_desc(model):
 
 
 def write_json(path, obj):
+    compact = os.path.basename(path) in ("heldout.json", "stream.json")
     with open(path, "w") as fh:
-        json.dump(obj, fh, indent=None if "heldout" in path else 1, sort_keys=True,
-                  allow_nan=False, separators=(",", ":") if "heldout" in path else None)
+        json.dump(obj, fh, indent=None if compact else 1, sort_keys=True,
+                  allow_nan=False, separators=(",", ":") if compact else None)
         fh.write("\n")
 
 
@@ -280,6 +281,7 @@ def save_bundle(outdir, key, model, meta, card, heldout):
 ECG_FS = 360
 ECG_WIN = 256
 ECG_PRE = 90            # samples before the R peak (0.25 s); 166 after (0.46 s)
+ECG_STREAM_LEAD = 5 * ECG_FS    # stream.json starts 5 s before the held-out minute
 
 
 def ecg_detect(x):
@@ -467,7 +469,18 @@ unseen beats, not clinical accuracy. Not a medical device. Reproduce from
                         "metric": "accuracy and F1(class 1) of argmax(probs) vs labels",
                         "expected_metrics": metrics["model_mlp"]},
                "metrics": metrics}
-    return save_bundle(outdir, "ecg", model, meta, card, heldout)
+    saved = save_bundle(outdir, "ecg", model, meta, card, heldout)
+    # The raw recording around the held-out minute, for streaming: a device sends these samples
+    # as they come and the provider finds the beats itself. The R peaks and labels are the
+    # held-out beats' (positions relative to the first sample sent).
+    first = int(split_t * ECG_FS) - ECG_STREAM_LEAD
+    stream = {"sample_rate_hz": ECG_FS, "first_sample": first,
+              "samples": rows(x[first:]),
+              "beats": {"r_peak": [int(v) - first for v in r[idx][te]], "labels": yte.tolist()},
+              "note": "MIT-BIH record 208 excerpt (scipy.misc.electrocardiogram), from "
+                      f"{first / ECG_FS:.1f} s to the end; beats labelled as in heldout.json"}
+    write_json(os.path.join(outdir, "ecg", "stream.json"), stream)
+    return saved
 
 
 # --------------------------------------------------------------------------

@@ -38,6 +38,9 @@ pub struct Args {
     /// Requests per setup end to end.
     #[arg(long, default_value_t = 500)]
     requests: usize,
+    /// Devices streaming at once, in real time, end to end (repeat for several runs).
+    #[arg(long = "stream-connections", default_values_t = vec![1, 16, 64])]
+    stream_connections: Vec<usize>,
 }
 
 const MODELS: [&str; 3] = ["ecg-heartbeat", "demand-forecast", "traffic-anomaly"];
@@ -244,6 +247,15 @@ async fn end_to_end(args: &Args, plexus: &std::path::Path) -> anyhow::Result<Str
     let gateway = devnet.url.trim_end_matches("/v1").to_string();
     let key = Some(devnet.key.clone());
     let n = args.requests;
+    let recording: Value = serde_json::from_slice(&std::fs::read(model.dir.join("stream.json"))?)?;
+    let ecg: Vec<f32> = recording["samples"]
+        .as_array()
+        .context("stream.json")?
+        .iter()
+        .filter_map(Value::as_f64)
+        .map(|v| v as f32)
+        .collect();
+    let streams_body = streams(&gateway, &devnet.key, &ecg, args.stream_connections.clone()).await?;
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Vec<f64>>> {
         let http = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
         let body = |i: usize| {
@@ -305,10 +317,148 @@ async fn end_to_end(args: &Args, plexus: &std::path::Path) -> anyhow::Result<Str
          Machine: {machine}. Commit {commit}.\n\n\
          | setup | p50 | p99 |\n|---|---|---|\n{table}\n\
          Gap: HTTP and KServe JSON {:.3} ms over the engine; the gateway and payment {:.3} ms over that.\n\
-         Goal (issue 12): p50 through the gateway <= 2 ms.\n",
+         Goal (issue 12): p50 through the gateway <= 2 ms.\n\n{streams_body}",
         serve_p50 - engine_p50,
         gateway_p50 - serve_p50,
         machine = machine(),
         commit = commit(),
+    ))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A stream through the gateway, past its hello.
+async fn open_stream(gateway: &str, key: &str, query: &str) -> anyhow::Result<Ws> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/v2/models/ecg-heartbeat/stream?{query}", gateway.replacen("http://", "ws://", 1));
+    let mut request = url.as_str().into_client_request()?;
+    request.headers_mut().insert("authorization", format!("Bearer {key}").parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    ws.next().await.context("no hello")??;
+    Ok(ws)
+}
+
+fn frame(samples: &[f32]) -> tokio_tungstenite::tungstenite::Message {
+    tokio_tungstenite::tungstenite::Message::Binary(
+        samples.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
+    )
+}
+
+/// Sends `samples` as fast as the stream takes them (frames of `frame_len`) while reading its
+/// results; returns the seconds from the first frame to the last result, and the windows.
+async fn flat_out(ws: Ws, samples: Vec<f32>, frame_len: usize) -> anyhow::Result<(f64, u64)> {
+    use futures::{SinkExt, StreamExt};
+    let (mut sink, mut source) = ws.split();
+    let t0 = Instant::now();
+    let sender = tokio::spawn(async move {
+        for chunk in samples.chunks(frame_len) {
+            sink.send(frame(chunk)).await?;
+        }
+        anyhow::Ok(sink)
+    });
+    let mut windows = 0u64;
+    let mut last = t0;
+    // Results stop coming a little after the last frame.
+    while let Ok(Some(m)) = tokio::time::timeout(std::time::Duration::from_secs(3), source.next()).await {
+        match m? {
+            tokio_tungstenite::tungstenite::Message::Text(_) => {
+                windows += 1;
+                last = Instant::now();
+            }
+            tokio_tungstenite::tungstenite::Message::Close(f) => bail!("the stream closed: {f:?}"),
+            _ => {}
+        }
+    }
+    let mut sink = sender.await??;
+    let _ = sink.close().await;
+    Ok((last.duration_since(t0).as_secs_f64(), windows))
+}
+
+/// One device at 360 Hz in frames of 100 ms for `seconds`: each result's lag is the time from
+/// sending the frame that completed its window to receiving the result.
+async fn real_time(ws: Ws, samples: Vec<f32>, seconds: usize) -> anyhow::Result<Vec<f64>> {
+    use futures::{SinkExt, StreamExt};
+    let (mut sink, mut source) = ws.split();
+    let frames: Vec<Vec<f32>> = samples.chunks(36).take(seconds * 10).map(<[f32]>::to_vec).collect();
+    let count = frames.len();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(vec![None::<Instant>; count]));
+    let marks = sent.clone();
+    let t0 = tokio::time::Instant::now();
+    let sender = tokio::spawn(async move {
+        for (i, f) in frames.into_iter().enumerate() {
+            tokio::time::sleep_until(t0 + std::time::Duration::from_millis(100 * i as u64)).await;
+            marks.lock().expect("marks")[i] = Some(Instant::now());
+            sink.send(frame(&f)).await?;
+        }
+        anyhow::Ok(sink)
+    });
+    let mut lags = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(std::time::Duration::from_secs(3), source.next()).await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m? {
+            let now = Instant::now();
+            let r: Value = serde_json::from_str(&t)?;
+            let end = r["end"].as_u64().context("a result without its end")? as usize;
+            let at = sent.lock().expect("marks")[(end - 1) / 36];
+            lags.push(now.duration_since(at.context("a result before its samples were sent")?).as_secs_f64() * 1e3);
+        }
+    }
+    let mut sink = sender.await??;
+    let _ = sink.close().await;
+    Ok(lags)
+}
+
+/// Streams through the gateway: one device as fast as it can send, and many devices at 360 Hz.
+async fn streams(gateway: &str, key: &str, ecg: &[f32], connections: Vec<usize>) -> anyhow::Result<String> {
+    let mut repeated = Vec::new();
+    for _ in 0..10 {
+        repeated.extend_from_slice(ecg);
+    }
+    let mut flat = String::new();
+    for (what, query) in
+        [("one window per beat (R-peak trigger)", "trigger=r-peak"), ("a window every 32 samples", "hop=32")]
+    {
+        let ws = open_stream(gateway, key, query).await?;
+        let (secs, windows) = flat_out(ws, repeated.clone(), 360).await?;
+        flat.push_str(&format!(
+            "| {what} | {} | {:.0} | {windows} | {:.0} |\n",
+            repeated.len(),
+            repeated.len() as f64 / secs,
+            windows as f64 / secs
+        ));
+    }
+    let mut table = String::new();
+    const SECONDS: usize = 20;
+    for n in connections {
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let ws = open_stream(gateway, key, "trigger=r-peak").await?;
+            // Each device starts at another beat of the recording.
+            let offset = (i * 977) % (ecg.len() - SECONDS * 360);
+            tasks.push(tokio::spawn(real_time(ws, ecg[offset..].to_vec(), SECONDS)));
+        }
+        let mut lags = Vec::new();
+        for t in tasks {
+            lags.extend(t.await??);
+        }
+        lags.sort_by(f64::total_cmp);
+        table.push_str(&format!(
+            "| {n} | {} | {:.2} ms | {:.2} ms | {:.2} ms |\n",
+            lags.len(),
+            quantile(&lags, 0.5),
+            quantile(&lags, 0.99),
+            lags.last().copied().unwrap_or(0.0)
+        ));
+    }
+    Ok(format!(
+        "### Streams (WebSocket, through the same devnet's gateway, paid per window)\n\n\
+         One device sending the ECG recording ten times over ({} samples) as fast as the stream takes\n\
+         it, frames of 360 samples; every window checked by the gateway and paid with a receipt:\n\n\
+         | windows | samples | samples/s | windows | windows/s |\n|---|---|---|---|---|\n{flat}\n\
+         Devices at real time (360 Hz, a frame every 100 ms, {SECONDS} s each, one window per beat), all\n\
+         on the devnet's one provider; lag = from sending the frame that completes a window to\n\
+         receiving its result:\n\n\
+         | devices | windows | lag p50 | lag p99 | lag max |\n|---|---|---|---|---|\n{table}",
+        repeated.len(),
     ))
 }

@@ -270,6 +270,23 @@ fn genesis() -> Genesis {
     }
 }
 
+fn stream_corpus() -> Vec<Vec<u8>> {
+    let with = |kind: u8, bytes: &[u8]| [&[kind][..], bytes].concat();
+    let wave: Vec<u8> =
+        (0..400).flat_map(|i| ((i as f32 * 0.3).sin() * if i % 50 == 0 { 5.0 } else { 1.0 }).to_le_bytes()).collect();
+    vec![
+        with(0, &wave),
+        with(1, br#"{"samples":[0.1,-0.2,3.5,1e3,0,0,0,0,0,0,0,0]}"#),
+        with(1, br#"{"receipt":"00ff"}"#),
+        with(2, b"trigger=r-peak&rate=360&before=90&alert=0.9"),
+        with(2, b"hop=32"),
+        with(
+            3,
+            br#"{"window":0,"start":0,"end":2,"outputs":[{"name":"probs","shape":[1,2],"datatype":"FP32","data":[0.1,0.9]}],"alert":true,"attestation":"00","signature":"00"}"#,
+        ),
+    ]
+}
+
 fn targets() -> Vec<Target> {
     let txs = sample_txs();
     let tx_corpus: Vec<Vec<u8>> = txs.iter().map(enc).collect();
@@ -398,6 +415,49 @@ fn targets() -> Vec<Target> {
             run: Box::new(|b| {
                 if let Ok(text) = std::str::from_utf8(b) {
                     let _ = Genesis::from_json(text);
+                }
+            }),
+        },
+        Target {
+            // A device's stream: frames, parameters, and (at a gateway) a provider's results.
+            // The first byte picks which; the rest is the input.
+            name: "stream",
+            corpus: stream_corpus(),
+            run: Box::new(|b| {
+                use plexus_serve::stream::*;
+                let Some((&kind, rest)) = b.split_first() else { return };
+                let text = std::str::from_utf8(rest).unwrap_or("");
+                let samples = match kind % 4 {
+                    0 => decode_binary(rest).ok(),
+                    1 => match decode_text(text) {
+                        Ok(Upstream::Samples(s)) => Some(s),
+                        _ => None,
+                    },
+                    2 => {
+                        if let Ok(p) = StreamParams::parse(text) {
+                            for window in [1, 2, 256, WINDOW_MAX, WINDOW_MAX + 1] {
+                                let _ = p.for_window(window);
+                            }
+                        }
+                        None
+                    }
+                    _ => {
+                        if let Ok(r) = serde_json::from_str::<WindowResult>(text) {
+                            let _ = r.tensors();
+                        }
+                        None
+                    }
+                };
+                // Whatever decodes goes through both kinds of windows.
+                if let Some(samples) = samples {
+                    for trigger in [Trigger::Hop(3), Trigger::RPeak { rate: 100, before: 2 }] {
+                        let mut ring = Ring::default();
+                        let mut w = Windower::new(8, trigger);
+                        ring.push(&samples);
+                        for start in w.push(&samples, ring.end()) {
+                            assert!(ring.window(start, 8).is_some(), "a window announced outside the ring");
+                        }
+                    }
                 }
             }),
         },

@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use plexus_inference::audit::{AuditRules, Verdict, audit};
+use plexus_inference::audit::{AuditRules, Verdict, audit, audit_tensor};
 use plexus_inference::models::ModelCache;
+use plexus_inference::tensor::{Tensor, TensorRequest};
 use plexus_inference::{Engine, EngineConfig, LlamaConfig};
 use plexus_types::receipt::Transcript;
 use plexus_types::tx::Payload;
@@ -38,13 +39,30 @@ const FINDINGS_KEPT: usize = 32;
 /// The default share of generations audited.
 pub const AUDIT_RATE_DEFAULT: f64 = 0.05;
 
-/// A paid generation, with what it takes to audit and challenge it.
+/// A paid response, with what it takes to audit (and challenge) it.
 pub(crate) struct Job {
     pub provider: Address,
     pub session: Hash,
     pub attestation: Attestation,
     pub signature: Sig,
-    pub transcript: Transcript,
+    pub work: Work,
+}
+
+/// What is re-run.
+pub(crate) enum Work {
+    /// A generation, re-scored token by token (and challenged on chain when faulty).
+    Generation(Transcript),
+    /// A tensor model's inference, re-run and compared value by value.
+    Tensor { model: ModelId, request: TensorRequest, outputs: Vec<Tensor> },
+}
+
+impl Work {
+    fn model(&self) -> ModelId {
+        match self {
+            Work::Generation(t) => t.model,
+            Work::Tensor { model, .. } => *model,
+        }
+    }
 }
 
 /// What the auditor counted, for `/status`.
@@ -150,7 +168,7 @@ pub(crate) async fn work(app: Arc<App>, mut jobs: mpsc::Receiver<Job>) {
     let mut engines: BTreeMap<ModelId, Arc<dyn Engine>> = BTreeMap::new();
     let cache = ModelCache::from_env();
     while let Some(job) = jobs.recv().await {
-        let model = job.transcript.model;
+        let model = job.work.model();
         let engine = match engines.get(&model) {
             Some(e) => e.clone(),
             None => match load(&cache, model, app.config.audit.threads).await {
@@ -165,10 +183,17 @@ pub(crate) async fn work(app: Arc<App>, mut jobs: mpsc::Receiver<Job>) {
                 }
             },
         };
-        let transcript = job.transcript.clone();
         let started = Instant::now();
-        let judged =
-            tokio::task::spawn_blocking(move || audit(engine.as_ref(), &transcript, &AuditRules::default())).await;
+        let judged = match &job.work {
+            Work::Generation(t) => {
+                let transcript = t.clone();
+                tokio::task::spawn_blocking(move || audit(engine.as_ref(), &transcript, &AuditRules::default())).await
+            }
+            Work::Tensor { request, outputs, .. } => {
+                let (request, outputs) = (request.clone(), outputs.clone());
+                tokio::task::spawn_blocking(move || audit_tensor(engine.as_ref(), &request, &outputs)).await
+            }
+        };
         let ms = started.elapsed().as_millis() as u64;
         let report = match judged {
             Ok(Ok(r)) => r,
@@ -199,7 +224,15 @@ pub(crate) async fn work(app: Arc<App>, mut jobs: mpsc::Receiver<Job>) {
                     "a response is not what the model produces: shunning the provider and challenging it"
                 );
                 app.directory.caught_lying(&job.provider);
-                match challenge(&app, &job).await {
+                let Work::Generation(transcript) = &job.work else {
+                    // The chain's challenges re-run generations; tensor outputs are judged here.
+                    f.note = "tensor outputs differ from this machine's beyond the tolerance; provider shunned \
+                              (challenges on chain cover generations only)"
+                        .into();
+                    app.auditor.record(f, |c| c.faulty += 1);
+                    continue;
+                };
+                match challenge(&app, &job, transcript).await {
                     Ok(tx) => {
                         f.challenge_tx = Some(tx);
                         app.auditor.record(f, |c| {
@@ -267,14 +300,14 @@ async fn load(cache: &ModelCache, model: ModelId, threads: u32) -> Result<Arc<dy
 }
 
 /// Sends the challenge and waits for the chain to accept it; returns its transaction hash.
-async fn challenge(app: &Arc<App>, job: &Job) -> Result<Hash, String> {
+async fn challenge(app: &Arc<App>, job: &Job, transcript: &Transcript) -> Result<Hash, String> {
     let params = app.chain.params().await.map_err(|e| e.to_string())?;
     let bond = params.challenge_bond_min.ok_or("the chain does not take challenges (execution before v3)")?;
     let payload = Payload::Challenge {
         session: job.session,
         attestation: job.attestation.clone(),
         signature: job.signature.clone(),
-        transcript: job.transcript.clone(),
+        transcript: transcript.clone(),
         bond,
     };
     let (hash, _) = app.sessions.send_tx(payload).await.map_err(|e| e.to_string())?;

@@ -51,7 +51,7 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
 }
 
 /// The tensor model `name` means on this network, and its providers.
-async fn tensor_model(
+pub(crate) async fn tensor_model(
     app: &App,
     name: &str,
 ) -> Result<(plexus_types::ModelId, Vec<crate::directory::Candidate>), GatewayError> {
@@ -129,7 +129,7 @@ pub(crate) async fn infer(
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid inference request: {e}")),
     };
-    let check = Check::Infer { expect: &expect, path: format!("/v2/models/{id}/infer") };
+    let check = Check::Infer { expect: &expect, path: format!("/v2/models/{id}/infer"), request: &request };
     match forward(app.clone(), Wire::Infer, body, candidates, check).await {
         Ok(r) => r,
         Err(e) => from_gateway(e),

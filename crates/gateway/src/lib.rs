@@ -28,6 +28,7 @@ pub mod probe;
 mod proxy;
 mod session;
 mod sse;
+mod stream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -165,6 +166,7 @@ impl Gateway {
             next_id: AtomicU64::new(1),
             auditor,
             asked: Default::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(plexus_serve::stream::STREAMS_MAX)),
         });
         tokio::spawn(audit::work(app.clone(), audit_jobs));
         tokio::spawn(probe::work(app.clone()));

@@ -27,6 +27,10 @@ pub(crate) struct Metrics {
     pub(crate) attestation_failures: Counter,
     /// Tokens acknowledged, input and output.
     tokens: Family<DirectionLabel, Counter>,
+    /// Streams open now.
+    pub(crate) streams_open: prometheus_client::metrics::gauge::Gauge,
+    /// Stream windows checked and paid.
+    pub(crate) stream_windows: Counter,
 }
 
 impl Metrics {
@@ -39,6 +43,8 @@ impl Metrics {
             receipts_signed: Counter::default(),
             attestation_failures: Counter::default(),
             tokens: Family::default(),
+            streams_open: Default::default(),
+            stream_windows: Counter::default(),
         };
         registry.register("requests", "Requests from the app, by endpoint", m.requests.clone());
         registry.register("failovers", "Times a request or stream moved to another provider", m.failovers.clone());
@@ -49,6 +55,8 @@ impl Metrics {
             m.attestation_failures.clone(),
         );
         registry.register("tokens", "Tokens acknowledged, by direction", m.tokens.clone());
+        registry.register("streams_open", "Streams open now", m.streams_open.clone());
+        registry.register("stream_windows", "Stream windows checked and paid", m.stream_windows.clone());
         Metrics { registry, ..m }
     }
 

@@ -29,6 +29,7 @@ use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use plexus_inference::tensor::{Tensor, TensorRequest};
 use plexus_inference::{Sampling, Tokenizer};
 use plexus_types::{Attestation, Hash, Sig};
 use serde_json::{Value, json};
@@ -72,6 +73,8 @@ pub(crate) struct App {
     pub(crate) auditor: Arc<crate::audit::Auditor>,
     /// Text models apps asked for lately (bounded), and when last: the ones probes measure.
     pub(crate) asked: std::sync::Mutex<std::collections::VecDeque<(String, Instant)>>,
+    /// Slots for open streams.
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
 }
 
 type Shared_ = Arc<App>;
@@ -92,6 +95,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v2/health/ready", get(crate::kserve::ready))
         .route("/v2/models/{name}", get(crate::kserve::model_metadata))
         .route("/v2/models/{name}/infer", post(crate::kserve::infer))
+        .route("/v2/models/{name}/stream", get(crate::stream::stream))
         .fallback(|| async { GatewayError::bad("path", "no such route on the gateway").into_response() })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
@@ -299,7 +303,7 @@ impl App {
         Ok(Counted { body, expect })
     }
 
-    fn request_headers(&self, s: &Shared, progress: bool) -> reqwest::header::HeaderMap {
+    pub(crate) fn request_headers(&self, s: &Shared, progress: bool) -> reqwest::header::HeaderMap {
         let st = s.lock().expect("session lock");
         let mut h = reqwest::header::HeaderMap::new();
         let mut put = |name: &'static str, value: &str| {
@@ -371,13 +375,35 @@ impl App {
                 session: s.lock().expect("session lock").id,
                 attestation,
                 signature,
-                transcript: transcript.clone(),
+                work: crate::audit::Work::Generation(transcript.clone()),
+            })
+        });
+    }
+
+    /// A tensor inference was paid for: maybe audit it. `work` builds the job's request and the
+    /// outputs received, only when chosen.
+    pub(crate) fn offer_tensor_audit(
+        &self,
+        c: &Candidate,
+        s: &Shared,
+        attestation: Attestation,
+        signature: Sig,
+        work: impl FnOnce() -> Option<(TensorRequest, Vec<Tensor>)>,
+    ) {
+        self.auditor.offer(|| {
+            let (request, outputs) = work()?;
+            Some(crate::audit::Job {
+                provider: c.provider.clone(),
+                session: s.lock().expect("session lock").id,
+                work: crate::audit::Work::Tensor { model: attestation.model, request, outputs },
+                attestation,
+                signature,
             })
         });
     }
 
     /// A provider sent something that does not verify: no receipt for it, and it is shunned.
-    fn caught(&self, c: &Candidate, lie: &Lie) {
+    pub(crate) fn caught(&self, c: &Candidate, lie: &Lie) {
         warn!(target: "gateway::verify", provider = %c.provider, "not paid, provider shunned: {lie}");
         self.metrics.attestation_failures.inc();
         self.directory.caught_lying(&c.provider);
@@ -438,6 +464,7 @@ pub(crate) enum Check<'a> {
     Infer {
         expect: &'a Expect,
         path: String,
+        request: &'a TensorRequest,
     },
 }
 
@@ -541,7 +568,15 @@ async fn forward_once(
             }
         };
         app.sessions.acknowledge(&s, v.input_tokens, v.output_tokens, Some(v.attestation));
-        app.offer_audit(c, &s, &v, att, sig);
+        if let Check::Infer { request, expect, .. } = check {
+            let rows = expect.max_tokens as usize;
+            app.offer_tensor_audit(c, &s, att, sig, || {
+                let outputs = plexus_serve::kserve::parse_outputs(&parsed, rows).ok()?.outputs;
+                Some(((*request).clone(), outputs))
+            });
+        } else {
+            app.offer_audit(c, &s, &v, att, sig);
+        }
         app.metrics.receipts_signed.inc();
         app.metrics.tokens(v.input_tokens, v.output_tokens);
         app.deliver_later(&s);

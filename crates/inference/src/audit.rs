@@ -97,6 +97,53 @@ pub fn judge(margins: Vec<f32>, rules: &AuditRules) -> AuditReport {
     AuditReport { verdict, positions, failed, margins }
 }
 
+/// How far a tensor model's output may differ from the auditor's own run of it: the outputs
+/// of one graph on another CPU, thread count or SIMD width differ in rounding only (the edge
+/// models' held-out outputs agree with onnxruntime's to about 1e-6), so anything beyond a
+/// thousandth (plus a ten-thousandth of the value) is another computation.
+pub const TENSOR_TOLERANCE_ABS: f32 = 1e-3;
+pub const TENSOR_TOLERANCE_REL: f32 = 1e-4;
+
+/// Re-runs a tensor model's `request` on `engine` (blocking) and compares every value of the
+/// outputs a provider sent (`claimed`, by name) with this machine's: a value fails when it is
+/// further than [`TENSOR_TOLERANCE_ABS`] + [`TENSOR_TOLERANCE_REL`]·|value| from the auditor's.
+/// Faulty when any value fails, or an output is missing, renamed or of another shape: unlike a
+/// sampled generation, a tensor model has no near-ties, so one wrong value is a wrong answer.
+/// `margins` holds each value's distance, in multiples of its tolerance.
+pub fn audit_tensor(
+    engine: &dyn Engine,
+    request: &crate::tensor::TensorRequest,
+    claimed: &[crate::tensor::Tensor],
+) -> Result<AuditReport, Error> {
+    let ours = engine.infer(request)?;
+    let mut margins = Vec::new();
+    let mut failed = 0;
+    for t in claimed {
+        let Some(mine) = ours.outputs.iter().find(|o| o.name == t.name) else {
+            failed += 1;
+            continue;
+        };
+        if mine.shape != t.shape || mine.data.len() != t.data.len() {
+            failed += 1;
+            continue;
+        }
+        for (&a, &b) in t.data.iter().zip(&mine.data) {
+            let tolerance = TENSOR_TOLERANCE_ABS + TENSOR_TOLERANCE_REL * b.abs();
+            let margin = if a.is_finite() { (a - b).abs() / tolerance } else { f32::INFINITY };
+            failed += usize::from(margin > 1.0);
+            margins.push(margin);
+        }
+    }
+    let verdict = if claimed.is_empty() {
+        Verdict::Inconclusive
+    } else if failed > 0 {
+        Verdict::Faulty
+    } else {
+        Verdict::Honest
+    };
+    Ok(AuditReport { verdict, positions: margins.len(), failed, margins })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,9 @@ pub const EDGE_MODELS: &[EdgeEntry] = &[
         files: &[
             ("model.onnx", "e7b6b371cba9aa638098f5b09aaac9795f10abfdd26fbab8fa7f736da59a9d19"),
             ("tensor.json", "5bf1c4629604e6b33c477e59e62a8e6d41e56b82d78187174fda442c21a89761"),
+            // The raw recording around the held-out minute, for streaming (`plexus stream
+            // --recording`); not part of the model's id.
+            ("stream.json", "f3566e4f4c0580668b167c7fa816b32212c0cf50a33e33fc39c877e1e8a98e90"),
         ],
     },
     EdgeEntry {

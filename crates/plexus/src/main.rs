@@ -42,6 +42,8 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Run a local OpenAI-compatible gateway that pays providers per token.
     Gateway(cmd::gateway::GatewayArgs),
+    /// Stream samples to a tensor model through a gateway; print its alerts.
+    Stream(cmd::stream::StreamArgs),
     /// Propose and vote on parameter changes and upgrades; see their status.
     #[command(subcommand)]
     Gov(cmd::gov::GovCmd),
@@ -60,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Model(c) => cmd::model::run(c),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Gateway(a) => cmd::gateway::run(a),
+        Command::Stream(a) => cmd::stream::run(a),
         Command::Gov(c) => cmd::gov::run(c),
     };
     match result {

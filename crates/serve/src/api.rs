@@ -35,6 +35,8 @@ pub(crate) struct AppState {
     pub(crate) started: u64,
     /// Always honest outside test builds ([`crate::dishonest`]).
     pub(crate) lie: crate::dishonest::Lie,
+    /// Slots for open streams ([`crate::stream::STREAMS_MAX`]).
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
 }
 
 type Shared = Arc<AppState>;
@@ -53,6 +55,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v2/models/{name}", get(crate::kserve::model_metadata))
         .route("/v2/models/{name}/ready", get(crate::kserve::model_ready))
         .route("/v2/models/{name}/infer", post(crate::kserve::infer))
+        .route("/v2/models/{name}/stream", get(crate::stream::handler::stream))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -19,6 +19,9 @@ pub(crate) enum Lie {
     Pad,
     /// Never ends a stream: repeats its last text, with its ids, forever.
     Endless,
+    /// Adds 0.01 to every tensor output and attests to what it sends: the attestation checks,
+    /// only an audit that re-runs the model can tell (a cheaper or broken computation).
+    Perturb,
 }
 
 impl Lie {
@@ -31,6 +34,7 @@ impl Lie {
                 "forge" => Lie::Forge,
                 "pad" => Lie::Pad,
                 "endless" => Lie::Endless,
+                "perturb" => Lie::Perturb,
                 _ => Lie::Honest,
             };
             if lie != Lie::Honest {
@@ -40,5 +44,12 @@ impl Lie {
         }
         #[cfg(not(feature = "dishonest"))]
         Lie::Honest
+    }
+}
+
+/// What a [`Lie::Perturb`] provider does to its tensor outputs.
+pub(crate) fn perturb(lie: Lie, response: &mut plexus_inference::tensor::TensorResponse) {
+    if lie == Lie::Perturb {
+        response.outputs.iter_mut().flat_map(|t| t.data.iter_mut()).for_each(|v| *v += 0.01);
     }
 }

@@ -349,6 +349,7 @@ pub(crate) async fn infer(
         .map(|mut r| {
             // What is sent is what is attested: the outputs asked for.
             r.outputs.retain(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.name)));
+            crate::dishonest::perturb(state.lie, &mut r);
             r
         });
     let (attestation, usage) = match &result {

@@ -22,6 +22,7 @@ pub mod kserve;
 mod metering;
 mod metrics;
 pub mod openai;
+pub mod stream;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -121,6 +122,7 @@ impl Server {
             next_request: AtomicU64::new(1),
             started: created,
             lie: dishonest::Lie::from_env(),
+            streams: Arc::new(tokio::sync::Semaphore::new(stream::STREAMS_MAX)),
         };
         api::router(Arc::new(state))
     }

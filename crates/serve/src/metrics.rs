@@ -50,6 +50,10 @@ pub(crate) struct Metrics {
     pub(crate) inferences: Family<ModelLabel, Counter>,
     /// Seconds per tensor-model request, from arrival to answer.
     pub(crate) infer_latency: Family<ModelLabel, Histogram>,
+    /// Streams open now.
+    pub(crate) streams_open: Family<ModelLabel, Gauge>,
+    /// Windows computed on streams.
+    pub(crate) stream_windows: Family<ModelLabel, Counter>,
     /// Requests received, by endpoint.
     pub(crate) requests: Family<RequestLabel, Counter>,
     /// Failed or refused requests, by kind.
@@ -79,6 +83,8 @@ impl Metrics {
             infer_latency: Family::<ModelLabel, Histogram>::new_with_constructor(
                 fast_seconds_histogram as fn() -> Histogram,
             ),
+            streams_open: Family::default(),
+            stream_windows: Family::default(),
             requests: Family::default(),
             errors: Family::default(),
             queue_depth: Family::default(),
@@ -108,6 +114,8 @@ impl Metrics {
             "Seconds per tensor-model request, from arrival to answer",
             m.infer_latency.clone(),
         );
+        registry.register("serve_streams_open", "Streams open now", m.streams_open.clone());
+        registry.register("serve_stream_windows", "Windows computed on streams", m.stream_windows.clone());
         registry.register("serve_requests", "Requests received, by endpoint", m.requests.clone());
         registry.register("serve_errors", "Failed or refused requests, by kind", m.errors.clone());
         registry.register("inference_queue_depth", "Requests waiting for a slot", m.queue_depth.clone());

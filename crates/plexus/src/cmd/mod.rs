@@ -10,6 +10,7 @@ pub mod model;
 pub mod node;
 pub mod query;
 pub mod serve;
+pub mod stream;
 pub mod tx;
 
 use std::time::Duration;

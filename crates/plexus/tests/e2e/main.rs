@@ -7,6 +7,7 @@ mod metering;
 mod paid;
 mod serve;
 mod setup;
+mod stream;
 mod upgrade;
 mod util;
 mod verify;
