@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use futures::{SinkExt, StreamExt};
 use plexus_inference::tensor::TensorRequest;
 use plexus_serve::stream::{
     Hello, IDLE, MESSAGE_BYTES_MAX, OUTGOING_MAX, RING_MAX, Ring, SEND_GRACE, SLOW, STREAMS_MAX, StreamParams, Trigger,
-    Upstream, WindowResult, close, decode_binary, decode_text, judge, window_request,
+    Upstream, WindowResult, close, decode_binary, decode_text, judge, window_request, write_results,
 };
 use plexus_types::{Address, Attestation, ModelId, Sig};
 use serde_json::json;
@@ -282,14 +282,6 @@ async fn connect_one(
     Ok((ws, hello))
 }
 
-fn close_message(code: u16, reason: &str) -> Message {
-    let mut reason = reason.to_owned();
-    while reason.len() > 123 {
-        reason.pop();
-    }
-    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
-}
-
 fn up_close(code: u16, reason: &str) -> UpMessage {
     let mut reason = reason.to_owned();
     while reason.len() > 123 {
@@ -319,7 +311,7 @@ async fn relay(
     let (app_sink, mut app_source) = socket.split();
     let (to_app, app_rx) = mpsc::channel::<Message>(OUTGOING_MAX);
     let (app_closing, app_closing_rx) = watch::channel::<Option<(u16, String)>>(None);
-    let app_writer = tokio::spawn(write_app(app_sink, app_rx, app_closing_rx));
+    let app_writer = tokio::spawn(write_results(app_sink, app_rx, app_closing_rx));
 
     let (mut up_sink, mut up_source) = ws.split();
     let (to_up, mut up_rx) = mpsc::channel::<UpMessage>(UP_QUEUE_MAX);
@@ -458,44 +450,4 @@ async fn relay(
     let _ = tokio::join!(app_writer, up_writer, app_drain, up_drain);
     app.sessions.deliver(&s).await;
     app.metrics.streams_open.dec();
-}
-
-/// Sends results to the app until the queue ends (a normal close, after everything queued) or
-/// an abnormal close is signalled (sent at once).
-async fn write_app(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
-    mut closing: watch::Receiver<Option<(u16, String)>>,
-) {
-    let mut watching = true;
-    loop {
-        let message = tokio::select! {
-            biased;
-            changed = closing.changed(), if watching => {
-                match changed.ok().and_then(|()| closing.borrow().clone()) {
-                    // A slow consumer's queue is the problem: it is dropped. Any other end
-                    // sends what was already computed (and paid) first.
-                    Some((code, why)) if why.starts_with(SLOW) => close_message(code, &why),
-                    Some((code, why)) => match rx.try_recv() {
-                        Ok(m) => {
-                            closing.mark_changed();
-                            m
-                        }
-                        Err(_) => close_message(code, &why),
-                    },
-                    None => {
-                        watching = false;
-                        continue;
-                    }
-                }
-            }
-            m = rx.recv() => m.unwrap_or_else(|| close_message(close::NORMAL, "")),
-        };
-        let is_close = matches!(message, Message::Close(_));
-        match tokio::time::timeout(IDLE, sink.send(message)).await {
-            Ok(Ok(())) if !is_close => {}
-            _ => break,
-        }
-    }
-    let _ = tokio::time::timeout(SEND_GRACE, sink.close()).await;
 }

@@ -137,7 +137,7 @@ pub(crate) async fn stream(
         .on_upgrade(move |socket| run(socket, ctx, trigger, hello, permit))
 }
 
-fn close_message(code: u16, reason: &str) -> Message {
+pub(crate) fn close_message(code: u16, reason: &str) -> Message {
     // A close reason is at most 123 bytes.
     let mut reason = reason.to_owned();
     while reason.len() > 123 {
@@ -152,7 +152,7 @@ async fn run(socket: WebSocket, ctx: Arc<Ctx>, trigger: Trigger, hello: Hello, _
     let (sink, mut source) = socket.split();
     let (tx, rx) = mpsc::channel::<Message>(OUTGOING_MAX);
     let (closing_tx, closing_rx) = watch::channel::<Option<Closing>>(None);
-    let writer = tokio::spawn(write(sink, rx, closing_rx));
+    let writer = tokio::spawn(write_results(sink, rx, closing_rx));
     let hello = serde_json::json!({ "stream": hello }).to_string();
     let mut end: Closing = (close::NORMAL, String::new());
     if tx.send(Message::Text(hello.into())).await.is_err() {
@@ -236,12 +236,13 @@ async fn run(socket: WebSocket, ctx: Arc<Ctx>, trigger: Trigger, hello: Hello, _
     ctx.state.metrics.streams_open.get_or_create(&label).dec();
 }
 
-/// Sends queued results until the queue ends (a normal close, after everything queued) or an
-/// abnormal close is signalled (sent at once, skipping what is still queued).
-async fn write(
+/// Sends queued results until the queue ends (a normal close, after everything queued) or a
+/// close is signalled: a slow consumer's at once, skipping what is queued; any other after
+/// what is queued. Shared by providers and gateways.
+pub async fn write_results(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Message>,
-    mut closing: watch::Receiver<Option<Closing>>,
+    mut closing: watch::Receiver<Option<(u16, String)>>,
 ) {
     let mut watching = true;
     loop {

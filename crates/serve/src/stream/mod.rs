@@ -37,6 +37,8 @@
 pub mod beats;
 pub(crate) mod handler;
 
+pub use handler::write_results;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
