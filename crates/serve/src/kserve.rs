@@ -291,6 +291,28 @@ pub fn parse_outputs(body: &Value, rows: usize) -> Result<TensorResponse, String
     Ok(TensorResponse { outputs, rows: rows.min(u32::MAX as usize) as u32 })
 }
 
+/// Signs the attestation of a tensor request (`req_hash`, the outputs sent, one inference per
+/// row; nothing when it failed) and reports its usage to metering. Shared by requests and
+/// stream windows.
+pub(crate) fn settle(
+    state: &AppState,
+    ticket: crate::metering::MeterTicket,
+    model: plexus_types::ModelId,
+    req_hash: Hash,
+    response: Option<&TensorResponse>,
+) -> (plexus_types::Attestation, plexus_types::Sig) {
+    let (attestation, usage) = match response {
+        Some(r) => (
+            batch_attestation(model, req_hash, output_hash(r), 0, r.rows),
+            Usage { prompt_tokens: 0, completion_tokens: r.rows, cached_tokens: 0, complete: true },
+        ),
+        None => (batch_attestation(model, Hash::ZERO, Hash::ZERO, 0, 0), Usage::default()),
+    };
+    let signature = attestation.sign(&state.key, &state.config.chain_id);
+    state.metering.finish(ticket, &usage, &attestation, &signature);
+    (attestation, signature)
+}
+
 pub(crate) async fn infer(
     State(state): State<Shared>,
     Path(name): Path<String>,
@@ -352,15 +374,7 @@ pub(crate) async fn infer(
             crate::dishonest::perturb(state.lie, &mut r);
             r
         });
-    let (attestation, usage) = match &result {
-        Ok(r) => (
-            batch_attestation(info.id, req_hash, output_hash(r), 0, r.rows),
-            Usage { prompt_tokens: 0, completion_tokens: r.rows, cached_tokens: 0, complete: true },
-        ),
-        Err(_) => (batch_attestation(info.id, Hash::ZERO, Hash::ZERO, 0, 0), Usage::default()),
-    };
-    let signature = attestation.sign(&state.key, &state.config.chain_id);
-    state.metering.finish(ticket, &usage, &attestation, &signature);
+    let (attestation, signature) = settle(&state, ticket, info.id, req_hash, result.as_ref().ok());
     let response = match result {
         Ok(r) => r,
         Err(e) => return from_serve(&state, e),

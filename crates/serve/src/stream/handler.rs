@@ -24,7 +24,7 @@ use super::*;
 use crate::ServeError;
 use crate::api::{AppState, batch_attestation};
 use crate::dishonest::Lie;
-use crate::kserve::{output_hash, request_hash};
+use crate::kserve::{request_hash, settle};
 use crate::metering::{Endpoint, MeterRequest, Usage};
 use crate::metrics::Metrics;
 
@@ -396,15 +396,7 @@ impl Stream {
         if let Ok(r) = &mut result {
             crate::dishonest::perturb(state.lie, r);
         }
-        let (attestation, usage) = match &result {
-            Ok(r) => (
-                batch_attestation(info.id, req_hash, output_hash(r), 0, r.rows),
-                Usage { prompt_tokens: 0, completion_tokens: r.rows, cached_tokens: 0, complete: true },
-            ),
-            Err(_) => (batch_attestation(info.id, Hash::ZERO, Hash::ZERO, 0, 0), Usage::default()),
-        };
-        let signature = attestation.sign(&state.key, &state.config.chain_id);
-        state.metering.finish(ticket, &usage, &attestation, &signature);
+        let (attestation, signature) = settle(state, ticket, info.id, req_hash, result.as_ref().ok());
         let response = result.map_err(|e| (close::INTERNAL, format!("the model failed: {e}")))?;
         let label = Metrics::model(&info.name);
         state.metrics.inferences.get_or_create(&label).inc();
