@@ -18,8 +18,26 @@ pub const CONCURRENT_MAX: usize = 16;
 pub(crate) struct TensorEngine {
     info: ModelInfo,
     spec: TensorSpec,
-    plan: Arc<TypedRunnableModel>,
+    /// One plan per batch bucket, smallest first (see [`buckets`]).
+    plans: Vec<(usize, Arc<TypedRunnableModel>)>,
     running: AtomicUsize,
+}
+
+/// The batch sizes a model is compiled for: the powers of two below `batch_max`, and `batch_max`.
+///
+/// tract optimises a graph far better when every dimension is known: with a symbolic batch its
+/// matrix products pick generic kernels and pack their operands on every call, which made batch
+/// 32 two to three times slower than onnxruntime (`docs/benchmarks.md`). A request of `rows` rows
+/// runs on the smallest bucket that holds it, padded with copies of its first row whose outputs
+/// are dropped; rows never influence each other in these graphs (each output row is a function
+/// of its input row), so padding changes no result. Eleven plans at most (`batch_max` <= 1024),
+/// all compiled at load, so no request pays for a compilation and no caller can make the engine
+/// compile more.
+fn buckets(batch_max: usize) -> Vec<usize> {
+    let mut sizes: Vec<usize> =
+        std::iter::successors(Some(1usize), |b| Some(b * 2)).take_while(|&b| b < batch_max).collect();
+    sizes.push(batch_max);
+    sizes
 }
 
 /// Decrements the running-call counter however `infer` returns.
@@ -42,7 +60,8 @@ impl TensorEngine {
         };
         let spec = TensorSpec::read(&cached.dir.join(spec))?;
         let path = cached.dir.join(graph);
-        let plan = compile(&path, &spec)?;
+        let plans = compile(&path, &spec)?;
+        check_rows_independent(&path, &plans, &spec)?;
         let info = ModelInfo {
             name: cached.manifest.name.clone(),
             id: cached.id,
@@ -52,7 +71,7 @@ impl TensorEngine {
             embedding_dims: None,
         };
         tracing::info!(target: "inference::tensor", model = %info.name, id = %info.id, task = %spec.task, "tensor engine ready");
-        Ok(TensorEngine { info, spec, plan, running: AtomicUsize::new(0) })
+        Ok(TensorEngine { info, spec, plans, running: AtomicUsize::new(0) })
     }
 
     /// Checks a request against the spec; returns the batch size.
@@ -91,10 +110,10 @@ impl TensorEngine {
     }
 }
 
-/// Loads the graph, fixes every input dimension but the batch, and optimises it.
-fn compile(path: &Path, spec: &TensorSpec) -> Result<Arc<TypedRunnableModel>, Error> {
+/// Loads the graph once and optimises it for every batch bucket, with every dimension fixed.
+fn compile(path: &Path, spec: &TensorSpec) -> Result<Vec<(usize, Arc<TypedRunnableModel>)>, Error> {
     let err = load_err(path);
-    let mut model = tract_onnx::onnx().model_for_path(path).map_err(&err)?;
+    let model = tract_onnx::onnx().model_for_path(path).map_err(&err)?;
     let n_inputs = model.input_outlets().map_err(&err)?.len();
     if n_inputs != 1 {
         return Err(Error::Load {
@@ -102,19 +121,100 @@ fn compile(path: &Path, spec: &TensorSpec) -> Result<Arc<TypedRunnableModel>, Er
             reason: format!("the graph has {n_inputs} inputs, the spec one"),
         });
     }
-    let batch = model.sym("N");
-    let mut shape: TVec<TDim> = tvec![batch.into()];
-    shape.extend(spec.inputs[0].row_dims().iter().map(|&d| TDim::from(d as i64)));
-    model = model.with_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape)).map_err(&err)?;
-    let typed = model.into_optimized().map_err(&err)?;
-    let outputs = typed.output_outlets().map_err(&err)?.len();
-    if outputs != spec.outputs.len() {
-        return Err(Error::Load {
-            path: path.into(),
-            reason: format!("the graph has {outputs} outputs, the spec {}", spec.outputs.len()),
-        });
+    let mut plans = Vec::new();
+    for rows in buckets(spec.batch_max as usize) {
+        let mut shape: TVec<usize> = tvec![rows];
+        shape.extend(spec.inputs[0].row_dims());
+        let fact = InferenceFact::dt_shape(f32::datum_type(), shape);
+        let typed = model.clone().with_input_fact(0, fact).map_err(&err)?.into_optimized().map_err(&err)?;
+        let outputs = typed.output_outlets().map_err(&err)?.len();
+        if outputs != spec.outputs.len() {
+            return Err(Error::Load {
+                path: path.into(),
+                reason: format!("the graph has {outputs} outputs, the spec {}", spec.outputs.len()),
+            });
+        }
+        plans.push((rows, typed.into_runnable().map_err(&err)?));
     }
-    typed.into_runnable().map_err(&err)
+    Ok(plans)
+}
+
+/// Runs `rows` rows (`data`, row-major) on the smallest bucket that holds them, padding with
+/// copies of the first row and dropping their outputs.
+fn run(
+    plans: &[(usize, Arc<TypedRunnableModel>)],
+    spec: &TensorSpec,
+    rows: usize,
+    data: &[f32],
+) -> Result<Vec<super::Tensor>, Error> {
+    let (bucket, plan) = plans
+        .iter()
+        .find(|(size, _)| *size >= rows)
+        .ok_or_else(|| Error::Engine(format!("no plan for {rows} rows")))?;
+    let row_len = spec.inputs[0].row_elements();
+    let mut padded = Vec::with_capacity(bucket * row_len);
+    padded.extend_from_slice(data);
+    for _ in rows..*bucket {
+        padded.extend_from_slice(&data[..row_len]);
+    }
+    let mut shape = vec![*bucket];
+    shape.extend(spec.inputs[0].row_dims());
+    let tensor = tract_ndarray::ArrayD::from_shape_vec(shape, padded)
+        .map_err(|e| Error::Engine(format!("input tensor: {e}")))?;
+    let out = plan.run(tvec![TractTensor::from(tensor).into()]).map_err(|e| Error::Engine(format!("tract: {e:#}")))?;
+    let mut outputs = Vec::with_capacity(out.len());
+    for (value, meta) in out.iter().zip(&spec.outputs) {
+        let view =
+            value.to_plain_array_view::<f32>().map_err(|e| Error::Engine(format!("output `{}`: {e}", meta.name)))?;
+        let mut shape = view.shape().to_vec();
+        if shape.first() != Some(bucket) || shape[1..] != meta.row_dims()[..] {
+            return Err(Error::Engine(format!(
+                "output `{}` has shape {shape:?}, the spec says {:?}",
+                meta.name, meta.shape
+            )));
+        }
+        shape[0] = rows;
+        let data = view.iter().copied().take(rows * meta.row_elements()).collect();
+        outputs.push(super::Tensor { name: meta.name.clone(), shape, data });
+    }
+    Ok(outputs)
+}
+
+/// Padding a batch is only sound when rows do not influence each other. A graph that mixes
+/// them (a reduction over the batch axis, say) is refused at load: two different rows run
+/// together must give what each gives alone, to a float tolerance (kernels for one row and for
+/// two may sum in different orders).
+fn check_rows_independent(
+    path: &Path,
+    plans: &[(usize, Arc<TypedRunnableModel>)],
+    spec: &TensorSpec,
+) -> Result<(), Error> {
+    if spec.batch_max < 2 {
+        return Ok(());
+    }
+    let row_len = spec.inputs[0].row_elements();
+    let row = |k: usize| (0..row_len).map(move |j| 1.0 + ((j * 7 + k * 3) % 11) as f32 / 11.0);
+    let both: Vec<f32> = row(0).chain(row(1)).collect();
+    let together = run(plans, spec, 2, &both)?;
+    for k in 0..2 {
+        let alone = run(plans, spec, 1, &row(k).collect::<Vec<_>>())?;
+        for (t, a) in together.iter().zip(&alone) {
+            let n = a.data.len();
+            let mixed =
+                t.data[k * n..(k + 1) * n].iter().zip(&a.data).any(|(x, y)| !((x - y).abs() <= 1e-4 * (1.0 + y.abs())));
+            if mixed {
+                return Err(Error::Load {
+                    path: path.into(),
+                    reason: format!(
+                        "output `{}` of a row depends on the other rows of its batch; tensor models must \
+                         compute each output row from its input row alone",
+                        t.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Engine for TensorEngine {
@@ -133,31 +233,124 @@ impl Engine for TensorEngine {
             return Err(Error::Busy { queued: CONCURRENT_MAX, queue_max: CONCURRENT_MAX });
         }
         let _running = Running(&self.running);
-        let input = &request.inputs[0];
-        let tensor = tract_ndarray::ArrayD::from_shape_vec(input.shape.clone(), input.data.clone())
-            .map_err(|e| Error::Engine(format!("input tensor: {e}")))?;
-        let out = self
-            .plan
-            .run(tvec![TractTensor::from(tensor).into()])
-            .map_err(|e| Error::Engine(format!("tract: {e:#}")))?;
-        let mut outputs = Vec::with_capacity(out.len());
-        for (value, meta) in out.iter().zip(&self.spec.outputs) {
-            let view = value
-                .to_plain_array_view::<f32>()
-                .map_err(|e| Error::Engine(format!("output `{}`: {e}", meta.name)))?;
-            let shape = view.shape().to_vec();
-            if shape.first() != Some(&rows) || shape[1..] != meta.row_dims()[..] {
-                return Err(Error::Engine(format!(
-                    "output `{}` has shape {shape:?}, the spec says {:?}",
-                    meta.name, meta.shape
-                )));
-            }
-            outputs.push(super::Tensor { name: meta.name.clone(), shape, data: view.iter().copied().collect() });
-        }
+        let outputs = run(&self.plans, &self.spec, rows, &request.inputs[0].data)?;
         Ok(TensorResponse { outputs, rows: rows as u32 })
     }
 
     fn load(&self) -> Load {
         Load { active: self.running.load(Ordering::SeqCst), queue_max: CONCURRENT_MAX, ..Load::default() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use tract_onnx::pb;
+
+    use super::*;
+
+    fn spec(batch_max: u32) -> TensorSpec {
+        let meta =
+            |name: &str| super::super::TensorMeta { name: name.into(), datatype: "FP32".into(), shape: vec![-1, 4] };
+        TensorSpec {
+            task: "test".into(),
+            inputs: vec![meta("x")],
+            outputs: vec![meta("y")],
+            labels: vec![],
+            preprocessing: "none".into(),
+            opset: 11,
+            batch_max,
+        }
+    }
+
+    /// A one-input graph `y = x - ReduceMean(x, axes) ` (opset 11, axes as an attribute), or
+    /// `y = Relu(x)` when `axes` is empty.
+    fn graph(dir: &Path, axes: &[i64]) -> std::path::PathBuf {
+        let dim = |v: tract_onnx::pb::tensor_shape_proto::dimension::Value| pb::tensor_shape_proto::Dimension {
+            value: Some(v),
+            ..Default::default()
+        };
+        use pb::tensor_shape_proto::dimension::Value::{DimParam, DimValue};
+        let value = |name: &str| pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(pb::TensorShapeProto { dim: vec![dim(DimParam("N".into())), dim(DimValue(4))] }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let node = |op: &str, input: &[&str], output: &str, attribute: Vec<pb::AttributeProto>| pb::NodeProto {
+            op_type: op.into(),
+            input: input.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        };
+        let nodes = if axes.is_empty() {
+            vec![node("Relu", &["x"], "y", vec![])]
+        } else {
+            let axes = pb::AttributeProto {
+                name: "axes".into(),
+                r#type: pb::attribute_proto::AttributeType::Ints as i32,
+                ints: axes.to_vec(),
+                ..Default::default()
+            };
+            vec![node("ReduceMean", &["x"], "m", vec![axes]), node("Sub", &["x", "m"], "y", vec![])]
+        };
+        let model = pb::ModelProto {
+            ir_version: 6,
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 11 }],
+            graph: Some(pb::GraphProto {
+                node: nodes,
+                name: "g".into(),
+                input: vec![value("x")],
+                output: vec![value("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let path = dir.join("model.onnx");
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+        path
+    }
+
+    #[test]
+    fn buckets_are_powers_of_two_then_the_limit() {
+        assert_eq!(buckets(1), vec![1]);
+        assert_eq!(buckets(2), vec![1, 2]);
+        assert_eq!(buckets(64), vec![1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(buckets(100), vec![1, 2, 4, 8, 16, 32, 64, 100]);
+        assert_eq!(buckets(1024).len(), 11);
+    }
+
+    #[test]
+    fn padded_batches_give_every_row_its_own_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = graph(dir.path(), &[]);
+        let spec = spec(8);
+        let plans = compile(&path, &spec).unwrap();
+        check_rows_independent(&path, &plans, &spec).unwrap();
+        // 5 rows run on the bucket of 8; Relu is exact, so the answer is too.
+        let data: Vec<f32> = (0..20).map(|i| i as f32 - 10.0).collect();
+        let out = run(&plans, &spec, 5, &data).unwrap();
+        assert_eq!(out[0].shape, vec![5, 4]);
+        assert_eq!(out[0].data, data.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_graph_that_mixes_the_rows_of_a_batch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(8);
+        let path = graph(dir.path(), &[0]);
+        let plans = compile(&path, &spec).unwrap();
+        let err = check_rows_independent(&path, &plans, &spec).unwrap_err().to_string();
+        assert!(err.contains("depends on the other rows"), "{err}");
+        // The same reduction over a row's own values is fine.
+        let path = graph(dir.path(), &[1]);
+        let plans = compile(&path, &spec).unwrap();
+        check_rows_independent(&path, &plans, &spec).unwrap();
     }
 }
