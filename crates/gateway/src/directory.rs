@@ -231,6 +231,12 @@ impl Directory {
         s.shunned_until = Some(Instant::now() + SHUNNED);
     }
 
+    /// Whether `provider` is shunned now (caught lying or failed an audit, not long ago).
+    pub fn shunned(&self, provider: &Address) -> bool {
+        let stats = self.stats.lock().expect("stats lock");
+        stats.get(provider).and_then(|s| s.shunned_until).is_some_and(|t| t > Instant::now())
+    }
+
     /// Responses from `provider` that did not verify.
     pub fn lies(&self, provider: &Address) -> u64 {
         self.stats.lock().expect("stats lock").get(provider).map_or(0, |s| s.lies)

@@ -11,7 +11,9 @@
 //! alert the gateway derived itself from those outputs, and the count paid so far.
 //!
 //! A result that does not check shuns the provider and ends the stream with close code 1011 (the
-//! device reconnects and gets another provider); nothing is paid for it. A slow app is dropped
+//! device reconnects and gets another provider); nothing is paid for it. So does the first
+//! result after an audit of an earlier window (run in the background, so a window or two later)
+//! found the provider's outputs wrong. A slow app is dropped
 //! with 1008 `slow consumer`, as a provider would.
 
 use std::sync::Arc;
@@ -397,6 +399,14 @@ async fn relay(
                         continue;
                     }
                 };
+                if app.directory.shunned(&c.provider) {
+                    end = Some((close::INTERNAL, format!(
+                        "provider {} failed an audit or was caught lying elsewhere; window not paid, reconnect for another",
+                        c.provider
+                    )));
+                    up_end = (close::POLICY, "not paid: shunned after a failed audit".into());
+                    continue;
+                }
                 let receipt = app.sessions.acknowledge(&s, 0, 1, Some(att.hash()));
                 app.offer_tensor_audit(&c, &s, att, sig, || Some((request, result.tensors().ok()?)));
                 app.metrics.receipts_signed.inc();

@@ -59,13 +59,14 @@ async fn open(
     ws
 }
 
-/// Reads until the stream closes; returns the results received and the close code and reason.
+/// Reads until the stream (or its reading half) closes; returns the results received and the
+/// close code and reason.
 async fn drain(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: &mut (impl futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
 ) -> (u64, u16, String) {
     let mut results = 0;
     loop {
-        match tokio::time::timeout(Duration::from_secs(90), ws.next()).await.expect("the stream ends") {
+        match tokio::time::timeout(Duration::from_secs(150), ws.next()).await.expect("the stream ends") {
             Some(Ok(Message::Text(_))) => results += 1,
             Some(Ok(Message::Close(Some(f)))) => return (results, u16::from(f.code), f.reason.to_string()),
             Some(Ok(Message::Close(None))) | None => return (results, 1005, String::new()),
@@ -220,14 +221,32 @@ fn an_ecg_stream_alerts_on_abnormal_beats_is_paid_per_window_and_liars_and_slow_
 
     // A provider whose tensor outputs are off (by 0.01, attested as sent): the attestation
     // checks, so it is paid, but an audit re-runs the model on the gateway's own copy, finds
-    // the difference, and the provider is shunned.
+    // the difference, and the provider is shunned: its stream is cut, no request goes to it.
     drop(inflating);
     let _perturbing = restart_with(liar, "PLEXUS_DISHONEST", "perturb");
     let audited = gateway(dir.path(), "gw-audit", &info, &api, &[&liar_addr], &["--audit-rate", "1"]);
+    // A stream to it: each window passes the gateway's checks and is paid, and each is audited
+    // in the background; the first result after an audit fails ends the stream.
+    let (streamed, code, reason) = runtime.block_on(async {
+        let ws = open(&audited, "/v2/models/ecg-heartbeat/stream?hop=128").await;
+        let wave: Vec<f32> = (0..256).map(|i| (i as f32 * 0.05).sin()).collect();
+        let (mut tx, mut rx) = ws.split();
+        let results = tokio::spawn(async move { drain(&mut rx).await });
+        // Two windows a second until the gateway ends it (bounded: two minutes).
+        for _ in 0..240 {
+            if tx.send(binary(&wave)).await.is_err() || results.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        results.await.unwrap()
+    });
+    eprintln!("audited stream: {streamed} results, then {code} {reason}");
+    assert_eq!(code, 1011, "{reason}");
+    assert!(reason.contains("failed an audit"), "{reason}");
+    assert!(streamed >= 1, "windows before the audit's verdict are paid: {reason}");
     let beat = recording_window();
     let body = serde_json::json!({ "inputs": [{ "name": "ecg_window", "shape": [1, 256], "datatype": "FP32", "data": beat }] });
-    let (code, text) = audited.post("/v2/models/ecg-heartbeat/infer", &body);
-    assert_eq!(code, 200, "the lie is not visible in the response: {text}");
     let finding = wait_for("the audit", Duration::from_secs(120), || {
         let s = audited.status();
         s["audits"]["recent"].as_array().unwrap().first().cloned()
