@@ -27,6 +27,7 @@ pub mod v1;
 pub mod v2;
 pub mod v3;
 pub mod v4;
+pub mod v5;
 
 use std::fmt;
 
@@ -352,8 +353,11 @@ impl fmt::Debug for Executor {
 /// The execution version from which tensor models and region-restricted sessions exist.
 pub const TENSOR_MODELS_SINCE: u16 = v4::VERSION;
 
+/// The execution version from which inferences of tensor models can be challenged on chain.
+pub const TENSOR_CHALLENGES_SINCE: u16 = v5::VERSION;
+
 /// The latest execution version of this release.
-pub const LATEST_EXECUTION_VERSION: u16 = 4;
+pub const LATEST_EXECUTION_VERSION: u16 = 5;
 
 /// Execution versions this binary can run.
 #[cfg(not(feature = "faulty-version"))]
@@ -452,6 +456,7 @@ impl Executor {
             2 => v2::execute_block(self, state, env, txs),
             3 => v3::execute_block(self, state, env, txs),
             4 => v4::execute_block(self, state, env, txs),
+            5 => v5::execute_block(self, state, env, txs),
             #[cfg(feature = "faulty-version")]
             faulty::VERSION => faulty::execute_block(self, state, env, txs),
             v => Err(BlockError::UnsupportedVersion(v)),
@@ -552,6 +557,7 @@ impl Executor {
                     2 => v2::build_block(self, state, env, candidates, max_txs, max_bytes),
                     3 => v3::build_block(self, state, env, candidates, max_txs, max_bytes),
                     4 => v4::build_block(self, state, env, candidates, max_txs, max_bytes),
+                    5 => v5::build_block(self, state, env, candidates, max_txs, max_bytes),
                     #[cfg(feature = "faulty-version")]
                     faulty::VERSION => faulty::build_block(self, state, env, candidates, max_txs, max_bytes),
                     v => Err(BlockError::UnsupportedVersion(v)),
@@ -609,7 +615,8 @@ impl Executor {
             return Err(e);
         }
         match version {
-            v if v >= 4 => v1::check_tx_with(self, state, height, tx, &v4::RULES),
+            v if v >= 5 => v1::check_tx_with(self, state, height, tx, &v5::RULES),
+            4 => v1::check_tx_with(self, state, height, tx, &v4::RULES),
             3 => v1::check_tx_with(self, state, height, tx, &v3::RULES),
             _ => v1::check_tx(self, state, height, tx),
         }
@@ -669,6 +676,7 @@ pub fn too_new(version: u16, tx: &SignedTx) -> Option<TxError> {
     let needs = match &tx.tx.payload {
         Payload::OpenSessionIn { .. } => v4::VERSION,
         Payload::RegisterModel(m) if m.engine.is_tensor() => v4::VERSION,
+        Payload::ChallengeTensor { .. } => v5::VERSION,
         _ => return None,
     };
     (version < needs).then(|| TxError::TooNew { kind: tx.tx.payload.kind(), needs, version })
@@ -684,7 +692,7 @@ pub fn max_spend(payload: &plexus_types::Payload) -> Amount {
         Payload::OpenSession { deposit, .. }
         | Payload::OpenSessionIn { deposit, .. }
         | Payload::SubmitProposal { deposit, .. } => *deposit,
-        Payload::Challenge { bond, .. } => *bond,
+        Payload::Challenge { bond, .. } | Payload::ChallengeTensor { bond, .. } => *bond,
         _ => 0,
     }
 }

@@ -168,6 +168,9 @@ pub mod table {
     pub const UNBONDING_OF: u8 = 0x16;
     /// Execution v4: the regions a session is restricted to (data residency).
     pub const SESSION_REGIONS: u8 = 0x17;
+    /// Execution v5: the evidence of a challenge of a tensor inference, by challenge id (the
+    /// challenge record's transcript then names the model and nothing else).
+    pub const CHALLENGE_EVIDENCE: u8 = 0x18;
 }
 
 fn key(prefix: u8, body: &[u8]) -> Vec<u8> {
@@ -247,6 +250,9 @@ pub mod keys {
     }
     pub fn session_regions(session: &Hash) -> Vec<u8> {
         key(table::SESSION_REGIONS, session.as_bytes())
+    }
+    pub fn challenge_evidence(id: u64) -> Vec<u8> {
+        key(table::CHALLENGE_EVIDENCE, &id.to_be_bytes())
     }
     pub fn session_by_client(client: &Address, session: &Hash) -> Vec<u8> {
         let mut body = client.as_bytes().to_vec();

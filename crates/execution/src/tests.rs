@@ -1216,6 +1216,7 @@ mod verification {
     use super::*;
     use crate::state::{Challenge, ChallengeStatus, ProviderStats};
     use plexus_types::receipt::{SamplingSpec, Transcript, output_ids_hash};
+    use plexus_types::tensor::{EvidenceTensor, TensorEvidence};
     use plexus_types::{Attestation, Sig};
 
     /// Accepts evidence b"guilty:<n>" as proof that validator n equivocated.
@@ -1239,7 +1240,12 @@ mod verification {
     /// A v3 chain with four validators (0..4); account 4 provides `model()` at 10/20 per 1k;
     /// account 5 is a client with an open session.
     fn setup() -> (Chain, Hash) {
-        let mut c = Chain::with(6, 4, 3, Arc::new(Accepting));
+        setup_at(3)
+    }
+
+    /// [`setup`] on a chain at execution `version`.
+    fn setup_at(version: u16) -> (Chain, Hash) {
+        let mut c = Chain::with(6, 4, version, Arc::new(Accepting));
         let stake = params().min_provider_stake * 5;
         let t1 = c.tx(4, Payload::RegisterModel(model()));
         let t2 = c.tx(4, Payload::Stake { amount: stake, p2p_address: String::new() });
@@ -1412,6 +1418,92 @@ mod verification {
             c.block(vec![]);
         }
         assert_eq!(challenge(&c, 0).status, ChallengeStatus::Acquitted, "nobody proved anything");
+    }
+
+    /// A tensor inference of three rows (four inputs, two outputs each) and the provider's
+    /// (account 4's) signed attestation of it.
+    fn tensor_evidence(c: &Chain) -> (Attestation, Sig, TensorEvidence) {
+        let inputs: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let evidence = TensorEvidence {
+            model: model().id(),
+            inputs: vec![EvidenceTensor::from_f32("x", &[3, 4], &inputs)],
+            outputs: vec![EvidenceTensor::from_f32("y", &[3, 2], &[0.1, 0.9, 0.8, 0.2, 0.5, 0.5])],
+        };
+        let att = Attestation {
+            request_hash: evidence.request_hash(),
+            output_hash: evidence.output_hash(),
+            model: model().id(),
+            input_tokens: 0,
+            output_tokens: 3,
+            output_ids_hash: Hash::ZERO,
+            logits_fingerprint: Hash::ZERO,
+        };
+        let sig = att.sign(&c.keys[4], CHAIN);
+        (att, sig, evidence)
+    }
+
+    #[test]
+    fn a_tensor_inference_is_challenged_with_its_inputs_and_outputs_and_convicted_as_a_generation() {
+        let (mut c, session) = setup_at(5);
+        let (att, sig, evidence) = tensor_evidence(&c);
+        let bond = params().challenge_bond_min;
+        let (client_before, provider_stake) = (c.balance(5), bonded(&c, 4));
+        let tensor = |evidence: TensorEvidence| Payload::ChallengeTensor {
+            session,
+            attestation: att.clone(),
+            signature: sig.clone(),
+            evidence,
+            bond,
+        };
+        // Evidence the attestation does not commit to, to the last bit of one output, is refused.
+        let mut forged = evidence.clone();
+        forged.outputs[0].bits[5] = 0.25f32.to_bits();
+        let t = c.tx(5, tensor(forged));
+        assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("outputs"));
+        // Only the session's client challenges.
+        let t = c.tx(3, tensor(evidence.clone()));
+        assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("client"));
+        let t = c.tx(5, tensor(evidence.clone()));
+        let out = c.block(vec![t]);
+        assert_eq!(out.results[0].error, None);
+        let opened = challenge(&c, 0);
+        assert_eq!(opened.transcript.model, model().id());
+        assert!(opened.transcript.output.is_empty(), "the record names the model; the evidence is beside it");
+        let mut o = Overlay::new(&c.state);
+        let kept: TensorEvidence = Store::new(&mut o).read(&keys::challenge_evidence(0)).unwrap();
+        assert_eq!(kept, evidence);
+        assert!(!opened.committee.contains(&c.addr(4)));
+        let again = c.tx(5, tensor(evidence.clone()));
+        assert!(c.block(vec![again]).results[0].error.as_ref().unwrap().contains("already"));
+        // The committee's majority convicts: slashed, and the three inferences refunded.
+        let members: Vec<usize> = (0..4).filter(|i| opened.committee.contains(&c.addr(*i))).collect();
+        for &m in &members[..2] {
+            let t = c.tx(m, Payload::ChallengeVote { challenge: 0, guilty: true });
+            c.block(vec![t]);
+        }
+        let done = challenge(&c, 0);
+        assert_eq!(done.status, ChallengeStatus::Convicted);
+        let slashed = provider_stake / 10;
+        let cost = crate::max_cost(0, 3, 10, 20).unwrap();
+        let reward = (slashed - cost) / 10;
+        assert_eq!((done.slashed, done.refunded, done.reward), (slashed, cost, reward));
+        assert_eq!(bonded(&c, 4), provider_stake - slashed);
+        // Fees for three transactions of the client's (the forged, the good and the repeat).
+        assert_eq!(c.balance(5), client_before - 3 * 1_000 + cost + reward);
+        assert_eq!(read_deposits(&c), 0);
+    }
+
+    #[test]
+    fn before_version_5_a_tensor_challenge_is_too_new() {
+        for version in [3, 4] {
+            let (mut c, session) = setup_at(version);
+            let (attestation, signature, evidence) = tensor_evidence(&c);
+            let bond = params().challenge_bond_min;
+            let t = c.tx(5, Payload::ChallengeTensor { session, attestation, signature, evidence, bond });
+            let err = c.exec.check_tx(&c.state, c.height + 1, &t).unwrap_err();
+            assert!(matches!(err, TxError::TooNew { needs: 5, .. }), "v{version}: {err}");
+            assert!(matches!(c.try_block(vec![t]).unwrap_err(), BlockError::Tx { error: TxError::TooNew { .. }, .. }));
+        }
     }
 
     #[test]

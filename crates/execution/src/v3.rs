@@ -155,6 +155,28 @@ fn open_challenge(
     bond: Amount,
     events: &mut Vec<Event>,
 ) -> Result<(), ExecError> {
+    let session = accused_session(exec, store, params, challenger, session_id, attestation, signature, bond)?;
+    transcript.matches(attestation).map_err(invalid)?;
+    if transcript.output.is_empty() {
+        return Err(invalid("a response without output cannot be challenged"));
+    }
+    open(store, params, env, challenger, session_id, session, attestation, transcript.clone(), bond, events)?;
+    Ok(())
+}
+
+/// The first checks of every challenge: the bond, the session, that its client challenges and
+/// that its provider signed the attestation, for the session's model. Returns the session.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn accused_session(
+    exec: &Executor,
+    store: &mut Store<'_, '_>,
+    params: &Params,
+    challenger: &Address,
+    session_id: &Hash,
+    attestation: &plexus_types::Attestation,
+    signature: &plexus_types::Sig,
+    bond: Amount,
+) -> Result<Session, ExecError> {
     if bond < params.challenge_bond_min {
         return Err(invalid(format!("bond {bond} is below challenge_bond_min {}", params.challenge_bond_min)));
     }
@@ -169,10 +191,24 @@ fn open_challenge(
     if attestation.model != session.model {
         return Err(invalid("the attestation is for another model than the session's"));
     }
-    transcript.matches(attestation).map_err(invalid)?;
-    if transcript.output.is_empty() {
-        return Err(invalid("a response without output cannot be challenged"));
-    }
+    Ok(session)
+}
+
+/// Opens a challenge whose evidence checked: once per attestation, with a committee drawn
+/// without the accused, the bond locked until the verdict. Returns the challenge's id.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn open(
+    store: &mut Store<'_, '_>,
+    params: &Params,
+    env: &BlockEnv,
+    challenger: &Address,
+    session_id: &Hash,
+    session: Session,
+    attestation: &plexus_types::Attestation,
+    transcript: plexus_types::receipt::Transcript,
+    bond: Amount,
+    events: &mut Vec<Event>,
+) -> Result<u64, ExecError> {
     let att_hash = attestation.hash();
     if store.overlay.get(&keys::challenge_by_attestation(&att_hash)).is_some() {
         return Err(invalid("this response was challenged already"));
@@ -189,7 +225,7 @@ fn open_challenge(
         provider: session.provider.clone(),
         session: *session_id,
         attestation: attestation.clone(),
-        transcript: transcript.clone(),
+        transcript,
         bond,
         opened_height: env.height,
         deadline_height: deadline,
@@ -211,7 +247,7 @@ fn open_challenge(
         committee,
         deadline_height: deadline,
     });
-    Ok(())
+    Ok(id)
 }
 
 /// `challenge_committee_size` validators of the current epoch, not `accused`, ranked by a hash

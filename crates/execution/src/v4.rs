@@ -54,7 +54,7 @@ fn invalid(msg: impl Into<String>) -> ExecError {
     ExecError::Invalid(msg.into())
 }
 
-fn apply_payload(
+pub(crate) fn apply_payload(
     exec: &Executor,
     store: &mut Store<'_, '_>,
     params: &Params,

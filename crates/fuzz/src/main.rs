@@ -185,6 +185,28 @@ fn challenge() -> Payload {
     Payload::Challenge { session: plexus_types::hash(b"s"), attestation, signature, transcript, bond: 10_000_000 }
 }
 
+/// A challenge of a tensor inference (two rows of four inputs, one output each), with the
+/// provider's (account 2's) signed attestation.
+fn tensor_challenge() -> Payload {
+    use plexus_types::tensor::{EvidenceTensor, TensorEvidence};
+    let evidence = TensorEvidence {
+        model: manifest().id(),
+        inputs: vec![EvidenceTensor::from_f32("x", &[2, 4], &[0.5, 1.0, -1.0, 2.0, 0.0, 3.5, 1e-3, 7.0])],
+        outputs: vec![EvidenceTensor::from_f32("y", &[2, 1], &[0.25, 0.75])],
+    };
+    let attestation = Attestation {
+        request_hash: evidence.request_hash(),
+        output_hash: evidence.output_hash(),
+        model: evidence.model,
+        input_tokens: 0,
+        output_tokens: 2,
+        output_ids_hash: Hash::ZERO,
+        logits_fingerprint: Hash::ZERO,
+    };
+    let signature = attestation.sign(&key(2), CHAIN);
+    Payload::ChallengeTensor { session: plexus_types::hash(b"s"), attestation, signature, evidence, bond: 10_000_000 }
+}
+
 /// Valid transactions of every kind, signed by account 1 with consecutive nonces from 0.
 fn sample_txs() -> Vec<SignedTx> {
     let k = key(1);
@@ -243,6 +265,7 @@ fn sample_txs() -> Vec<SignedTx> {
             regions: vec!["eu-west".into(), "eu-central".into()],
         },
         Payload::RegisterModel(ModelManifest { engine: EngineKind::TractOnnx, ..m.clone() }),
+        tensor_challenge(),
     ];
     payloads
         .into_iter()

@@ -10,6 +10,10 @@
 //! transcript; validators drawn from block randomness re-run it and vote, and a conviction
 //! slashes the provider, refunds the request and pays the gateway's account a reward.
 //!
+//! Tensor inferences (ONNX models, requests and stream windows) are audited by re-running the
+//! request and comparing every output within a tolerance ([`audit_tensor`]); a faulty one is
+//! challenged with `ChallengeTensor`, its inputs and attested outputs as the evidence.
+//!
 //! Audits run one at a time on a background thread pool, from a bounded queue: when audits
 //! fall behind serving, new ones are dropped (and counted), never the app's requests. The
 //! model is loaded on the first audit.
@@ -23,6 +27,7 @@ use plexus_inference::models::ModelCache;
 use plexus_inference::tensor::{Tensor, TensorRequest};
 use plexus_inference::{Engine, EngineConfig, LlamaConfig};
 use plexus_types::receipt::Transcript;
+use plexus_types::tensor::EVIDENCE_VALUES_MAX;
 use plexus_types::tx::Payload;
 use plexus_types::{Address, Attestation, Hash, ModelId, Sig};
 use rand::RngExt as _;
@@ -224,15 +229,7 @@ pub(crate) async fn work(app: Arc<App>, mut jobs: mpsc::Receiver<Job>) {
                     "a response is not what the model produces: shunning the provider and challenging it"
                 );
                 app.directory.caught_lying(&job.provider);
-                let Work::Generation(transcript) = &job.work else {
-                    // The chain's challenges re-run generations; tensor outputs are judged here.
-                    f.note = "tensor outputs differ from this machine's beyond the tolerance; provider shunned \
-                              (challenges on chain cover generations only)"
-                        .into();
-                    app.auditor.record(f, |c| c.faulty += 1);
-                    continue;
-                };
-                match challenge(&app, &job, transcript).await {
+                match challenge(&app, &job).await {
                     Ok(tx) => {
                         f.challenge_tx = Some(tx);
                         app.auditor.record(f, |c| {
@@ -300,15 +297,28 @@ async fn load(cache: &ModelCache, model: ModelId, threads: u32) -> Result<Arc<dy
 }
 
 /// Sends the challenge and waits for the chain to accept it; returns its transaction hash.
-async fn challenge(app: &Arc<App>, job: &Job, transcript: &Transcript) -> Result<Hash, String> {
+/// A generation is challenged with its transcript (execution v3 and later), a tensor inference
+/// with its inputs and attested outputs (v5 and later; a chain before that refuses it, and the
+/// finding says so), when they fit one transaction.
+async fn challenge(app: &Arc<App>, job: &Job) -> Result<Hash, String> {
     let params = app.chain.params().await.map_err(|e| e.to_string())?;
     let bond = params.challenge_bond_min.ok_or("the chain does not take challenges (execution before v3)")?;
-    let payload = Payload::Challenge {
-        session: job.session,
-        attestation: job.attestation.clone(),
-        signature: job.signature.clone(),
-        transcript: transcript.clone(),
-        bond,
+    let (session, attestation, signature) = (job.session, job.attestation.clone(), job.signature.clone());
+    let payload = match &job.work {
+        Work::Generation(transcript) => {
+            Payload::Challenge { session, attestation, signature, transcript: transcript.clone(), bond }
+        }
+        Work::Tensor { model, request, outputs } => {
+            let evidence = plexus_serve::kserve::evidence(model, request, outputs);
+            let values: usize = evidence.inputs.iter().chain(&evidence.outputs).map(|t| t.bits.len()).sum();
+            if values > EVIDENCE_VALUES_MAX {
+                return Err(format!(
+                    "the request and its outputs hold {values} values, more than a challenge carries \
+                     ({EVIDENCE_VALUES_MAX}); the provider is shunned here only"
+                ));
+            }
+            Payload::ChallengeTensor { session, attestation, signature, evidence, bond }
+        }
     };
     let (hash, _) = app.sessions.send_tx(payload).await.map_err(|e| e.to_string())?;
     app.chain.wait_tx(&hash, Duration::from_secs(60)).await.map_err(|e| e.to_string())?;

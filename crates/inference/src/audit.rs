@@ -104,6 +104,43 @@ pub fn judge(margins: Vec<f32>, rules: &AuditRules) -> AuditReport {
 pub const TENSOR_TOLERANCE_ABS: f32 = 1e-3;
 pub const TENSOR_TOLERANCE_REL: f32 = 1e-4;
 
+/// Whether a challenge's evidence is a request and outputs the model's spec allows: its one
+/// input and any of its outputs (once each), by name, each `[rows, the spec's dimensions]`.
+/// Input values must be finite. A committee judges only such evidence; anything else could
+/// not have been served, so the
+/// accusation fails. (The attested output hash does not cover each output's rank, so only a
+/// shape read against the spec is the provider's shape.)
+pub fn fits_spec(
+    spec: &crate::tensor::TensorSpec,
+    request: &crate::tensor::TensorRequest,
+    claimed: &[crate::tensor::Tensor],
+) -> Result<(), String> {
+    let rows = request.inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0);
+    if rows == 0 || rows > spec.batch_max as usize {
+        return Err(format!("{rows} rows; the model takes 1 to {}", spec.batch_max));
+    }
+    let fits = |t: &crate::tensor::Tensor, meta: &crate::tensor::TensorMeta| {
+        t.shape.first() == Some(&rows) && t.shape.get(1..) == Some(&meta.row_dims()[..])
+    };
+    if request.inputs.len() != spec.inputs.len()
+        || request.inputs.iter().zip(&spec.inputs).any(|(t, m)| t.name != m.name || !fits(t, m))
+    {
+        return Err("the inputs are not the model's".into());
+    }
+    if request.inputs.iter().any(|t| t.data.iter().any(|v| !v.is_finite())) {
+        return Err("an input value is not finite".into());
+    }
+    for (i, t) in claimed.iter().enumerate() {
+        let Some(meta) = spec.outputs.iter().find(|m| m.name == t.name) else {
+            return Err(format!("the model has no output `{}`", t.name));
+        };
+        if !fits(t, meta) || claimed[..i].iter().any(|o| o.name == t.name) {
+            return Err(format!("output `{}` is not of the model's shape, or repeated", t.name));
+        }
+    }
+    Ok(())
+}
+
 /// Re-runs a tensor model's `request` on `engine` (blocking) and compares every value of the
 /// outputs a provider sent (`claimed`, by name) with this machine's: a value fails when it is
 /// further than [`TENSOR_TOLERANCE_ABS`] + [`TENSOR_TOLERANCE_REL`]·|value| from the auditor's.
@@ -165,5 +202,37 @@ mod tests {
         // NaN or infinite margins (a token outside the vocabulary) count as failures.
         let broken = vec![f32::NAN; 10];
         assert_eq!(judge(broken, &rules).verdict, Verdict::Faulty);
+    }
+
+    #[test]
+    fn challenge_evidence_must_fit_the_models_spec() {
+        use crate::tensor::{Tensor, TensorMeta, TensorRequest, TensorSpec};
+        let meta = |name: &str, d: i64| TensorMeta { name: name.into(), datatype: "FP32".into(), shape: vec![-1, d] };
+        let spec = TensorSpec {
+            task: "t".into(),
+            inputs: vec![meta("x", 3)],
+            outputs: vec![meta("logits", 2), meta("probs", 2)],
+            labels: vec![],
+            preprocessing: "none".into(),
+            opset: 13,
+            batch_max: 4,
+        };
+        let t = |name: &str, shape: Vec<usize>| {
+            let n = shape.iter().product();
+            Tensor { name: name.into(), shape, data: vec![0.5; n] }
+        };
+        let request = |rows| TensorRequest { inputs: vec![t("x", vec![rows, 3])] };
+        assert!(fits_spec(&spec, &request(2), &[t("probs", vec![2, 2])]).is_ok());
+        assert!(fits_spec(&spec, &request(2), &[t("logits", vec![2, 2]), t("probs", vec![2, 2])]).is_ok());
+        // The rank the output hash does not cover: [2, 2] is the model's, [2, 2, 0] is not.
+        assert!(fits_spec(&spec, &request(2), &[t("probs", vec![2, 2, 0])]).is_err());
+        assert!(fits_spec(&spec, &request(2), &[t("probs", vec![3, 2])]).is_err());
+        assert!(fits_spec(&spec, &request(2), &[t("other", vec![2, 2])]).is_err());
+        assert!(fits_spec(&spec, &request(2), &[t("probs", vec![2, 2]), t("probs", vec![2, 2])]).is_err());
+        assert!(fits_spec(&spec, &request(5), &[t("probs", vec![5, 2])]).is_err(), "more rows than batch_max");
+        assert!(fits_spec(&spec, &request(0), &[t("probs", vec![0, 2])]).is_err());
+        let mut nan = request(1);
+        nan.inputs[0].data[1] = f32::NAN;
+        assert!(fits_spec(&spec, &nan, &[t("probs", vec![1, 2])]).is_err());
     }
 }

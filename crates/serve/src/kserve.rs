@@ -29,7 +29,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use plexus_inference::Engine;
 use plexus_inference::tensor::{FP32, RANK_MAX, Tensor, TensorRequest, TensorResponse, TensorSpec};
-use plexus_types::{Hash, hash};
+use plexus_types::Hash;
+use plexus_types::tensor::{EvidenceTensor, TensorEvidence, TensorHasher};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -222,40 +223,48 @@ pub fn rows(request: &TensorRequest) -> usize {
     request.inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(0)
 }
 
-/// The attestation's request hash: model, then each input's name, shape and values.
+/// The attestation's request hash: model, then each input's name, shape and values
+/// ([`TensorHasher`], the layout the chain checks a challenge's evidence with).
 pub fn request_hash(model: &Hash, request: &TensorRequest) -> Hash {
-    let mut buf = Vec::new();
-    buf.extend_from_slice(b"plexus/tensor-request/v1");
-    buf.extend_from_slice(model.as_bytes());
+    let mut h = TensorHasher::request(model);
     for t in &request.inputs {
-        buf.extend_from_slice(&(t.name.len() as u32).to_le_bytes());
-        buf.extend_from_slice(t.name.as_bytes());
-        buf.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
-        for d in &t.shape {
-            buf.extend_from_slice(&(*d as u64).to_le_bytes());
-        }
-        for v in &t.data {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
+        h.input(&t.name, &dims(&t.shape), t.data.iter().map(|v| v.to_bits()));
     }
-    hash(&buf)
+    h.finish()
 }
 
 /// The attestation's output hash: each output sent (those asked for), its name, shape and values.
 pub fn output_hash(response: &TensorResponse) -> Hash {
-    let mut buf = Vec::new();
-    buf.extend_from_slice(b"plexus/tensor-output/v1");
+    let mut h = TensorHasher::outputs();
     for t in &response.outputs {
-        buf.extend_from_slice(&(t.name.len() as u32).to_le_bytes());
-        buf.extend_from_slice(t.name.as_bytes());
-        for d in &t.shape {
-            buf.extend_from_slice(&(*d as u64).to_le_bytes());
-        }
-        for v in &t.data {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
+        h.output(&t.name, &dims(&t.shape), t.data.iter().map(|v| v.to_bits()));
     }
-    hash(&buf)
+    h.finish()
+}
+
+fn dims(shape: &[usize]) -> Vec<u64> {
+    shape.iter().map(|&d| d as u64).collect()
+}
+
+/// The evidence of a challenge of one inference: its request and the outputs attested.
+pub fn evidence(model: &Hash, request: &TensorRequest, outputs: &[Tensor]) -> TensorEvidence {
+    let side = |ts: &[Tensor]| ts.iter().map(|t| EvidenceTensor::from_f32(&t.name, &t.shape, &t.data)).collect();
+    TensorEvidence { model: *model, inputs: side(&request.inputs), outputs: side(outputs) }
+}
+
+/// A challenge's evidence as the request to re-run and the outputs to compare with. Shapes
+/// that do not fit this machine's `usize` are an error (the evidence is then not judged).
+pub fn from_evidence(evidence: &TensorEvidence) -> Result<(TensorRequest, Vec<Tensor>), String> {
+    let side = |ts: &[EvidenceTensor]| -> Result<Vec<Tensor>, String> {
+        ts.iter()
+            .map(|t| {
+                let shape = t.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>();
+                let shape = shape.map_err(|_| format!("tensor `{}`: a dimension does not fit this machine", t.name))?;
+                Ok(Tensor { name: t.name.clone(), shape, data: t.values() })
+            })
+            .collect()
+    };
+    Ok((TensorRequest { inputs: side(&evidence.inputs)? }, side(&evidence.outputs)?))
 }
 
 /// Reads the outputs of an inference response (flat FP32 data, as this server writes them),
@@ -424,7 +433,21 @@ mod tests {
     }
 
     #[test]
+    fn challenge_evidence_hashes_as_the_attestation_does() {
+        let m = plexus_types::hash(b"m");
+        let request = TensorRequest {
+            inputs: vec![Tensor { name: "x".into(), shape: vec![2, 2], data: vec![1.0, -2.0, 0.5, 3.0] }],
+        };
+        let outputs = vec![Tensor { name: "y".into(), shape: vec![2, 1], data: vec![0.25, f32::MIN_POSITIVE] }];
+        let e = evidence(&m, &request, &outputs);
+        assert_eq!(e.request_hash(), request_hash(&m, &request));
+        assert_eq!(e.output_hash(), output_hash(&TensorResponse { outputs: outputs.clone(), rows: 2 }));
+        assert_eq!(from_evidence(&e).unwrap(), (request, outputs));
+    }
+
+    #[test]
     fn hashes_cover_names_shapes_and_values() {
+        use plexus_types::hash;
         let t = |name: &str, shape: Vec<usize>, data: Vec<f32>| TensorRequest {
             inputs: vec![Tensor { name: name.into(), shape, data }],
         };

@@ -1,7 +1,7 @@
 //! Governance in simulated networks: upgrades activate on every node at the same height only
 //! with enough readiness, wait without it, expire at their deadline, and a faulty execution
-//! version rolls back by itself (the chain starts at execution 3, upgrades to the real
-//! version 4, then to the test-only faulty version 5); parameter changes apply at their height. All while links are
+//! version rolls back by itself (the chain starts at execution 4, upgrades to the real
+//! version 5, then to the test-only faulty version 6); parameter changes apply at their height. All while links are
 //! lossy and transfers flow. Every failure prints the seed to replay.
 
 use std::time::Duration;
@@ -79,18 +79,18 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
     );
     for seed in seeds(200, 3) {
         run_seeded(seed, move |mut context| async move {
-            let at_v3 = plexus_types::VersionVector { execution: 3, ..plexus_types::VersionVector::V1 };
-            let mut sim = Sim::start_at(&mut context, 4, 20, None, true, at_v3).await;
+            let at_v4 = plexus_types::VersionVector { execution: 4, ..plexus_types::VersionVector::V1 };
+            let mut sim = Sim::start_at(&mut context, 4, 20, None, true, at_v4).await;
             sim.wait_for(&context, 3, Duration::from_secs(60)).await?;
 
-            // 1. Execution v4, approved by everyone; only half the stake is ready: it waits.
+            // 1. Execution v5, approved by everyone; only half the stake is ready: it waits.
             let h = height(&sim);
             let (activation, deadline) = (h + 30, h + 90);
             let p = propose(
                 &mut sim,
                 ProposalKind::Upgrade {
                     layer: Layer::Execution,
-                    version: 4,
+                    version: 5,
                     activation_height: activation,
                     deadline_height: deadline,
                 },
@@ -100,7 +100,7 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             })
             .await?;
             vote(&mut sim, p, &[0, 1, 2, 3])?;
-            signal(&mut sim, &[0, 1], 5)?;
+            signal(&mut sim, &[0, 1], 6)?;
             until(&mut sim, &mut context, "the vote to pass", Duration::from_secs(60), |s| {
                 gov::proposal(s, p).is_some_and(|x| x.status == ProposalStatus::Passed)
             })
@@ -113,13 +113,13 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             if u.iter().any(|u| u.as_ref().map(|u| (u.status, u.ready_bps)) != Some((UpgradeStatus::Pending, 5_000))) {
                 return Err(format!("with half the stake ready the upgrade must wait: {u:?}"));
             }
-            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 3) {
-                return Err("execution moved to v4 without readiness".into());
+            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 4) {
+                return Err("execution moved to v5 without readiness".into());
             }
 
             // 2. A third validator signals: 3/4 of the stake. It activates, at one height everywhere.
-            signal(&mut sim, &[2], 5)?;
-            until(&mut sim, &mut context, "v4 to activate", Duration::from_secs(60), |s| s.versions().execution == 4)
+            signal(&mut sim, &[2], 6)?;
+            until(&mut sim, &mut context, "v5 to activate", Duration::from_secs(60), |s| s.versions().execution == 5)
                 .await?;
             let at: Vec<Height> = upgrade(&sim, 0).into_iter().flatten().map(|u| u.activated_height).collect();
             if at.windows(2).any(|w| w[0] != w[1]) || at.is_empty() {
@@ -127,25 +127,25 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             }
             sim.check_safety().await?;
 
-            // 3. The faulty v5: approved and signalled; it activates, breaks conservation on its
-            //    first block with transactions, and every node falls back to v4 on its own.
+            // 3. The faulty v6: approved and signalled; it activates, breaks conservation on its
+            //    first block with transactions, and every node falls back to v5 on its own.
             let h = height(&sim);
             let activation = h + 30;
             let p = propose(
                 &mut sim,
                 ProposalKind::Upgrade {
                     layer: Layer::Execution,
-                    version: 5,
+                    version: 6,
                     activation_height: activation,
                     deadline_height: activation + 60,
                 },
             )?;
-            until(&mut sim, &mut context, "the v5 proposal", Duration::from_secs(30), |s| {
+            until(&mut sim, &mut context, "the v6 proposal", Duration::from_secs(30), |s| {
                 gov::proposal(s, p).is_some()
             })
             .await?;
             vote(&mut sim, p, &[0, 1, 2, 3])?;
-            until(&mut sim, &mut context, "v5 to be aborted", Duration::from_secs(120), |s| {
+            until(&mut sim, &mut context, "v6 to be aborted", Duration::from_secs(120), |s| {
                 gov::upgrade(s, 1).is_some_and(|u| u.status == UpgradeStatus::Aborted)
             })
             .await
@@ -157,17 +157,17 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
                     sim.read_all(|s| s.versions())
                 )
             })?;
-            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 4) {
-                return Err("after the rollback every node runs v4".into());
+            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 5) {
+                return Err("after the rollback every node runs v5".into());
             }
             if upgrade(&sim, 0).iter().any(|u| u.as_ref().map(|u| u.status) != Some(UpgradeStatus::Active)) {
-                return Err(format!("v4 itself must stay active: {:?}", upgrade(&sim, 0)));
+                return Err(format!("v5 itself must stay active: {:?}", upgrade(&sim, 0)));
             }
             let notes: Vec<String> = upgrade(&sim, 1).into_iter().flatten().map(|u| u.note).collect();
             if !notes.iter().all(|n| n.contains("changed records")) {
                 return Err(format!("the abort records why: {notes:?}"));
             }
-            // The chain goes on under v4.
+            // The chain goes on under v5.
             let h = height(&sim);
             sim.wait_for(&context, h + 10, Duration::from_secs(60)).await?;
 
@@ -217,7 +217,7 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             }
             let common = sim.check_safety().await?;
             eprintln!(
-                "seed {seed}: v2 activated, v3 rolled back, network v2 expired, parameter applied; agreed through height {common}"
+                "seed {seed}: v5 activated, v6 rolled back, network v2 expired, parameter applied; agreed through height {common}"
             );
             Ok(())
         });

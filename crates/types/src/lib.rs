@@ -16,6 +16,7 @@ pub mod genesis;
 pub mod model;
 pub mod params;
 pub mod receipt;
+pub mod tensor;
 pub mod tx;
 pub mod version;
 

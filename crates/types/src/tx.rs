@@ -13,6 +13,7 @@ use crate::crypto::{Address, Hash, PrivateKey, Sig, hash};
 use crate::model::{ModelId, ModelManifest};
 use crate::params::limits;
 use crate::receipt::{Attestation, SignedReceipt, Transcript};
+use crate::tensor::TensorEvidence;
 use crate::version::{Layer, SupportedVersions};
 use crate::{Amount, Height, namespace};
 
@@ -156,6 +157,16 @@ pub enum Payload {
         expiry_height: Height,
         regions: Vec<String>,
     },
+    /// [`Payload::Challenge`] for an inference of a tensor model: the evidence is the request's
+    /// inputs and the attested outputs ([`TensorEvidence`]), which the committee re-runs on its
+    /// own copies of the model and compares within a tolerance. Execution version 5 and later.
+    ChallengeTensor {
+        session: Hash,
+        attestation: Attestation,
+        signature: Sig,
+        evidence: TensorEvidence,
+        bond: Amount,
+    },
 }
 
 impl Payload {
@@ -205,6 +216,7 @@ impl Payload {
             Payload::Challenge { .. } => "challenge",
             Payload::ChallengeVote { .. } => "challenge_vote",
             Payload::OpenSessionIn { .. } => "open_session_in",
+            Payload::ChallengeTensor { .. } => "challenge_tensor",
         }
     }
 }
@@ -512,6 +524,14 @@ impl Write for Payload {
                     write_str(r, buf);
                 }
             }
+            Payload::ChallengeTensor { session, attestation, signature, evidence, bond } => {
+                16u8.write(buf);
+                session.write(buf);
+                attestation.write(buf);
+                signature.write(buf);
+                evidence.write(buf);
+                bond.write(buf);
+            }
         }
     }
 }
@@ -536,6 +556,9 @@ impl EncodeSize for Payload {
             Payload::ChallengeVote { .. } => 8 + 1,
             Payload::OpenSessionIn { regions, .. } => {
                 Address::SIZE + 32 + 16 * 3 + 8 + 1 + regions.iter().map(|r| str_size(r)).sum::<usize>()
+            }
+            Payload::ChallengeTensor { evidence, .. } => {
+                32 + Attestation::SIZE + Sig::SIZE + evidence.encode_size() + 16
             }
         }
     }
@@ -592,6 +615,13 @@ impl Read for Payload {
                 max_output_per_1k: u128::read(buf)?,
                 expiry_height: u64::read(buf)?,
                 regions: read_regions(buf)?,
+            },
+            16 => Payload::ChallengeTensor {
+                session: Hash::read(buf)?,
+                attestation: Attestation::read(buf)?,
+                signature: Sig::read(buf)?,
+                evidence: TensorEvidence::read(buf)?,
+                bond: u128::read(buf)?,
             },
             t => return Err(Error::InvalidEnum(t)),
         })
@@ -738,6 +768,25 @@ mod tests {
                 regions: vec!["eu-west".into(), "eu-central".into()],
             },
             Payload::RegisterModel(ModelManifest { engine: EngineKind::TractOnnx, ..manifest.clone() }),
+            Payload::ChallengeTensor {
+                session: hash(b"s"),
+                attestation: Attestation {
+                    request_hash: hash(b"r"),
+                    output_hash: hash(b"o"),
+                    model: manifest.id(),
+                    input_tokens: 0,
+                    output_tokens: 1,
+                    output_ids_hash: Hash::ZERO,
+                    logits_fingerprint: Hash::ZERO,
+                },
+                signature: PrivateKey::from_seed(3).sign(b"x", b"y"),
+                evidence: TensorEvidence {
+                    model: manifest.id(),
+                    inputs: vec![crate::tensor::EvidenceTensor::from_f32("x", &[1, 2], &[0.5, 1.5])],
+                    outputs: vec![crate::tensor::EvidenceTensor::from_f32("y", &[1, 1], &[f32::NAN])],
+                },
+                bond: 10,
+            },
         ]
     }
 

@@ -575,8 +575,12 @@ pub(crate) fn apply_payload(
         Payload::SignalVersions { versions, shadow_ok } => {
             gov::signal_versions(store, env, signer, *versions, *shadow_ok, events)?
         }
-        // Added by later versions (challenges are version 3, restricted sessions version 4).
-        Payload::Challenge { .. } | Payload::ChallengeVote { .. } | Payload::OpenSessionIn { .. } => {
+        // Added by later versions (challenges are version 3, restricted sessions version 4,
+        // challenges of tensor inferences version 5).
+        Payload::Challenge { .. }
+        | Payload::ChallengeVote { .. }
+        | Payload::OpenSessionIn { .. }
+        | Payload::ChallengeTensor { .. } => {
             return Err(ExecError::Unsupported(tx.tx.payload.kind(), store.versions().execution));
         }
     }

@@ -62,10 +62,10 @@ uses BASE+10N.")]
         /// Tokens a provider delivers beyond a client's last receipt before it stops serving it.
         #[arg(long, default_value_t = 512)]
         credit_tokens: u64,
-        /// The execution version the chain starts at (4: tensor models paid per inference and
-        /// sessions restricted to regions; 3: verified inference with challenges and slashing;
-        /// lower ones to rehearse the upgrades).
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=4))]
+        /// The execution version the chain starts at (5: challenges of tensor inferences on
+        /// chain; 4: tensor models paid per inference and sessions restricted to regions; 3:
+        /// verified inference with challenges and slashing; lower ones to rehearse the upgrades).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=5))]
         execution_version: u16,
         /// Share of paid generations the devnet's gateway re-runs to check them (0 to 1).
         #[arg(long, default_value_t = plexus_gateway::audit::AUDIT_RATE_DEFAULT)]

@@ -2,7 +2,8 @@
 //! the devnet's gateway at full speed, the provider finds the heartbeats itself and classifies
 //! each one, the gateway checks and pays every window, and the chain settles exactly what was
 //! paid. Bad frames and slow consumers are dropped with their reasons; a provider that sends a
-//! result twice is caught and paid once.
+//! result twice is caught and paid once; one whose outputs are off is caught by an audit, its
+//! stream cut, and convicted on chain by a committee re-running the window.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -254,6 +255,21 @@ fn an_ecg_stream_alerts_on_abnormal_beats_is_paid_per_window_and_liars_and_slow_
     assert_eq!(finding["verdict"], "faulty", "{finding}");
     assert_eq!(finding["provider"], liar_addr.as_str(), "{finding}");
     assert!(finding["failed"].as_u64().unwrap() > 0 && finding["worst_margin"].as_f64().unwrap() > 1.0, "{finding}");
+    // Challenged on chain with the window's samples and the attested outputs as the evidence;
+    // the committee (the honest validator) re-runs them and convicts.
+    assert!(finding["challenge_tx"].is_string(), "the faulty window is challenged on chain: {finding}");
+    let challenges = wait_for("the committee's verdicts", Duration::from_secs(180), || {
+        let list = get(&format!("{api}/chain/v1/challenges?provider={liar_addr}"))?;
+        let all = list["challenges"].as_array()?.clone();
+        (!all.is_empty() && all.iter().all(|c| c["status"] != "open")).then_some(all)
+    });
+    for c in &challenges {
+        assert_eq!(c["status"], "convicted", "{c}");
+        assert!(amount(&c["slashed"]) > 0 && amount(&c["refunded"]) > 0, "slashed, the window refunded: {c}");
+    }
+    let record = get(&format!("{api}/chain/v1/providers/{liar_addr}")).unwrap();
+    assert_eq!(record["stats"]["convicted"], challenges.len(), "{record}");
+    eprintln!("tensor challenges: {} convicted, first: {}", challenges.len(), challenges[0]);
     let (code, text) = audited.post("/v2/models/ecg-heartbeat/infer", &body);
     assert_ne!(code, 200, "a shunned provider is not used again: {text}");
     drop(devnet);

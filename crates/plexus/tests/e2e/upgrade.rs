@@ -1,9 +1,9 @@
 //! Upgrades as operators and token holders run them, on a 4-validator devnet with models that
-//! starts at execution v3: a proposal to activate v4 (tensor models, data residency) passes by
-//! vote (`plexus gov`), waits while every node runs a binary that cannot execute v4, and activates
+//! starts at execution v4: a proposal to activate v5 (challenges of tensor inferences) passes by
+//! vote (`plexus gov`), waits while every node runs a binary that cannot execute v5, and activates
 //! on its own once three of the four have been replaced one by one (a rolling restart) — under
 //! continuous client load through the gateway, with no failed request. Then the deliberately
-//! faulty v5 activates, fails on its first real block, and every node rolls back to v4 by
+//! faulty v6 activates, fails on its first real block, and every node rolls back to v5 by
 //! itself; the chain goes on and all nodes agree on every state root.
 
 use std::path::Path;
@@ -93,11 +93,11 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     );
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("devnet");
-    // The chain starts at execution v3; every node starts as an "old binary" that cannot run
-    // v4 (tensor models and data residency).
+    // The chain starts at execution v4; every node starts as an "old binary" that cannot run
+    // v5 (challenges of tensor inferences).
     // SAFETY: set before any thread of this test starts processes that read it.
-    unsafe { std::env::set_var(plexus_node::EXECUTION_VERSION_MAX_ENV, "3") };
-    let started = start_devnet(&home, 4, &["--threads", "1", "--claim-interval", "5", "--execution-version", "3"]);
+    unsafe { std::env::set_var(plexus_node::EXECUTION_VERSION_MAX_ENV, "4") };
+    let started = start_devnet(&home, 4, &["--threads", "1", "--claim-interval", "5", "--execution-version", "4"]);
     unsafe { std::env::remove_var(plexus_node::EXECUTION_VERSION_MAX_ENV) };
     let (devnet, info) = started;
     let nodes: Vec<Value> = info["nodes"].as_array().unwrap().clone();
@@ -150,9 +150,9 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
         })
     };
 
-    // Token holders approve execution v4; nobody's binary can run it yet, so it waits.
+    // Token holders approve execution v5; nobody's binary can run it yet, so it waits.
     let key0 = nodes[0]["key_file"].as_str().unwrap().to_string();
-    let p = propose_upgrade(&api, &key0, 4);
+    let p = propose_upgrade(&api, &key0, 5);
     vote_all(&nodes, &api, p);
     let passed = wait_for("the proposal to pass", Duration::from_secs(120), || {
         let v = get(&format!("{api}/chain/v1/proposals/{p}"))?;
@@ -164,9 +164,9 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     let u = upgrades(&api);
     assert_eq!(u["upgrades"][0]["status"], "pending", "{u}");
     assert_eq!(u["upgrades"][0]["ready_bps_now"], 0);
-    assert_eq!(execution_version(&api), Some(3));
+    assert_eq!(execution_version(&api), Some(4));
 
-    // The rolling restart: one node at a time onto a binary that supports v4.
+    // The rolling restart: one node at a time onto a binary that supports v5.
     let mut restarted = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let pid = n["pid"].as_u64().unwrap() as libc::pid_t;
@@ -182,30 +182,30 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
             get(&format!("{}/health", n["inference"].as_str().unwrap())).map(|_| ())
         });
         if i == 2 {
-            // Three of four (3/4 of the stake) can run v4 now: it activates by itself.
-            wait_for("v4 to activate", Duration::from_secs(120), || (execution_version(&api)? == 4).then_some(()));
+            // Three of four (3/4 of the stake) can run v5 now: it activates by itself.
+            wait_for("v5 to activate", Duration::from_secs(120), || (execution_version(&api)? == 5).then_some(()));
         }
     }
     for a in &apis {
-        wait_for("every node on v4", Duration::from_secs(60), || (execution_version(a)? == 4).then_some(()));
+        wait_for("every node on v5", Duration::from_secs(60), || (execution_version(a)? == 5).then_some(()));
     }
     let u = upgrades(&api);
     assert_eq!(u["upgrades"][0]["status"], "active", "{u}");
     let activated = u["upgrades"][0]["activated_height"].as_u64().unwrap();
     assert!(activated > activation);
 
-    // The faulty v5: it passes its shadow runs (its bug only shows once active), so nodes signal
+    // The faulty v6: it passes its shadow runs (its bug only shows once active), so nodes signal
     // ready and it activates; its first block with transactions breaks conservation, and every
-    // node falls back to v4 on its own.
-    let p = propose_upgrade(&api, &key0, 5);
+    // node falls back to v5 on its own.
+    let p = propose_upgrade(&api, &key0, 6);
     vote_all(&nodes, &api, p);
-    wait_for("v5 to be rolled back", Duration::from_secs(240), || {
+    wait_for("v6 to be rolled back", Duration::from_secs(240), || {
         let u = upgrades(&api);
-        let v5 = u["upgrades"].as_array()?.iter().find(|u| u["version"] == 5)?.clone();
-        (v5["status"] == "aborted").then_some(v5)
+        let v6 = u["upgrades"].as_array()?.iter().find(|u| u["version"] == 6)?.clone();
+        (v6["status"] == "aborted").then_some(v6)
     });
     for a in &apis {
-        wait_for("every node back on v4", Duration::from_secs(60), || (execution_version(a)? == 4).then_some(()));
+        wait_for("every node back on v5", Duration::from_secs(60), || (execution_version(a)? == 5).then_some(()));
     }
     let h = height(&api).unwrap();
     wait_for("the chain to go on", Duration::from_secs(60), || {
@@ -225,7 +225,7 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     let status = cli(&["gov", "status", "--node", &api]);
     let ok = ok.load(Ordering::Relaxed);
     eprintln!(
-        "rolling upgrade: {ok} client requests served, {} failed, longest finality gap {} ms; v4 active from height {activated}; gov status: {}",
+        "rolling upgrade: {ok} client requests served, {} failed, longest finality gap {} ms; v5 active from height {activated}; gov status: {}",
         failed.load(Ordering::Relaxed),
         gap_ms.load(Ordering::Relaxed),
         status["upgrades"]["upgrades"]
