@@ -454,7 +454,7 @@ async fn streams(gateway: &str, key: &str, ecg: &[f32], connections: Vec<usize>)
         "### Streams (WebSocket, through the same devnet's gateway, paid per window)\n\n\
          One device sending the ECG recording ten times over ({} samples) as fast as the stream takes\n\
          it, frames of 360 samples; every window checked by the gateway and paid with a receipt:\n\n\
-         | windows | samples | samples/s | windows | windows/s |\n|---|---|---|---|---|\n{flat}\n\
+         | stream | samples | samples/s | windows | windows/s |\n|---|---|---|---|---|\n{flat}\n\
          Devices at real time (360 Hz, a frame every 100 ms, {SECONDS} s each, one window per beat), all\n\
          on the devnet's one provider; lag = from sending the frame that completes a window to\n\
          receiving its result:\n\n\

@@ -19,8 +19,35 @@ pub(crate) struct TensorEngine {
     info: ModelInfo,
     spec: TensorSpec,
     /// One plan per batch bucket, smallest first (see [`buckets`]).
-    plans: Vec<(usize, Arc<TypedRunnableModel>)>,
+    plans: Vec<Plan>,
     running: AtomicUsize,
+}
+
+/// A model compiled for one batch size, with the run states of finished calls kept for the
+/// next ones: a state holds the plan's intermediate buffers and matrix-product scratch space, so
+/// reusing one saves allocating them on every call (at most [`CONCURRENT_MAX`] are kept).
+pub(crate) struct Plan {
+    rows: usize,
+    plan: Arc<TypedRunnableModel>,
+    idle: std::sync::Mutex<Vec<TypedSimpleState>>,
+}
+
+impl Plan {
+    fn run(&self, input: TValue) -> TractResult<TVec<TValue>> {
+        let state = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
+        let mut state = match state {
+            Some(s) => s,
+            None => self.plan.spawn()?,
+        };
+        let out = state.run(tvec![input])?;
+        // A state whose run failed is dropped, not reused.
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < CONCURRENT_MAX {
+                idle.push(state);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The batch sizes a model is compiled for: the powers of two below `batch_max`, and `batch_max`.
@@ -111,7 +138,7 @@ impl TensorEngine {
 }
 
 /// Loads the graph once and optimises it for every batch bucket, with every dimension fixed.
-fn compile(path: &Path, spec: &TensorSpec) -> Result<Vec<(usize, Arc<TypedRunnableModel>)>, Error> {
+fn compile(path: &Path, spec: &TensorSpec) -> Result<Vec<Plan>, Error> {
     let err = load_err(path);
     let model = tract_onnx::onnx().model_for_path(path).map_err(&err)?;
     let n_inputs = model.input_outlets().map_err(&err)?.len();
@@ -134,7 +161,8 @@ fn compile(path: &Path, spec: &TensorSpec) -> Result<Vec<(usize, Arc<TypedRunnab
                 reason: format!("the graph has {outputs} outputs, the spec {}", spec.outputs.len()),
             });
         }
-        plans.push((rows, typed.into_runnable().map_err(&err)?));
+        let plan = typed.into_runnable().map_err(&err)?;
+        plans.push(Plan { rows, plan, idle: std::sync::Mutex::new(Vec::new()) });
     }
     Ok(plans)
 }
@@ -142,15 +170,16 @@ fn compile(path: &Path, spec: &TensorSpec) -> Result<Vec<(usize, Arc<TypedRunnab
 /// Runs `rows` rows (`data`, row-major) on the smallest bucket that holds them, padding with
 /// copies of the first row and dropping their outputs.
 fn run(
-    plans: &[(usize, Arc<TypedRunnableModel>)],
+    plans: &[Plan],
     spec: &TensorSpec,
     rows: usize,
     data: &[f32],
 ) -> Result<Vec<super::Tensor>, Error> {
-    let (bucket, plan) = plans
+    let plan = plans
         .iter()
-        .find(|(size, _)| *size >= rows)
+        .find(|p| p.rows >= rows)
         .ok_or_else(|| Error::Engine(format!("no plan for {rows} rows")))?;
+    let bucket = &plan.rows;
     let row_len = spec.inputs[0].row_elements();
     let mut padded = Vec::with_capacity(bucket * row_len);
     padded.extend_from_slice(data);
@@ -161,7 +190,7 @@ fn run(
     shape.extend(spec.inputs[0].row_dims());
     let tensor = tract_ndarray::ArrayD::from_shape_vec(shape, padded)
         .map_err(|e| Error::Engine(format!("input tensor: {e}")))?;
-    let out = plan.run(tvec![TractTensor::from(tensor).into()]).map_err(|e| Error::Engine(format!("tract: {e:#}")))?;
+    let out = plan.run(TractTensor::from(tensor).into()).map_err(|e| Error::Engine(format!("tract: {e:#}")))?;
     let mut outputs = Vec::with_capacity(out.len());
     for (value, meta) in out.iter().zip(&spec.outputs) {
         let view =
@@ -186,7 +215,7 @@ fn run(
 /// two may sum in different orders).
 fn check_rows_independent(
     path: &Path,
-    plans: &[(usize, Arc<TypedRunnableModel>)],
+    plans: &[Plan],
     spec: &TensorSpec,
 ) -> Result<(), Error> {
     if spec.batch_max < 2 {
