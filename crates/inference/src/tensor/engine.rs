@@ -130,7 +130,9 @@ impl TensorEngine {
                 rows * want.row_elements()
             )));
         }
-        if let Some(i) = input.data.iter().position(|v| !v.is_finite()) {
+        // A scan without an early exit vectorises; the position is looked for only when needed.
+        if !input.data.iter().fold(true, |ok, v| ok & v.is_finite()) {
+            let i = input.data.iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Err(bad(format!("value {i} is {} (only finite numbers are accepted)", input.data[i])));
         }
         Ok(rows)
@@ -181,21 +183,27 @@ fn run(
         .ok_or_else(|| Error::Engine(format!("no plan for {rows} rows")))?;
     let bucket = &plan.rows;
     let row_len = spec.inputs[0].row_elements();
-    let mut padded = Vec::with_capacity(bucket * row_len);
-    padded.extend_from_slice(data);
-    for _ in rows..*bucket {
-        padded.extend_from_slice(&data[..row_len]);
-    }
     let mut shape = vec![*bucket];
     shape.extend(spec.inputs[0].row_dims());
-    let tensor = tract_ndarray::ArrayD::from_shape_vec(shape, padded)
-        .map_err(|e| Error::Engine(format!("input tensor: {e}")))?;
-    let out = plan.run(TractTensor::from(tensor).into()).map_err(|e| Error::Engine(format!("tract: {e:#}")))?;
+    let engine_err = |e: TractError| Error::Engine(format!("tract: {e:#}"));
+    // One copy into tract's aligned storage; padding rows repeat the first.
+    let tensor = if rows == *bucket {
+        TractTensor::from_shape(&shape, data).map_err(engine_err)?
+    } else {
+        let mut t = TractTensor::zero::<f32>(&shape).map_err(engine_err)?;
+        let mut view = t.try_as_plain_ram_mut().map_err(engine_err)?;
+        let slots = view.as_slice_mut::<f32>().map_err(engine_err)?;
+        slots[..data.len()].copy_from_slice(data);
+        for pad in slots[data.len()..].chunks_exact_mut(row_len) {
+            pad.copy_from_slice(&data[..row_len]);
+        }
+        t
+    };
+    let out = plan.run(tensor.into()).map_err(engine_err)?;
     let mut outputs = Vec::with_capacity(out.len());
     for (value, meta) in out.iter().zip(&spec.outputs) {
-        let view =
-            value.to_plain_array_view::<f32>().map_err(|e| Error::Engine(format!("output `{}`: {e}", meta.name)))?;
-        let mut shape = view.shape().to_vec();
+        let plain = value.try_as_plain_ram().map_err(engine_err)?;
+        let mut shape = plain.shape().to_vec();
         if shape.first() != Some(bucket) || shape[1..] != meta.row_dims()[..] {
             return Err(Error::Engine(format!(
                 "output `{}` has shape {shape:?}, the spec says {:?}",
@@ -203,7 +211,8 @@ fn run(
             )));
         }
         shape[0] = rows;
-        let data = view.iter().copied().take(rows * meta.row_elements()).collect();
+        let values = plain.as_slice::<f32>().map_err(|e| Error::Engine(format!("output `{}`: {e}", meta.name)))?;
+        let data = values[..rows * meta.row_elements()].to_vec();
         outputs.push(super::Tensor { name: meta.name.clone(), shape, data });
     }
     Ok(outputs)
