@@ -71,7 +71,14 @@ pub(crate) async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path
     let mut errors = Vec::new();
     for c in candidates.iter().take(app.config.attempts_max as usize) {
         let url = format!("{}/v2/models/{id}", c.endpoint);
-        match app.http.get(&url).send().await {
+        let link = match app.http.to(&c.provider, &c.endpoint) {
+            Ok(link) => link,
+            Err(e) => {
+                errors.push(format!("{}: {e}", c.provider));
+                continue;
+            }
+        };
+        match link.get(&url).send().await {
             Ok(r) if r.status().is_success() => match r.json::<Value>().await {
                 Ok(mut body) if body.is_object() => {
                     // Information only (nothing here is paid for); the provider's answer
@@ -84,7 +91,7 @@ pub(crate) async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path
                 Err(e) => errors.push(format!("{url}: {e}")),
             },
             Ok(r) => errors.push(format!("{url}: HTTP {}", r.status())),
-            Err(e) => errors.push(format!("{url}: {e}")),
+            Err(e) => errors.push(format!("{url}: {}", crate::link::why(&e))),
         }
     }
     error(StatusCode::BAD_GATEWAY, format!("no provider answered: {}", errors.join("; ")))

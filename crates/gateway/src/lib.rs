@@ -22,6 +22,7 @@ mod chain;
 mod directory;
 mod error;
 mod kserve;
+mod link;
 mod metrics;
 mod models;
 pub mod probe;
@@ -81,6 +82,9 @@ pub struct GatewayConfig {
     pub audit: audit::AuditSettings,
     /// A provider nothing was sent to for this long is probed (zero: never).
     pub probe_interval: Duration,
+    /// Reach providers on other machines over plain HTTP when they register an `http://`
+    /// endpoint (prompts and answers then cross the network in clear). Off by default.
+    pub plain_http_providers: bool,
 }
 
 impl Default for GatewayConfig {
@@ -102,6 +106,7 @@ impl Default for GatewayConfig {
             stream_deadline: Duration::from_secs(600),
             audit: audit::AuditSettings::default(),
             probe_interval: probe::PROBE_INTERVAL_DEFAULT,
+            plain_http_providers: false,
         }
     }
 }
@@ -140,16 +145,15 @@ impl Gateway {
         if let Err(e) = directory.refresh(&chain).await {
             warn!(target: "gateway", "cannot read providers yet: {e}");
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(600))
-            .build()
-            .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?;
-        let stream_http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?;
+        let plain = config.plain_http_providers;
+        let http =
+            link::Links::new(|b| b.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(600)), plain)
+                .map_err(GatewayError::Config)?;
+        let stream_http = link::Links::new(
+            |b| b.connect_timeout(Duration::from_secs(2)).read_timeout(Duration::from_secs(60)),
+            plain,
+        )
+        .map_err(GatewayError::Config)?;
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         tokio::spawn(sessions.clone().follow_chain());
         let (auditor, audit_jobs) = audit::Auditor::new(config.audit.rate);

@@ -65,8 +65,10 @@ pub(crate) struct App {
     pub(crate) directory: Arc<Directory>,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) tokenizers: Tokenizers,
-    pub(crate) http: reqwest::Client,
-    pub(crate) stream_http: reqwest::Client,
+    /// Links to providers for whole responses.
+    pub(crate) http: crate::link::Links,
+    /// Links to providers for streamed responses (a read timeout instead of a total one).
+    pub(crate) stream_http: crate::link::Links,
     pub(crate) metrics: Metrics,
     pub(crate) started: u64,
     pub(crate) next_id: AtomicU64,
@@ -493,12 +495,16 @@ async fn forward_once(
         let url = format!("{}{}", c.endpoint, check.path(wire));
         app.directory.started(&c.provider);
         let started = Instant::now();
-        let sent = app.http.post(&url).headers(app.request_headers(&s, false)).json(body).send().await;
+        let link = match app.http.to(&c.provider, &c.endpoint) {
+            Ok(link) => link,
+            Err(e) => return Ok(Attempt::Retry(format!("{}: {e}", c.provider))),
+        };
+        let sent = link.post(&url).headers(app.request_headers(&s, false)).json(body).send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
                 app.directory.finished(&c.provider, None);
-                return Ok(Attempt::Retry(format!("{url}: {e}")));
+                return Ok(Attempt::Retry(format!("{url}: {}", crate::link::why(&e))));
             }
         };
         let status = response.status();
@@ -792,10 +798,17 @@ async fn stream_from(
     let mut seg = Segment::new(expect);
     let url = format!("{}{}", c.endpoint, job.wire.path());
     let started = Instant::now();
-    let response = match app.stream_http.post(&url).headers(app.request_headers(s, true)).json(body).send().await {
+    let link = match app.stream_http.to(&c.provider, &c.endpoint) {
+        Ok(link) => link,
+        Err(e) => {
+            seg.error = Some(format!("{}: {e}", c.provider));
+            return seg;
+        }
+    };
+    let response = match link.post(&url).headers(app.request_headers(s, true)).json(body).send().await {
         Ok(r) => r,
         Err(e) => {
-            seg.error = Some(format!("{url}: {e}"));
+            seg.error = Some(format!("{url}: {}", crate::link::why(&e)));
             return seg;
         }
     };

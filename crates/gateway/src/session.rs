@@ -116,7 +116,7 @@ pub struct Sessions {
     chain_id: String,
     config: GatewayConfig,
     fee: Amount,
-    http: reqwest::Client,
+    http: crate::link::Links,
     /// Live sessions by provider and model.
     table: Mutex<BTreeMap<(Address, ModelId), Shared>>,
     /// Sessions no longer used for new work but maybe still owed a receipt delivery.
@@ -163,11 +163,11 @@ impl Sessions {
                 table.insert((s.provider.clone(), s.model), shared);
             }
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?;
+        let http = crate::link::Links::new(
+            |b| b.timeout(Duration::from_secs(10)).connect_timeout(Duration::from_secs(2)),
+            config.plain_http_providers,
+        )
+        .map_err(GatewayError::Config)?;
         Ok(Sessions {
             key,
             chain,
@@ -319,18 +319,34 @@ impl Sessions {
         let key = (c.provider.clone(), c.model);
         let height = self.height().await?;
         if let Some(s) = self.usable(&key, height) {
+            self.follow_endpoint(&s, &c.endpoint);
             self.ensure_token(&s).await?;
             return Ok(s);
         }
         // One opening at a time; another request may have opened it meanwhile.
         let _opening = self.open_lock.lock().await;
         if let Some(s) = self.usable(&key, height) {
+            self.follow_endpoint(&s, &c.endpoint);
             self.ensure_token(&s).await?;
             return Ok(s);
         }
         let s = self.open(c, height).await?;
         self.ensure_token(&s).await?;
         Ok(s)
+    }
+
+    /// A provider that registered a new endpoint (it moved, or turned TLS on) is reached there
+    /// from now on, with a new token: the endpoint comes from its own signed registration.
+    fn follow_endpoint(&self, s: &Shared, endpoint: &str) {
+        let mut st = s.lock().expect("session lock");
+        if st.endpoint != endpoint {
+            info!(target: "gateway::sessions", provider = %st.provider, from = %st.endpoint, to = %endpoint, "the provider moved");
+            st.endpoint = endpoint.to_owned();
+            st.token = None;
+            st.delivered = false;
+            drop(st);
+            self.mark_dirty();
+        }
     }
 
     fn usable(&self, key: &(Address, ModelId), height: Height) -> Option<Shared> {
@@ -411,15 +427,15 @@ impl Sessions {
             }
             (st.id, st.provider.clone(), st.endpoint.clone(), st.auth_nonce.max(now_ms().saturating_sub(1)) + 1)
         };
-        let signature = SessionAuth { session: id, provider, nonce }.sign(&self.key, &self.chain_id);
+        let signature = SessionAuth { session: id, provider: provider.clone(), nonce }.sign(&self.key, &self.chain_id);
         let url = format!("{endpoint}/plexus/v1/sessions/{id}/token");
-        let response = self
-            .http
+        let link = self.http.to(&provider, &endpoint).map_err(GatewayError::Upstream)?;
+        let response = link
             .post(&url)
             .json(&serde_json::json!({ "nonce": nonce, "signature": signature.to_string() }))
             .send()
             .await
-            .map_err(|e| GatewayError::Upstream(format!("{url}: {e}")))?;
+            .map_err(|e| GatewayError::Upstream(format!("{url}: {}", crate::link::why(&e))))?;
         let status = response.status();
         let body: serde_json::Value =
             response.json().await.map_err(|e| GatewayError::Upstream(format!("{url}: {e}")))?;
@@ -472,16 +488,23 @@ impl Sessions {
 
     /// Sends the session's latest receipt to its provider; true when the provider has it.
     pub async fn deliver(&self, s: &Shared) -> bool {
-        let (endpoint, latest, seq) = {
+        let (provider, endpoint, latest, seq) = {
             let st = s.lock().expect("session lock");
             let Some(latest) = st.latest.clone() else { return true };
             if st.delivered {
                 return true;
             }
-            (st.endpoint.clone(), latest, st.seq)
+            (st.provider.clone(), st.endpoint.clone(), latest, st.seq)
         };
         let url = format!("{endpoint}/plexus/v1/receipts");
-        let ok = match self.http.post(&url).json(&serde_json::json!({ "receipt": latest })).send().await {
+        let link = match self.http.to(&provider, &endpoint) {
+            Ok(link) => link,
+            Err(e) => {
+                warn!(target: "gateway::receipts", %url, "cannot reach the provider: {e}");
+                return false;
+            }
+        };
+        let ok = match link.post(&url).json(&serde_json::json!({ "receipt": latest })).send().await {
             Ok(r) if r.status().is_success() => true,
             Ok(r) => {
                 let status = r.status();

@@ -42,7 +42,7 @@ use crate::directory::Candidate;
 use crate::proxy::App;
 use crate::session::Shared;
 
-type Upstream_ = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Upstream_ = tokio_tungstenite::WebSocketStream<std::pin::Pin<Box<dyn crate::link::Io>>>;
 
 /// Frames waiting to go up to the provider, at most.
 const UP_QUEUE_MAX: usize = 64;
@@ -255,7 +255,11 @@ async fn connect_one(
     let config = tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MESSAGE_BYTES_MAX))
         .max_frame_size(Some(MESSAGE_BYTES_MAX));
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+    let parsed = reqwest::Url::parse(&url).map_err(|e| (None, format!("{url}: {e}")))?;
+    let io = crate::link::connect(&c.provider, &parsed, app.http.plain_allowed(), SEND_GRACE * 5)
+        .await
+        .map_err(|e| (None, format!("{}: {e}", c.provider)))?;
+    let connecting = tokio_tungstenite::client_async_with_config(request, io, Some(config));
     let (mut ws, _) = match tokio::time::timeout(SEND_GRACE * 5, connecting).await {
         Err(_) => return Err((None, format!("{url}: no answer"))),
         Ok(Err(tungstenite::Error::Http(response))) => {

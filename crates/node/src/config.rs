@@ -58,7 +58,11 @@ worker_threads = 0
 enabled = false
 # Where the OpenAI-compatible API listens.
 listen = "127.0.0.1:8080"
-# The URL clients use to reach it, published on-chain (empty = http://<listen>).
+# Serve over TLS 1.3 with a certificate for the node key; gateways accept the connection only
+# if the handshake is signed by this provider's on-chain key. Turn off only for local tests.
+tls = true
+# The URL clients use to reach it, published on-chain (empty = https://<listen>, or http://
+# without TLS). Its scheme must match `tls`.
 endpoint = ""
 # Free-form region label clients can route by, e.g. "eu-west".
 region = "local"
@@ -110,7 +114,10 @@ pub struct ProviderSection {
     pub enabled: bool,
     /// Listen address of the OpenAI-compatible API.
     pub listen: SocketAddr,
-    /// The URL registered on-chain; empty means `http://<listen>`.
+    /// Serve over TLS bound to the node key (gateways pin it); off only for local experiments.
+    #[serde(default = "tls_default")]
+    pub tls: bool,
+    /// The URL registered on-chain; empty means `https://<listen>` (`http://` without TLS).
     #[serde(default)]
     pub endpoint: String,
     /// Region label clients route by.
@@ -140,6 +147,10 @@ pub struct ProviderSection {
     pub claim_interval_secs: u64,
 }
 
+fn tls_default() -> bool {
+    true
+}
+
 fn inference_price_default() -> u64 {
     2_000
 }
@@ -149,6 +160,7 @@ impl Default for ProviderSection {
         ProviderSection {
             enabled: false,
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            tls: tls_default(),
             endpoint: String::new(),
             region: "local".into(),
             hardware: String::new(),
@@ -168,7 +180,11 @@ impl Default for ProviderSection {
 impl ProviderSection {
     /// The endpoint published on-chain.
     pub fn public_endpoint(&self) -> String {
-        if self.endpoint.is_empty() { format!("http://{}", self.listen) } else { self.endpoint.clone() }
+        match (self.endpoint.is_empty(), self.tls) {
+            (false, _) => self.endpoint.clone(),
+            (true, true) => format!("https://{}", self.listen),
+            (true, false) => format!("http://{}", self.listen),
+        }
     }
 }
 
@@ -215,6 +231,8 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid node config: {source}")]
     Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
     #[error("environment override {var}={value:?}: {reason}")]
     Env { var: String, value: String, reason: String },
 }
@@ -222,7 +240,24 @@ pub enum ConfigError {
 impl NodeConfig {
     /// Parses a config text (no environment overrides).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+        let cfg: NodeConfig =
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        cfg.check(path)?;
+        Ok(cfg)
+    }
+
+    /// What the types cannot say: the provider's endpoint speaks what it serves.
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let p = &self.provider;
+        let scheme = if p.tls { "https://" } else { "http://" };
+        if !p.endpoint.is_empty() && !p.endpoint.starts_with(scheme) {
+            let reason = format!(
+                "[provider] endpoint = \"{}\" must start with {scheme} because tls = {} (gateways would not reach it)",
+                p.endpoint, p.tls
+            );
+            return Err(ConfigError::Invalid { path: path.to_path_buf(), reason });
+        }
+        Ok(())
     }
 
     /// Loads the config file and applies `PLEXUS_*` environment overrides.
@@ -231,6 +266,7 @@ impl NodeConfig {
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let mut cfg = Self::parse(&text, path)?;
         cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.check(path)?;
         Ok(cfg)
     }
 
@@ -259,6 +295,9 @@ impl NodeConfig {
         }
         if let Some(v) = get("PLEXUS_PROVIDER_LISTEN") {
             self.provider.listen = parse("PLEXUS_PROVIDER_LISTEN", v)?;
+        }
+        if let Some(v) = get("PLEXUS_PROVIDER_ENDPOINT") {
+            self.provider.endpoint = v;
         }
         Ok(())
     }
@@ -310,7 +349,14 @@ mod tests {
         assert!(cfg.provider.enabled);
         assert_eq!((cfg.p2p.listen.port(), cfg.api.listen.port(), cfg.provider.listen.port()), (1, 2, 3));
         assert_eq!((cfg.provider.threads, cfg.runtime.worker_threads), (1, 0));
+        assert_eq!(cfg.provider.public_endpoint(), "https://127.0.0.1:3");
+        let plain = filled.replace("tls = true", "tls = false");
+        let cfg = NodeConfig::parse(&plain, Path::new("c")).unwrap();
         assert_eq!(cfg.provider.public_endpoint(), "http://127.0.0.1:3");
+        // An endpoint whose scheme contradicts `tls` is refused, with the reason.
+        let wrong = filled.replace("endpoint = \"\"", "endpoint = \"http://203.0.113.7:8080\"");
+        let err = NodeConfig::parse(&wrong, Path::new("c")).unwrap_err().to_string();
+        assert!(err.contains("must start with https://"), "{err}");
     }
 
     #[test]

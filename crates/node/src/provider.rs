@@ -169,6 +169,10 @@ where
     let provider = Provider::open(chain.clone(), key.address(), config).context("opening the receipt ledger")?;
     let manifests: Vec<ModelManifest> = engines.iter().map(|e| e.info().manifest.clone()).collect();
     tokio::spawn(crate::committee::serve(chain.clone(), engines.clone()));
+    let tls = match cfg.tls {
+        true => Some(plexus_serve::tls::server_config(&key).map_err(anyhow::Error::msg)?),
+        false => None,
+    };
     let serve_config = plexus_serve::ServeConfig { chain_id: chain.chain_id().to_string(), ..Default::default() };
     let server = plexus_serve::Server::new(key, engines).with_metering(provider.metering()).with_config(serve_config);
     let router = server.router().merge(plexus_provider::router(provider.clone()));
@@ -177,8 +181,15 @@ where
         .with_context(|| format!("cannot listen for inference on {}", cfg.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     info!(target: "provider", %addr, endpoint = %cfg.public_endpoint(), "serving models");
+    let served = match tls {
+        Some(config) => {
+            let listener = plexus_serve::tls::TlsListener::new(listener, config)?;
+            tokio::spawn(async move { axum::serve(listener, router).await })
+        }
+        None => tokio::spawn(async move { axum::serve(listener, router).await }),
+    };
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        if let Ok(Err(e)) = served.await {
             warn!(target: "provider", "inference server stopped: {e}");
         }
     });

@@ -23,6 +23,7 @@ mod metering;
 mod metrics;
 pub mod openai;
 pub mod stream;
+pub mod tls;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -129,10 +130,14 @@ impl Server {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

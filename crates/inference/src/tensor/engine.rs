@@ -171,16 +171,9 @@ fn compile(path: &Path, spec: &TensorSpec) -> Result<Vec<Plan>, Error> {
 
 /// Runs `rows` rows (`data`, row-major) on the smallest bucket that holds them, padding with
 /// copies of the first row and dropping their outputs.
-fn run(
-    plans: &[Plan],
-    spec: &TensorSpec,
-    rows: usize,
-    data: &[f32],
-) -> Result<Vec<super::Tensor>, Error> {
-    let plan = plans
-        .iter()
-        .find(|p| p.rows >= rows)
-        .ok_or_else(|| Error::Engine(format!("no plan for {rows} rows")))?;
+fn run(plans: &[Plan], spec: &TensorSpec, rows: usize, data: &[f32]) -> Result<Vec<super::Tensor>, Error> {
+    let plan =
+        plans.iter().find(|p| p.rows >= rows).ok_or_else(|| Error::Engine(format!("no plan for {rows} rows")))?;
     let bucket = &plan.rows;
     let row_len = spec.inputs[0].row_elements();
     let mut shape = vec![*bucket];
@@ -222,11 +215,7 @@ fn run(
 /// them (a reduction over the batch axis, say) is refused at load: two different rows run
 /// together must give what each gives alone, to a float tolerance (kernels for one row and for
 /// two may sum in different orders).
-fn check_rows_independent(
-    path: &Path,
-    plans: &[Plan],
-    spec: &TensorSpec,
-) -> Result<(), Error> {
+fn check_rows_independent(path: &Path, plans: &[Plan], spec: &TensorSpec) -> Result<(), Error> {
     if spec.batch_max < 2 {
         return Ok(());
     }

@@ -299,7 +299,7 @@ fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
             address: key.address().to_string(),
             api: format!("http://{api}"),
             p2p,
-            inference: (!options.chain_only).then(|| format!("http://{inference}")),
+            inference: (!options.chain_only).then(|| format!("https://{inference}")),
             key_file: dir.join("key.json"),
             log: dir.join("node.log"),
             home: dir,

@@ -91,6 +91,12 @@ pub struct GatewayArgs {
     /// (paid like any other), so routing knows its latency and availability; 0 never probes.
     #[arg(long, default_value_t = 60)]
     probe_interval: u64,
+    /// Also reach providers on other machines that registered a plain `http://` endpoint
+    /// (prompts and answers then cross the network unencrypted). Without it the gateway talks
+    /// to remote providers only over TLS pinned to their on-chain keys, and to `http://` ones
+    /// only on loopback.
+    #[arg(long)]
+    plain_http_providers: bool,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -128,6 +134,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         max_tokens_default: args.max_tokens_default,
         audit: plexus_gateway::audit::AuditSettings { rate: args.audit_rate, threads: args.audit_threads },
         probe_interval: std::time::Duration::from_secs(args.probe_interval),
+        plain_http_providers: args.plain_http_providers,
         ..GatewayConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// for this run (and its address logged).
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Serve HTTPS (TLS 1.3) with a self-signed certificate for the provider key; clients pin
+    /// the key (gateways do it from the provider's on-chain address), or use `curl -k` to look.
+    #[arg(long)]
+    tls: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -110,6 +114,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("invalid listen address {}:{}", args.host, args.port))?;
+    let tls = match args.tls {
+        true => Some(plexus_serve::tls::server_config(&key).map_err(anyhow::Error::msg)?),
+        false => None,
+    };
     let server = Server::new(key, engines.clone())
         .with_config(ServeConfig { request_bytes_max: args.request_bytes_max, ..ServeConfig::default() });
     let provider = server.provider();
@@ -119,13 +127,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
-        tracing::info!(target: "serve", %provider, "listening on http://{local}");
-        plexus_serve::serve(listener, router, async {
+        let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!(target: "serve", "shutting down");
-        })
-        .await
-        .context("serving")
+        };
+        match tls {
+            Some(config) => {
+                tracing::info!(target: "serve", %provider, "listening on https://{local} (TLS bound to the provider key)");
+                let listener = plexus_serve::tls::TlsListener::new(listener, config)?;
+                plexus_serve::serve(listener, router, shutdown).await.context("serving")
+            }
+            None => {
+                tracing::info!(target: "serve", %provider, "listening on http://{local}");
+                plexus_serve::serve(listener, router, shutdown).await.context("serving")
+            }
+        }
     })?;
     // Engines stop their threads when dropped, after the server is gone.
     drop(engines);

@@ -8,6 +8,7 @@ mod paid;
 mod serve;
 mod setup;
 mod stream;
+mod tls;
 mod upgrade;
 mod util;
 mod verify;

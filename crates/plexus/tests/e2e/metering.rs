@@ -214,7 +214,8 @@ fn a_client_racing_past_its_credit_gets_no_more_than_the_credit() {
     });
     let proof =
         plexus_types::receipt::SessionAuth { session, provider: provider.clone(), nonce: 1 }.sign(&client, &chain_id);
-    let token: Value = http()
+    let to_provider = provider_http(&info["nodes"][0]);
+    let token: Value = to_provider
         .post(format!("{inference}/plexus/v1/sessions/{session}/token"))
         .json(&json!({"nonce": 1, "signature": proof.to_string()}))
         .send()
@@ -225,11 +226,11 @@ fn a_client_racing_past_its_credit_gets_no_more_than_the_credit() {
     // Eight requests at once, each up to ~30 prompt + 64 output tokens, and no receipt ever.
     let handles: Vec<_> = (0..8)
         .map(|i| {
-            let (inference, token) = (inference.clone(), token.clone());
+            let (inference, token, to_provider) = (inference.clone(), token.clone(), to_provider.clone());
             std::thread::spawn(move || {
                 let body = json!({"model": "smollm2-135m-instruct", "max_tokens": 64, "temperature": 0.8, "seed": i,
                                    "messages": [{"role": "user", "content": "Tell me a long story."}]});
-                let r = http()
+                let r = to_provider
                     .post(format!("{inference}/v1/chat/completions"))
                     .header("x-plexus-session", session.to_string())
                     .header("x-plexus-token", token)
@@ -246,7 +247,7 @@ fn a_client_racing_past_its_credit_gets_no_more_than_the_credit() {
     assert!(served >= 1 && codes.iter().all(|c| *c == 200 || *c == 402), "{codes:?}");
     assert!(served < 8, "a client that never pays cannot have eight requests served at once: {codes:?}");
     // What the provider delivered without a receipt: within the credit, or one request alone.
-    let state = get(&format!("{inference}/plexus/v1/sessions/{session}")).unwrap();
+    let state = get_provider(&info["nodes"][0], &format!("/plexus/v1/sessions/{session}")).unwrap();
     let delivered =
         state["delivered_input_tokens"].as_u64().unwrap() + state["delivered_output_tokens"].as_u64().unwrap();
     let one_request = 64 + 64; // a generous bound on one request's prompt plus max_tokens

@@ -119,15 +119,13 @@ fn paid_inference_settles_exactly_even_when_a_provider_dies_mid_stream() {
     // The killed provider comes back, and the gateway's outbox delivers it the receipt for what
     // it streamed before it died.
     let _restarted = restart_node(&killed_home);
-    let killed_inference = info["nodes"].as_array().unwrap().iter().find(|n| n["name"] == killed).unwrap()["inference"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let killed_node = info["nodes"].as_array().unwrap().iter().find(|n| n["name"] == killed).unwrap();
     let killed_session = failover["segments"][0]["session"].as_str().unwrap().to_string();
     wait_for("the restarted provider to hold its receipt", Duration::from_secs(180), || {
         let gw: Value = gw_get("/plexus/v1/status")?;
         let seq = gw["sessions"].as_array()?.iter().find(|s| s["id"] == killed_session.as_str())?["seq"].as_u64()?;
-        let held = get(&format!("{killed_inference}/plexus/v1/sessions/{killed_session}"))?["receipt_seq"].as_u64()?;
+        let held =
+            get_provider(killed_node, &format!("/plexus/v1/sessions/{killed_session}"))?["receipt_seq"].as_u64()?;
         (held == seq).then_some(())
     });
 
@@ -197,8 +195,13 @@ fn paid_inference_settles_exactly_even_when_a_provider_dies_mid_stream() {
     drop(devnet);
 }
 
-fn post(url: &str, body: &Value, headers: &[(&str, String)]) -> reqwest::blocking::Response {
-    let mut r = http().post(url).timeout(Duration::from_secs(120)).json(body);
+fn post(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    body: &Value,
+    headers: &[(&str, String)],
+) -> reqwest::blocking::Response {
+    let mut r = client.post(url).timeout(Duration::from_secs(120)).json(body);
     for (k, v) in headers {
         r = r.header(*k, v);
     }
@@ -211,7 +214,12 @@ fn post(url: &str, body: &Value, headers: &[(&str, String)]) -> reqwest::blockin
 fn send_tx(api: &str, chain_id: &str, key: &PrivateKey, payload: Payload) -> Value {
     let (_, nonce) = account(api, &key.address().to_string());
     let tx = Transaction { signer: key.address(), nonce, fee: min_fee(api), payload }.sign(key, chain_id);
-    let r = post(&format!("{api}/chain/v1/txs"), &json!({"tx": hex::encode(plexus_types::codec::to_vec(&tx))}), &[]);
+    let r = post(
+        &http(),
+        &format!("{api}/chain/v1/txs"),
+        &json!({"tx": hex::encode(plexus_types::codec::to_vec(&tx))}),
+        &[],
+    );
     let status = r.status().as_u16();
     if status == 400 {
         let body: Value = r.json().unwrap();
@@ -257,6 +265,7 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
     let node = &info["nodes"][0];
     let api = node["api"].as_str().unwrap().to_string();
     let inference = node["inference"].as_str().unwrap().to_string();
+    let to_provider = provider_http(node);
     let chain_id = info["chain_id"].as_str().unwrap().to_string();
     let client = plexus_node::keyfile::load(Path::new(info["client"]["key_file"].as_str().unwrap())).unwrap();
     let provider_key = plexus_node::keyfile::load(Path::new(node["key_file"].as_str().unwrap())).unwrap();
@@ -280,6 +289,7 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
         let sig =
             plexus_types::receipt::SessionAuth { session: id, provider: provider.clone(), nonce }.sign(key, &chain_id);
         post(
+            &to_provider,
             &format!("{inference}/plexus/v1/sessions/{id}/token"),
             &json!({"nonce": nonce, "signature": sig.to_string()}),
             &[],
@@ -299,11 +309,11 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
                "messages": [{"role": "user", "content": "Write a very long story about a city under the sea."}]})
     };
     let headers = vec![("x-plexus-session", id.to_string()), ("x-plexus-token", token.clone())];
-    let r = post(&format!("{inference}/v1/chat/completions"), &chat(8, false), &[]);
+    let r = post(&to_provider, &format!("{inference}/v1/chat/completions"), &chat(8, false), &[]);
     assert_eq!(r.status().as_u16(), 402, "no session, no service");
 
     // A long stream with no receipts is cut off once the credit (64 tokens) is used.
-    let r = post(&format!("{inference}/v1/chat/completions"), &chat(400, true), &headers);
+    let r = post(&to_provider, &format!("{inference}/v1/chat/completions"), &chat(400, true), &headers);
     assert_eq!(r.status().as_u16(), 200);
     let sse = r.text().unwrap();
     let chunks = sse.lines().filter(|l| l.contains("\"content\":") && !l.contains("\"content\":\"\"")).count();
@@ -311,7 +321,7 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
     assert!(!sse.contains("[DONE]"));
     assert!((40..=100).contains(&chunks), "cut off after about the credit window, got {chunks} chunks");
     // The next request is refused before any work.
-    let r = post(&format!("{inference}/v1/chat/completions"), &chat(8, false), &headers);
+    let r = post(&to_provider, &format!("{inference}/v1/chat/completions"), &chat(8, false), &headers);
     assert_eq!(r.status().as_u16(), 402);
     assert!(r.text().unwrap().contains("not acknowledged"));
 
@@ -357,7 +367,7 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
     assert_eq!((amount(&s["settled_amount"]), s["settled_seq"].as_u64().unwrap()), (fair, 1));
 
     // A receipt that underpays is refused; a forged one too; an honest one restores service.
-    let state = get(&format!("{inference}/plexus/v1/sessions/{id}")).unwrap();
+    let state = get_provider(node, &format!("/plexus/v1/sessions/{id}")).unwrap();
     let (input, output) =
         (state["delivered_input_tokens"].as_u64().unwrap(), state["delivered_output_tokens"].as_u64().unwrap());
     let owed = plexus_execution::price_of(&price, input, output).unwrap();
@@ -373,11 +383,12 @@ fn clients_that_stop_paying_and_bad_claims_are_refused() {
         .sign(key, &chain_id)
         .to_hex()
     };
-    let send_receipt = |hex: String| post(&format!("{inference}/plexus/v1/receipts"), &json!({"receipt": hex}), &[]);
+    let send_receipt =
+        |hex: String| post(&to_provider, &format!("{inference}/plexus/v1/receipts"), &json!({"receipt": hex}), &[]);
     assert_eq!(send_receipt(receipt(1, owed - 1, &client)).status().as_u16(), 400);
     assert_eq!(send_receipt(receipt(1, owed, &PrivateKey::from_seed(98))).status().as_u16(), 401);
     assert_eq!(send_receipt(receipt(1, owed, &client)).status().as_u16(), 200);
-    let r = post(&format!("{inference}/v1/chat/completions"), &chat(8, false), &headers);
+    let r = post(&to_provider, &format!("{inference}/v1/chat/completions"), &chat(8, false), &headers);
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().unwrap());
 
     assert_eq!(get(&format!("{api}/chain/v1/supply")).unwrap()["conserved"], true);

@@ -178,9 +178,7 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
         wait_for("the restarted node to catch up", Duration::from_secs(120), || {
             (height(&apis[i])? >= others).then_some(())
         });
-        wait_for("its provider to be back", Duration::from_secs(120), || {
-            get(&format!("{}/health", n["inference"].as_str().unwrap())).map(|_| ())
-        });
+        wait_for("its provider to be back", Duration::from_secs(120), || get_provider(n, "/health").map(|_| ()));
         if i == 2 {
             // Three of four (3/4 of the stake) can run v5 now: it activates by itself.
             wait_for("v5 to activate", Duration::from_secs(120), || (execution_version(&api)? == 5).then_some(()));

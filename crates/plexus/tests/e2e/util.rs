@@ -50,6 +50,24 @@ pub fn get(url: &str) -> Option<Value> {
     http().get(url).send().ok()?.json().ok()
 }
 
+/// A client for a devnet node's inference endpoint: TLS pinned to the node's key, as a gateway
+/// reaches it.
+pub fn provider_http(node: &Value) -> reqwest::blocking::Client {
+    let address: plexus_types::Address = node["address"].as_str().unwrap().parse().unwrap();
+    let tls = plexus_serve::tls::pinned_client_config(&address);
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .tls_backend_preconfigured((*tls).clone())
+        .build()
+        .unwrap()
+}
+
+/// `get` from a devnet node's inference endpoint.
+pub fn get_provider(node: &Value, path: &str) -> Option<Value> {
+    let url = format!("{}{path}", node["inference"].as_str().unwrap());
+    provider_http(node).get(url).send().ok()?.json().ok()
+}
+
 pub fn height(api: &str) -> Option<u64> {
     get(&format!("{api}/chain/v1/status"))?["height"].as_u64()
 }
@@ -172,8 +190,7 @@ pub fn restart_with(node: &Value, var: &str, value: &str) -> Guard {
             .spawn()
             .unwrap(),
     );
-    let inference = node["inference"].as_str().unwrap().to_string();
-    wait_for("the restarted provider serves", Duration::from_secs(120), || get(&format!("{inference}/health")));
+    wait_for("the restarted provider serves", Duration::from_secs(120), || get_provider(node, "/health"));
     g
 }
 

@@ -10,8 +10,11 @@ import json
 import math
 import os
 import signal
+import socket
+import ssl
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 from openai import OpenAI
@@ -24,8 +27,42 @@ def cos(a, b):
     return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
+def provider_get(node, path):
+    """GET from a provider over its TLS, pinned to its on-chain key the way a gateway pins it:
+    the handshake is signed by the certificate's key (TLS checks that), and that key must be
+    the node's address."""
+    url = urllib.parse.urlsplit(node["inference"])
+    assert url.scheme == "https", node["inference"]
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((url.hostname, url.port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="plexus-provider") as tls:
+            cert = tls.getpeercert(binary_form=True)
+            # The certificate's SubjectPublicKeyInfo: the ed25519 OID, then the 32-byte key.
+            spki = bytes.fromhex("302a300506032b6570032100") + bytes.fromhex(node["address"])
+            assert spki in cert, "the provider's certificate is not for its on-chain key"
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n\r\n".encode())
+            response = b""
+            while chunk := tls.recv(65536):
+                response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    if b"transfer-encoding: chunked" in head.lower():
+        decoded = b""
+        while body:
+            size, _, rest = body.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0:
+                break
+            decoded += rest[:n]
+            body = rest[n + 2 :]
+        body = decoded
+    return body.decode()
+
+
 def active_requests(node):
-    text = urllib.request.urlopen(node["inference"] + "/metrics", timeout=5).read().decode()
+    text = provider_get(node, "/metrics")
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
