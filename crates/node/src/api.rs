@@ -34,12 +34,16 @@ pub struct ApiState<E: Storage + Clock + Metrics + Spawner> {
     pub peer_versions: plexus_network::hello::PeerVersions,
     /// Places for `/chain/v1/stream` readers ([`STREAM_SUBSCRIBERS_MAX`]).
     pub stream_slots: Arc<tokio::sync::Semaphore>,
+    /// The genesis this node runs, for `/chain/v1/genesis` (how a new node joins).
+    pub genesis: Arc<plexus_types::Genesis>,
 }
 
 /// Facts about the serving node.
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeInfo {
     pub address: Address,
+    /// Hash of the genesis file (`plexus node init --join --genesis-hash` checks it).
+    pub genesis_hash: Hash,
     pub p2p_listen: String,
     pub version: &'static str,
 }
@@ -148,6 +152,7 @@ where
         .route("/metrics", get(metrics::<E>))
         .route("/chain/v1/status", get(status::<E>))
         .route("/chain/v1/params", get(params::<E>))
+        .route("/chain/v1/genesis", get(genesis::<E>))
         .route("/chain/v1/supply", get(supply::<E>))
         .route("/chain/v1/validators", get(validators::<E>))
         .route("/chain/v1/blocks/latest", get(latest_block::<E>))
@@ -247,6 +252,14 @@ async fn status<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
         upgrade_node: node_upgrade_state(&s),
     })
     .into_response())
+}
+
+/// The genesis file this node runs, as JSON: what `plexus node init --join` fetches. Its hash
+/// (of the canonical JSON) is in `/chain/v1/status` under `node.genesis_hash`.
+async fn genesis<E: Storage + Clock + Metrics + Spawner>(
+    State(s): State<Arc<ApiState<E>>>,
+) -> Json<plexus_types::Genesis> {
+    Json((*s.genesis).clone())
 }
 
 async fn params<E: Storage + Clock + Metrics + Spawner>(

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use commonware_runtime::{Clock, Metrics, Spawner, Storage};
 use plexus_consensus::{Chain, EpochPeers, Round};
-use plexus_execution::state::{self as st, Layered, Provider, Stake, Store, ValidatorSet, scan_table};
+use plexus_execution::state::{self as st, Layered, Stake, Store, ValidatorSet, scan_table};
 use plexus_execution::{BlockEnv, BlockOutcome, ChangeSet, Executor, Overlay, TxResult};
 use plexus_store::{BlockRecord, BlockStore, Speculative, StateStore};
 use plexus_types::block::txs_root;
@@ -115,6 +115,8 @@ struct Inner<E: Storage + Clock + Metrics + Spawner> {
     indexes: std::sync::RwLock<crate::index::Indexes>,
     finalized_tx: broadcast::Sender<Arc<FinalizedBlock>>,
     gossip: Mutex<Option<Gossip>>,
+    /// Most non-validators admitted to a peer set (see [`crate::followers`]).
+    followers_max: std::sync::atomic::AtomicUsize,
     now_ms: Box<dyn Fn() -> u64 + Send + Sync>,
     metrics: NodeMetrics,
 }
@@ -208,6 +210,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 indexes: std::sync::RwLock::new(indexes),
                 finalized_tx,
                 gossip: Mutex::new(None),
+                followers_max: std::sync::atomic::AtomicUsize::new(crate::followers::FOLLOWERS_MAX_DEFAULT),
                 now_ms,
                 metrics,
             }),
@@ -252,6 +255,11 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
     /// A receiver of every block finalized from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<FinalizedBlock>> {
         self.inner.finalized_tx.subscribe()
+    }
+
+    /// Caps the followers (non-validators) admitted to each epoch's peer set from the next epoch.
+    pub fn set_followers_max(&self, max: usize) {
+        self.inner.followers_max.store(max, Ordering::Relaxed);
     }
 
     /// Sends newly admitted transactions to peers through `gossip`.
@@ -774,15 +782,19 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
             }
         };
         let validators: Vec<_> = set.0.iter().filter_map(|v| parse(&v.address, &v.p2p_address)).collect();
-        let mut others = Vec::new();
-        for (k, v) in scan_table(view.map(), st::table::PROVIDER) {
+        // Followers: every account that bonded stake with a p2p address (providers among them),
+        // admitted by stake and capped; see `followers`. A node-local choice, not state.
+        let candidates = scan_table(view.map(), st::table::STAKE).filter_map(|(k, v)| {
             let address = Address(commonware_codec::DecodeExt::decode(commonware_codec::Copying(&k[1..])).ok()?);
-            let _: Provider = st::decode_record(k, v);
-            let stake: Stake = store.stake(&address);
-            if !stake.p2p_address.is_empty() {
-                others.extend(parse(&address, &stake.p2p_address));
+            let stake: Stake = st::decode_record(k, v);
+            if stake.p2p_address.is_empty() {
+                return None;
             }
-        }
+            let (address, p2p) = parse(&address, &stake.p2p_address)?;
+            Some(crate::followers::Candidate { address, bonded: stake.bonded, p2p })
+        });
+        let max = self.inner.followers_max.load(Ordering::Relaxed);
+        let others = crate::followers::select(candidates, &validators, store.params().min_provider_stake, max);
         Some(EpochPeers { validators, others, timeouts: crate::run::timeouts(&store.params()) })
     }
 

@@ -30,8 +30,10 @@ key = "key.json"
 listen = "127.0.0.1:26656"
 # Accept peers on private/loopback addresses (needed for local networks and LANs).
 allow_private_ips = true
-# Most peers in one epoch's peer set (validators plus followers).
-peers_max = 128
+# Most peers in one epoch's peer set: room for every validator there can be (100), the rest
+# for followers (non-validators with at least min_provider_stake bonded and a p2p address,
+# the most bonded first).
+peers_max = 164
 
 [api]
 # Where the chain REST API and /metrics listen.

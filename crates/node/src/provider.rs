@@ -198,6 +198,10 @@ where
     Ok(())
 }
 
+/// How far behind wall-clock time the newest final block may be for this node to count as
+/// caught up (blocks come every `block_interval_ms`, well under a second).
+const SYNCED_LAG_MS: u64 = 30_000;
+
 /// Registers the served models and this provider on-chain, and keeps the registration equal
 /// to what `cfg` says (re-registering if it changes, e.g. after a restart with new prices, or
 /// after an upgrade lets the chain take the tensor models it serves).
@@ -209,9 +213,25 @@ where
     let mut warned_stake = false;
     let mut warned_tensor = false;
     let mut sent_at: Option<Height> = None;
+    let mut warned_sync = false;
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let height = chain.tip().0;
+        // A node still catching up (just joined, or back from a long stop) would sign with a
+        // stale nonce and compare against stale records: register once the tip is recent.
+        let tip_ms = match chain.blocks().by_height(height).await {
+            Ok(Some(record)) => record.block.header.timestamp_ms,
+            _ => 0,
+        };
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        if now_ms.saturating_sub(tip_ms) > SYNCED_LAG_MS {
+            if !warned_sync {
+                info!(target: "provider", height, behind_ms = now_ms.saturating_sub(tip_ms), "catching up with the chain before registering");
+                warned_sync = true;
+            }
+            continue;
+        }
         if sent_at.is_some_and(|h| height < h + 10) {
             continue; // let what we sent finalize first
         }

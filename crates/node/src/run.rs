@@ -108,10 +108,15 @@ async fn node(
     // Authenticated p2p: validators dial each other; followers dial validators.
     let max_message = plexus_consensus::max_message_size(plexus_types::params::limits::VALIDATORS_MAX as u32)
         .max(crate::gossip::MESSAGE_BYTES_MAX as u32 + 64);
+    // A peer set holds every validator there can be plus the followers (non-validators admitted
+    // by stake, `crate::followers`): the network refuses a larger set, so followers get the rest.
+    let validators_max = plexus_types::params::limits::VALIDATORS_MAX as usize;
+    let peers_max = cfg.p2p.peers_max.max(validators_max + 1);
+    chain.set_followers_max(peers_max - validators_max);
     let network_cfg = plexus_network::Config {
         listen: cfg.p2p.listen,
         chain_id: genesis.chain_id.clone(),
-        peers_max: NonZeroUsize::new(cfg.p2p.peers_max.max(2)).expect("non-zero"),
+        peers_max: NonZeroUsize::new(peers_max).expect("non-zero"),
         allow_private_ips: cfg.p2p.allow_private_ips,
         message_bytes_max: max_message,
         mailbox_messages: NonZeroUsize::new(4096).expect("non-zero"),
@@ -175,11 +180,13 @@ async fn node(
         metrics: Box::new(move || metrics_context.encode()),
         node: NodeInfo {
             address: key.address(),
+            genesis_hash: genesis.hash(),
             p2p_listen: cfg.p2p.listen.to_string(),
             version: env!("CARGO_PKG_VERSION"),
         },
         peer_versions,
         stream_slots: Arc::new(tokio::sync::Semaphore::new(crate::api::STREAM_SUBSCRIBERS_MAX)),
+        genesis: Arc::new(genesis.clone()),
     });
     let router = crate::api::router(api_state, cfg.api.body_bytes_max);
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)

@@ -10,18 +10,48 @@ use plexus_types::PrivateKey;
 
 #[derive(Subcommand)]
 pub enum NodeCmd {
-    /// Create a node home: a commented config.toml, a new key and a data directory. Put the
-    /// network's genesis.json next to config.toml before running.
+    /// Create a node home: a commented config.toml, a new key and a data directory. To start a
+    /// new network, put its genesis.json next to config.toml before running; to join a running
+    /// network from this machine, pass --join with the chain API of any of its nodes.
+    #[command(after_help = "Joining a network from a second machine:\n  \
+plexus node init --join http://<node>:8545 --genesis-hash <hash from the operator> \\\n    \
+--p2p-listen 0.0.0.0:26656 --p2p-advertise <this machine's IP>:26656 --provider \\\n    \
+--provider-listen 0.0.0.0:8080 --provider-endpoint https://<this machine's IP>:8080\n\
+then fund the printed address, stake with the printed `plexus tx stake` command (at least the \
+chain's min_provider_stake: the node is then admitted as a follower at the next epoch, and it \
+becomes a validator only if it bonds min_stake and is among the max_validators most bonded), and \
+run `plexus node run`. The node syncs from the validators, verifying every block's certificate.")]
     Init {
         /// Home directory (default $PLEXUS_HOME or ~/.plexus).
         #[arg(long)]
         home: Option<PathBuf>,
-        /// Where to listen for peers (the address you will stake with).
+        /// Where to listen for peers.
         #[arg(long, default_value = "127.0.0.1:26656")]
         p2p_listen: SocketAddr,
+        /// The p2p address other nodes dial, the one to stake with (default: --p2p-listen).
+        /// Needed when listening on 0.0.0.0 or behind a port forward.
+        #[arg(long)]
+        p2p_advertise: Option<SocketAddr>,
         /// Where the chain API listens.
         #[arg(long, default_value = "127.0.0.1:8545")]
         api_listen: SocketAddr,
+        /// Join a running network: fetch its genesis from this chain API URL (any node's).
+        #[arg(long, value_name = "URL")]
+        join: Option<String>,
+        /// With --join: the genesis hash you were given out of band; the fetched genesis must
+        /// have it. Without it the hash is printed for you to compare.
+        #[arg(long, requires = "join")]
+        genesis_hash: Option<plexus_types::Hash>,
+        /// Serve models as a provider (the `[provider]` section, enabled).
+        #[arg(long)]
+        provider: bool,
+        /// With --provider: where the inference API listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        provider_listen: SocketAddr,
+        /// With --provider: the https URL gateways use, published on-chain (default:
+        /// https://<provider-listen>).
+        #[arg(long)]
+        provider_endpoint: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -48,30 +78,125 @@ pub enum NodeCmd {
     },
 }
 
+/// Fetches a running network's genesis from `url`, checks it is valid, that the node there runs
+/// it, and that it has `expected` hash when one is given. Returns it and the normalised URL.
+fn fetch_genesis(url: &str, expected: Option<plexus_types::Hash>) -> anyhow::Result<(plexus_types::Genesis, String)> {
+    let url = url.trim_end_matches('/').to_string();
+    let client = super::Client::new(&url)?;
+    let body = client.get("/chain/v1/genesis").with_context(|| format!("cannot fetch the genesis from {url}"))?;
+    let genesis = plexus_types::Genesis::from_json(&body.to_string())
+        .with_context(|| format!("{url} answered with a genesis this binary cannot use"))?;
+    let hash = genesis.hash();
+    let status = client.get("/chain/v1/status")?;
+    let claimed = status["node"]["genesis_hash"].as_str().unwrap_or_default();
+    if claimed != hash.to_string() || status["chain_id"].as_str() != Some(genesis.chain_id.as_str()) {
+        bail!(
+            "{url} is inconsistent: it serves genesis {hash} of chain {} but says it runs {claimed} of chain {}",
+            genesis.chain_id,
+            status["chain_id"]
+        );
+    }
+    match expected {
+        Some(expected) if expected != hash => bail!(
+            "the genesis at {url} has hash {hash}, not the {expected} you expected: that node runs another network (or lies); nothing was written"
+        ),
+        Some(_) => {}
+        None => eprintln!(
+            "note: trusting {url} for the genesis (hash {hash}); compare it with the network's published hash, or pass --genesis-hash"
+        ),
+    }
+    Ok((genesis, url))
+}
+
 pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
     match cmd {
-        NodeCmd::Init { home, p2p_listen, api_listen, json } => {
+        NodeCmd::Init {
+            home,
+            p2p_listen,
+            p2p_advertise,
+            api_listen,
+            join,
+            genesis_hash,
+            provider,
+            provider_listen,
+            provider_endpoint,
+            json,
+        } => {
             let home = home.unwrap_or_else(super::default_home);
             let config = home.join("config.toml");
             if config.exists() {
                 bail!("{} already exists; refusing to overwrite a node home", config.display());
             }
+            if let Some(endpoint) = &provider_endpoint {
+                let url = url::Url::parse(endpoint).with_context(|| format!("--provider-endpoint {endpoint:?}"))?;
+                if url.scheme() != "https" {
+                    bail!("--provider-endpoint must be an https:// URL (providers serve TLS bound to their key)");
+                }
+            }
+            // Fetch and check the network's genesis before writing anything.
+            let joined = match &join {
+                Some(url) => Some(fetch_genesis(url, genesis_hash)?),
+                None => None,
+            };
             std::fs::create_dir_all(home.join("data")).with_context(|| format!("cannot create {}", home.display()))?;
             let key = PrivateKey::generate();
             keyfile::save(&home.join("key.json"), &key)?;
-            std::fs::write(&config, NodeConfig::template(p2p_listen, api_listen))
-                .with_context(|| format!("cannot write {}", config.display()))?;
+            let mut text = match provider {
+                true => NodeConfig::template_provider(p2p_listen, api_listen, provider_listen, 0),
+                false => NodeConfig::template(p2p_listen, api_listen),
+            };
+            if let Some(endpoint) = &provider_endpoint {
+                text = text.replace("\nendpoint = \"\"\n", &format!("\nendpoint = {endpoint:?}\n"));
+            }
+            // Check what was written parses, before anyone runs it.
+            NodeConfig::parse(&text, &config).context("the generated config does not parse (a bug)")?;
+            std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
+            let advertise = p2p_advertise.unwrap_or(p2p_listen);
+            if let Some((genesis, _)) = &joined {
+                std::fs::write(home.join("genesis.json"), genesis.to_json())
+                    .with_context(|| format!("cannot write {}", home.join("genesis.json").display()))?;
+            }
+            let stake_cmd = joined.as_ref().map(|(genesis, url)| {
+                format!(
+                    "plexus tx stake --key {} --amount {} --p2p-address {advertise} --node {url}",
+                    home.join("key.json").display(),
+                    genesis.params.min_provider_stake,
+                )
+            });
+            if advertise.ip().is_unspecified() && joined.is_some() {
+                eprintln!(
+                    "warning: --p2p-listen {p2p_listen} is not an address peers can dial; pass --p2p-advertise <public IP>:<port>"
+                );
+            }
             if json {
-                super::print_json(&serde_json::json!({"home": home, "address": key.address(), "config": config}));
+                super::print_json(&serde_json::json!({
+                    "home": home,
+                    "address": key.address(),
+                    "config": config,
+                    "genesis_hash": joined.as_ref().map(|(g, _)| g.hash().to_string()),
+                    "chain_id": joined.as_ref().map(|(g, _)| g.chain_id.clone()),
+                    "p2p_advertise": advertise.to_string(),
+                    "stake_command": stake_cmd,
+                }));
             } else {
                 println!("initialised node home {}", home.display());
                 println!("  address  {}", key.address());
                 println!("  config   {}", config.display());
-                println!(
-                    "next: put the network's genesis.json in {} and run `plexus node run --home {}`",
-                    home.display(),
-                    home.display()
-                );
+                match (&joined, &stake_cmd) {
+                    (Some((genesis, url)), Some(stake_cmd)) => {
+                        println!("  chain    {} (genesis {}, from {url})", genesis.chain_id, genesis.hash());
+                        println!("next:");
+                        println!("  1. fund {} (at least the stake below plus fees)", key.address());
+                        println!("  2. {stake_cmd}");
+                        println!("     (admitted as a follower at the next epoch boundary)");
+                        println!("  3. plexus node run --home {}", home.display());
+                    }
+                    _ => println!(
+                        "next: put the network's genesis.json in {} and run `plexus node run --home {}`",
+                        home.display(),
+                        home.display()
+                    ),
+                }
             }
             Ok(())
         }

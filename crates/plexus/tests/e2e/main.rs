@@ -3,6 +3,7 @@
 mod attack;
 mod chain;
 mod edge;
+mod join;
 mod metering;
 mod paid;
 mod serve;

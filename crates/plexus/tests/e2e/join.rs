@@ -1,0 +1,177 @@
+//! Joining a running network as a new operator would: `plexus node init --join` fetches and
+//! checks the genesis, the operator funds and stakes the new key through any node's API, and
+//! the node (not a validator: it bonded only the provider minimum) is admitted as a follower,
+//! syncs from the validators, registers as a provider over TLS and is paid for a request a
+//! gateway sends it — exactly its settlements minus the protocol fee, less its own fees.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use plexus_types::Amount;
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+fn account(api: &str, address: &str) -> (Amount, u64) {
+    let a = get(&format!("{api}/chain/v1/accounts/{address}")).unwrap();
+    (amount(&a["balance"]), a["nonce"].as_u64().unwrap_or(0))
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = plexus().args(args).stdin(Stdio::null()).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn beat() -> Value {
+    let window: Vec<f32> = (0..256).map(|i| (-((i as f32 - 90.0) / 6.0).powi(2)).exp()).collect();
+    json!({ "inputs": [{ "name": "ecg_window", "shape": [1, 256], "datatype": "FP32", "data": window }] })
+}
+
+#[test]
+fn a_provider_on_a_new_machine_joins_syncs_registers_and_is_paid_without_validating() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("devnet");
+    let (_devnet, info) = start_devnet(&home, 1, &["--threads", "1", "--epoch-length", "20"]);
+    let api = info["nodes"][0]["api"].as_str().unwrap().to_string();
+    let status = get(&format!("{api}/chain/v1/status")).unwrap();
+    let genesis_hash = status["node"]["genesis_hash"].as_str().unwrap().to_string();
+    // Let the network run a few epochs first, so the new node has history to verify.
+    wait_for("three epochs", Duration::from_secs(120), || (height(&api)? > 60).then_some(()));
+
+    // A genesis hash that is not the network's is refused, and nothing is written.
+    let wrong = dir.path().join("wrong");
+    let (ok, _, err) =
+        run(&["node", "init", "--home", wrong.to_str().unwrap(), "--join", &api, "--genesis-hash", &"ab".repeat(32)]);
+    assert!(!ok && err.contains("not the") && err.contains(&genesis_hash), "{err}");
+    assert!(!wrong.join("config.toml").exists(), "nothing written for a wrong genesis");
+
+    // The new machine: its own ports, joined by the API URL and the published hash.
+    let late = dir.path().join("late");
+    let port = free_port_block(3);
+    let (p2p, node_api, inference) =
+        (format!("127.0.0.1:{port}"), format!("127.0.0.1:{}", port + 1), format!("127.0.0.1:{}", port + 2));
+    let (ok, out, err) = run(&[
+        "node",
+        "init",
+        "--home",
+        late.to_str().unwrap(),
+        "--join",
+        &api,
+        "--genesis-hash",
+        &genesis_hash,
+        "--p2p-listen",
+        &p2p,
+        "--api-listen",
+        &node_api,
+        "--provider",
+        "--provider-listen",
+        &inference,
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let init: Value = serde_json::from_str(&out).unwrap();
+    let address = init["address"].as_str().unwrap().to_string();
+    assert_eq!(init["genesis_hash"], genesis_hash.as_str());
+    assert_eq!(
+        std::fs::read_to_string(late.join("genesis.json")).unwrap(),
+        std::fs::read_to_string(home.join("genesis.json")).unwrap(),
+        "the fetched genesis is the network's, byte for byte"
+    );
+    let config = std::fs::read_to_string(late.join("config.toml")).unwrap();
+    let config = config
+        .replace("models = [\"smollm2-135m-instruct\", \"all-minilm-l6-v2\"]", "models = [\"ecg-heartbeat\"]")
+        .replace("region = \"local\"", "region = \"joined\"")
+        .replace("claim_interval_secs = 15", "claim_interval_secs = 2")
+        .replace("\nthreads = 0\n", "\nthreads = 1\n");
+    std::fs::write(late.join("config.toml"), config).unwrap();
+
+    // Fund it from the devnet's client account, then run the stake command init printed.
+    let client_key = info["client"]["key_file"].as_str().unwrap();
+    let (ok, _, err) =
+        run(&["tx", "transfer", "--node", &api, "--key", client_key, "--to", &address, "--amount", "1000plx"]);
+    assert!(ok, "{err}");
+    let stake_cmd = init["stake_command"].as_str().unwrap().to_string();
+    let stake_args: Vec<&str> = stake_cmd.split_whitespace().skip(1).collect();
+    assert!(stake_cmd.contains(&format!("--p2p-address {p2p}")) && stake_cmd.contains(&api), "{stake_cmd}");
+    let (ok, _, err) = run(&stake_args);
+    assert!(ok, "{stake_cmd}: {err}");
+    let params = get(&format!("{api}/chain/v1/params")).unwrap();
+    let (min_provider_stake, min_stake) = (amount(&params["min_provider_stake"]), amount(&params["min_stake"]));
+    assert!(min_provider_stake < min_stake, "the new node bonds too little to validate");
+
+    let log = std::fs::File::create(late.join("node.log")).unwrap();
+    let _late_node = Guard(
+        plexus()
+            .args(["node", "run", "--home", late.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let late_api = format!("http://{node_api}");
+    // Admitted at the next epoch boundary, it replays every block from genesis and catches up.
+    wait_for("the new node to catch up", Duration::from_secs(240), || {
+        let (ours, theirs) = (height(&late_api)?, height(&api)?);
+        (ours + 5 >= theirs && ours > 60).then_some(())
+    });
+    let ours = get(&format!("{late_api}/chain/v1/status")).unwrap();
+    let theirs = get(&format!("{api}/chain/v1/blocks/{}", ours["height"])).unwrap();
+    assert_eq!(ours["latest_block_hash"], theirs["hash"], "the same chain: {ours} vs {theirs}");
+    assert_eq!(ours["node"]["genesis_hash"], genesis_hash.as_str());
+
+    // It registers as a provider from its own synced state, serving TLS on its own key...
+    let endpoint = format!("https://{inference}");
+    wait_for("the new provider registered on chain", Duration::from_secs(120), || {
+        let p = get(&format!("{api}/chain/v1/providers/{address}"))?;
+        (p["endpoint"] == endpoint.as_str()).then_some(())
+    });
+    let validators = get(&format!("{api}/chain/v1/validators")).unwrap().to_string();
+    assert!(!validators.contains(&address), "a follower, not a validator: {validators}");
+
+    // ...and a gateway that uses only it gets answered and pays it.
+    let (before, nonce_before) = account(&api, &address);
+    let start = height(&api).unwrap();
+    let gw = gateway(dir.path(), "gw", &info, &api, &[&address], &[]);
+    for _ in 0..3 {
+        let (code, provider, text) = gw.post_full("/v2/models/ecg-heartbeat/infer", &beat());
+        assert_eq!(code, 200, "{text}");
+        assert_eq!(provider, address, "the new provider answered");
+    }
+    let sessions: Vec<String> =
+        gw.status()["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    let closed = http()
+        .post(format!("{}/plexus/v1/close", gw.base))
+        .bearer_auth(&gw.key)
+        .header("content-type", "application/json")
+        .timeout(Duration::from_secs(60))
+        .send()
+        .unwrap();
+    assert!(closed.status().is_success());
+    wait_for("the session settled and closed", Duration::from_secs(180), || {
+        sessions
+            .iter()
+            .all(|id| get(&format!("{api}/chain/v1/sessions/{id}")).unwrap()["status"] == "closed")
+            .then_some(())
+    });
+    let end = height(&api).unwrap();
+    let mut earned: Amount = 0;
+    let mut settled: Amount = 0;
+    for h in start..=end {
+        let block = get(&format!("{api}/chain/v1/blocks/{h}")).unwrap();
+        for tx in block["results"]["txs"].as_array().into_iter().flatten() {
+            for e in tx["events"].as_array().into_iter().flatten() {
+                if e["type"] == "session_settled" && e["provider"] == address.as_str() {
+                    settled += amount(&e["amount"]);
+                    earned += amount(&e["amount"]) - amount(&e["fee"]);
+                }
+            }
+        }
+    }
+    // Three inferences at the devnet's price of 2,000 base units per 1,000, rounded up.
+    assert_eq!(settled, 6, "what the gateway owed for three inferences");
+    let (after, nonce_after) = account(&api, &address);
+    let fees = Amount::from(nonce_after - nonce_before) * amount(&params["min_tx_fee"]);
+    assert_eq!(after + fees, before + earned, "paid its settlements minus the protocol fee, less its own fees");
+    assert_eq!(get(&format!("{api}/chain/v1/supply")).unwrap()["conserved"], true);
+}
