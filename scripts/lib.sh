@@ -67,6 +67,8 @@ ensure_system_packages() {
     # Debian ships python3 without venv/ensurepip; model pulls and the edge models' training
     # environment need both.
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+    # The multi-host test builds its hosts as network namespaces (ip, and tc for WAN latency).
+    command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || missing+=(iproute2)
     if [ ${#missing[@]} -eq 0 ]; then
         return
     fi

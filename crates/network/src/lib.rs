@@ -96,7 +96,7 @@ where
     );
     let namespace = namespace(&config.chain_id);
     let build = if config.allow_private_ips { lookup::Config::local } else { lookup::Config::recommended };
-    let p2p = build(
+    let mut p2p = build(
         handshake,
         &namespace,
         config.listen,
@@ -104,6 +104,10 @@ where
         config.message_bytes_max,
         config.mailbox_messages,
     );
+    // Peer sets are per epoch and a node only needs the current and the previous one (an epoch's
+    // engine finishes the previous epoch's last block); each retained set costs mailbox space
+    // for every peer in it.
+    p2p.tracked_peer_sets = NonZeroUsize::new(2).expect("non-zero");
     let (mut network, oracle) = lookup::Network::new(context, p2p);
     let channels = channels.iter().map(|c| network.register(c.id, Quota::per_second(c.messages_per_second))).collect();
     network.start();

@@ -121,6 +121,11 @@ async fn node(
         message_bytes_max: max_message,
         mailbox_messages: NonZeroUsize::new(4096).expect("non-zero"),
     };
+    // Per-peer inbound quotas. The p2p layer sizes each channel's mailbox for every peer of the
+    // peer sets it keeps at that rate, so these set the node's memory: at 4,096 votes,
+    // certificates and transaction batches per second a chain-only node held 5 GB. A validator
+    // sends a few votes and certificates per view (views last 200 ms and up) and gossips
+    // transactions in batches, so 1,024 a second is still two orders of magnitude of headroom.
     let rate = |per_second: u32| NonZeroU32::new(per_second).expect("non-zero");
     let channel = |id: u64, per_second: u32| plexus_network::Channel { id, messages_per_second: rate(per_second) };
     let plexus_network::Network { channels, oracle } = plexus_network::start(
@@ -128,12 +133,12 @@ async fn node(
         key.0.clone(),
         &network_cfg,
         &[
-            channel(channel::VOTES, 4096),
-            channel(channel::CERTIFICATES, 4096),
+            channel(channel::VOTES, 1024),
+            channel(channel::CERTIFICATES, 1024),
             channel(channel::RESOLVER, 1024),
             channel(channel::BACKFILL, 1024),
             channel(channel::BLOCKS, 256),
-            channel(channel::TXS, 4096),
+            channel(channel::TXS, 1024),
             channel(channel::HELLO, 4),
         ],
     );

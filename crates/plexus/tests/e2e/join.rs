@@ -155,19 +155,7 @@ fn a_provider_on_a_new_machine_joins_syncs_registers_and_is_paid_without_validat
             .then_some(())
     });
     let end = height(&api).unwrap();
-    let mut earned: Amount = 0;
-    let mut settled: Amount = 0;
-    for h in start..=end {
-        let block = get(&format!("{api}/chain/v1/blocks/{h}")).unwrap();
-        for tx in block["results"]["txs"].as_array().into_iter().flatten() {
-            for e in tx["events"].as_array().into_iter().flatten() {
-                if e["type"] == "session_settled" && e["provider"] == address.as_str() {
-                    settled += amount(&e["amount"]);
-                    earned += amount(&e["amount"]) - amount(&e["fee"]);
-                }
-            }
-        }
-    }
+    let (settled, earned) = settled_to(|url| get(&url), &api, &address, start, end);
     // Three inferences at the devnet's price of 2,000 base units per 1,000, rounded up.
     assert_eq!(settled, 6, "what the gateway owed for three inferences");
     let (after, nonce_after) = account(&api, &address);

@@ -5,6 +5,7 @@ mod chain;
 mod edge;
 mod join;
 mod metering;
+mod netns;
 mod paid;
 mod serve;
 mod setup;

@@ -209,3 +209,27 @@ pub fn amount(v: &Value) -> plexus_types::Amount {
         other => panic!("not an amount: {other}"),
     }
 }
+
+/// What `provider` was paid in blocks `from..=to`, from the `session_settled` events read
+/// through `get`: (settled, net of the protocol fee).
+pub fn settled_to(
+    get: impl Fn(String) -> Option<Value>,
+    api: &str,
+    provider: &str,
+    from: u64,
+    to: u64,
+) -> (plexus_types::Amount, plexus_types::Amount) {
+    let (mut settled, mut earned) = (0, 0);
+    for h in from..=to {
+        let block = get(format!("{api}/chain/v1/blocks/{h}")).unwrap();
+        for tx in block["results"]["txs"].as_array().into_iter().flatten() {
+            for e in tx["events"].as_array().into_iter().flatten() {
+                if e["type"] == "session_settled" && e["provider"] == provider {
+                    settled += amount(&e["amount"]);
+                    earned += amount(&e["amount"]) - amount(&e["fee"]);
+                }
+            }
+        }
+    }
+    (settled, earned)
+}
