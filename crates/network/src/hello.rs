@@ -19,6 +19,8 @@ use crate::PublicKey;
 
 /// How often a node announces its range.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+/// Most peers remembered as answered (more than any peer set holds).
+const REPLIED_MAX: usize = 4096;
 /// Announcements are exactly one encoded [`VersionRange`].
 const HELLO_BYTES: usize = 4;
 
@@ -62,6 +64,7 @@ pub async fn run<S, R, B>(
     B: Blocker<PublicKey = PublicKey>,
 {
     let mut next_announce = tokio::time::Instant::now();
+    let mut replied: std::collections::HashMap<PublicKey, Instant> = std::collections::HashMap::new();
     loop {
         if tokio::time::Instant::now() >= next_announce {
             let _ = sender.send(Recipients::All, ours.encode(), false);
@@ -89,6 +92,18 @@ pub async fn run<S, R, B>(
             .lock()
             .expect("peer versions lock")
             .insert(peer.clone(), PeerVersion { range, negotiated, last_seen: Instant::now() });
+        // Answer each peer directly, at most once per announcement period: announcements to
+        // all reach only the validators, so followers (secondary peers) would otherwise never
+        // hear from them. A reply to a reply comes only after a period, so this cannot echo.
+        if compatible && replied.get(&peer).is_none_or(|at| at.elapsed() >= ANNOUNCE_EVERY) {
+            if replied.len() >= REPLIED_MAX {
+                replied.retain(|_, at| at.elapsed() < ANNOUNCE_EVERY);
+            }
+            if replied.len() < REPLIED_MAX {
+                replied.insert(peer.clone(), Instant::now());
+                let _ = sender.send(Recipients::One(peer.clone()), ours.encode(), false);
+            }
+        }
         if !compatible {
             warn!(target: "network::hello", %peer, min = range.min, max = range.max, required, "blocking a peer that cannot speak the active network version");
             let _ = blocker.block(peer);

@@ -36,6 +36,8 @@ pub struct ApiState<E: Storage + Clock + Metrics + Spawner> {
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// The genesis this node runs, for `/chain/v1/genesis` (how a new node joins).
     pub genesis: Arc<plexus_types::Genesis>,
+    /// Providers' settlements, caught up from finalized blocks on each query.
+    pub earnings: tokio::sync::Mutex<crate::earnings::Earnings>,
 }
 
 /// Facts about the serving node.
@@ -163,6 +165,7 @@ where
         .route("/chain/v1/accounts/{address}", get(account::<E>))
         .route("/chain/v1/providers", get(providers::<E>))
         .route("/chain/v1/providers/{address}", get(provider::<E>))
+        .route("/chain/v1/providers/{address}/earnings", get(earnings::<E>))
         .route("/chain/v1/models", get(models::<E>))
         .route("/chain/v1/models/{id}", get(model::<E>))
         .route("/chain/v1/sessions", get(sessions::<E>))
@@ -691,6 +694,165 @@ async fn provider<E: Storage + Clock + Metrics + Spawner>(
     let info = record.as_ref().map(|p| provider_body(&address, &p.info, p.registered_height, bonded, stats.clone()));
     Ok(Json(ProviderDetail { address: &address, registered: record.is_some(), info, bonded, stats, challenges })
         .into_response())
+}
+
+/// Sums of settlements: paid out of escrow (`gross`), the protocol fee, and the provider's `net`.
+#[derive(Default, Serialize)]
+struct EarningsTotals {
+    sessions: u64,
+    claims: u64,
+    gross: Amount,
+    fee: Amount,
+    net: Amount,
+}
+
+impl EarningsTotals {
+    fn add(&mut self, claims: u64, gross: Amount, fee: Amount) {
+        self.sessions += 1;
+        self.claims += claims;
+        self.gross += gross;
+        self.fee += fee;
+        self.net += gross - fee;
+    }
+}
+
+#[derive(Serialize)]
+struct SessionEarningsBody {
+    id: Hash,
+    client: Option<Address>,
+    model: Option<plexus_types::ModelId>,
+    /// `open` (more may settle), `closed` (final), `unknown` (its record is gone).
+    status: &'static str,
+    input_tokens: u64,
+    output_tokens: u64,
+    input_per_1k: Amount,
+    output_per_1k: Amount,
+    /// The tokens at the session's prices: equals `gross`.
+    tokens_cost: Option<Amount>,
+    gross: Amount,
+    fee: Amount,
+    net: Amount,
+    claims: u64,
+    first_height: u64,
+    last_height: u64,
+    /// Escrow still locked in the session.
+    escrow_remaining: Amount,
+}
+
+#[derive(Serialize)]
+struct DayBody {
+    date: String,
+    claims: u64,
+    gross: Amount,
+    fee: Amount,
+    net: Amount,
+}
+
+#[derive(Serialize)]
+struct EarningsBody<'a> {
+    provider: &'a Address,
+    /// The newest block counted.
+    height: u64,
+    total: EarningsTotals,
+    /// Sessions that are closed: nothing more will be paid.
+    settled: EarningsTotals,
+    /// Sessions still open: settled so far, and what may still be claimed from their escrow.
+    pending: EarningsTotals,
+    pending_escrow: Amount,
+    days: Vec<DayBody>,
+    /// The most recently paid sessions (at most [`EARNINGS_SESSIONS_SHOWN`]), newest first.
+    sessions: Vec<SessionEarningsBody>,
+}
+
+/// Most sessions listed in one earnings report (the totals count them all).
+pub const EARNINGS_SESSIONS_SHOWN: usize = 1000;
+/// Most blocks one earnings query reads to catch up (the next query goes on).
+const EARNINGS_BLOCKS_PER_QUERY: u64 = 100_000;
+
+/// What a provider earned, explained: per session the tokens at its prices (`gross`), less the
+/// protocol fee, is what the provider was paid (`net`); per UTC day; settled (closed sessions)
+/// and pending (open ones). Counted from the chain's `session_settled` events, to the base unit.
+async fn earnings<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
+    State(s): State<Arc<ApiState<E>>>,
+    Path(address): Path<String>,
+) -> ApiResult<Response> {
+    let address: Address = parse("address", &address)?;
+    let mut index = s.earnings.lock().await;
+    let tip = s.chain.tip().0.min(index.height.saturating_add(EARNINGS_BLOCKS_PER_QUERY));
+    while index.height < tip {
+        let h = index.height + 1;
+        let record = s
+            .chain
+            .blocks()
+            .by_height(h)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .ok_or_else(|| ApiError::internal(format!("block {h} is not archived")))?;
+        index.add_block(h, &record.results_json).map_err(ApiError::internal)?;
+    }
+    let mut rows: Vec<SessionEarningsBody> = s.chain.read(|store| {
+        index
+            .sessions(&address)
+            .map(|(id, e)| {
+                let record = store.read::<st::Session>(&st::keys::session(id));
+                let price = record.as_ref().map(|r| r.price.clone());
+                SessionEarningsBody {
+                    id: *id,
+                    client: record.as_ref().map(|r| r.client.clone()),
+                    model: record.as_ref().map(|r| r.model),
+                    status: match record.as_ref().map(|r| r.status) {
+                        Some(st::SessionStatus::Open) => "open",
+                        Some(st::SessionStatus::Closed) => "closed",
+                        None => "unknown",
+                    },
+                    input_tokens: e.input_tokens,
+                    output_tokens: e.output_tokens,
+                    input_per_1k: price.as_ref().map_or(0, |p| p.input_per_1k),
+                    output_per_1k: price.as_ref().map_or(0, |p| p.output_per_1k),
+                    tokens_cost: price
+                        .as_ref()
+                        .and_then(|p| plexus_execution::v1::price_of(p, e.input_tokens, e.output_tokens)),
+                    gross: e.gross,
+                    fee: e.fee,
+                    net: e.gross - e.fee,
+                    claims: e.claims,
+                    first_height: e.first_height,
+                    last_height: e.last_height,
+                    escrow_remaining: record.as_ref().map_or(0, |r| r.remaining()),
+                }
+            })
+            .collect()
+    });
+    let (mut total, mut settled, mut pending) = Default::default();
+    let mut pending_escrow: Amount = 0;
+    for r in &rows {
+        EarningsTotals::add(&mut total, r.claims, r.gross, r.fee);
+        match r.status {
+            "open" => {
+                EarningsTotals::add(&mut pending, r.claims, r.gross, r.fee);
+                pending_escrow += r.escrow_remaining;
+            }
+            _ => EarningsTotals::add(&mut settled, r.claims, r.gross, r.fee),
+        }
+    }
+    let days = index
+        .days(&address)
+        .into_iter()
+        .map(|(date, d)| DayBody { date, claims: d.claims, gross: d.gross, fee: d.fee, net: d.gross - d.fee })
+        .collect();
+    rows.sort_by(|a, b| b.last_height.cmp(&a.last_height).then_with(|| a.id.cmp(&b.id)));
+    rows.truncate(EARNINGS_SESSIONS_SHOWN);
+    let body = EarningsBody {
+        provider: &address,
+        height: index.height,
+        total,
+        settled,
+        pending,
+        pending_escrow,
+        days,
+        sessions: rows,
+    };
+    Ok(Json(body).into_response())
 }
 
 /// A challenge without its evidence (the transcript can be long).

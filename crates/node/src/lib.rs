@@ -12,6 +12,7 @@ pub mod chain;
 pub mod committee;
 pub mod config;
 pub mod drill;
+pub mod earnings;
 pub mod followers;
 pub mod gossip;
 pub mod index;

@@ -41,6 +41,12 @@ uses BASE+10N.")]
         /// First port (see above).
         #[arg(long, default_value_t = 26600)]
         base_port: u16,
+        /// The address every node and the gateway listen on and advertise (genesis p2p
+        /// addresses, provider endpoints, devnet.json). The default keeps the network on this
+        /// machine; give this machine's LAN or public IP so machines elsewhere can join it
+        /// (`plexus node init --join http://HOST:BASE+1`). Fixed when the network is created.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
         /// Blocks per epoch.
         #[arg(long, default_value_t = 100)]
         epoch_length: u64,
@@ -130,6 +136,7 @@ fn default_audit_rate() -> f64 {
 struct Options {
     validators: u16,
     base_port: u16,
+    host: std::net::IpAddr,
     epoch_length: u64,
     chain_only: bool,
     threads: u32,
@@ -145,6 +152,7 @@ pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
             validators,
             home,
             base_port,
+            host,
             epoch_length,
             reset,
             startup_timeout,
@@ -155,6 +163,9 @@ pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
             execution_version,
             audit_rate,
         } => {
+            if host.is_unspecified() {
+                bail!("--host {host} cannot be dialed: give the address other machines reach this one at");
+            }
             if !(0.0..=1.0).contains(&audit_rate) {
                 bail!("--audit-rate {audit_rate} is not between 0 and 1");
             }
@@ -162,6 +173,7 @@ pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
             let options = Options {
                 validators,
                 base_port,
+                host,
                 epoch_length,
                 chain_only,
                 threads,
@@ -272,9 +284,10 @@ fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
         std::fs::create_dir_all(dir.join("data"))?;
         let key = PrivateKey::generate();
         keyfile::save(&dir.join("key.json"), &key)?;
-        let p2p = format!("127.0.0.1:{}", base + 10 * i);
-        let api = format!("127.0.0.1:{}", base + 10 * i + 1);
-        let inference = format!("127.0.0.1:{}", base + 10 * i + 2);
+        let host = options.host;
+        let p2p = std::net::SocketAddr::new(host, base + 10 * i).to_string();
+        let api = std::net::SocketAddr::new(host, base + 10 * i + 1).to_string();
+        let inference = std::net::SocketAddr::new(host, base + 10 * i + 2).to_string();
         let config = if options.chain_only {
             NodeConfig::template(p2p.parse()?, api.parse()?)
         } else {
@@ -321,7 +334,7 @@ fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
     }
     std::fs::write(home.join("genesis.json"), genesis.to_json())?;
     let gateway = (!options.chain_only).then(|| GatewayInfo {
-        url: format!("http://127.0.0.1:{}/v1", base + 10 * validators),
+        url: format!("http://{}/v1", std::net::SocketAddr::new(options.host, base + 10 * validators)),
         home: home.join("gateway"),
         log: home.join("gateway").join("gateway.log"),
         pid: None,

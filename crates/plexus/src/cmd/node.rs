@@ -56,6 +56,16 @@ run `plexus node run`. The node syncs from the validators, verifying every block
         #[arg(long)]
         json: bool,
     },
+    /// How this node is doing: sync (its newest block and how old it is), peers, role
+    /// (validator, follower, provider), epoch and versions, from its chain API.
+    Status {
+        /// The node's chain API.
+        #[arg(long, default_value = super::DEFAULT_NODE, env = "PLEXUS_NODE")]
+        node: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the node in the foreground until Ctrl-C or SIGTERM.
     Run {
         /// Home directory (default $PLEXUS_HOME or ~/.plexus).
@@ -106,6 +116,71 @@ fn fetch_genesis(url: &str, expected: Option<plexus_types::Hash>) -> anyhow::Res
         ),
     }
     Ok((genesis, url))
+}
+
+/// `plexus node status`: one summary from the node's status, peers, stake and provider record.
+fn status(node: &str, json: bool) -> anyhow::Result<()> {
+    let client = super::Client::new(node)?;
+    let status = client.get("/chain/v1/status")?;
+    let peers = client.get("/chain/v1/peers")?;
+    let address = status["node"]["address"].as_str().unwrap_or_default().to_string();
+    let account = client.get(&format!("/chain/v1/accounts/{address}"))?;
+    let provider = client.get(&format!("/chain/v1/providers/{address}")).ok();
+    let params = client.get("/chain/v1/params")?;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let behind_ms = status["latest_block_time_ms"].as_u64().map(|t| now_ms.saturating_sub(t));
+    let synced = behind_ms.is_some_and(|b| b < 30_000);
+    let validator = status["validators"].as_array().into_iter().flatten().any(|v| v["address"] == address.as_str());
+    let bonded = super::amount_of(&account["bonded"]);
+    let follower = !validator && bonded >= super::amount_of(&params["min_provider_stake"]);
+    let registered = provider.as_ref().is_some_and(|p| p["registered"] == true);
+    let role = match (validator, follower, registered) {
+        (true, _, true) => "validator and provider",
+        (true, _, false) => "validator",
+        (false, true, true) => "follower and provider",
+        (false, true, false) => "follower (staked, not validating)",
+        (false, false, true) => "provider below the follower stake (cannot connect to peers)",
+        (false, false, false) => "not admitted: stake at least min_provider_stake with a p2p address to connect",
+    };
+    let peer_list = peers["peers"].as_array().cloned().unwrap_or_default();
+    if json {
+        super::print_json(&serde_json::json!({
+            "address": address,
+            "chain_id": status["chain_id"],
+            "height": status["height"],
+            "behind_ms": behind_ms,
+            "synced": synced,
+            "peers": peer_list.len(),
+            "role": role,
+            "validator": validator,
+            "provider": registered,
+            "bonded": account["bonded"],
+            "epoch": status["epoch"],
+            "versions": status["versions"],
+            "genesis_hash": status["node"]["genesis_hash"],
+        }));
+        return Ok(());
+    }
+    println!("node      {address} ({})", status["chain_id"].as_str().unwrap_or("?"));
+    match behind_ms {
+        Some(b) if synced => {
+            println!("sync      height {}, newest block {:.1} s old (synced)", status["height"], b as f64 / 1000.0)
+        }
+        Some(b) => {
+            println!("sync      height {}, newest block {:.0} s old (catching up)", status["height"], b as f64 / 1000.0)
+        }
+        None => println!("sync      height {} (no block time)", status["height"]),
+    }
+    println!(
+        "peers     {} connected{}",
+        peer_list.len(),
+        if peer_list.is_empty() { " (none: is its stake's p2p address reachable?)" } else { "" }
+    );
+    println!("role      {role}");
+    println!("bonded    {}", super::format_amount(bonded));
+    println!("epoch     {}", status["epoch"]);
+    println!("versions  {}", status["versions"]);
+    Ok(())
 }
 
 pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
@@ -200,6 +275,7 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        NodeCmd::Status { node, json } => status(&node, json),
         NodeCmd::Run { home } => {
             let home = home.unwrap_or_else(super::default_home);
             let config = home.join("config.toml");

@@ -86,6 +86,15 @@ pub enum QueryCmd {
         #[arg(long)]
         provider: Option<String>,
     },
+    /// What a provider earned and why: per session the tokens at its prices, less the protocol
+    /// fee, is what it was paid; totals per UTC day; settled (closed sessions) and pending (open).
+    Earnings {
+        #[command(flatten)]
+        opts: QueryOpts,
+        /// The provider's address.
+        #[arg(long)]
+        provider: String,
+    },
     /// Chain parameters in force.
     Params(QueryOpts),
     /// Where every base unit is: balances, stake, escrow, treasury.
@@ -138,6 +147,9 @@ pub fn run(cmd: QueryCmd) -> anyhow::Result<()> {
                 (opts, format!("/chain/v1/sessions?{}", q.join("&")), show_sessions)
             }
         },
+        QueryCmd::Earnings { opts, provider } => {
+            (opts, format!("/chain/v1/providers/{provider}/earnings"), show_earnings)
+        }
         QueryCmd::Params(o) => (o, "/chain/v1/params".into(), show_pretty),
         QueryCmd::Supply(o) => (o, "/chain/v1/supply".into(), show_supply),
     };
@@ -239,6 +251,54 @@ fn show_providers(v: &Value) {
                 short(&price["model"]),
                 price["input_per_1k"],
                 price["output_per_1k"]
+            );
+        }
+    }
+}
+
+fn show_earnings(v: &Value) {
+    let plx = |x: &Value| format_amount(amount_of(x));
+    println!("provider  {}  (counted to block {})", v["provider"].as_str().unwrap_or("?"), v["height"]);
+    for (label, t) in [("settled", &v["settled"]), ("pending", &v["pending"]), ("total", &v["total"])] {
+        println!(
+            "{label:<9} {} sessions, {} claims: {} paid - {} protocol fee = {} earned",
+            t["sessions"],
+            t["claims"],
+            plx(&t["gross"]),
+            plx(&t["fee"]),
+            plx(&t["net"])
+        );
+    }
+    println!("          (open sessions still hold {} of escrow that later claims may take)", plx(&v["pending_escrow"]));
+    let days = v["days"].as_array().cloned().unwrap_or_default();
+    if !days.is_empty() {
+        println!("per day (UTC)");
+        for d in &days {
+            println!(
+                "  {}  {:>5} claims  {} - {} = {}",
+                d["date"].as_str().unwrap_or("?"),
+                d["claims"],
+                plx(&d["gross"]),
+                plx(&d["fee"]),
+                plx(&d["net"])
+            );
+        }
+    }
+    let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
+    if !sessions.is_empty() {
+        println!("sessions, newest first: tokens (in/out) x price per 1k (in/out) = paid - fee = earned");
+        for s in &sessions {
+            println!(
+                "  {} {:<7} {}/{} tokens x {}/{} = {} - {} = {}",
+                short(&s["id"]),
+                s["status"].as_str().unwrap_or("?"),
+                s["input_tokens"],
+                s["output_tokens"],
+                s["input_per_1k"],
+                s["output_per_1k"],
+                plx(&s["gross"]),
+                plx(&s["fee"]),
+                plx(&s["net"])
             );
         }
     }

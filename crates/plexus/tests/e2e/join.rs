@@ -162,4 +162,34 @@ fn a_provider_on_a_new_machine_joins_syncs_registers_and_is_paid_without_validat
     let fees = Amount::from(nonce_after - nonce_before) * amount(&params["min_tx_fee"]);
     assert_eq!(after + fees, before + earned, "paid its settlements minus the protocol fee, less its own fees");
     assert_eq!(get(&format!("{api}/chain/v1/supply")).unwrap()["conserved"], true);
+
+    // The operator's view adds up to the chain's settlements, to the base unit: per session
+    // the tokens at its prices are what was paid, less the fee is what the provider earned.
+    let (ok, out, err) = run(&["query", "earnings", "--provider", &address, "--node", &api, "--json"]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(amount(&report["total"]["gross"]), settled, "{report}");
+    assert_eq!(amount(&report["total"]["net"]), earned, "{report}");
+    assert_eq!(amount(&report["settled"]["net"]), earned, "every session is closed: {report}");
+    assert_eq!(amount(&report["pending"]["gross"]), 0, "{report}");
+    let rows = report["sessions"].as_array().unwrap();
+    assert_eq!(rows.len(), sessions.len(), "{report}");
+    for r in rows {
+        assert_eq!(amount(&r["tokens_cost"]), amount(&r["gross"]), "tokens x price = paid: {r}");
+        assert_eq!(amount(&r["gross"]) - amount(&r["fee"]), amount(&r["net"]), "{r}");
+        assert_eq!(r["status"], "closed");
+    }
+    assert_eq!(rows.iter().map(|r| amount(&r["net"])).sum::<Amount>(), earned);
+    let days = report["days"].as_array().unwrap();
+    assert_eq!(days.iter().map(|d| amount(&d["net"])).sum::<Amount>(), earned, "{report}");
+    let (ok, out, err) = run(&["query", "earnings", "--provider", &address, "--node", &late_api]);
+    assert!(ok && out.contains("earned") && out.contains("per day (UTC)"), "{out}{err}");
+
+    // And the node says what it is.
+    let (ok, out, err) = run(&["node", "status", "--node", &late_api, "--json"]);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["role"], "follower and provider", "{status}");
+    assert_eq!(status["synced"], true, "{status}");
+    assert!(status["peers"].as_u64().unwrap() >= 1, "{status}");
 }
