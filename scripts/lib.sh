@@ -17,6 +17,7 @@ PLEXUS_VENV="${PLEXUS_VENV:-$PLEXUS_CACHE/venv}"
 # the substitute model of the verification tests (pinned).
 OPENAI_PY_VERSION="3.57.0"
 GGUF_PY_VERSION="0.19.0"
+PROMETHEUS_PY_VERSION="0.21.1"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -98,6 +99,10 @@ ensure_python() {
     if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('gguf') != '$GGUF_PY_VERSION')" >/dev/null 2>&1; then
         say "installing the gguf Python package $GGUF_PY_VERSION"
         "$py" -m pip install -q --disable-pip-version-check "gguf==$GGUF_PY_VERSION"
+    fi
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus-client') != '$PROMETHEUS_PY_VERSION')" >/dev/null 2>&1; then
+        say "installing the prometheus-client Python package $PROMETHEUS_PY_VERSION (the tests' metrics parser)"
+        "$py" -m pip install -q --disable-pip-version-check "prometheus-client==$PROMETHEUS_PY_VERSION"
     fi
     export PLEXUS_PYTHON="$py"
 }

@@ -66,13 +66,22 @@ impl<C: ChainView> Provider<C> {
     pub fn execute(&self, pass: &Pass) {
         for batch in &pass.claims {
             match self.chain().submit(Payload::Claim { receipts: batch.clone() }) {
-                Ok(hash) => info!(target: "provider::claims", %hash, receipts = batch.len(), "claimed"),
-                Err(e) => warn!(target: "provider::claims", receipts = batch.len(), "claim not submitted: {e}"),
+                Ok(hash) => {
+                    self.metrics().receipts_claimed.inc_by(batch.len() as u64);
+                    info!(target: "provider::claims", %hash, receipts = batch.len(), "claimed")
+                }
+                Err(e) => {
+                    self.metrics().claim_failures.inc();
+                    warn!(target: "provider::claims", receipts = batch.len(), "claim not submitted: {e}")
+                }
             }
         }
         for id in &pass.closes {
             match self.chain().submit(Payload::CloseSession { session: *id }) {
-                Ok(hash) => info!(target: "provider::claims", %hash, session = %id, "closing a settled session"),
+                Ok(hash) => {
+                    self.metrics().closes_sent.inc();
+                    info!(target: "provider::claims", %hash, session = %id, "closing a settled session")
+                }
                 Err(e) => {
                     warn!(target: "provider::claims", session = %id, "close not submitted: {e}");
                     if let Some(entry) = self.ledger().entry(id) {

@@ -26,6 +26,7 @@ pub mod claims;
 mod http;
 mod ledger;
 mod metering;
+mod metrics;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -131,13 +132,22 @@ struct Inner<C: ChainView> {
     address: Address,
     config: ProviderConfig,
     ledger: Mutex<SessionLedger>,
+    metrics: metrics::Metrics,
 }
 
 impl<C: ChainView> Provider<C> {
     /// Opens (or creates) the receipt ledger at `config.ledger_path`.
     pub fn open(chain: C, address: Address, config: ProviderConfig) -> Result<Self, LedgerError> {
         let ledger = SessionLedger::open(&config.ledger_path, config.sessions_max)?;
-        Ok(Provider { inner: Arc::new(Inner { chain, address, config, ledger: Mutex::new(ledger) }) })
+        Ok(Provider {
+            inner: Arc::new(Inner {
+                chain,
+                address,
+                config,
+                ledger: Mutex::new(ledger),
+                metrics: metrics::Metrics::new(),
+            }),
+        })
     }
 
     /// The [`Metering`] the provider's server admits and accounts requests with.
@@ -159,6 +169,33 @@ impl<C: ChainView> Provider<C> {
 
     pub(crate) fn ledger(&self) -> std::sync::MutexGuard<'_, SessionLedger> {
         self.inner.ledger.lock().expect("ledger lock")
+    }
+
+    pub(crate) fn metrics(&self) -> &metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// The payment metrics as OpenMetrics text (without `# EOF`), with the ledger's gauges
+    /// brought up to date.
+    pub fn render_metrics(&self) -> String {
+        let (sessions, exposure, value) = {
+            let ledger = self.ledger();
+            let ids = ledger.ids();
+            let mut exposure: u64 = 0;
+            let mut value: u128 = 0;
+            for id in &ids {
+                if let Some(e) = ledger.get(id) {
+                    exposure = exposure.saturating_add(e.unacknowledged());
+                    value = value.saturating_add(e.receipt.as_ref().map_or(0, |r| r.receipt.cum_amount));
+                }
+            }
+            (ids.len(), exposure, value)
+        };
+        let m = self.metrics();
+        m.sessions.set(sessions as i64);
+        m.credit_exposure_tokens.set(exposure.min(i64::MAX as u64) as i64);
+        m.receipts_value.set(value as f64);
+        m.render()
     }
 
     /// Totals for a session: delivered and acknowledged tokens, latest receipt.

@@ -226,6 +226,10 @@ impl<C: ChainView> Metering for ChainMetering<C> {
         Ok(())
     }
 
+    fn metrics(&self) -> String {
+        self.provider.render_metrics()
+    }
+
     fn finish(&self, ticket: MeterTicket, usage: &Usage, _attestation: &Attestation, _signature: &Sig) {
         let Some(t) = ticket_of(&ticket) else { return };
         let mut t = t.lock().expect("ticket lock");

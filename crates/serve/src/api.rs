@@ -761,7 +761,13 @@ async fn health(State(state): State<Shared>) -> Response {
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {
-    let text = state.metrics.render(&state.engines);
+    let mut text = state.metrics.render(&state.engines);
+    let extra = state.metering.metrics();
+    if !extra.is_empty() {
+        // One exposition: the metering's families go before the server's closing `# EOF`.
+        let body = text.strip_suffix("# EOF\n").unwrap_or(&text).to_string();
+        text = format!("{body}{}{}# EOF\n", extra, if extra.ends_with('\n') { "" } else { "\n" });
+    }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 

@@ -80,6 +80,12 @@ pub trait Metering: Send + Sync + 'static {
     /// Called exactly once per admitted request, however it ended, with what was delivered and
     /// the provider's signed attestation of it.
     fn finish(&self, ticket: MeterTicket, usage: &Usage, attestation: &Attestation, signature: &Sig);
+
+    /// Metric families of the metering itself (payments, credit), in the OpenMetrics text
+    /// format without the closing `# EOF`; `/metrics` serves them with the server's own.
+    fn metrics(&self) -> String {
+        String::new()
+    }
 }
 
 /// Meters nothing: every request is admitted and free.

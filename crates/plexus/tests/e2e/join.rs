@@ -185,11 +185,40 @@ fn a_provider_on_a_new_machine_joins_syncs_registers_and_is_paid_without_validat
     let (ok, out, err) = run(&["query", "earnings", "--provider", &address, "--node", &late_api]);
     assert!(ok && out.contains("earned") && out.contains("per day (UTC)"), "{out}{err}");
 
-    // And the node says what it is.
-    let (ok, out, err) = run(&["node", "status", "--node", &late_api, "--json"]);
-    assert!(ok, "{err}");
-    let status: Value = serde_json::from_str(&out).unwrap();
+    // Every /metrics endpoint parses with the reference Prometheus parser, and the provider's
+    // payment metrics say what happened.
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/metrics_parse.py");
+    let py = std::env::var_os("PLEXUS_PYTHON").unwrap_or_else(|| "python3".into());
+    let urls = [format!("{late_api}/metrics"), format!("{endpoint}/metrics"), format!("{}/metrics", gw.base)];
+    let out = std::process::Command::new(&py)
+        .arg(&script)
+        .args(&urls)
+        .env("PLEXUS_METRICS_KEY", &gw.key)
+        .output()
+        .expect("run python3 with prometheus_client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let parsed: Value = serde_json::from_str(stdout.trim()).unwrap();
+    for url in &urls {
+        assert!(parsed[url].as_object().is_some_and(|f| f.len() > 3), "{url}: {}", parsed[url]);
+    }
+    let sample = |url: &str, family: &str| -> f64 {
+        let samples = parsed[url][family].as_array().unwrap_or_else(|| panic!("{url} has no {family}"));
+        samples.iter().map(|s| s[2].as_f64().unwrap()).sum()
+    };
+    let provider_metrics = &urls[1];
+    assert!(sample(provider_metrics, "plexus_provider_receipts_claimed") >= 1.0, "{}", parsed[provider_metrics]);
+    assert_eq!(sample(provider_metrics, "plexus_provider_claim_failures"), 0.0);
+    assert!(parsed[provider_metrics]["plexus_provider_credit_exposure_tokens"].is_array());
+    assert!(sample(provider_metrics, "plexus_provider_receipts_value_base_units") >= settled as f64);
+    assert!(sample(&urls[2], "plexus_gateway_receipts_signed") >= 3.0, "{}", parsed[&urls[2]]);
+
+    // And the node says what it is (peers count once their version announcements arrived).
+    let status = wait_for("the node's status with its peer", Duration::from_secs(30), || {
+        let (ok, out, _) = run(&["node", "status", "--node", &late_api, "--json"]);
+        let status: Value = serde_json::from_str(&out).ok()?;
+        (ok && status["peers"].as_u64()? >= 1).then_some(status)
+    });
     assert_eq!(status["role"], "follower and provider", "{status}");
     assert_eq!(status["synced"], true, "{status}");
-    assert!(status["peers"].as_u64().unwrap() >= 1, "{status}");
 }
