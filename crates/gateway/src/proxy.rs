@@ -101,7 +101,19 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .fallback(|| async { GatewayError::bad("path", "no such route on the gateway").into_response() })
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), timed))
         .with_state(app)
+}
+
+/// Times every request to its response headers, labelled by the route it matched (not the raw
+/// path, so model names cannot grow the label set).
+async fn timed(State(app): State<Shared_>, request: Request, next: Next) -> Response {
+    let route =
+        request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    app.metrics.observe(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
 }
 
 /// Who may use the gateway: the API key (when set), JSON bodies only, no foreign origin.
@@ -1152,6 +1164,8 @@ async fn health(State(app): State<Shared_>) -> Response {
 }
 
 async fn metrics(State(app): State<Shared_>) -> Response {
+    let (spent, deposited) = app.sessions.spending();
+    app.metrics.set_spend(spent, deposited);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], app.metrics.render())
         .into_response()
 }

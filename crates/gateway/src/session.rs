@@ -131,6 +131,8 @@ pub struct Sessions {
     committed: Mutex<Amount>,
     /// The chain's height as last seen (0: never).
     height: std::sync::atomic::AtomicU64,
+    /// What receipts signed since this process started promise providers, in base units.
+    promised: Mutex<Amount>,
 }
 
 fn now_ms() -> u64 {
@@ -183,6 +185,7 @@ impl Sessions {
             dirty: Mutex::new(false),
             committed: Mutex::new(committed),
             height: std::sync::atomic::AtomicU64::new(0),
+            promised: Mutex::new(0),
         })
     }
 
@@ -250,6 +253,12 @@ impl Sessions {
     }
 
     /// Every session the gateway knows, live and retired.
+    /// Base units promised by receipts signed since start, and escrow committed (deposits and
+    /// top-ups, kept across restarts).
+    pub fn spending(&self) -> (Amount, Amount) {
+        (*self.promised.lock().expect("spend lock"), *self.committed.lock().expect("budget lock"))
+    }
+
     pub fn all(&self) -> Vec<SessionState> {
         let live: Vec<Shared> = self.table.lock().expect("table lock").values().cloned().collect();
         let retired: Vec<Shared> = self.retired.lock().expect("retired lock").clone();
@@ -467,7 +476,12 @@ impl Sessions {
         let owed =
             plexus_execution::price_of(&st.price, st.cum_input_tokens, st.cum_output_tokens).unwrap_or(Amount::MAX);
         // Never more than the escrow: a receipt above it could not be settled anyway.
+        let before = st.cum_amount;
         st.cum_amount = owed.min(st.deposit).max(st.cum_amount);
+        {
+            let mut promised = self.promised.lock().expect("spend lock");
+            *promised = promised.saturating_add(st.cum_amount - before);
+        }
         st.seq += 1;
         let receipt = Receipt {
             session: st.id,

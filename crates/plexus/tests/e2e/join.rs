@@ -212,6 +212,14 @@ fn a_provider_on_a_new_machine_joins_syncs_registers_and_is_paid_without_validat
     assert!(parsed[provider_metrics]["plexus_provider_credit_exposure_tokens"].is_array());
     assert!(sample(provider_metrics, "plexus_provider_receipts_value_base_units") >= settled as f64);
     assert!(sample(&urls[2], "plexus_gateway_receipts_signed") >= 3.0, "{}", parsed[&urls[2]]);
+    assert_eq!(sample(&urls[2], "plexus_gateway_spent_base_units"), settled as f64, "what its receipts promised");
+    let latency = parsed[&urls[2]]["plexus_gateway_request_seconds"].as_array().unwrap();
+    let infers = latency
+        .iter()
+        .filter(|s| s[0] == "plexus_gateway_request_seconds_count" && s[1]["route"] == "/v2/models/{name}/infer")
+        .map(|s| s[2].as_f64().unwrap())
+        .sum::<f64>();
+    assert_eq!(infers, 3.0, "three timed inference requests: {latency:?}");
 
     // And the node says what it is (peers count once their version announcements arrived).
     let status = wait_for("the node's status with its peer", Duration::from_secs(30), || {
