@@ -93,8 +93,19 @@ run `plexus node run`. The node syncs from the validators, verifying every block
 fn fetch_genesis(url: &str, expected: Option<plexus_types::Hash>) -> anyhow::Result<(plexus_types::Genesis, String)> {
     let url = url.trim_end_matches('/').to_string();
     let client = super::Client::new(&url)?;
-    let body = client.get("/chain/v1/genesis").with_context(|| format!("cannot fetch the genesis from {url}"))?;
-    let genesis = plexus_types::Genesis::from_json(&body.to_string())
+    // The body as text, not through a JSON value: amounts are u128 and must not pass through
+    // floating point on their way to the hash.
+    let response = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?
+        .get(format!("{url}/chain/v1/genesis"))
+        .send()
+        .with_context(|| format!("cannot fetch the genesis from {url} (is it a node's chain API?)"))?;
+    if !response.status().is_success() {
+        bail!("{url}/chain/v1/genesis answered HTTP {}", response.status().as_u16());
+    }
+    let text = response.text().with_context(|| format!("cannot read the genesis from {url}"))?;
+    let genesis = plexus_types::Genesis::from_json(&text)
         .with_context(|| format!("{url} answered with a genesis this binary cannot use"))?;
     let hash = genesis.hash();
     let status = client.get("/chain/v1/status")?;

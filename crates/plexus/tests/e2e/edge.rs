@@ -140,14 +140,7 @@ fn tensor_models_are_paid_per_inference_through_the_gateway_and_stay_in_their_re
     // Both gateways close their sessions; the chain settles exactly their receipts.
     let mut sessions = Vec::new();
     for g in [&gw, &eu] {
-        let closed = http()
-            .post(format!("{}/plexus/v1/close", g.base))
-            .bearer_auth(&g.key)
-            .header("content-type", "application/json")
-            .timeout(Duration::from_secs(60))
-            .send()
-            .unwrap();
-        assert!(closed.status().is_success());
+        g.close();
         sessions.extend(g.status()["sessions"].as_array().unwrap().iter().map(|s| (g.base.clone(), s.clone())));
     }
     assert!(sessions.len() >= 4, "a session per model, and the restricted one: {sessions:?}");

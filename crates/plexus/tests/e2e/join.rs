@@ -140,14 +140,7 @@ fn a_provider_on_a_new_machine_joins_syncs_registers_and_is_paid_without_validat
     }
     let sessions: Vec<String> =
         gw.status()["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
-    let closed = http()
-        .post(format!("{}/plexus/v1/close", gw.base))
-        .bearer_auth(&gw.key)
-        .header("content-type", "application/json")
-        .timeout(Duration::from_secs(60))
-        .send()
-        .unwrap();
-    assert!(closed.status().is_success());
+    gw.close();
     wait_for("the session settled and closed", Duration::from_secs(180), || {
         sessions
             .iter()

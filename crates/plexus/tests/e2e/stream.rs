@@ -178,14 +178,7 @@ fn an_ecg_stream_alerts_on_abnormal_beats_is_paid_per_window_and_liars_and_slow_
     });
 
     // The devnet gateway closes its sessions: the chain settles exactly what it paid.
-    let closed = http()
-        .post(format!("{}/plexus/v1/close", gw.base))
-        .bearer_auth(&gw.key)
-        .header("content-type", "application/json")
-        .timeout(Duration::from_secs(60))
-        .send()
-        .unwrap();
-    assert!(closed.status().is_success());
+    gw.close();
     let sessions = gw.status()["sessions"].as_array().unwrap().clone();
     wait_for("the sessions settled", Duration::from_secs(180), || {
         sessions

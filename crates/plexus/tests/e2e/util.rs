@@ -144,6 +144,18 @@ impl Gw {
         (r.status().as_u16(), provider, r.text().unwrap())
     }
 
+    /// Asks the gateway to close its sessions (providers then settle and the rest is refunded).
+    pub fn close(&self) {
+        let closed = http()
+            .post(format!("{}/plexus/v1/close", self.base))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .timeout(Duration::from_secs(60))
+            .send()
+            .unwrap();
+        assert!(closed.status().is_success(), "closing the gateway's sessions: {}", closed.status());
+    }
+
     pub fn status(&self) -> Value {
         http().get(format!("{}/plexus/v1/status", self.base)).bearer_auth(&self.key).send().unwrap().json().unwrap()
     }
