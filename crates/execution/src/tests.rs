@@ -219,7 +219,9 @@ fn overdraft_fails_payload_but_charges_fee_and_bumps_nonce() {
 fn release_builds_check_overflow_in_execution_as_tests_do() {
     // A block whose execution overflows must fail on every node alike (and roll back), not wrap
     // on release builds only: the workspace turns overflow checks on for release here.
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml")).unwrap();
+    // The checkout being tested (a shared build cache may hold a binary compiled in another).
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let manifest = std::fs::read_to_string(format!("{dir}/../../Cargo.toml")).unwrap();
     for krate in ["plexus-execution", "plexus-types"] {
         let section = format!("[profile.release.package.{krate}]\noverflow-checks = true");
         assert!(manifest.contains(&section), "missing in Cargo.toml: {section}");

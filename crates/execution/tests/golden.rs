@@ -21,7 +21,12 @@ use plexus_types::{Address, Amount, Hash, ModelManifest, Params, PrivateKey, Rec
 use serde::{Deserialize, Serialize};
 
 const CHAIN: &str = "plexus-golden";
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/history.json");
+/// The fixture in the checkout being tested (read at run time: a build cache shared between
+/// checkouts may hold a test binary compiled in another).
+fn fixture() -> String {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    format!("{dir}/tests/golden/history.json")
+}
 
 #[derive(Serialize, Deserialize)]
 struct History {
@@ -65,11 +70,11 @@ fn commit(state: &mut State, changes: plexus_execution::ChangeSet) {
 fn every_version_replays_the_golden_history_to_the_same_states() {
     if std::env::var_os("PLEXUS_WRITE_GOLDEN").is_some() {
         let history = record();
-        std::fs::create_dir_all(std::path::Path::new(FIXTURE).parent().unwrap()).unwrap();
-        std::fs::write(FIXTURE, serde_json::to_string_pretty(&history).unwrap() + "\n").unwrap();
-        eprintln!("wrote {} blocks to {FIXTURE}", history.blocks.len());
+        std::fs::create_dir_all(std::path::Path::new(&fixture()).parent().unwrap()).unwrap();
+        std::fs::write(fixture(), serde_json::to_string_pretty(&history).unwrap() + "\n").unwrap();
+        eprintln!("wrote {} blocks to {}", history.blocks.len(), fixture());
     }
-    let history: History = serde_json::from_str(&std::fs::read_to_string(FIXTURE).unwrap()).unwrap();
+    let history: History = serde_json::from_str(&std::fs::read_to_string(fixture()).unwrap()).unwrap();
     assert!(history.blocks.len() >= 200, "the history is a few hundred blocks");
     let exec = Executor::new(CHAIN, Arc::new(NoEvidence));
     let mut state = State::new();

@@ -180,7 +180,7 @@ fn a_provider_on_a_new_machine_joins_syncs_registers_and_is_paid_without_validat
 
     // Every /metrics endpoint parses with the reference Prometheus parser, and the provider's
     // payment metrics say what happened.
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/metrics_parse.py");
+    let script = manifest_dir().join("tests/python/metrics_parse.py");
     let py = std::env::var_os("PLEXUS_PYTHON").unwrap_or_else(|| "python3".into());
     let urls = [format!("{late_api}/metrics"), format!("{endpoint}/metrics"), format!("{}/metrics", gw.base)];
     let out = std::process::Command::new(&py)

@@ -17,7 +17,7 @@ use crate::util::*;
 
 /// Runs a script from `tests/python` and returns the JSON it prints last.
 fn python(script: &str, args: &[&str]) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let path = manifest_dir().join("tests/python").join(script);
     let py = std::env::var_os("PLEXUS_PYTHON").unwrap_or_else(|| "python3".into());
     let out = Command::new(&py).arg(&path).args(args).output().expect("run python3 (with `pip install openai`)");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -260,7 +260,7 @@ fn openai_api_end_to_end() {
 }
 
 fn run_python(base: &str) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_e2e.py");
+    let script = crate::util::manifest_dir().join("tests/python/openai_e2e.py");
     let python = std::env::var_os("PLEXUS_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into());
     let out = Command::new(&python)
         .arg(&script)

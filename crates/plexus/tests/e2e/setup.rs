@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn scripts() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts").canonicalize().unwrap()
+    crate::util::manifest_dir().join("../../scripts").canonicalize().unwrap()
 }
 
 /// Runs `find_libclang` from `scripts/lib.sh` over the search directories of `root`; the path

@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// This package's directory in the checkout being tested. Read at run time (cargo and nextest
+/// set it): a build cache shared between checkouts may hold a test binary compiled in another.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
 pub fn plexus() -> Command {
     Command::new(env!("CARGO_BIN_EXE_plexus"))
 }

@@ -27,7 +27,7 @@ fn smollm2_gguf() -> PathBuf {
 fn substitute(gguf: &Path, dir: &Path) -> PathBuf {
     let out = dir.join("substitute.gguf");
     let python = std::env::var_os("PLEXUS_PYTHON").unwrap_or_else(|| "python3".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-substitute.py");
+    let script = manifest_dir().join("../../scripts/make-substitute.py");
     let status = Command::new(python).arg(script).arg(gguf).arg(&out).status().unwrap();
     assert!(status.success(), "make-substitute.py failed (needs the gguf package; ./scripts/test installs it)");
     out
