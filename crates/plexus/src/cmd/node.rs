@@ -242,9 +242,14 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
                 std::fs::write(home.join("genesis.json"), genesis.to_json())
                     .with_context(|| format!("cannot write {}", home.join("genesis.json").display()))?;
             }
+            // An unspecified listen address cannot be dialed: leave a placeholder to fill in.
+            let stake_at = match advertise.ip().is_unspecified() {
+                true => format!("<this machine's IP>:{}", advertise.port()),
+                false => advertise.to_string(),
+            };
             let stake_cmd = joined.as_ref().map(|(genesis, url)| {
                 format!(
-                    "plexus tx stake --key {} --amount {} --p2p-address {advertise} --node {url}",
+                    "plexus tx stake --key {} --amount {} --p2p-address {stake_at} --node {url}",
                     home.join("key.json").display(),
                     genesis.params.min_provider_stake,
                 )
