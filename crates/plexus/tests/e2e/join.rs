@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use plexus_types::Amount;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::util::*;
 
@@ -20,11 +20,6 @@ fn account(api: &str, address: &str) -> (Amount, u64) {
 fn run(args: &[&str]) -> (bool, String, String) {
     let out = plexus().args(args).stdin(Stdio::null()).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn beat() -> Value {
-    let window: Vec<f32> = (0..256).map(|i| (-((i as f32 - 90.0) / 6.0).powi(2)).exp()).collect();
-    json!({ "inputs": [{ "name": "ecg_window", "shape": [1, 256], "datatype": "FP32", "data": window }] })
 }
 
 #[test]

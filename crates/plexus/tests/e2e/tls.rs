@@ -7,14 +7,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::util::*;
-
-fn beat() -> Value {
-    let window: Vec<f32> = (0..256).map(|i| (-((i as f32 - 90.0) / 6.0).powi(2)).exp()).collect();
-    json!({ "inputs": [{ "name": "ecg_window", "shape": [1, 256], "datatype": "FP32", "data": window }] })
-}
 
 fn registered_endpoint(api: &str, provider: &str) -> Option<String> {
     Some(get(&format!("{api}/chain/v1/providers/{provider}"))?["endpoint"].as_str()?.to_string())

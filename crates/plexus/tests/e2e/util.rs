@@ -251,3 +251,9 @@ pub fn settled_to(
     }
     (settled, earned)
 }
+
+/// A KServe v2 request for the ECG model: one synthetic heartbeat window.
+pub fn beat() -> Value {
+    let window: Vec<f32> = (0..256).map(|i| (-((i as f32 - 90.0) / 6.0).powi(2)).exp()).collect();
+    serde_json::json!({ "inputs": [{ "name": "ecg_window", "shape": [1, 256], "datatype": "FP32", "data": window }] })
+}
