@@ -18,6 +18,7 @@ PLEXUS_VENV="${PLEXUS_VENV:-$PLEXUS_CACHE/venv}"
 OPENAI_PY_VERSION="3.57.0"
 GGUF_PY_VERSION="0.19.0"
 PROMETHEUS_PY_VERSION="0.21.1"
+SCHEMATHESIS_PY_VERSION="4.32.5"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -81,6 +82,28 @@ ensure_system_packages() {
     fi
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# What only the tests need: a headless browser for the console test (Debian's chromium).
+ensure_test_packages() {
+    command -v chromium >/dev/null 2>&1 && return
+    say "installing chromium (the console test renders the node's web console headless)"
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install chromium" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+
+# The tests' API checker (schemathesis), in the environment `ensure_python` made.
+ensure_test_python() {
+    local py="$PLEXUS_VENV/bin/python3"
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_PY_VERSION')" >/dev/null 2>&1; then
+        say "installing the schemathesis Python package $SCHEMATHESIS_PY_VERSION (checks the OpenAPI documents against live servers)"
+        "$py" -m pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_PY_VERSION"
+    fi
 }
 
 # A Python virtual environment with pip (model downloads) and the OpenAI SDK (tests, examples).

@@ -92,6 +92,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/plexus/v1/status", get(status))
         .route("/plexus/v1/close", post(close))
+        .route("/openapi.json", get(openapi))
         .route("/v2", get(crate::kserve::server_metadata))
         .route("/v2/health/live", get(crate::kserve::live))
         .route("/v2/health/ready", get(crate::kserve::ready))
@@ -103,6 +104,12 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .layer(axum::middleware::from_fn_with_state(app.clone(), timed))
         .with_state(app)
+}
+
+/// The gateway's Plexus routes described in OpenAPI 3 (the OpenAI and KServe routes follow
+/// those projects' own descriptions).
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
 }
 
 /// Times every request to its response headers, labelled by the route it matched (not the raw
@@ -122,7 +129,7 @@ async fn guard(State(app): State<Shared_>, request: Request, next: Next) -> Resp
         (status, [(header::CONTENT_TYPE, "application/json")], GatewayError::refusal_json(code, &message))
             .into_response()
     };
-    if matches!(request.uri().path(), "/health" | "/v2/health/live" | "/v2/health/ready") {
+    if matches!(request.uri().path(), "/health" | "/v2/health/live" | "/v2/health/ready" | "/openapi.json") {
         return next.run(request).await;
     }
     let headers = request.headers();

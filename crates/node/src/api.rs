@@ -16,7 +16,6 @@ use bytes::Bytes;
 use commonware_runtime::{Clock, Metrics, Spawner, Storage};
 use futures::Stream;
 use plexus_execution::state::{self as st, Session, Stake, UnbondingBucket};
-use plexus_types::tx::ProviderInfo;
 use plexus_types::{Address, Amount, Hash, ModelManifest, SignedTx};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -36,8 +35,41 @@ pub struct ApiState<E: Storage + Clock + Metrics + Spawner> {
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// The genesis this node runs, for `/chain/v1/genesis` (how a new node joins).
     pub genesis: Arc<plexus_types::Genesis>,
-    /// Providers' settlements, caught up from finalized blocks on each query.
-    pub earnings: tokio::sync::Mutex<crate::earnings::Earnings>,
+    /// Providers' settlements and addresses' transactions, caught up from finalized blocks on
+    /// each query.
+    pub history: tokio::sync::Mutex<History>,
+}
+
+/// What is read from archived blocks on demand (node-local, never part of the state).
+#[derive(Default)]
+pub struct History {
+    pub earnings: crate::earnings::Earnings,
+    pub activity: crate::activity::Activity,
+}
+
+/// Most blocks one query reads to catch the history up (a long-idle index catches up over
+/// several queries instead of holding one for minutes).
+const HISTORY_BLOCKS_PER_QUERY: u64 = 100_000;
+
+/// Locks the history and reads the blocks finalized since the last query.
+async fn history<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
+    s: &ApiState<E>,
+) -> ApiResult<tokio::sync::MutexGuard<'_, History>> {
+    let mut history = s.history.lock().await;
+    let tip = s.chain.tip().0.min(history.earnings.height.saturating_add(HISTORY_BLOCKS_PER_QUERY));
+    while history.earnings.height < tip {
+        let h = history.earnings.height + 1;
+        let record = s
+            .chain
+            .blocks()
+            .by_height(h)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .ok_or_else(|| ApiError::internal(format!("block {h} is not archived")))?;
+        history.earnings.add_block(h, &record.results_json).map_err(ApiError::internal)?;
+        history.activity.add_block(h, &record.block.txs);
+    }
+    Ok(history)
 }
 
 /// Facts about the serving node.
@@ -163,6 +195,7 @@ where
         .route("/chain/v1/txs/batch", post(submit_batch::<E>))
         .route("/chain/v1/txs/{hash}", get(tx::<E>))
         .route("/chain/v1/accounts/{address}", get(account::<E>))
+        .route("/chain/v1/accounts/{address}/txs", get(account_txs::<E>))
         .route("/chain/v1/providers", get(providers::<E>))
         .route("/chain/v1/providers/{address}", get(provider::<E>))
         .route("/chain/v1/providers/{address}/earnings", get(earnings::<E>))
@@ -179,8 +212,15 @@ where
         .route("/chain/v1/signals", get(signals::<E>))
         .route("/chain/v1/peers", get(peers::<E>))
         .route("/chain/v1/stream", get(stream::<E>))
+        .route("/openapi.json", get(openapi))
+        .merge(crate::console::routes())
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
+}
+
+/// This API described in OpenAPI 3 (checked against the live server in the tests).
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
 }
 
 async fn metrics<E: Storage + Clock + Metrics + Spawner>(State(s): State<Arc<ApiState<E>>>) -> impl IntoResponse {
@@ -584,38 +624,62 @@ async fn account<E: Storage + Clock + Metrics + Spawner>(
 }
 
 #[derive(Serialize)]
-struct ProviderBody<'a> {
+struct AccountTxsBody<'a> {
     address: &'a Address,
+    /// The newest block read.
+    height: u64,
+    /// Sent or received, newest first (at most [`crate::activity::TXS_PER_ADDRESS`]).
+    txs: Vec<&'a crate::activity::TxRef>,
+}
+
+/// The finalized transactions `address` signed or was named in (a transfer's recipient, a
+/// session's provider), newest first: the explorer's search by address.
+async fn account_txs<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
+    State(s): State<Arc<ApiState<E>>>,
+    Path(address): Path<String>,
+) -> ApiResult<Response> {
+    let address: Address = parse("address", &address)?;
+    let history = history(&s).await?;
+    let body = AccountTxsBody {
+        address: &address,
+        height: history.earnings.height,
+        txs: history.activity.txs(&address).collect(),
+    };
+    Ok(Json(body).into_response())
+}
+
+/// What a provider published when it registered.
+#[derive(Serialize)]
+struct ProviderRecordBody<'a> {
     endpoint: &'a str,
     region: &'a str,
     hardware: &'a str,
     prices: &'a [plexus_types::tx::ModelPrice],
     versions: &'a plexus_types::version::SupportedVersions,
     registered_height: u64,
-    bonded: Amount,
-    /// What verification established about it (execution v3): committee convictions and
-    /// acquittals, and what was slashed.
-    stats: st::ProviderStats,
 }
 
-fn provider_body<'a>(
-    address: &'a Address,
-    info: &'a ProviderInfo,
-    registered_height: u64,
-    bonded: Amount,
-    stats: st::ProviderStats,
-) -> ProviderBody<'a> {
-    ProviderBody {
-        address,
+fn provider_record(p: &st::Provider) -> ProviderRecordBody<'_> {
+    let info = &p.info;
+    ProviderRecordBody {
         endpoint: &info.endpoint,
         region: &info.region,
         hardware: &info.hardware,
         prices: &info.prices,
         versions: &info.versions,
-        registered_height,
-        bonded,
-        stats,
+        registered_height: p.registered_height,
     }
+}
+
+#[derive(Serialize)]
+struct ProviderBody<'a> {
+    address: &'a Address,
+    #[serde(flatten)]
+    record: ProviderRecordBody<'a>,
+    bonded: Amount,
+    /// What verification established about it (execution v3): committee convictions and
+    /// acquittals, and what was slashed.
+    stats: st::ProviderStats,
 }
 
 #[derive(Serialize)]
@@ -648,7 +712,12 @@ async fn providers<E: Storage + Clock + Metrics + Spawner>(
     let next = next_cursor(found.len(), limit, found.last().map(|f| &f.0));
     let providers = found
         .iter()
-        .map(|(a, p, bonded, stats)| provider_body(a, &p.info, p.registered_height, *bonded, stats.clone()))
+        .map(|(a, p, bonded, stats)| ProviderBody {
+            address: a,
+            record: provider_record(p),
+            bonded: *bonded,
+            stats: stats.clone(),
+        })
         .collect();
     Ok(Json(ProvidersBody { providers, next }).into_response())
 }
@@ -662,8 +731,9 @@ struct ProviderDetail<'a> {
     /// False once it left the registry (deregistered, or slashed below the provider stake):
     /// its record of faults stays.
     registered: bool,
+    /// What it published, while registered.
     #[serde(flatten)]
-    info: Option<ProviderBody<'a>>,
+    record: Option<ProviderRecordBody<'a>>,
     bonded: Amount,
     stats: st::ProviderStats,
     /// Its latest challenges, newest first.
@@ -691,9 +761,15 @@ async fn provider<E: Storage + Clock + Metrics + Spawner>(
         return Err(ApiError::not_found(format!("provider {address}")));
     }
     let stats = stats.unwrap_or_default();
-    let info = record.as_ref().map(|p| provider_body(&address, &p.info, p.registered_height, bonded, stats.clone()));
-    Ok(Json(ProviderDetail { address: &address, registered: record.is_some(), info, bonded, stats, challenges })
-        .into_response())
+    Ok(Json(ProviderDetail {
+        address: &address,
+        registered: record.is_some(),
+        record: record.as_ref().map(provider_record),
+        bonded,
+        stats,
+        challenges,
+    })
+    .into_response())
 }
 
 /// Sums of settlements: paid out of escrow (`gross`), the protocol fee, and the provider's `net`.
@@ -766,8 +842,6 @@ struct EarningsBody<'a> {
 
 /// Most sessions listed in one earnings report (the totals count them all).
 pub const EARNINGS_SESSIONS_SHOWN: usize = 1000;
-/// Most blocks one earnings query reads to catch up (the next query goes on).
-const EARNINGS_BLOCKS_PER_QUERY: u64 = 100_000;
 
 /// What a provider earned, explained: per session the tokens at its prices (`gross`), less the
 /// protocol fee, is what the provider was paid (`net`); per UTC day; settled (closed sessions)
@@ -777,19 +851,8 @@ async fn earnings<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static
     Path(address): Path<String>,
 ) -> ApiResult<Response> {
     let address: Address = parse("address", &address)?;
-    let mut index = s.earnings.lock().await;
-    let tip = s.chain.tip().0.min(index.height.saturating_add(EARNINGS_BLOCKS_PER_QUERY));
-    while index.height < tip {
-        let h = index.height + 1;
-        let record = s
-            .chain
-            .blocks()
-            .by_height(h)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .ok_or_else(|| ApiError::internal(format!("block {h} is not archived")))?;
-        index.add_block(h, &record.results_json).map_err(ApiError::internal)?;
-    }
+    let history = history(&s).await?;
+    let index = &history.earnings;
     let mut rows: Vec<SessionEarningsBody> = s.chain.read(|store| {
         index
             .sessions(&address)

@@ -7,10 +7,12 @@
 //! runtime, TCP p2p, HTTP). This crate does not implement consensus, storage or execution rules —
 //! it connects them — and it does not serve inference (that is the serving layer).
 
+pub mod activity;
 pub mod api;
 pub mod chain;
 pub mod committee;
 pub mod config;
+pub mod console;
 pub mod drill;
 pub mod earnings;
 pub mod followers;

@@ -192,7 +192,7 @@ async fn node(
         peer_versions,
         stream_slots: Arc::new(tokio::sync::Semaphore::new(crate::api::STREAM_SUBSCRIBERS_MAX)),
         genesis: Arc::new(genesis.clone()),
-        earnings: Default::default(),
+        history: Default::default(),
     });
     let router = crate::api::router(api_state, cfg.api.body_bytes_max);
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)

@@ -28,8 +28,15 @@ pub fn router<C: ChainView>(provider: Provider<C>) -> Router {
         .route("/plexus/v1/sessions/{id}/token", post(token::<C>))
         .route("/plexus/v1/sessions/{id}", get(session::<C>))
         .route("/plexus/v1/receipts", post(receipt::<C>))
+        .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(provider)
+}
+
+/// These payment routes described in OpenAPI 3 (the OpenAI-compatible inference routes beside
+/// them follow OpenAI's own description).
+async fn openapi() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ServeError> {

@@ -217,4 +217,43 @@ fn a_provider_on_a_new_machine_joins_syncs_registers_and_is_paid_without_validat
     });
     assert_eq!(status["role"], "follower and provider", "{status}");
     assert_eq!(status["synced"], true, "{status}");
+
+    // The console the node serves, rendered by a real browser: the same earnings, adding up to
+    // the chain's settlements to the base unit, and the network, account and provider pages.
+    let shots = crate::console::screenshot_dir();
+    let page = |route: &str, name: &str| {
+        let dom = crate::console::render(&format!("{late_api}/console#/{route}"), &shots.join(format!("{name}.png")));
+        assert!(dom.contains("data-ready="), "the page finished rendering: {dom}");
+        assert!(!dom.contains(r#"id="error""#), "{route}: {dom}");
+        dom
+    };
+    let dom = page(&format!("earnings/{address}"), "earnings");
+    assert!(dom.contains(r#"id="adds-up" data-ok="true""#), "{dom}");
+    assert!(dom.contains(&format!(r#"id="net-total" data-units="{earned}""#)), "{dom}");
+    assert!(dom.contains(&format!(r#"id="net-settled" data-units="{earned}""#)), "{dom}");
+    assert!(dom.contains(r#"id="net-pending" data-units="0""#), "{dom}");
+    let dom = page("", "overview");
+    assert!(dom.contains(r#"id="height""#) && dom.contains("execution v"), "{dom}");
+    let dom = page(&format!("account/{address}"), "account");
+    for kind in ["stake", "register_provider", "claim"] {
+        assert!(dom.contains(&format!("<td>{kind}</td>")), "its {kind} transaction is listed: {dom}");
+    }
+    let dom = page("providers", "providers");
+    assert!(dom.contains(&address[..8]) && dom.contains("ecg-heartbeat"), "{dom}");
+    page("sessions", "sessions");
+    page("blocks", "blocks");
+    page("proposals", "proposals");
+    eprintln!("console screenshots in {}", shots.display());
+
+    // Each server's OpenAPI document holds against the live server (schemathesis: no 5xx,
+    // statuses, content types and bodies as documented). Last: it fuzzes the gateway's close.
+    for (base, headers) in [
+        (late_api.clone(), vec![]),
+        (endpoint.clone(), vec![]),
+        (gw.base.clone(), vec![format!("Authorization: Bearer {}", gw.key)]),
+    ] {
+        if let Err(out) = crate::console::schemathesis(&base, &headers) {
+            panic!("schemathesis against {base}:\n{out}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 mod attack;
 mod chain;
+mod console;
 mod edge;
 mod join;
 mod metering;
