@@ -128,35 +128,46 @@ pub struct ChainParams {
 }
 
 pub struct ChainClient {
-    nodes: Vec<String>,
-    http: reqwest::Client,
+    /// Each node's base URL and the client that reaches it (pinned to its key over TLS).
+    nodes: Vec<(String, reqwest::Client)>,
 }
 
 impl ChainClient {
+    /// `nodes`: `http://host:port`, or `https://<node address>@host:port` for a node serving its
+    /// API over TLS (only that node's key is accepted).
     pub fn new(nodes: Vec<String>) -> Result<Self, GatewayError> {
         if nodes.is_empty() {
             return Err(GatewayError::Config("at least one chain node URL is needed".into()));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?;
-        Ok(ChainClient { nodes: nodes.into_iter().map(|n| n.trim_end_matches('/').to_string()).collect(), http })
+        let nodes = nodes
+            .iter()
+            .map(|url| {
+                let (base, pin) = plexus_serve::tls::chain_url(url).map_err(GatewayError::Config)?;
+                let mut builder =
+                    reqwest::Client::builder().timeout(Duration::from_secs(10)).connect_timeout(Duration::from_secs(2));
+                if let Some(node) = &pin {
+                    builder =
+                        builder.tls_backend_preconfigured((*plexus_serve::tls::pinned_client_config(node)).clone());
+                }
+                let http = builder.build().map_err(|e| GatewayError::Config(format!("HTTP client: {e}")))?;
+                Ok((base, http))
+            })
+            .collect::<Result<_, GatewayError>>()?;
+        Ok(ChainClient { nodes })
     }
 
     async fn send<T: DeserializeOwned>(&self, path: &str, body: Option<&serde_json::Value>) -> Result<T, GatewayError> {
         let mut last = String::new();
-        for node in &self.nodes {
+        for (node, http) in &self.nodes {
             let url = format!("{node}{path}");
             let request = match body {
-                Some(b) => self.http.post(&url).json(b),
-                None => self.http.get(&url),
+                Some(b) => http.post(&url).json(b),
+                None => http.get(&url),
             };
             let response = match request.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    last = format!("{url}: {e}");
+                    last = format!("{url}: {}", crate::link::why(&e));
                     continue;
                 }
             };

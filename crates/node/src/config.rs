@@ -40,6 +40,9 @@ peers_max = 164
 listen = "127.0.0.1:8545"
 # Largest request body accepted, in bytes.
 body_bytes_max = 1048576
+# Serve the API over TLS 1.3 with a certificate for this node's key (no CA needed): clients
+# reach it as https://<this node's address>@host:port and accept only this key.
+tls = false
 
 [mempool]
 # Most transactions waiting to be ordered.
@@ -208,6 +211,10 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Largest request body, in bytes.
     pub body_bytes_max: usize,
+    /// Serve over TLS with a certificate for the node's key, pinned by clients to its address
+    /// (`https://<address>@host:port`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -340,7 +347,7 @@ mod tests {
         let filled = NodeConfig::template("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
         let cfg = NodeConfig::parse(&filled, Path::new("c")).unwrap();
         assert_eq!((cfg.p2p.listen.port(), cfg.api.listen.port()), (1, 2));
-        assert!(!cfg.provider.enabled);
+        assert!(!cfg.provider.enabled && !cfg.api.tls);
         let filled = NodeConfig::template_provider(
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),

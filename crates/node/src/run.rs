@@ -198,8 +198,15 @@ async fn node(
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .with_context(|| format!("cannot listen for the API on {}", cfg.api.listen))?;
-    info!(api = %cfg.api.listen, "chain API listening");
-    let api = tokio::spawn(async move { axum::serve(listener, router).await });
+    let api = if cfg.api.tls {
+        let tls = plexus_serve::tls::server_config(&key).map_err(anyhow::Error::msg)?;
+        let listener = plexus_serve::tls::TlsListener::new(listener, tls)?;
+        info!(api = %format!("https://{}@{}", key.address(), cfg.api.listen), "chain API listening over TLS");
+        tokio::spawn(async move { axum::serve(listener, router).await })
+    } else {
+        info!(api = %cfg.api.listen, "chain API listening");
+        tokio::spawn(async move { axum::serve(listener, router).await })
+    };
 
     tokio::spawn(crate::upgrade::signal_loop(chain.clone()));
 

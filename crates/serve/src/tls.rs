@@ -89,6 +89,33 @@ pub fn pinned_client_config(provider: &Address) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// A chain API URL split into the base to request and the node key to pin: `http://host:port`
+/// (no pin), or `https://<node address>@host:port` for a node serving its API over TLS with a
+/// certificate for its key. An `https` URL without the address is refused rather than trusted
+/// blindly: there is no certificate authority to fall back on.
+pub fn chain_url(url: &str) -> Result<(String, Option<Address>), String> {
+    let mut parsed = reqwest::Url::parse(url.trim()).map_err(|e| format!("chain API URL `{url}`: {e}"))?;
+    let pin = match (parsed.scheme(), parsed.username()) {
+        ("http", "") => None,
+        ("http", _) => {
+            return Err(format!("chain API URL `{url}`: a node address pins TLS; use https://<address>@host:port"));
+        }
+        ("https", "") => {
+            return Err(format!(
+                "chain API URL `{url}`: a chain API over TLS is reached by the node's address, \
+                 https://<node address>@host:port (the node logs it when it starts)"
+            ));
+        }
+        ("https", user) => {
+            Some(user.parse::<Address>().map_err(|e| format!("chain API URL `{url}`: node address: {e}"))?)
+        }
+        (other, _) => return Err(format!("chain API URL `{url}`: unsupported scheme `{other}` (http or https)")),
+    };
+    parsed.set_username("").ok();
+    parsed.set_password(None).ok();
+    Ok((parsed.as_str().trim_end_matches('/').to_string(), pin))
+}
+
 /// Accepts a server whose TLS 1.3 handshake is signed by one ed25519 key.
 #[derive(Debug)]
 struct Pinned {
@@ -135,7 +162,7 @@ impl ServerCertVerifier for Pinned {
         )
         .map_err(|_| {
             rustls::Error::General(format!(
-                "the server is not provider {}: its TLS handshake is not signed with that provider's on-chain key",
+                "the server is not {}: its TLS handshake is not signed with that on-chain key (the provider or node dialled)",
                 self.provider
             ))
         })
@@ -237,10 +264,29 @@ mod tests {
         // Pinned to another provider: the handshake fails, with the reason.
         let err = client(&other.address()).get(&url).send().await.unwrap_err();
         let chain = format!("{:?}", err);
-        assert!(chain.contains(&format!("not provider {}", other.address())), "{chain}");
+        assert!(chain.contains(&format!("is not {}", other.address())), "{chain}");
         // Plain HTTP to a TLS port gets nothing.
         let plain = reqwest::Client::new().get(format!("http://{addr}/health")).send().await;
         assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    }
+
+    #[test]
+    fn chain_urls_carry_the_node_key_to_pin_or_are_plain() {
+        let node = PrivateKey::from_seed(4).address();
+        assert_eq!(chain_url("http://10.0.0.1:8545/").unwrap(), ("http://10.0.0.1:8545".to_string(), None));
+        let (base, pin) = chain_url(&format!("https://{node}@node.example:8545")).unwrap();
+        assert_eq!((base.as_str(), pin), ("https://node.example:8545", Some(node.clone())));
+        // TLS without knowing whom to expect, a pin on plain HTTP, a bad address, other schemes.
+        for bad in [
+            "https://node.example:8545".to_string(),
+            format!("http://{node}@node.example:8545"),
+            "https://nothex@node.example:8545".to_string(),
+            "ftp://node.example".to_string(),
+            "not a url".to_string(),
+        ] {
+            assert!(chain_url(&bad).is_err(), "{bad}");
+        }
+        assert!(chain_url("https://node.example:8545").unwrap_err().contains("https://<node address>@host:port"));
     }
 
     #[tokio::test]

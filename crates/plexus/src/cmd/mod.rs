@@ -42,12 +42,26 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("cannot build an HTTP client")?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), http })
+    /// A client of the node at `url`: `http://host:port`, or `https://<node address>@host:port`
+    /// for a node serving its API over TLS (only that node's key is accepted).
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        let (base, pin) = plexus_serve::tls::chain_url(url).map_err(anyhow::Error::msg)?;
+        let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(node) = &pin {
+            builder = builder.tls_backend_preconfigured((*plexus_serve::tls::pinned_client_config(node)).clone());
+        }
+        let http = builder.build().context("cannot build an HTTP client")?;
+        Ok(Client { base, http })
+    }
+
+    /// The body of `path` as text, unparsed (a genesis must reach its hash byte for byte).
+    pub fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.base);
+        let response = self.http.get(&url).send().with_context(|| format!("cannot reach the node at {}", self.base))?;
+        if !response.status().is_success() {
+            bail!("{url} answered HTTP {}", response.status().as_u16());
+        }
+        response.text().with_context(|| format!("cannot read {url}"))
     }
 
     fn handle(&self, url: &str, response: reqwest::Result<reqwest::blocking::Response>) -> anyhow::Result<Value> {

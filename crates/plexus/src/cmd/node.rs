@@ -35,6 +35,10 @@ run `plexus node run`. The node syncs from the validators, verifying every block
         /// Where the chain API listens.
         #[arg(long, default_value = "127.0.0.1:8545")]
         api_listen: SocketAddr,
+        /// Serve the chain API over TLS 1.3 with a certificate for this node's key; clients
+        /// reach it as https://<node address>@host:port and accept no other key.
+        #[arg(long)]
+        api_tls: bool,
         /// Join a running network: fetch its genesis from this chain API URL (any node's).
         #[arg(long, value_name = "URL")]
         join: Option<String>,
@@ -95,16 +99,9 @@ fn fetch_genesis(url: &str, expected: Option<plexus_types::Hash>) -> anyhow::Res
     let client = super::Client::new(&url)?;
     // The body as text, not through a JSON value: amounts are u128 and must not pass through
     // floating point on their way to the hash.
-    let response = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?
-        .get(format!("{url}/chain/v1/genesis"))
-        .send()
+    let text = client
+        .get_text("/chain/v1/genesis")
         .with_context(|| format!("cannot fetch the genesis from {url} (is it a node's chain API?)"))?;
-    if !response.status().is_success() {
-        bail!("{url}/chain/v1/genesis answered HTTP {}", response.status().as_u16());
-    }
-    let text = response.text().with_context(|| format!("cannot read the genesis from {url}"))?;
     let genesis = plexus_types::Genesis::from_json(&text)
         .with_context(|| format!("{url} answered with a genesis this binary cannot use"))?;
     let hash = genesis.hash();
@@ -201,6 +198,7 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
             p2p_listen,
             p2p_advertise,
             api_listen,
+            api_tls,
             join,
             genesis_hash,
             provider,
@@ -234,6 +232,15 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
             if let Some(endpoint) = &provider_endpoint {
                 text = text.replace("\nendpoint = \"\"\n", &format!("\nendpoint = {endpoint:?}\n"));
             }
+            if api_tls {
+                // The [api] section's switch (the line after its comment; [provider] has its own).
+                let line = "@host:port and accept only this key.\ntls = false\n";
+                text = text.replace(line, &line.replace("tls = false", "tls = true"));
+            }
+            let api_url = match api_tls {
+                true => format!("https://{}@{api_listen}", key.address()),
+                false => format!("http://{api_listen}"),
+            };
             // Check what was written parses, before anyone runs it.
             NodeConfig::parse(&text, &config).context("the generated config does not parse (a bug)")?;
             std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
@@ -267,12 +274,14 @@ pub fn run(cmd: NodeCmd) -> anyhow::Result<()> {
                     "genesis_hash": joined.as_ref().map(|(g, _)| g.hash().to_string()),
                     "chain_id": joined.as_ref().map(|(g, _)| g.chain_id.clone()),
                     "p2p_advertise": advertise.to_string(),
+                    "api": api_url,
                     "stake_command": stake_cmd,
                 }));
             } else {
                 println!("initialised node home {}", home.display());
                 println!("  address  {}", key.address());
                 println!("  config   {}", config.display());
+                println!("  API      {api_url}");
                 match (&joined, &stake_cmd) {
                     (Some((genesis, url)), Some(stake_cmd)) => {
                         println!("  chain    {} (genesis {}, from {url})", genesis.chain_id, genesis.hash());

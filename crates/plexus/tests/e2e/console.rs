@@ -45,7 +45,8 @@ pub fn schemathesis(base: &str, headers: &[String]) -> Result<String, String> {
     // It keeps a cache of what it found in its working directory: a scratch one, not the checkout.
     let scratch = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(&cli);
-    cmd.current_dir(scratch.path()).args(["run", &format!("{base}/openapi.json"), "--url", base])
+    cmd.current_dir(scratch.path())
+        .args(["run", &format!("{base}/openapi.json"), "--url", base])
         .args([
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",

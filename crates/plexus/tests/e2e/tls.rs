@@ -53,7 +53,7 @@ fn a_provider_endpoint_answered_by_another_key_is_refused_not_downgraded() {
         why.push_str(&format!(": {s}"));
         source = s.source();
     }
-    assert!(why.contains(&format!("not provider {provider}")), "{why}");
+    assert!(why.contains(&format!("is not {provider}")), "{why}");
 
     // The provider's endpoint on chain now leads to the impostor.
     stop(node["pid"].as_u64().unwrap());
@@ -64,7 +64,7 @@ fn a_provider_endpoint_answered_by_another_key_is_refused_not_downgraded() {
     let gw = gateway(dir.path(), "gw", &info, &api, &[], &[]);
     let (code, text) = gw.post("/v2/models/ecg-heartbeat/infer", &beat());
     assert_eq!(code, 502, "{text}");
-    assert!(text.contains(&format!("is not provider {provider}")), "the refusal says why: {text}");
+    assert!(text.contains(&format!("is not {provider}")), "the refusal says why: {text}");
     let spent = gw.status();
     let sessions = spent["sessions"].as_array().unwrap();
     assert!(sessions.iter().all(|s| s["seq"].as_u64().unwrap_or(0) == 0), "nothing was acknowledged: {spent}");
@@ -81,4 +81,107 @@ fn a_provider_endpoint_answered_by_another_key_is_refused_not_downgraded() {
     });
     let answer: Value = serde_json::from_str(&served).unwrap();
     assert_eq!(answer["parameters"]["plexus_inferences"], 1, "{answer}");
+}
+
+/// A node serving its chain API over TLS (`node init --api-tls`): the CLI, a gateway and a
+/// joining node reach it through `https://<node address>@host:port`; without the address, with
+/// another key's address, or in clear they get a refusal that says why, and nothing else.
+#[test]
+fn the_chain_api_over_tls_answers_only_clients_that_pin_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("devnet");
+    let (_devnet, info) = start_devnet(&home, 1, &["--chain-only", "--epoch-length", "20"]);
+    let api = info["nodes"][0]["api"].as_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = plexus().args(args).stdin(Stdio::null()).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // A second node on this machine, its API over TLS (it need not stake to answer its API).
+    let port = free_port_block(2);
+    let node = dir.path().join("tls-node");
+    let (ok, out, err) = run(&[
+        "node",
+        "init",
+        "--home",
+        node.to_str().unwrap(),
+        "--join",
+        &api,
+        "--p2p-listen",
+        &format!("127.0.0.1:{port}"),
+        "--api-listen",
+        &format!("127.0.0.1:{}", port + 1),
+        "--api-tls",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let init: Value = serde_json::from_str(&out).unwrap();
+    let address = init["address"].as_str().unwrap().to_string();
+    let url = init["api"].as_str().unwrap().to_string();
+    assert_eq!(url, format!("https://{address}@127.0.0.1:{}", port + 1));
+    let log = std::fs::File::create(node.join("node.log")).unwrap();
+    let _node = Guard(
+        plexus()
+            .args(["node", "run", "--home", node.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_for("the node's API over TLS", Duration::from_secs(60), || {
+        let (ok, out, _) = run(&["node", "status", "--node", &url, "--json"]);
+        ok.then(|| serde_json::from_str::<Value>(&out).ok()).flatten()
+    });
+    assert_eq!(status["address"], address.as_str(), "{status}");
+
+    // Refused: TLS without the address, another key's address, plain HTTP to the TLS port.
+    let bare = format!("https://127.0.0.1:{}", port + 1);
+    let (ok, _, err) = run(&["query", "status", "--node", &bare]);
+    assert!(!ok && err.contains("https://<node address>@host:port"), "{err}");
+    let other = info["nodes"][0]["address"].as_str().unwrap();
+    let (ok, _, err) = run(&["query", "status", "--node", &format!("https://{other}@127.0.0.1:{}", port + 1)]);
+    assert!(!ok && err.contains(&format!("is not {other}")), "a key it is not is refused, with why: {err}");
+    assert!(get(&format!("http://127.0.0.1:{}/chain/v1/status", port + 1)).is_none(), "nothing in clear");
+
+    // A third machine joins through it: the genesis comes over TLS, byte for byte the network's.
+    let third = dir.path().join("third");
+    let genesis_hash =
+        get(&format!("{api}/chain/v1/status")).unwrap()["node"]["genesis_hash"].as_str().unwrap().to_string();
+    let (ok, _, err) = run(&[
+        "node",
+        "init",
+        "--home",
+        third.to_str().unwrap(),
+        "--join",
+        &url,
+        "--genesis-hash",
+        &genesis_hash,
+        "--p2p-listen",
+        "127.0.0.1:1",
+        "--api-listen",
+        "127.0.0.1:2",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(third.join("genesis.json")).unwrap(), std::fs::read(node.join("genesis.json")).unwrap());
+
+    // A gateway reads the chain through it, and one pinned to the wrong key does not start.
+    let gw = gateway(dir.path(), "gw", &info, &url, &[], &[]);
+    assert!(gw.status()["sessions"].is_array());
+    let wrong = plexus()
+        .args(["gateway", "--listen", "127.0.0.1:0", "--home"])
+        .arg(dir.path().join("gw-wrong"))
+        .arg("--key")
+        .arg(info["client"]["key_file"].as_str().unwrap())
+        .args(["--node", &format!("https://{other}@127.0.0.1:{}", port + 1)])
+        .env("PLEXUS_GATEWAY_API_KEY", "test-key-wrong-0123456789")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let why = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && why.contains(&format!("is not {other}")), "{why}");
 }
