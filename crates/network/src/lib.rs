@@ -46,6 +46,9 @@ pub struct Config {
     pub peers_max: NonZeroUsize,
     /// Accept peers on private and loopback addresses (local networks).
     pub allow_private_ips: bool,
+    /// Accept a known peer's connection from an IP other than the one it registered (a peer
+    /// behind NAT or a relay). Peers are still authenticated by key in the handshake.
+    pub any_source_ip: bool,
     /// Largest application message, in bytes. Sending a larger one is a bug (it panics).
     pub message_bytes_max: u32,
     /// Capacity of each channel's inbound mailbox, in messages.
@@ -108,6 +111,7 @@ where
     // engine finishes the previous epoch's last block); each retained set costs mailbox space
     // for every peer in it.
     p2p.tracked_peer_sets = NonZeroUsize::new(2).expect("non-zero");
+    p2p.bypass_ip_check = config.any_source_ip;
     let (mut network, oracle) = lookup::Network::new(context, p2p);
     let channels = channels.iter().map(|c| network.register(c.id, Quota::per_second(c.messages_per_second))).collect();
     network.start();

@@ -30,6 +30,9 @@ key = "key.json"
 listen = "127.0.0.1:26656"
 # Accept peers on private/loopback addresses (needed for local networks and LANs).
 allow_private_ips = true
+# Accept a known peer's connection from an IP other than its registered address's (peers behind
+# NAT or a relay); peers are still authenticated by their key in the handshake.
+any_source_ip = false
 # Most peers in one epoch's peer set: room for every validator there can be (100), the rest
 # for followers (non-validators with at least min_provider_stake bonded and a p2p address,
 # the most bonded first).
@@ -200,6 +203,10 @@ pub struct P2pConfig {
     pub listen: SocketAddr,
     /// Accept peers on private and loopback addresses.
     pub allow_private_ips: bool,
+    /// Accept a known peer's connection from another IP than its registered address's (peers
+    /// behind NAT, or relays); peers are still authenticated by key.
+    #[serde(default)]
+    pub any_source_ip: bool,
     /// Most peers in an epoch's peer set.
     pub peers_max: usize,
 }

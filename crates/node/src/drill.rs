@@ -44,6 +44,7 @@ pub fn gossip_raw(config_path: &Path, txs: Vec<SignedTx>, wait: Duration) -> any
             chain_id: genesis.chain_id.clone(),
             peers_max: NonZeroUsize::new(cfg.p2p.peers_max.max(2)).expect("non-zero"),
             allow_private_ips: cfg.p2p.allow_private_ips,
+            any_source_ip: cfg.p2p.any_source_ip,
             message_bytes_max: crate::gossip::MESSAGE_BYTES_MAX as u32 + 64,
             mailbox_messages: NonZeroUsize::new(64).expect("non-zero"),
         };

@@ -118,6 +118,7 @@ async fn node(
         chain_id: genesis.chain_id.clone(),
         peers_max: NonZeroUsize::new(peers_max).expect("non-zero"),
         allow_private_ips: cfg.p2p.allow_private_ips,
+        any_source_ip: cfg.p2p.any_source_ip,
         message_bytes_max: max_message,
         mailbox_messages: NonZeroUsize::new(4096).expect("non-zero"),
     };
