@@ -51,6 +51,19 @@ pub struct History {
 /// several queries instead of holding one for minutes).
 const HISTORY_BLOCKS_PER_QUERY: u64 = 100_000;
 
+/// The archived block at `height`, which must be there (it is at or below the tip).
+async fn archived<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
+    s: &ApiState<E>,
+    height: u64,
+) -> ApiResult<plexus_store::BlockRecord> {
+    s.chain
+        .blocks()
+        .by_height(height)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::internal(format!("block {height} is not archived")))
+}
+
 /// Locks the history and reads the blocks finalized since the last query.
 async fn history<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
     s: &ApiState<E>,
@@ -59,13 +72,7 @@ async fn history<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>
     let tip = s.chain.tip().0.min(history.earnings.height.saturating_add(HISTORY_BLOCKS_PER_QUERY));
     while history.earnings.height < tip {
         let h = history.earnings.height + 1;
-        let record = s
-            .chain
-            .blocks()
-            .by_height(h)
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .ok_or_else(|| ApiError::internal(format!("block {h} is not archived")))?;
+        let record = archived(s, h).await?;
         history.earnings.add_block(h, &record.results_json).map_err(ApiError::internal)?;
         history.activity.add_block(h, &record.block.txs);
     }
@@ -562,13 +569,7 @@ async fn tx<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static>(
     let Some(height) = height.filter(|h| *h <= s.chain.tip().0) else {
         return Err(ApiError::not_found(format!("transaction {hash} is not in a finalized block")));
     };
-    let record = s
-        .chain
-        .blocks()
-        .by_height(height)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .ok_or_else(|| ApiError::internal(format!("block {height} is indexed but missing")))?;
+    let record = archived(&s, height).await?;
     let index =
         record.block.txs.iter().position(|t| t.hash() == hash).ok_or_else(|| ApiError::internal("index mismatch"))?;
     let results: Option<StoredResults<'_>> = serde_json::from_slice(&record.results_json).ok();
