@@ -12,8 +12,8 @@ use commonware_consensus::{Epochable, Viewable};
 use commonware_cryptography::certificate::Scheme as _;
 use commonware_parallel::Sequential;
 use commonware_utils::ordered::{Quorum, Set};
-use plexus_execution::{EvidenceVerifier, VerifiedEvidence};
 use plexus_types::Address;
+use plexus_types::evidence::{EvidenceVerifier, VerifiedEvidence};
 
 use crate::{Digest, PublicKey, Scheme};
 

@@ -118,6 +118,23 @@ impl Default for Timeouts {
     }
 }
 
+impl Timeouts {
+    /// Consensus timing from the chain's parameters (every node derives the same).
+    pub fn from_params(params: &plexus_types::Params) -> Timeouts {
+        let ms = |v: u128| Duration::from_millis(v as u64);
+        let certification =
+            ms(params.notarization_timeout_ms).max(ms(params.leader_timeout_ms) + Duration::from_millis(1));
+        Timeouts {
+            leader: ms(params.leader_timeout_ms),
+            certification,
+            retry: ms(params.nullify_retry_ms),
+            view_retention: params.activity_timeout_views as u64,
+            skip: Some((certification + ms(params.nullify_retry_ms)).max(Duration::from_secs(5))),
+            block_interval: ms(params.block_interval_ms),
+        }
+    }
+}
+
 /// Everything [`start`] needs besides the runtime and the network.
 #[derive(Clone)]
 pub struct Config<C: Chain> {

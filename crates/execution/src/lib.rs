@@ -307,35 +307,8 @@ pub struct BlockEnv {
     pub proposer: Address,
 }
 
-/// Evidence that a validator signed conflicting consensus messages, checked by the consensus
-/// layer's own verifier. Kept behind a trait so execution does not depend on the engine.
-pub trait EvidenceVerifier: Send + Sync {
-    /// Decodes and verifies `evidence`. `validators_of(epoch)` gives that epoch's validator set
-    /// from state. Must be a pure function of its inputs.
-    fn verify(
-        &self,
-        evidence: &[u8],
-        validators_of: &dyn Fn(u64) -> Option<Vec<Address>>,
-    ) -> Result<VerifiedEvidence, String>;
-}
-
-/// What verified evidence proves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedEvidence {
-    pub offender: Address,
-    pub epoch: u64,
-    pub view: u64,
-    pub kind: &'static str,
-}
-
-/// An evidence verifier that rejects everything, for nodes and tests without consensus.
-pub struct NoEvidence;
-
-impl EvidenceVerifier for NoEvidence {
-    fn verify(&self, _: &[u8], _: &dyn Fn(u64) -> Option<Vec<Address>>) -> Result<VerifiedEvidence, String> {
-        Err("evidence verification is not available on this node".into())
-    }
-}
+// Evidence checks are the consensus layer's; execution asks through this trait.
+pub use plexus_types::evidence::{EvidenceVerifier, NoEvidence, VerifiedEvidence};
 
 /// Executes blocks and checks transactions for one chain.
 #[derive(Clone)]

@@ -22,26 +22,7 @@ use plexus_types::{Address, Amount, Hash, Height, ModelId, ModelManifest, Params
 
 use crate::ExecError;
 
-/// Read access to committed state. Implemented by the data layer (and by in-memory maps in tests).
-pub trait StateRead {
-    /// The value stored under `key`, if any. Storage failures are fatal to the node and are not
-    /// reported here: a node must not execute on state it could not read.
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>>;
-
-    /// Every record of one table, in key order (deterministic on every node). Only schema
-    /// migrations scan: blocks never do, so block work stays bounded.
-    fn scan(&self, table: u8) -> Vec<(Vec<u8>, Vec<u8>)>;
-}
-
-impl StateRead for BTreeMap<Vec<u8>, Vec<u8>> {
-    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        BTreeMap::get(self, key).cloned()
-    }
-
-    fn scan(&self, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
-        scan_table(self, table).map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-}
+pub use plexus_types::state::{ChangeSet, StateRead};
 
 /// A base table scan with writes layered on top, in key order.
 fn merge_scan(base: &dyn StateRead, writes: &ChangeSet, table: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -59,9 +40,6 @@ fn merge_scan(base: &dyn StateRead, writes: &ChangeSet, table: u8) -> Vec<(Vec<u
     }
     merged.into_iter().collect()
 }
-
-/// A set of writes: `None` deletes. Sorted, so applying it is deterministic.
-pub type ChangeSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// Uncommitted writes layered over a read-only base (which may itself be an overlay).
 pub struct Overlay<'a> {

@@ -405,7 +405,7 @@ impl Sessions {
         );
         let (hash, nonce) = self.send_tx(payload).await?;
         self.chain.wait_tx(&hash, Duration::from_secs(30)).await?;
-        let id = plexus_execution::session_id(&self.key.address(), nonce);
+        let id = plexus_types::session::session_id(&self.key.address(), nonce);
         let record = self
             .chain
             .session(&id)
@@ -473,8 +473,8 @@ impl Sessions {
         if let Some(a) = attestation {
             st.outputs_root = extend_outputs_root(&st.outputs_root, &a);
         }
-        let owed =
-            plexus_execution::price_of(&st.price, st.cum_input_tokens, st.cum_output_tokens).unwrap_or(Amount::MAX);
+        let owed = plexus_types::session::price_of(&st.price, st.cum_input_tokens, st.cum_output_tokens)
+            .unwrap_or(Amount::MAX);
         // Never more than the escrow: a receipt above it could not be settled anyway.
         let before = st.cum_amount;
         st.cum_amount = owed.min(st.deposit).max(st.cum_amount);
@@ -673,7 +673,7 @@ mod tests {
         let att = plexus_types::hash(b"attestation");
         let r2 = SignedReceipt::from_hex(&sessions.acknowledge(&s, 10, 3, Some(att)).unwrap()).unwrap();
         assert_eq!((r2.receipt.seq, r2.receipt.cum_input_tokens, r2.receipt.cum_output_tokens), (2, 1010, 503));
-        assert_eq!(r2.receipt.cum_amount, plexus_execution::price_of(&state().price, 1010, 503).unwrap());
+        assert_eq!(r2.receipt.cum_amount, plexus_types::session::price_of(&state().price, 1010, 503).unwrap());
         assert_eq!(r2.receipt.outputs_root, extend_outputs_root(&Hash::ZERO, &att));
         // Far more work than the escrow covers: the receipt stops at the deposit.
         let r3 = SignedReceipt::from_hex(&sessions.acknowledge(&s, 0, 1_000_000, None).unwrap()).unwrap();

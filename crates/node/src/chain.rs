@@ -795,7 +795,7 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
         });
         let max = self.inner.followers_max.load(Ordering::Relaxed);
         let others = crate::followers::select(candidates, &validators, store.params().min_provider_stake, max);
-        Some(EpochPeers { validators, others, timeouts: crate::run::timeouts(&store.params()) })
+        Some(EpochPeers { validators, others, timeouts: plexus_consensus::Timeouts::from_params(&store.params()) })
     }
 
     fn report_evidence(&self, evidence: Vec<u8>) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use commonware_runtime::{Metrics as _, Runner as _, Spawner as _, Supervisor as _, tokio as cw_tokio};
 use plexus_consensus::{Channels, Timeouts};
-use plexus_types::{Genesis, Params};
+use plexus_types::Genesis;
 use tracing::{error, info};
 
 use crate::api::{ApiState, NodeInfo};
@@ -27,20 +27,6 @@ pub mod channel {
     pub const BLOCKS: u64 = 4;
     pub const TXS: u64 = 5;
     pub const HELLO: u64 = 6;
-}
-
-/// Consensus timing from chain parameters.
-pub fn timeouts(params: &Params) -> Timeouts {
-    let ms = |v: u128| Duration::from_millis(v as u64);
-    let certification = ms(params.notarization_timeout_ms).max(ms(params.leader_timeout_ms) + Duration::from_millis(1));
-    Timeouts {
-        leader: ms(params.leader_timeout_ms),
-        certification,
-        retry: ms(params.nullify_retry_ms),
-        view_retention: params.activity_timeout_views as u64,
-        skip: Some((certification + ms(params.nullify_retry_ms)).max(Duration::from_secs(5))),
-        block_interval: ms(params.block_interval_ms),
-    }
 }
 
 /// Loads the genesis file of a node home.
@@ -173,7 +159,7 @@ async fn node(
         genesis: chain.genesis().clone(),
         epoch_length: std::num::NonZeroU64::new(genesis.params.epoch_length_blocks as u64).expect("validated genesis"),
         partition_prefix: "plexus-consensus".into(),
-        timeouts: timeouts(&params),
+        timeouts: Timeouts::from_params(&params),
         mailbox_size: NonZeroUsize::new(1024).expect("non-zero"),
     };
     let consensus =

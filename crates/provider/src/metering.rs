@@ -79,7 +79,7 @@ impl<C: ChainView> Provider<C> {
         if !signed.verify(&view.client, self.chain().chain_id()) {
             return Err(ServeError::Unauthorized("the receipt is not signed by the session's client".into()));
         }
-        let owed = plexus_execution::price_of(&view.price, r.cum_input_tokens, r.cum_output_tokens)
+        let owed = plexus_types::session::price_of(&view.price, r.cum_input_tokens, r.cum_output_tokens)
             .ok_or_else(|| ServeError::bad("receipt", "token counts overflow"))?;
         if r.cum_amount < owed {
             return Err(ServeError::bad(
@@ -182,7 +182,7 @@ impl<C: ChainView> Metering for ChainMetering<C> {
                  and this request could add {this} (credit is {credit}); send a newer receipt or wait for a request to finish"
             )));
         }
-        let worst = plexus_execution::price_of(
+        let worst = plexus_types::session::price_of(
             &view.price,
             entry.delivered_input + entry.reserved_input + u64::from(req.prompt_tokens),
             entry.delivered_output + entry.reserved_output + u64::from(req.max_tokens),

@@ -234,7 +234,7 @@ impl Sim {
                 genesis: chain.genesis().clone(),
                 epoch_length: std::num::NonZeroU64::new(genesis.params.epoch_length_blocks as u64).expect("non-zero"),
                 partition_prefix: format!("node{i}-consensus"),
-                timeouts: plexus_node::run::timeouts(&genesis.params),
+                timeouts: plexus_consensus::Timeouts::from_params(&genesis.params),
                 mailbox_size: NonZeroUsize::new(1024).expect("non-zero"),
             };
             let handle = plexus_consensus::start(ctx.child("consensus"), cfg, consensus_channels, manager, control);

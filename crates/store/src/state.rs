@@ -16,7 +16,7 @@ use commonware_storage::qmdb::{self, floor::Proportional};
 use commonware_storage::translator::EightCap;
 use commonware_utils::bitmap::Readable as _;
 use futures::lock::Mutex;
-use plexus_execution::{ChangeSet, StateRead};
+use plexus_types::state::{ChangeSet, StateRead};
 use plexus_types::{Hash, Height};
 
 use crate::{StoreConfig, StoreError};

@@ -12,10 +12,13 @@
 pub mod block;
 pub mod codec;
 pub mod crypto;
+pub mod evidence;
 pub mod genesis;
 pub mod model;
 pub mod params;
 pub mod receipt;
+pub mod session;
+pub mod state;
 pub mod tensor;
 pub mod tx;
 pub mod version;

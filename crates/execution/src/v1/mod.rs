@@ -15,8 +15,10 @@
 pub(crate) mod gov;
 
 use plexus_types::params::limits;
-use plexus_types::tx::{ModelPrice, Payload};
+use plexus_types::tx::Payload;
 use plexus_types::{Address, Amount, Hash, Height, Params, SignedTx, hash_parts};
+// Shared with clients and providers (they must agree with the chain to the base unit).
+pub use plexus_types::session::{max_cost, price_of, session_id};
 
 use crate::state::{
     AddressList, Bucket, EvidenceRecord, HashList, Overlay, Provider, Session, SessionStatus, Stake, StateRead, Store,
@@ -587,11 +589,6 @@ pub(crate) fn apply_payload(
     Ok(())
 }
 
-/// A session id: unique per (client, nonce) and therefore per opening transaction.
-pub fn session_id(client: &Address, nonce: u64) -> Hash {
-    hash_parts(&[b"plexus/session", client.as_bytes(), &nonce.to_be_bytes()])
-}
-
 /// The staker index holds validator candidates only (bonded at least `min_stake`), so dust
 /// stakes cannot fill it and lock real candidates out.
 fn stake(
@@ -747,15 +744,6 @@ fn close_session(
     Ok(())
 }
 
-/// The most a client can owe for these cumulative token counts at these prices per 1k tokens,
-/// rounded up to a whole base unit (a provider is never paid less than a started unit).
-pub fn max_cost(input_tokens: u64, output_tokens: u64, input_per_1k: Amount, output_per_1k: Amount) -> Option<Amount> {
-    let numerator = (input_tokens as u128)
-        .checked_mul(input_per_1k)?
-        .checked_add((output_tokens as u128).checked_mul(output_per_1k)?)?;
-    Some(numerator.div_ceil(1000))
-}
-
 /// Settles one receipt: verifies it supersedes what was settled and pays the difference.
 fn settle(
     store: &mut Store<'_, '_>,
@@ -809,9 +797,4 @@ fn settle(
         fee,
     });
     Ok(())
-}
-
-/// Prices are per 1k tokens; kept here so the gateway and the chain agree on rounding.
-pub fn price_of(price: &ModelPrice, input_tokens: u64, output_tokens: u64) -> Option<Amount> {
-    max_cost(input_tokens, output_tokens, price.input_per_1k, price.output_per_1k)
 }
