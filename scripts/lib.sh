@@ -10,6 +10,17 @@ set -euo pipefail
 PLEXUS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PLEXUS_CACHE="${PLEXUS_CACHE:-$HOME/.cache/plexus}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PLEXUS_CACHE/target}"
+# Incremental compilation data grew the shared build cache by ~30 GB over a few weeks of edits and
+# filled this disk; scripts rebuild from whole crates instead.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+# Test and binary builds of older commits stay in the cache: drop the large ones not touched for
+# three days (cargo relinks anything it still needs).
+prune_build_cache() {
+    [ -d "$CARGO_TARGET_DIR/debug/deps" ] || return 0
+    find "$CARGO_TARGET_DIR/debug/deps" "$CARGO_TARGET_DIR/release/deps" -maxdepth 1 -type f -size +20M -mtime +3 -delete 2>/dev/null || true
+    rm -rf "$CARGO_TARGET_DIR/debug/incremental" "$CARGO_TARGET_DIR/release/incremental"
+}
 export PLEXUS_MODELS="${PLEXUS_MODELS:-$PLEXUS_CACHE/models}"
 PLEXUS_VENV="${PLEXUS_VENV:-$PLEXUS_CACHE/venv}"
 

@@ -10,6 +10,7 @@
 pub mod activity;
 pub mod api;
 pub mod chain;
+#[cfg(feature = "provider")]
 pub mod committee;
 pub mod config;
 pub mod console;
@@ -21,6 +22,7 @@ pub mod index;
 pub mod keyfile;
 pub mod mempool;
 pub mod metrics;
+#[cfg(feature = "provider")]
 pub mod provider;
 pub mod run;
 pub mod upgrade;

@@ -38,6 +38,12 @@ pub fn load_genesis(path: &Path) -> anyhow::Result<Genesis> {
 /// Runs the node described by `config_path` until it is told to stop.
 pub fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = NodeConfig::load(config_path)?;
+    if cfg.provider.enabled && !cfg!(feature = "provider") {
+        anyhow::bail!(
+            "{}: [provider] enabled = true, but this node was built without the provider role (the `provider` feature)",
+            config_path.display()
+        );
+    }
     let home = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let key = crate::keyfile::load(&home.join(&cfg.key))?;
     let genesis = load_genesis(&home.join(&cfg.genesis))?;
@@ -68,7 +74,8 @@ async fn node(
     cfg: NodeConfig,
     key: plexus_types::PrivateKey,
     genesis: Genesis,
-    data_dir: std::path::PathBuf,
+    // The provider's ledger lives there (a build without the provider role has no use for it).
+    #[cfg_attr(not(feature = "provider"), allow(unused_variables))] data_dir: std::path::PathBuf,
 ) -> anyhow::Result<()> {
     let metrics = NodeMetrics::new(&context.child("plexus"));
     let evidence = Arc::new(plexus_consensus::evidence::Verifier::new(&genesis.chain_id));
@@ -186,8 +193,8 @@ async fn node(
         .await
         .with_context(|| format!("cannot listen for the API on {}", cfg.api.listen))?;
     let api = if cfg.api.tls {
-        let tls = plexus_serve::tls::server_config(&key).map_err(anyhow::Error::msg)?;
-        let listener = plexus_serve::tls::TlsListener::new(listener, tls)?;
+        let tls = plexus_tls::server_config(&key).map_err(anyhow::Error::msg)?;
+        let listener = plexus_tls::TlsListener::new(listener, tls)?;
         info!(api = %format!("https://{}@{}", key.address(), cfg.api.listen), "chain API listening over TLS");
         tokio::spawn(async move { axum::serve(listener, router).await })
     } else {
@@ -197,6 +204,7 @@ async fn node(
 
     tokio::spawn(crate::upgrade::signal_loop(chain.clone()));
 
+    #[cfg(feature = "provider")]
     if cfg.provider.enabled {
         let provider_cfg = cfg.provider.clone();
         let engines = tokio::task::spawn_blocking(move || crate::provider::load_engines(&provider_cfg))

@@ -23,7 +23,8 @@ mod metering;
 mod metrics;
 pub mod openai;
 pub mod stream;
-pub mod tls;
+/// Key-bound TLS (its own crate, so a chain-only node has it without the inference engines).
+pub use plexus_tls as tls;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;

@@ -193,7 +193,7 @@ impl TlsListener {
                 let (stream, peer) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::debug!(target: "serve::tls", "accept: {e}");
+                        tracing::debug!(target: "tls", "accept: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -206,8 +206,8 @@ impl TlsListener {
                         Ok(Ok(tls)) => {
                             let _ = handed.send((tls, peer)).await;
                         }
-                        Ok(Err(e)) => tracing::debug!(target: "serve::tls", %peer, "TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!(target: "serve::tls", %peer, "TLS handshake timed out"),
+                        Ok(Err(e)) => tracing::debug!(target: "tls", %peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(target: "tls", %peer, "TLS handshake timed out"),
                     }
                 });
                 if tx.is_closed() {
