@@ -86,26 +86,25 @@ ensure_system_packages() {
         return
     fi
     say "installing system packages: ${missing[*]}"
+    apt_install "${missing[@]}"
+}
+
+# Installs Debian packages, as root or through sudo.
+apt_install() {
     local sudo=""
     if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+        command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install: $*" >&2; exit 1; }
         sudo="sudo"
     fi
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 # What only the tests need: a headless browser for the console test (Debian's chromium).
 ensure_test_packages() {
     command -v chromium >/dev/null 2>&1 && return
     say "installing chromium (the console test renders the node's web console headless)"
-    local sudo=""
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || { echo "need root (or sudo) to install chromium" >&2; exit 1; }
-        sudo="sudo"
-    fi
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt_install chromium
 }
 
 # The tests' API checker (schemathesis), in the environment `ensure_python` made.
