@@ -45,6 +45,9 @@ pub struct Args {
     /// Most unfinalized transfers per account (the mempool holds 256 per sender).
     #[arg(long, default_value_t = 200)]
     window: u64,
+    /// The network version the devnet starts at (2: blocks travel compressed).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=2))]
+    network_version: u16,
     /// Write the results to this file's "## Chain" section.
     #[arg(long)]
     docs: Option<PathBuf>,
@@ -94,6 +97,7 @@ fn start_devnet(args: &Args) -> anyhow::Result<(Devnet, Value)> {
     let base = free_port_block(10 * args.validators + 10)?;
     let mut child = Command::new(&args.plexus)
         .args(["devnet", "up", "--chain-only", "--validators", &args.validators.to_string()])
+        .args(["--network-version", &args.network_version.to_string()])
         .args(["--base-port", &base.to_string(), "--home"])
         .arg(&home)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -247,6 +251,44 @@ struct Results {
     window_s: f64,
     submitted: u64,
     refused: usize,
+    /// What the validators sent for blocks during the load phase, summed over validators.
+    load_traffic: Traffic,
+    /// Blocks finalized during the load phase.
+    load_blocks_n: usize,
+    validators: u16,
+}
+
+/// Block bytes the validators sent, summed over them (their `/metrics`).
+#[derive(Clone, Copy, Default)]
+struct Traffic {
+    payload: f64,
+    wire: f64,
+}
+
+impl std::ops::Sub for Traffic {
+    type Output = Traffic;
+    fn sub(self, o: Traffic) -> Traffic {
+        Traffic { payload: self.payload - o.payload, wire: self.wire - o.wire }
+    }
+}
+
+/// Sums every validator's block traffic counters.
+async fn traffic(http: &reqwest::Client, apis: &[String]) -> anyhow::Result<Traffic> {
+    let mut t = Traffic::default();
+    for api in apis {
+        let text = http.get(format!("{api}/metrics")).send().await?.text().await?;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else { continue };
+            let name = name.split('{').next().unwrap_or(name);
+            let value: f64 = value.parse().unwrap_or(0.0);
+            if name.ends_with("block_payload_bytes_total") {
+                t.payload += value;
+            } else if name.ends_with("block_wire_bytes_total") {
+                t.wire += value;
+            }
+        }
+    }
+    Ok(t)
 }
 
 async fn measure(args: &Args, info: &Value) -> anyhow::Result<Results> {
@@ -321,6 +363,7 @@ async fn measure(args: &Args, info: &Value) -> anyhow::Result<Results> {
     for k in &keys {
         next.push(chain.nonce(&k.address()).await?);
     }
+    let traffic_before = traffic(&chain.http, &apis).await?;
     let load_start = Instant::now();
     let blocks_at_load = observed.lock().expect("observed").blocks.len();
     let (mut submitted, mut refused) = (0u64, 0usize);
@@ -351,6 +394,7 @@ async fn measure(args: &Args, info: &Value) -> anyhow::Result<Results> {
     }
     let load_end = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let load_traffic = traffic(&chain.http, &apis).await? - traffic_before;
     follower.abort();
 
     let o = observed.lock().expect("observed");
@@ -371,6 +415,9 @@ async fn measure(args: &Args, info: &Value) -> anyhow::Result<Results> {
         window_s,
         submitted,
         refused,
+        load_traffic,
+        load_blocks_n: o.blocks.len() - blocks_at_load,
+        validators: args.validators,
     })
 }
 
@@ -419,7 +466,8 @@ impl Results {
              | sustained finalized transfers | {tps:.0} tx/s | >= 10,000 tx/s: {g2} |\n\
              | largest block in the steady window | {peak} txs | |\n\
              | blocks per second, idle | {bps:.1} | >= 1 |\n\
-             | transfers submitted / refused by the API | {sub} / {refused} | |\n",
+             | transfers submitted / refused by the API | {sub} / {refused} | |\n\
+             | block bytes each validator sent per finalized block under load, network v{nv} | {bpb:.0} on the wire ({ppb:.0} before framing) | |\n",
             v = args.validators,
             a = args.accounts,
             s = args.seconds,
@@ -444,6 +492,67 @@ impl Results {
             bps = self.idle_blocks_per_s,
             sub = self.submitted,
             refused = self.refused,
+            nv = args.network_version,
+            bpb = self.per_validator_block().1,
+            ppb = self.per_validator_block().0,
         )
     }
+
+    /// Block bytes each validator sent per finalized block during the load phase: before
+    /// framing, and on the wire.
+    fn per_validator_block(&self) -> (f64, f64) {
+        let per = |bytes: f64| bytes / self.validators as f64 / self.load_blocks_n.max(1) as f64;
+        (per(self.load_traffic.payload), per(self.load_traffic.wire))
+    }
+}
+
+/// Network v1 against v2: the same load on two fresh devnets, one per version; block bytes
+/// each validator sends per finalized block, and finality, side by side.
+pub fn run_network(mut args: Args) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for version in [1, 2] {
+        args.network_version = version;
+        eprintln!("network v{version}: starting a {}-validator devnet…", args.validators);
+        let (devnet, info) = start_devnet(&args)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let result = rt.block_on(measure(&args, &info));
+        drop(devnet);
+        runs.push((version, result?));
+    }
+    let q = |v: &[f64], p: f64| report::quantile(v, p);
+    let mut body = format!(
+        "`bench/network/run.sh` (`plexus-bench network --validators {v} --accounts {a} --seconds {s}`): the\n\
+         load of the Chain benchmark (every account keeping {w} transfers in flight) on two fresh\n\
+         {v}-validator devnets on loopback, one started at network v1 (blocks sent as consensus encodes\n\
+         them) and one at v2 (blocks sent as zstd frames). Bytes are what the validators' block senders\n\
+         counted (`block_payload_bytes`, `block_wire_bytes` on `/metrics`), summed over validators and\n\
+         divided by validators and by the blocks finalized in the same window; votes, certificates and\n\
+         transaction gossip are not included. v1 is the anchor, measured in the same run.\n\n\
+         Machine: {machine}. Commit {commit}.\n\n\
+         | network | blocks | block bytes / validator / block (before framing) | on the wire | saved | finality p50 / p99 under load | transfers/s |\n\
+         |---|---|---|---|---|---|---|\n",
+        v = args.validators,
+        a = args.accounts,
+        s = args.seconds,
+        w = args.window,
+        machine = report::machine(),
+        commit = report::commit(),
+    );
+    for (version, r) in &runs {
+        let (payload, wire) = r.per_validator_block();
+        let saved = if payload > 0.0 { 100.0 * (1.0 - wire / payload) } else { 0.0 };
+        body.push_str(&format!(
+            "| v{version} | {n} | {payload:.0} | {wire:.0} | {saved:.1}% | {p50:.0} / {p99:.0} ms | {tps:.0} |\n",
+            n = r.load_blocks_n,
+            p50 = q(&r.load_block_ms, 0.5),
+            p99 = q(&r.load_block_ms, 0.99),
+            tps = r.sustained_tx_s,
+        ));
+    }
+    println!("{body}");
+    if let Some(docs) = &args.docs {
+        report::write_section(docs, "Network versions", &body)?;
+        eprintln!("wrote the \"Network versions\" section of {}", docs.display());
+    }
+    Ok(())
 }

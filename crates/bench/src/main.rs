@@ -2,7 +2,8 @@
 //! with the command and the machine, to `docs/benchmarks.md`.
 //!
 //! `plexus-bench chain` starts a devnet on loopback and measures finality latency (idle and
-//! under load) and sustained transfer throughput. `plexus-bench paid` measures what paying per
+//! under load) and sustained transfer throughput; `plexus-bench network` runs the same load on network
+//! v1 and v2 and compares the block bytes each validator sends. `plexus-bench paid` measures what paying per
 //! token costs: the gateway and receipts against the provider and the engine alone, metered
 //! requests per second, and chain bytes per settled session. Nothing here is asserted: a benchmark
 //! reports numbers, it does not pass or fail.
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Finality latency and transfer throughput of a local devnet.
     Chain(chain::Args),
+    /// Block bytes each validator sends per block, network v1 against v2, under the same load.
+    Network(chain::Args),
     /// Protocol overhead of paid inference, metered requests per second, chain bytes per session.
     Paid(paid::Args),
     /// Audits: false challenges among honest providers, detection of a substitute model, cost.
@@ -37,6 +40,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Chain(args) => chain::run(args),
+        Command::Network(args) => chain::run_network(args),
         Command::Paid(args) => paid::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Edge(args) => edge::run(args),

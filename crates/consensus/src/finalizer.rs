@@ -38,7 +38,10 @@ use crate::evidence;
 use crate::{Chain, Config, Digest, EpochPeers, EpochSchemes, PublicKey, Scheme};
 
 /// The p2p channels consensus runs on, each an authenticated (sender, receiver) pair.
-pub struct Channels<S, R> {
+///
+/// Blocks may travel on a sender/receiver of their own type: the network frames them by its
+/// version (`plexus_network::blocks`).
+pub struct Channels<S, R, BS = S, BR = R> {
     /// Votes (notarize, nullify, finalize), multiplexed by epoch.
     pub votes: (S, R),
     /// Certificates, multiplexed by epoch.
@@ -48,7 +51,7 @@ pub struct Channels<S, R> {
     /// Backfill of finalized blocks and certificates.
     pub backfill: (S, R),
     /// Broadcast of proposed blocks.
-    pub blocks: (S, R),
+    pub blocks: (BS, BR),
 }
 
 /// Views of notarized/verified blocks marshal keeps behind the processed round.
@@ -57,10 +60,10 @@ const MARSHAL_VIEW_RETENTION: u64 = 16;
 type Wrapper<E, C> = Deferred<E, Scheme, Adapter<C>, ConsensusBlock, FixedEpocher>;
 
 /// Starts consensus on `context`. Returns when the node stops (the handle of the whole tree).
-pub fn start<E, C, S, R, M, B>(
+pub fn start<E, C, S, R, BS, BR, M, B>(
     context: E,
     cfg: Config<C>,
-    channels: Channels<S, R>,
+    channels: Channels<S, R, BS, BR>,
     manager: M,
     blocker: B,
 ) -> Handle<()>
@@ -69,18 +72,27 @@ where
     C: Chain,
     S: Sender<PublicKey = PublicKey>,
     R: Receiver<PublicKey = PublicKey>,
+    BS: Sender<PublicKey = PublicKey>,
+    BR: Receiver<PublicKey = PublicKey>,
     M: AddressableManager<PublicKey = PublicKey> + Clone + Send + 'static,
     B: Blocker<PublicKey = PublicKey> + Clone + Send + 'static,
 {
     context.child("consensus").spawn(move |context| async move { run(context, cfg, channels, manager, blocker).await })
 }
 
-async fn run<E, C, S, R, M, B>(context: E, cfg: Config<C>, channels: Channels<S, R>, mut manager: M, blocker: B)
-where
+async fn run<E, C, S, R, BS, BR, M, B>(
+    context: E,
+    cfg: Config<C>,
+    channels: Channels<S, R, BS, BR>,
+    mut manager: M,
+    blocker: B,
+) where
     E: Spawner + Clock + Metrics + Storage + rand::CryptoRng + rand::Rng + Send + 'static,
     C: Chain,
     S: Sender<PublicKey = PublicKey>,
     R: Receiver<PublicKey = PublicKey>,
+    BS: Sender<PublicKey = PublicKey>,
+    BR: Receiver<PublicKey = PublicKey>,
     M: AddressableManager<PublicKey = PublicKey> + Clone + Send + 'static,
     B: Blocker<PublicKey = PublicKey> + Clone + Send + 'static,
 {

@@ -1,5 +1,5 @@
 //! `plexus-fuzz`: throws mutated bytes at every decoder that reads from outside (transactions,
-//! blocks, receipts, attestations, gossip batches, version announcements, consensus evidence,
+//! blocks, v2 block frames, receipts, attestations, gossip batches, version announcements, consensus evidence,
 //! node config, genesis files) and at transaction admission, for a given time, and reports the
 //! executions and any panic. A panic reachable from outside input is a remote crash.
 //!
@@ -32,7 +32,7 @@ const CHAIN: &str = "plexus-fuzz";
 #[derive(Parser)]
 #[command(about = "Fuzz Plexus's decoders and transaction admission with mutated inputs")]
 struct Args {
-    /// Targets to run (default: all). One of: tx, block, receipt, attestation, gossip, hello,
+    /// Targets to run (default: all). One of: tx, block, block_frame, receipt, attestation, gossip, hello,
     /// evidence, config, genesis, admission.
     targets: Vec<String>,
     /// Seconds per target.
@@ -373,6 +373,18 @@ fn targets() -> Vec<Target> {
                 if let Ok(block) = Block::decode(b) {
                     let _ = block.txs_root_matches();
                     let _ = block.hash();
+                }
+            }),
+        },
+        Target {
+            name: "block_frame",
+            corpus: vec![plexus_network::blocks::encode(&enc(&block)), plexus_network::blocks::encode(&[7; 300])],
+            run: Box::new(|b| {
+                // Whatever decodes stays within the bound and is then a block to decode.
+                const MAX: usize = 1 << 16;
+                if let Ok(bytes) = plexus_network::blocks::decode(b, MAX) {
+                    assert!(bytes.len() <= MAX, "a frame decoded to more than the bound");
+                    let _ = Block::decode(&bytes[..]);
                 }
             }),
         },

@@ -8,11 +8,13 @@
 //! node of one chain can never talk to a node of another.
 //!
 //! [`hello`] negotiates the network protocol version with each peer and keeps out peers that
-//! cannot speak the chain's active version.
+//! cannot speak the chain's active version; [`blocks`] sends proposed blocks as that version
+//! frames them (v2: compressed).
 //!
 //! This crate does not decide who the peers are (the chain's staking state does), does not
 //! interpret messages (consensus and gossip do), and does not discover peers on its own.
 
+pub mod blocks;
 pub mod hello;
 
 use std::net::SocketAddr;

@@ -22,7 +22,7 @@ use plexus_types::tx::Payload;
 use plexus_types::{Address, Block, Hash, Header, Height, Params, PrivateKey, SignedTx, Transaction, VersionVector};
 use serde::Serialize;
 use tokio::sync::broadcast;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::mempool::{Inserted, Mempool, MempoolConfig, MempoolError};
 use crate::metrics::NodeMetrics;
@@ -119,6 +119,8 @@ struct Inner<E: Storage + Clock + Metrics + Spawner> {
     followers_max: std::sync::atomic::AtomicUsize,
     now_ms: Box<dyn Fn() -> u64 + Send + Sync>,
     metrics: NodeMetrics,
+    /// Set, with the reason, when the chain activated a version this binary cannot run.
+    halt: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
@@ -213,8 +215,38 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
                 followers_max: std::sync::atomic::AtomicUsize::new(crate::followers::FOLLOWERS_MAX_DEFAULT),
                 now_ms,
                 metrics,
+                halt: tokio::sync::watch::Sender::new(None),
             }),
         })
+    }
+
+    /// Resolves, with the reason, once the chain has activated a version of some layer that
+    /// this binary cannot run: the node must stop (and be replaced by a newer binary) rather
+    /// than go on computing something else than its peers.
+    pub async fn halted(&self) -> String {
+        let mut rx = self.inner.halt.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The sender lives as long as `self`.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Why this binary cannot follow the committed state's active versions, if it cannot.
+    fn cannot_follow(&self, height: Height) -> Option<String> {
+        let versions = self.read(|s| s.versions());
+        let supported = crate::supported_versions();
+        let layer = plexus_types::Layer::ALL.into_iter().find(|&l| !supported.get(l).contains(versions.get(l)))?;
+        let range = supported.get(layer);
+        Some(format!(
+            "the chain activated {} version {} at height {height}; this binary runs {} versions {} to {}: \
+             stopping before the next block; install a newer plexus binary and start the node again",
+            layer.name(),
+            versions.get(layer),
+            layer.name(),
+            range.min,
+            range.max,
+        ))
     }
 
     pub fn genesis(&self) -> &Block {
@@ -629,6 +661,12 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         m.blocks_finalized.inc();
         let _ = self.inner.finalized_tx.send(finalized);
         debug!(height, %hash, txs = block.txs.len(), "finalized");
+        if let Some(reason) = self.cannot_follow(height) {
+            error!("{reason}");
+            self.inner.halt.send_replace(Some(reason));
+            // Apply nothing more: the node stops (see `halted`) with this block committed.
+            std::future::pending::<()>().await;
+        }
     }
 }
 

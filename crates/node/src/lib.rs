@@ -44,18 +44,27 @@ pub const SUPPORTED_VERSIONS: SupportedVersions = SupportedVersions {
         min: *plexus_execution::SUPPORTED_EXECUTION_VERSIONS.start(),
         max: *plexus_execution::SUPPORTED_EXECUTION_VERSIONS.end(),
     },
-    network: VersionRange { min: 1, max: 1 },
+    network: VersionRange { min: 1, max: plexus_network::blocks::V2 },
 };
 
 /// Environment variable capping the highest execution version this node will run and signal,
 /// so one binary can stand in for an older one (rolling-upgrade tests and rehearsals).
 pub const EXECUTION_VERSION_MAX_ENV: &str = "PLEXUS_EXECUTION_VERSION_MAX";
 
-/// [`SUPPORTED_VERSIONS`], capped by [`EXECUTION_VERSION_MAX_ENV`] when it is set.
+/// Environment variable capping the highest network version this node will speak and signal,
+/// as [`EXECUTION_VERSION_MAX_ENV`] does for execution.
+pub const NETWORK_VERSION_MAX_ENV: &str = "PLEXUS_NETWORK_VERSION_MAX";
+
+/// [`SUPPORTED_VERSIONS`], capped by [`EXECUTION_VERSION_MAX_ENV`] and
+/// [`NETWORK_VERSION_MAX_ENV`] when they are set.
 pub fn supported_versions() -> SupportedVersions {
     let mut v = SUPPORTED_VERSIONS;
-    if let Some(cap) = std::env::var(EXECUTION_VERSION_MAX_ENV).ok().and_then(|s| s.trim().parse::<u16>().ok()) {
+    let cap = |name: &str| std::env::var(name).ok().and_then(|s| s.trim().parse::<u16>().ok());
+    if let Some(cap) = cap(EXECUTION_VERSION_MAX_ENV) {
         v.execution.max = v.execution.max.min(cap).max(v.execution.min);
+    }
+    if let Some(cap) = cap(NETWORK_VERSION_MAX_ENV) {
+        v.network.max = v.network.max.min(cap).max(v.network.min);
     }
     v
 }

@@ -27,6 +27,8 @@ pub mod channel {
     pub const BLOCKS: u64 = 4;
     pub const TXS: u64 = 5;
     pub const HELLO: u64 = 6;
+    /// Blocks as network v2 frames them (compressed).
+    pub const BLOCKS_V2: u64 = 7;
 }
 
 /// Loads the genesis file of a node home.
@@ -134,14 +136,26 @@ async fn node(
             channel(channel::BLOCKS, 256),
             channel(channel::TXS, 1024),
             channel(channel::HELLO, 4),
+            channel(channel::BLOCKS_V2, 256),
         ],
     );
     let mut channels = channels.into_iter();
     let mut next = || channels.next().expect("one pair per registered channel");
-    let consensus_channels =
-        Channels { votes: next(), certificates: next(), resolver: next(), backfill: next(), blocks: next() };
+    let (votes, certificates, resolver, backfill, blocks_v1) = (next(), next(), next(), next(), next());
     let txs = next();
     let hello = next();
+    let blocks_v2 = next();
+    // Blocks go out framed by the chain's active network version; both versions are taken in.
+    let traffic = plexus_network::blocks::Traffic::new(&context.child("p2p"));
+    let active_network = {
+        let chain = chain.clone();
+        move || chain.read(|s| s.versions().network)
+    };
+    let blocks = (
+        plexus_network::blocks::BlockSender::new(blocks_v1.0, blocks_v2.0, active_network, traffic.clone()),
+        plexus_network::blocks::BlockReceiver::new(blocks_v1.1, blocks_v2.1, max_message as usize, &traffic),
+    );
+    let consensus_channels = Channels { votes, certificates, resolver, backfill, blocks };
 
     let peer_versions = plexus_network::hello::PeerVersions::default();
     {
@@ -220,15 +234,20 @@ async fn node(
         .await?;
     }
 
+    let mut halted = None;
     let reason = tokio::select! {
         _ = shutdown_signal() => "signal",
         r = consensus => { error!("consensus stopped: {r:?}"); "consensus stopped" },
         r = api => { error!("API server stopped: {r:?}"); "API stopped" },
+        why = chain.halted() => { halted = Some(why); "this binary cannot run the chain's active versions" },
     };
     info!(reason, "stopping node");
     // Everything durable was synced when written; stopping aborts the remaining tasks.
     let _ = context.stop(0, Some(Duration::from_secs(5))).await;
-    Ok(())
+    match halted {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

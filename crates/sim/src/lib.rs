@@ -26,8 +26,9 @@ use rand::RngExt as _;
 /// The chain id of simulated networks.
 pub const CHAIN_ID: &str = "plexus-sim";
 
-/// Channel ids, as in production.
-const CHANNELS: [u64; 6] = [0, 1, 2, 3, 4, 5];
+/// Channel ids, as in production (votes, certificates, resolver, backfill, blocks, transactions,
+/// blocks as network v2 frames them; the version announcements of production are not run).
+const CHANNELS: [u64; 7] = [0, 1, 2, 3, 4, 5, 7];
 
 /// A simulated validator.
 pub struct SimNode {
@@ -191,24 +192,20 @@ impl Sim {
             channels.push(control.register(c, quota).await.expect("register channel"));
         }
         let mut channels = channels.into_iter();
-        let mut next = || channels.next().expect("six channels");
-        let consensus_channels = plexus_consensus::Channels {
-            votes: next(),
-            certificates: next(),
-            resolver: next(),
-            backfill: next(),
-            blocks: next(),
-        };
+        let mut next = || channels.next().expect("seven channels");
+        let (votes, certificates, resolver, backfill, blocks_v1) = (next(), next(), next(), next(), next());
         let txs = next();
+        let blocks_v2 = next();
         let genesis = self.genesis.clone();
         let key = node.key.clone();
         let slot = node.chain.clone();
         let manager = self.oracle.socket_manager();
         let byzantine = node.byzantine;
+        let max_message = plexus_consensus::max_message_size(self.genesis.validators.len() as u32) as usize;
         let ctx = context.child("node").with_attribute("index", i);
         let handle = ctx.spawn(move |ctx| async move {
             if byzantine {
-                run_byzantine(ctx, key, &genesis, consensus_channels.votes).await;
+                run_byzantine(ctx, key, &genesis, votes).await;
                 return;
             }
             let metrics = plexus_node::metrics::NodeMetrics::new(&ctx.child("plexus"));
@@ -227,6 +224,17 @@ impl Sim {
             let gossip = plexus_node::gossip::start(&ctx, chain.clone(), txs);
             chain.set_gossip(gossip);
             *slot.lock().expect("slot") = Some(chain.clone());
+            // Blocks framed by the active network version, as production sends them.
+            let traffic = plexus_network::blocks::Traffic::new(&ctx.child("blocks"));
+            let active = {
+                let chain = chain.clone();
+                move || chain.read(|s| s.versions().network)
+            };
+            let blocks = (
+                plexus_network::blocks::BlockSender::new(blocks_v1.0, blocks_v2.0, active, traffic.clone()),
+                plexus_network::blocks::BlockReceiver::new(blocks_v1.1, blocks_v2.1, max_message, &traffic),
+            );
+            let consensus_channels = plexus_consensus::Channels { votes, certificates, resolver, backfill, blocks };
             let cfg = plexus_consensus::Config {
                 chain: chain.clone(),
                 signer: key.0.clone(),

@@ -73,6 +73,10 @@ uses BASE+10N.")]
         /// verified inference with challenges and slashing; lower ones to rehearse the upgrades).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=5))]
         execution_version: u16,
+        /// The network version the chain starts at (2: proposed blocks travel compressed; 1 to
+        /// rehearse voting v2 in, or to compare).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=2))]
+        network_version: u16,
         /// Share of paid generations the devnet's gateway re-runs to check them (0 to 1).
         #[arg(long, default_value_t = plexus_gateway::audit::AUDIT_RATE_DEFAULT)]
         audit_rate: f64,
@@ -143,6 +147,7 @@ struct Options {
     claim_interval: u64,
     credit_tokens: u64,
     execution_version: u16,
+    network_version: u16,
     audit_rate: f64,
 }
 
@@ -161,6 +166,7 @@ pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
             claim_interval,
             credit_tokens,
             execution_version,
+            network_version,
             audit_rate,
         } => {
             if host.is_unspecified() {
@@ -180,6 +186,7 @@ pub fn run(cmd: DevnetCmd) -> anyhow::Result<()> {
                 claim_interval,
                 credit_tokens,
                 execution_version,
+                network_version,
                 audit_rate,
             };
             up(&home, &options, reset, Duration::from_secs(startup_timeout))
@@ -325,8 +332,11 @@ fn create(home: &Path, options: &Options) -> anyhow::Result<DevnetInfo> {
     keyfile::save(&client_dir.join("key.json"), &client)?;
     accounts.push(GenesisAccount { address: client.address(), balance });
 
-    let versions =
-        plexus_types::VersionVector { execution: options.execution_version, ..plexus_types::VersionVector::V1 };
+    let versions = plexus_types::VersionVector {
+        execution: options.execution_version,
+        network: options.network_version,
+        ..plexus_types::VersionVector::V1
+    };
     let genesis = Genesis { chain_id: chain_id.clone(), accounts, validators: genesis_validators, params, versions };
     genesis.validate()?;
     for node in &nodes {

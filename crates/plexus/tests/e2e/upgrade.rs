@@ -65,7 +65,7 @@ fn vote_all(nodes: &[Value], api: &str, proposal: u64) {
     }
 }
 
-fn propose_upgrade(api: &str, key: &str, version: u16) -> u64 {
+fn propose_upgrade(api: &str, key: &str, layer: &str, version: u16) -> u64 {
     let r = cli(&[
         "gov",
         "propose",
@@ -75,7 +75,7 @@ fn propose_upgrade(api: &str, key: &str, version: u16) -> u64 {
         "--key",
         key,
         "--layer",
-        "execution",
+        layer,
         "--to-version",
         &version.to_string(),
     ]);
@@ -152,7 +152,7 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
 
     // Token holders approve execution v5; nobody's binary can run it yet, so it waits.
     let key0 = nodes[0]["key_file"].as_str().unwrap().to_string();
-    let p = propose_upgrade(&api, &key0, 5);
+    let p = propose_upgrade(&api, &key0, "execution", 5);
     vote_all(&nodes, &api, p);
     let passed = wait_for("the proposal to pass", Duration::from_secs(120), || {
         let v = get(&format!("{api}/chain/v1/proposals/{p}"))?;
@@ -195,7 +195,7 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     // The faulty v6: it passes its shadow runs (its bug only shows once active), so nodes signal
     // ready and it activates; its first block with transactions breaks conservation, and every
     // node falls back to v5 on its own.
-    let p = propose_upgrade(&api, &key0, 6);
+    let p = propose_upgrade(&api, &key0, "execution", 6);
     vote_all(&nodes, &api, p);
     wait_for("v6 to be rolled back", Duration::from_secs(240), || {
         let u = upgrades(&api);
@@ -234,4 +234,146 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     // The gateway closes its sessions while the (restarted) nodes still run.
     drop(devnet);
     drop(restarted);
+}
+
+/// The sum of a node's metrics whose name ends with `suffix` (every label set).
+fn metric(api: &str, suffix: &str) -> u64 {
+    let text = http().get(format!("{api}/metrics")).send().unwrap().text().unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            let name = name.split('{').next()?;
+            name.ends_with(suffix).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum::<f64>() as u64
+}
+
+fn network_version(api: &str) -> Option<u64> {
+    get(&format!("{api}/chain/v1/status"))?["versions"]["network"].as_u64()
+}
+
+/// Network v2 (compressed block dissemination) as operators would roll it out: a chain that
+/// starts on network v1, where one validator still runs a binary that speaks only v1. Token
+/// holders vote v2 in; three quarters of the stake signal support, which is enough, so it
+/// activates at its height on every other node; blocks then travel as v2 frames, and the node
+/// that cannot speak v2 stops by itself with a message that says what to do, instead of going
+/// on beside the others. The chain goes on, transfers finalize, and the nodes agree on state.
+#[test]
+fn network_v2_is_voted_in_and_a_node_that_cannot_speak_it_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("devnet");
+    let (_devnet, info) = start_devnet(&home, 4, &["--chain-only", "--epoch-length", "20", "--network-version", "1"]);
+    let nodes: Vec<Value> = info["nodes"].as_array().unwrap().clone();
+    let apis: Vec<String> = nodes.iter().map(|n| n["api"].as_str().unwrap().to_string()).collect();
+    let api = apis[0].clone();
+    assert_eq!(network_version(&api), Some(1));
+
+    // node-3 becomes an old binary: it speaks network v1 only (and signals so).
+    let old = &nodes[3];
+    // SAFETY: signalling a node process of this test's devnet.
+    unsafe { libc::kill(old["pid"].as_u64().unwrap() as libc::pid_t, libc::SIGTERM) };
+    wait_for("node-3 to stop", Duration::from_secs(30), || height(&apis[3]).is_none().then_some(()));
+    let old_home = old["home"].as_str().unwrap();
+    let log_path = Path::new(old_home).join("node.log");
+    let log = std::fs::OpenOptions::new().append(true).open(&log_path).unwrap();
+    let mut old_node = Guard(
+        plexus()
+            .args(["node", "run", "--home", old_home])
+            .env(plexus_node::NETWORK_VERSION_MAX_ENV, "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let tip = height(&api).unwrap();
+    wait_for("node-3 to catch up", Duration::from_secs(60), || (height(&apis[3])? >= tip).then_some(()));
+    let old_address = old["address"].as_str().unwrap().to_string();
+    wait_for("node-3 to signal that it speaks network v1 only", Duration::from_secs(60), || {
+        let s = get(&format!("{api}/chain/v1/signals"))?;
+        let mine = s["signals"].as_array()?.iter().find(|s| s["staker"] == old_address.as_str())?.clone();
+        (mine["signal"]["versions"]["network"]["max"] == 1).then_some(())
+    });
+    // Under v1 blocks go out as consensus encodes them.
+    let (payload_v1, wire_v1) = (metric(&api, "block_payload_bytes_total"), metric(&api, "block_wire_bytes_total"));
+    assert_eq!(payload_v1, wire_v1);
+
+    let key0 = nodes[0]["key_file"].as_str().unwrap().to_string();
+    let p = propose_upgrade(&api, &key0, "network", 2);
+    vote_all(&nodes, &api, p);
+    let passed = wait_for("the proposal to pass", Duration::from_secs(120), || {
+        let v = get(&format!("{api}/chain/v1/proposals/{p}"))?;
+        (v["status"] != "voting").then_some(v)
+    });
+    assert_eq!(passed["status"], "passed", "{passed}");
+    wait_for("network v2 to activate", Duration::from_secs(180), || (network_version(&api)? == 2).then_some(()));
+    let u = upgrades(&api);
+    let up = u["upgrades"].as_array().unwrap().iter().find(|u| u["layer"] == "network").unwrap().clone();
+    assert_eq!(up["status"], "active", "{u}");
+    let activated = up["activated_height"].as_u64().unwrap();
+    // Three of four validators signalled support, enough (two thirds) without node-3.
+    let ready = up["ready_bps"].as_u64().unwrap();
+    assert!((6_667..10_000).contains(&ready), "{up}");
+
+    // The old binary stops by itself, with an error status and a message that says why.
+    let status = wait_for("node-3 to stop by itself", Duration::from_secs(60), || old_node.0.try_wait().unwrap());
+    assert!(!status.success(), "node-3 exited successfully after the chain left it behind");
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.contains("the chain activated network version 2") && text.contains("install a newer plexus binary"),
+        "node-3's log does not say why it stopped:\n{}",
+        &text[text.len().saturating_sub(3000)..]
+    );
+    // It committed nothing past the first block that runs on v2's state, so nothing to undo.
+    let again = plexus()
+        .args(["node", "run", "--home", old_home])
+        .env(plexus_node::NETWORK_VERSION_MAX_ENV, "1")
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&again.stdout), String::from_utf8_lossy(&again.stderr));
+    assert!(!again.status.success() && said.contains("install a newer plexus binary"), "{said}");
+
+    // The others go on, on v2 frames, and a transfer finalizes.
+    let client_key = info["client"]["key_file"].as_str().unwrap().to_string();
+    let to = nodes[1]["address"].as_str().unwrap().to_string();
+    let before = get(&format!("{api}/chain/v1/accounts/{to}")).unwrap()["balance"].clone();
+    let out = plexus()
+        .args(["tx", "transfer", "--node", &api, "--key", &client_key, "--to", &to, "--amount", "3", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the transfer to land", Duration::from_secs(60), || {
+        (get(&format!("{api}/chain/v1/accounts/{to}"))?["balance"] != before).then_some(())
+    });
+    let h = height(&api).unwrap();
+    wait_for("the chain to go on", Duration::from_secs(60), || {
+        apis[..3].iter().all(|a| height(a).unwrap_or(0) >= h + 5).then_some(())
+    });
+    for a in &apis[..3] {
+        assert_eq!(network_version(a), Some(2));
+    }
+    // Framing is in effect on every live validator: what went on the wire differs from the block
+    // bytes, and never by more than one byte per block per recipient.
+    for a in &apis[..3] {
+        let (payload, wire, sent) = (
+            metric(a, "block_payload_bytes_total"),
+            metric(a, "block_wire_bytes_total"),
+            metric(a, "blocks_sent_total"),
+        );
+        assert!(sent > 0, "{a} sent no blocks");
+        assert_ne!(payload, wire, "{a} sent no v2 frames");
+        assert!(wire <= payload + sent, "{a}: {wire} wire bytes for {payload} block bytes in {sent} sends");
+    }
+    eprintln!(
+        "network v2 active from height {activated}; node 0 sent {} block bytes as {} wire bytes",
+        metric(&api, "block_payload_bytes_total"),
+        metric(&api, "block_wire_bytes_total")
+    );
+    let common = apis[..3].iter().filter_map(|a| height(a)).min().unwrap();
+    let roots: Vec<Value> = apis[..3]
+        .iter()
+        .map(|a| get(&format!("{a}/chain/v1/blocks/{common}")).unwrap()["header"]["state_root"].clone())
+        .collect();
+    assert!(roots.windows(2).all(|w| w[0] == w[1]), "state roots differ at {common}: {roots:?}");
 }
