@@ -145,16 +145,7 @@ async fn node(
     let txs = next();
     let hello = next();
     let blocks_v2 = next();
-    // Blocks go out framed by the chain's active network version; both versions are taken in.
-    let traffic = plexus_network::blocks::Traffic::new(&context.child("p2p"));
-    let active_network = {
-        let chain = chain.clone();
-        move || chain.read(|s| s.versions().network)
-    };
-    let blocks = (
-        plexus_network::blocks::BlockSender::new(blocks_v1.0, blocks_v2.0, active_network, traffic.clone()),
-        plexus_network::blocks::BlockReceiver::new(blocks_v1.1, blocks_v2.1, max_message as usize, &traffic),
-    );
+    let blocks = framed_blocks(&context, &chain, blocks_v1, blocks_v2, max_message as usize);
     let consensus_channels = Channels { votes, certificates, resolver, backfill, blocks };
 
     let peer_versions = plexus_network::hello::PeerVersions::default();
@@ -248,6 +239,35 @@ async fn node(
         Some(why) => Err(anyhow::anyhow!(why)),
         None => Ok(()),
     }
+}
+
+/// The block channel consensus runs on: blocks go out framed by the chain's active network
+/// version (`v1` or `v2` channel), and both versions are taken in. `max` bounds a decoded block.
+pub fn framed_blocks<E, S, R>(
+    context: &impl commonware_runtime::Metrics,
+    chain: &ChainState<E>,
+    v1: (S, R),
+    v2: (S, R),
+    max: usize,
+) -> (plexus_network::blocks::BlockSender<S>, plexus_network::blocks::BlockReceiver<R>)
+where
+    E: commonware_runtime::Storage
+        + commonware_runtime::Clock
+        + commonware_runtime::Metrics
+        + commonware_runtime::Spawner
+        + Send
+        + Sync
+        + 'static,
+{
+    let traffic = plexus_network::blocks::Traffic::new(&context.child("blocks"));
+    let active = {
+        let chain = chain.clone();
+        move || chain.read(|s| s.versions().network)
+    };
+    (
+        plexus_network::blocks::BlockSender::new(v1.0, v2.0, active, traffic.clone()),
+        plexus_network::blocks::BlockReceiver::new(v1.1, v2.1, max, &traffic),
+    )
 }
 
 /// Resolves on SIGINT or SIGTERM.

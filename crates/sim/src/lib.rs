@@ -225,15 +225,7 @@ impl Sim {
             chain.set_gossip(gossip);
             *slot.lock().expect("slot") = Some(chain.clone());
             // Blocks framed by the active network version, as production sends them.
-            let traffic = plexus_network::blocks::Traffic::new(&ctx.child("blocks"));
-            let active = {
-                let chain = chain.clone();
-                move || chain.read(|s| s.versions().network)
-            };
-            let blocks = (
-                plexus_network::blocks::BlockSender::new(blocks_v1.0, blocks_v2.0, active, traffic.clone()),
-                plexus_network::blocks::BlockReceiver::new(blocks_v1.1, blocks_v2.1, max_message, &traffic),
-            );
+            let blocks = plexus_node::run::framed_blocks(&ctx, &chain, blocks_v1, blocks_v2, max_message);
             let consensus_channels = plexus_consensus::Channels { votes, certificates, resolver, backfill, blocks };
             let cfg = plexus_consensus::Config {
                 chain: chain.clone(),
