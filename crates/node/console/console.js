@@ -112,7 +112,7 @@ async function overview() {
   <h2>Validators (epoch ${esc(status.epoch)})</h2>
   ${table(["Address", "#Stake", "P2P address"], status.validators.map((v) => row([td(addr(v.address)), num(amount(v.stake)), td(`<span class="mono">${esc(v.p2p_address)}</span>`)])))}
   <h2>This node</h2>
-  <p>${addr(status.node.address)} · version ${esc(status.node.version)} · genesis <span class="mono">${esc(short(status.node.genesis_hash))}</span> · binary supports up to ${esc(JSON.stringify(status.upgrade_node.supported))}</p>`;
+  <p>${addr(status.node.address)} · version ${esc(status.node.version)} · genesis <span class="mono">${esc(short(status.node.genesis_hash))}</span> · binary runs ${esc(Object.entries(status.upgrade_node.supported || {}).map(([layer, r]) => `${layer} v${r.min}–v${r.max}`).join(' · '))}</p>`;
 }
 
 async function blocks() {
