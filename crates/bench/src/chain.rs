@@ -277,16 +277,8 @@ async fn traffic(http: &reqwest::Client, apis: &[String]) -> anyhow::Result<Traf
     let mut t = Traffic::default();
     for api in apis {
         let text = http.get(format!("{api}/metrics")).send().await?.text().await?;
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((name, value)) = line.rsplit_once(' ') else { continue };
-            let name = name.split('{').next().unwrap_or(name);
-            let value: f64 = value.parse().unwrap_or(0.0);
-            if name.ends_with("block_payload_bytes_total") {
-                t.payload += value;
-            } else if name.ends_with("block_wire_bytes_total") {
-                t.wire += value;
-            }
-        }
+        t.payload += plexus_node::metrics::sum(&text, "block_payload_bytes_total");
+        t.wire += plexus_node::metrics::sum(&text, "block_wire_bytes_total");
     }
     Ok(t)
 }

@@ -45,3 +45,28 @@ impl NodeMetrics {
         }
     }
 }
+
+/// The sum, over every label set, of the samples in Prometheus text `text` whose metric name ends
+/// with `suffix` (e.g. `block_wire_bytes_total`, whatever prefix the runtime gave it).
+pub fn sum(text: &str, suffix: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            name.split('{').next()?.ends_with(suffix).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sums_a_counter_over_label_sets_and_ignores_others() {
+        let text = "# HELP x_block_wire_bytes_total Bytes\n# TYPE x_block_wire_bytes_total counter\n\
+                    x_block_wire_bytes_total{peer=\"a\"} 10\nx_block_wire_bytes_total{peer=\"b\"} 5\n\
+                    x_block_payload_bytes_total 99\n";
+        assert_eq!(super::sum(text, "block_wire_bytes_total"), 15.0);
+        assert_eq!(super::sum(text, "block_payload_bytes_total"), 99.0);
+        assert_eq!(super::sum(text, "missing_total"), 0.0);
+    }
+}

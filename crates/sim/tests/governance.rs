@@ -226,15 +226,7 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
 
 /// Sums the simulation's metrics whose name ends with `suffix`.
 fn metric(context: &commonware_runtime::deterministic::Context, suffix: &str) -> f64 {
-    context
-        .encode()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            name.split('{').next()?.ends_with(suffix).then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
+    plexus_node::metrics::sum(&context.encode(), suffix)
 }
 
 /// Network v2 (blocks sent as compressed frames), voted in while one validator is cut off and

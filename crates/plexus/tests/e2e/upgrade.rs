@@ -239,14 +239,7 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
 /// The sum of a node's metrics whose name ends with `suffix` (every label set).
 fn metric(api: &str, suffix: &str) -> u64 {
     let text = http().get(format!("{api}/metrics")).send().unwrap().text().unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            let name = name.split('{').next()?;
-            name.ends_with(suffix).then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum::<f64>() as u64
+    plexus_node::metrics::sum(&text, suffix) as u64
 }
 
 fn network_version(api: &str) -> Option<u64> {
