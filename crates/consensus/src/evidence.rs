@@ -61,7 +61,7 @@ impl Verifier {
         let validators = validators_of(epoch).ok_or_else(|| format!("no validator set for epoch {epoch}"))?;
         let keys: Vec<PublicKey> = validators.into_iter().map(|a| a.0).collect();
         let set = Set::from_iter_dedup(keys);
-        let scheme = Scheme::verifier(&self.namespace, set);
+        let scheme = Scheme::ed25519_verifier(&self.namespace, set);
         if !verify(evidence, &scheme) {
             return Err("signatures do not verify".into());
         }
@@ -113,7 +113,7 @@ mod tests {
     fn equivocation_is_proven_on_its_own_chain_only() {
         let keys: Vec<ed25519::PrivateKey> = (0..4).map(ed25519::PrivateKey::from_seed).collect();
         let set = Set::from_iter_dedup(keys.iter().map(|k| k.public_key()));
-        let signer = Scheme::signer(&crate::namespace("chain-a"), set, keys[0].clone()).expect("a member signs");
+        let signer = Scheme::ed25519_signer(&crate::namespace("chain-a"), set, keys[0].clone()).expect("a member signs");
         let round = Round::new(Epoch::new(0), View::new(5));
         let vote = |payload: &[u8]| {
             Notarize::sign(&signer, Proposal::new(round, View::new(4), Sha256::hash(&[payload]))).expect("signs")

@@ -309,9 +309,9 @@ fn register_scheme(
     peers: &EpochPeers,
 ) {
     let set = validator_set(peers);
-    match Scheme::signer(namespace, set.clone(), signer.clone()) {
+    match Scheme::ed25519_signer(namespace, set.clone(), signer.clone()) {
         Some(scheme) => schemes.register(epoch, scheme, true),
-        None => schemes.register(epoch, Scheme::verifier(namespace, set), false),
+        None => schemes.register(epoch, Scheme::ed25519_verifier(namespace, set), false),
     }
 }
 

@@ -18,6 +18,7 @@ mod app;
 mod block;
 pub mod evidence;
 mod finalizer;
+mod scheme;
 mod schemes;
 
 use std::future::Future;
@@ -37,8 +38,12 @@ pub use schemes::EpochSchemes;
 pub type PublicKey = ed25519::PublicKey;
 /// Block digest.
 pub type Digest = sha256::Digest;
-/// The signing scheme of consensus votes and certificates.
-pub type Scheme = simplex::scheme::ed25519::Scheme;
+pub use scheme::{
+    BLS_PUBLIC_KEY_BYTES, BLS_SIGNATURE_BYTES, BlsPrivateKey, BlsPublicKey, BlsSignature, Certificate, Scheme,
+    bls_public, derive_bls_key, prove_possession, verify_possession,
+};
+/// The consensus versions this build can run.
+pub use scheme::SUPPORTED as SUPPORTED_VERSIONS;
 
 /// The round a block is proposed in.
 #[derive(Clone, Debug, PartialEq, Eq)]
