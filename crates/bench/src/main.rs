@@ -5,9 +5,11 @@
 //! under load) and sustained transfer throughput; `plexus-bench network` runs the same load on network
 //! v1 and v2 and compares the block bytes each validator sends. `plexus-bench paid` measures what paying per
 //! token costs: the gateway and receipts against the provider and the engine alone, metered
-//! requests per second, and chain bytes per settled session. Nothing here is asserted: a benchmark
+//! requests per second, and chain bytes per settled session. `plexus-bench certificates` compares
+//! consensus v1 and v2 certificates (bytes, verification time) at 4, 16 and 64 validators. Nothing here is asserted: a benchmark
 //! reports numbers, it does not pass or fail.
 
+mod certificates;
 mod chain;
 mod edge;
 mod paid;
@@ -35,6 +37,8 @@ enum Command {
     Verify(verify::Args),
     /// Edge tensor models: tract against onnxruntime on the same ONNX files and inputs.
     Edge(edge::Args),
+    /// Consensus certificates, v1 (ed25519) against v2 (aggregated BLS): bytes and verify time.
+    Certificates(certificates::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Paid(args) => paid::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Edge(args) => edge::run(args),
+        Command::Certificates(args) => certificates::run(args),
     }
 }

@@ -40,11 +40,12 @@ pub fn encode(activity: &Activity<Scheme, Digest>) -> Option<Vec<u8>> {
 /// of its inputs.
 pub struct Verifier {
     namespace: Vec<u8>,
+    chain_id: String,
 }
 
 impl Verifier {
     pub fn new(chain_id: &str) -> Self {
-        Verifier { namespace: crate::namespace(chain_id) }
+        Verifier { namespace: crate::namespace(chain_id), chain_id: chain_id.to_string() }
     }
 
     fn check<E>(
@@ -98,6 +99,12 @@ impl EvidenceVerifier for Verifier {
             t => Err(format!("unknown evidence tag {t}")),
         }
     }
+
+    fn verify_possession(&self, owner: &Address, key: &[u8], proof: &[u8]) -> bool {
+        let Ok(key) = crate::BlsPublicKey::decode(Copying(key)) else { return false };
+        let Ok(proof) = crate::BlsSignature::decode(Copying(proof)) else { return false };
+        crate::verify_possession(&self.chain_id, &owner.0, &key, &proof)
+    }
 }
 
 use rand::SeedableRng as _;
@@ -113,7 +120,8 @@ mod tests {
     fn equivocation_is_proven_on_its_own_chain_only() {
         let keys: Vec<ed25519::PrivateKey> = (0..4).map(ed25519::PrivateKey::from_seed).collect();
         let set = Set::from_iter_dedup(keys.iter().map(|k| k.public_key()));
-        let signer = Scheme::ed25519_signer(&crate::namespace("chain-a"), set, keys[0].clone()).expect("a member signs");
+        let signer =
+            Scheme::ed25519_signer(&crate::namespace("chain-a"), set, keys[0].clone()).expect("a member signs");
         let round = Round::new(Epoch::new(0), View::new(5));
         let vote = |payload: &[u8]| {
             Notarize::sign(&signer, Proposal::new(round, View::new(4), Sha256::hash(&[payload]))).expect("signs")

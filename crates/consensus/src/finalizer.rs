@@ -25,7 +25,7 @@ use commonware_runtime::buffer::paged::CacheRef;
 use commonware_runtime::{Clock, Handle, Metrics, Spawner, Storage};
 use commonware_storage::archive::immutable;
 use commonware_utils::acknowledgement::Acknowledgement as _;
-use commonware_utils::ordered::{Map, Set};
+use commonware_utils::ordered::{BiMap, Map, Set};
 use commonware_utils::vec::NonEmptyVec;
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
@@ -35,7 +35,7 @@ use tracing::{error, info, warn};
 use crate::app::Adapter;
 use crate::block::ConsensusBlock;
 use crate::evidence;
-use crate::{Chain, Config, Digest, EpochPeers, EpochSchemes, PublicKey, Scheme};
+use crate::{Chain, Config, Digest, EpochPeers, EpochSchemes, PublicKey, Scheme, Signing};
 
 /// The p2p channels consensus runs on, each an authenticated (sender, receiver) pair.
 ///
@@ -308,11 +308,26 @@ fn register_scheme(
     epoch: u64,
     peers: &EpochPeers,
 ) {
-    let set = validator_set(peers);
-    match Scheme::ed25519_signer(namespace, set.clone(), signer.clone()) {
-        Some(scheme) => schemes.register(epoch, scheme, true),
-        None => schemes.register(epoch, Scheme::ed25519_verifier(namespace, set), false),
-    }
+    let (scheme, can_sign) = match &peers.signing {
+        Signing::Ed25519 => {
+            let set = validator_set(peers);
+            match Scheme::ed25519_signer(namespace, set.clone(), signer.clone()) {
+                Some(scheme) => (scheme, true),
+                None => (Scheme::ed25519_verifier(namespace, set), false),
+            }
+        }
+        Signing::Bls(keys) => {
+            let pairs: Vec<_> = keys.iter().map(|(a, k)| (a.0.clone(), *k)).collect();
+            let committee = BiMap::try_from(pairs).unwrap_or_else(|e| {
+                panic!("the chain keeps one BLS key per validator and one validator per key: {e:?}")
+            });
+            match Scheme::bls_signer(namespace, committee.clone(), crate::derive_bls_key(signer)) {
+                Some(scheme) => (scheme, true),
+                None => (Scheme::bls_verifier(namespace, committee), false),
+            }
+        }
+    };
+    schemes.register(epoch, scheme, can_sign);
 }
 
 /// Hands marshal's finalized blocks to the finalizer loop. Tips are ignored: a block is only
@@ -411,7 +426,7 @@ where
         let _ = manager.track(epoch, AddressableTrackedPeers::new(primary, secondary));
         let scheme = self.schemes.get(epoch).expect("registered above");
         let voting = self.schemes.scoped_can_sign(epoch);
-        info!(epoch, validators = peers.validators.len(), voting, floor = %Hash(floor), leader_timeout = ?peers.timeouts.leader, "entering epoch");
+        info!(epoch, validators = peers.validators.len(), consensus_version = peers.signing.version(), voting, floor = %Hash(floor), leader_timeout = ?peers.timeouts.leader, "entering epoch");
 
         if let Some(old) = self.engine.take() {
             old.abort();

@@ -4,7 +4,9 @@
 //!
 //! Epochs have a fixed length. The validator set of epoch `e + 1` is read from the chain's
 //! state after the last block of epoch `e` is finalized, and a fresh engine is started for it;
-//! the previous engine is stopped. Nodes outside an epoch's validator set run the same stack
+//! the previous engine is stopped. The epoch's consensus version comes with it ([`Signing`]):
+//! version 1 signs with ed25519 identity keys, version 2 with BLS keys whose certificates are one
+//! aggregated signature ([`scheme`]), so a consensus upgrade takes effect at an epoch boundary. Nodes outside an epoch's validator set run the same stack
 //! with a verify-only scheme: they follow finalized blocks and never vote. Conflicting votes
 //! that the engine observes are verified and handed to the chain as evidence bytes, which
 //! [`evidence::Verifier`] re-verifies deterministically inside execution.
@@ -16,9 +18,10 @@
 
 mod app;
 mod block;
+pub mod committee;
 pub mod evidence;
 mod finalizer;
-mod scheme;
+pub mod scheme;
 mod schemes;
 
 use std::future::Future;
@@ -38,12 +41,12 @@ pub use schemes::EpochSchemes;
 pub type PublicKey = ed25519::PublicKey;
 /// Block digest.
 pub type Digest = sha256::Digest;
+/// The consensus versions this build can run.
+pub use scheme::SUPPORTED as SUPPORTED_VERSIONS;
 pub use scheme::{
     BLS_PUBLIC_KEY_BYTES, BLS_SIGNATURE_BYTES, BlsPrivateKey, BlsPublicKey, BlsSignature, Certificate, Scheme,
     bls_public, derive_bls_key, prove_possession, verify_possession,
 };
-/// The consensus versions this build can run.
-pub use scheme::SUPPORTED as SUPPORTED_VERSIONS;
 
 /// The round a block is proposed in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +69,30 @@ pub struct EpochPeers {
     /// The epoch's consensus timing, from chain parameters when the epoch starts (so a
     /// parameter change takes effect at the next epoch boundary).
     pub timeouts: Timeouts,
+    /// How the epoch's votes are signed (its consensus version). Every node must derive the same
+    /// value for an epoch, whenever it asks.
+    pub signing: Signing,
+}
+
+/// How an epoch's votes and certificates are signed: its consensus version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signing {
+    /// Version 1: every validator signs with its ed25519 identity key.
+    Ed25519,
+    /// Version 2: the listed validators (those of the epoch that registered a BLS key, with its
+    /// proof of possession checked on chain, before the epoch began) sign with their BLS keys,
+    /// aggregated in certificates. Never empty; the others follow without voting.
+    Bls(Vec<(Address, BlsPublicKey)>),
+}
+
+impl Signing {
+    /// The consensus version this signing belongs to.
+    pub fn version(&self) -> u16 {
+        match self {
+            Signing::Ed25519 => 1,
+            Signing::Bls(_) => 2,
+        }
+    }
 }
 
 /// What consensus needs from the chain. Implemented by the node; every method must be
@@ -181,4 +208,20 @@ pub fn max_message_size(max_validators: u32) -> u32 {
         marshal,
         plexus_types::params::limits::BLOCK_BYTES_MAX + 64,
     ])
+}
+
+/// The consensus version whose certificate finalized a block, from the finalization bytes the
+/// chain stores with it (`None` if they do not decode: empty for genesis or an imported block).
+pub fn finalization_version(finalization: &[u8]) -> Option<u16> {
+    use commonware_codec::Decode as _;
+    use commonware_cryptography::certificate::Verifier as _;
+    let f = simplex::types::Finalization::<Scheme, Digest>::decode_cfg(
+        commonware_codec::Copying(finalization),
+        &Scheme::certificate_codec_config_unbounded(),
+    )
+    .ok()?;
+    Some(match f.certificate {
+        Certificate::Individual(_) => 1,
+        Certificate::Aggregate(_) => 2,
+    })
 }

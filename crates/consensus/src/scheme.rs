@@ -25,16 +25,16 @@ use std::collections::BTreeMap;
 
 use bytes::BufMut;
 use commonware_codec::types::lazy::Lazy;
-use commonware_codec::{Buf, Copying, DecodeExt, Encode, EncodeSize, Error as CodecError, FixedSize, Read, ReadExt, ReadRangeExt, Write};
+use commonware_codec::{
+    Buf, Copying, DecodeExt, Encode, EncodeSize, Error as CodecError, FixedSize, Read, ReadExt, ReadRangeExt, Write,
+};
 use commonware_consensus::simplex::scheme::{bls12381_multisig, ed25519 as simplex_ed25519};
 use commonware_consensus::simplex::types::Subject;
 use commonware_cryptography::bls12381::certificate::multisig::Certificate as AggregateCertificate;
 use commonware_cryptography::bls12381::primitives::group::Private;
 use commonware_cryptography::bls12381::primitives::ops;
 use commonware_cryptography::bls12381::primitives::variant::{MinSig, Variant};
-use commonware_cryptography::certificate::{
-    self, AssemblyError, Attestation, Membership, Signers, Verification, Verifier as _,
-};
+use commonware_cryptography::certificate::{self, AssemblyError, Attestation, Membership, Signers, Verification};
 use commonware_cryptography::ed25519;
 use commonware_cryptography::ed25519::certificate::Certificate as IndividualCertificate;
 use commonware_parallel::Strategy;
@@ -73,7 +73,11 @@ pub enum Scheme {
 
 impl Scheme {
     /// A version-1 scheme that signs as `key` (`None` if `key` is not in `validators`).
-    pub fn ed25519_signer(namespace: &[u8], validators: Set<ed25519::PublicKey>, key: ed25519::PrivateKey) -> Option<Self> {
+    pub fn ed25519_signer(
+        namespace: &[u8],
+        validators: Set<ed25519::PublicKey>,
+        key: ed25519::PrivateKey,
+    ) -> Option<Self> {
         V1::signer(namespace, validators, key).map(Scheme::V1)
     }
 
@@ -109,21 +113,30 @@ impl Scheme {
     }
 }
 
-/// The namespace proofs of possession are signed in, on a chain.
-pub fn possession_namespace(chain_id: &str) -> Vec<u8> {
+/// The namespace proofs of possession are signed in: the chain and the address registering the
+/// key. Binding the address means a registration seen in the mempool cannot be replayed by
+/// another address to take the key first (which would shut its owner out of consensus v2 for
+/// good, keys being derived from identities and registered once).
+pub fn possession_namespace(chain_id: &str, owner: &ed25519::PublicKey) -> Vec<u8> {
     let mut ns = crate::namespace(chain_id);
-    ns.extend_from_slice(b"/bls-possession");
+    ns.extend_from_slice(b"/bls-possession/");
+    ns.extend_from_slice(&owner.encode());
     ns
 }
 
-/// Proves that whoever registers `key`'s public key holds `key` (on chain `chain_id` only).
-pub fn prove_possession(chain_id: &str, key: &BlsPrivateKey) -> BlsSignature {
-    ops::sign_proof_of_possession::<MinSig>(key, &possession_namespace(chain_id))
+/// Proves that `owner`, registering `key`'s public key, holds `key` (on chain `chain_id` only).
+pub fn prove_possession(chain_id: &str, owner: &ed25519::PublicKey, key: &BlsPrivateKey) -> BlsSignature {
+    ops::sign_proof_of_possession::<MinSig>(key, &possession_namespace(chain_id, owner))
 }
 
 /// Checks a proof of possession. Deterministic: the same verdict on every node.
-pub fn verify_possession(chain_id: &str, public: &BlsPublicKey, proof: &BlsSignature) -> bool {
-    ops::verify_proof_of_possession::<MinSig>(public, &possession_namespace(chain_id), proof).is_ok()
+pub fn verify_possession(
+    chain_id: &str,
+    owner: &ed25519::PublicKey,
+    public: &BlsPublicKey,
+    proof: &BlsSignature,
+) -> bool {
+    ops::verify_proof_of_possession::<MinSig>(public, &possession_namespace(chain_id, owner), proof).is_ok()
 }
 
 /// The public key of a BLS private key.
@@ -221,7 +234,9 @@ impl EncodeSize for Certificate {
     fn encode_size(&self) -> usize {
         match self {
             Certificate::Individual(c) => c.encode_size(),
-            Certificate::Aggregate(c) => c.signers.encode_size() + no_signatures().encode_size() + c.signature.encode_size(),
+            Certificate::Aggregate(c) => {
+                c.signers.encode_size() + no_signatures().encode_size() + c.signature.encode_size()
+            }
         }
     }
 }
@@ -349,7 +364,9 @@ impl certificate::Verifier for Scheme {
                     None => true,
                 }
             }
-            Scheme::V2(_) => certificates.into_iter().all(|(subject, c)| self.verify_certificate(rng, subject, c, strategy)),
+            Scheme::V2(_) => {
+                certificates.into_iter().all(|(subject, c)| self.verify_certificate(rng, subject, c, strategy))
+            }
         }
     }
 
@@ -477,8 +494,12 @@ impl certificate::Scheme for Scheme {
             NonEmpty::try_new(inner.into_iter()).ok_or(AssemblyError::InsufficientAttestations(1, 0))
         }
         match self {
-            Scheme::V1(s) => s.assemble(convert(attestations.into_iter(), to_v1)?, strategy).map(Certificate::Individual),
-            Scheme::V2(s) => s.assemble(convert(attestations.into_iter(), to_v2)?, strategy).map(Certificate::Aggregate),
+            Scheme::V1(s) => {
+                s.assemble(convert(attestations.into_iter(), to_v1)?, strategy).map(Certificate::Individual)
+            }
+            Scheme::V2(s) => {
+                s.assemble(convert(attestations.into_iter(), to_v2)?, strategy).map(Certificate::Aggregate)
+            }
         }
     }
 
@@ -491,10 +512,11 @@ impl certificate::Scheme for Scheme {
 mod tests {
     use super::*;
     use commonware_codec::Decode as _;
-    use commonware_consensus::simplex::types::{Finalize, Finalization, Proposal};
+    use commonware_consensus::simplex::types::{Finalization, Finalize, Proposal};
     use commonware_consensus::types::{Epoch, Round, View};
-    use commonware_cryptography::{Hasher as _, Sha256, Signer as _};
+    use commonware_cryptography::certificate::Verifier as _;
     use commonware_cryptography::sha256::Digest;
+    use commonware_cryptography::{Hasher as _, Sha256, Signer as _};
     use commonware_parallel::Sequential;
 
     const NS: &[u8] = b"plexus-test";
@@ -521,9 +543,11 @@ mod tests {
     }
 
     fn finalization(schemes: &[Scheme], epoch: u64) -> Finalization<Scheme, Digest> {
-        let proposal = Proposal::new(Round::new(Epoch::new(epoch), View::new(7)), View::new(6), Sha256::hash(&[b"block"]));
+        let proposal =
+            Proposal::new(Round::new(Epoch::new(epoch), View::new(7)), View::new(6), Sha256::hash(&[b"block"]));
         let votes: Vec<_> = schemes.iter().map(|s| Finalize::sign(s, proposal.clone()).expect("signs")).collect();
-        Finalization::from_finalizes(&schemes[0], NonEmpty::try_new(votes.iter()).expect("votes"), &Sequential).expect("a quorum")
+        Finalization::from_finalizes(&schemes[0], NonEmpty::try_new(votes.iter()).expect("votes"), &Sequential)
+            .expect("a quorum")
     }
 
     fn verifies(scheme: &Scheme, f: &Finalization<Scheme, Digest>) -> bool {
@@ -561,8 +585,12 @@ mod tests {
         let ours: Vec<_> = v1(&keys).iter().map(|s| Finalize::sign(s, proposal.clone()).expect("signs")).collect();
         let theirs: Vec<_> = plain.iter().map(|s| Finalize::sign(s, proposal.clone()).expect("signs")).collect();
         assert_eq!(ours[0].encode(), theirs[0].encode());
-        let ours = Finalization::from_finalizes(&v1(&keys)[0], NonEmpty::try_new(ours.iter()).expect("votes"), &Sequential).expect("quorum");
-        let theirs = Finalization::from_finalizes(&plain[0], NonEmpty::try_new(theirs.iter()).expect("votes"), &Sequential).expect("quorum");
+        let ours =
+            Finalization::from_finalizes(&v1(&keys)[0], NonEmpty::try_new(ours.iter()).expect("votes"), &Sequential)
+                .expect("quorum");
+        let theirs =
+            Finalization::from_finalizes(&plain[0], NonEmpty::try_new(theirs.iter()).expect("votes"), &Sequential)
+                .expect("quorum");
         assert_eq!(ours.encode(), theirs.encode());
     }
 
@@ -607,8 +635,9 @@ mod tests {
         // Pseudo-random bytes of every length up to 200, and the same with a valid-looking
         // signers prefix (length 4, all set) so decoding gets past the bitmap.
         for len in 0..200u32 {
-            let bytes: Vec<u8> =
-                (0..len).flat_map(|i| Sha256::hash(&[&len.to_be_bytes(), &i.to_be_bytes()]).as_ref()[..1].to_vec()).collect();
+            let bytes: Vec<u8> = (0..len)
+                .flat_map(|i| Sha256::hash(&[&len.to_be_bytes(), &i.to_be_bytes()]).as_ref()[..1].to_vec())
+                .collect();
             let _ = Certificate::decode_cfg(Copying(&bytes[..]), &64);
             let mut prefixed = vec![4u8, 0x0f];
             prefixed.extend_from_slice(&bytes);
@@ -623,9 +652,12 @@ mod tests {
         assert_ne!(bls_public(&a), bls_public(&b));
         // Deterministic: the same identity gives the same BLS key.
         assert_eq!(bls_public(&a), bls_public(&derive_bls_key(&keys[0])));
-        let proof = prove_possession("chain-a", &a);
-        assert!(verify_possession("chain-a", &bls_public(&a), &proof));
-        assert!(!verify_possession("chain-b", &bls_public(&a), &proof));
-        assert!(!verify_possession("chain-a", &bls_public(&b), &proof));
+        let (me, other) = (keys[0].public_key(), keys[1].public_key());
+        let proof = prove_possession("chain-a", &me, &a);
+        assert!(verify_possession("chain-a", &me, &bls_public(&a), &proof));
+        assert!(!verify_possession("chain-b", &me, &bls_public(&a), &proof));
+        assert!(!verify_possession("chain-a", &me, &bls_public(&b), &proof));
+        // Replayed by another address: refused.
+        assert!(!verify_possession("chain-a", &other, &bls_public(&a), &proof));
     }
 }

@@ -379,6 +379,59 @@ pub fn readiness(store: &Store<'_, '_>, layer: Layer, version: u16) -> u64 {
     (ready.saturating_mul(10_000) / total) as u64
 }
 
+/// Who signs consensus votes in an epoch, and how: a pure function of committed state, the same
+/// whenever a node reads it (after the epoch's validator set is chosen).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochConsensus {
+    /// The consensus version the epoch runs.
+    pub version: u16,
+    /// Version 2 and later: the epoch's validators that registered a BLS key before the epoch's
+    /// first block, with their keys, in validator-set order. Empty for version 1.
+    pub keys: Vec<(Address, Vec<u8>)>,
+}
+
+/// The consensus version and committee keys of `epoch` (`None` before its validator set is
+/// chosen).
+///
+/// The version is that of the last consensus upgrade active from the epoch's first height or
+/// earlier (consensus upgrades activate only at epoch boundaries and never abort), else the one
+/// before the first upgrade, else the version active now. A version-2 epoch in which no
+/// validator has a key runs version 1: a committee must not be empty, and every node sees the
+/// same empty table.
+pub fn epoch_consensus(store: &Store<'_, '_>, epoch: u64) -> Option<EpochConsensus> {
+    let set = store.validators(epoch)?;
+    let first = epoch.saturating_mul(store.params().epoch_length_blocks as u64);
+    let meta = meta(store);
+    let mut activations: Vec<(Height, u16)> = (0..meta.next_upgrade)
+        .filter_map(|id| upgrade(store, id))
+        .filter(|u| u.layer == Layer::Consensus && u.status == UpgradeStatus::Active)
+        .map(|u| (u.activated_height, u.version))
+        .collect();
+    activations.sort();
+    let version = match activations.iter().rev().find(|(at, _)| *at <= first) {
+        Some((_, v)) => *v,
+        None => match activations.first() {
+            Some((_, v)) => v.saturating_sub(1).max(1),
+            None => store.versions().consensus,
+        },
+    };
+    if version < 2 {
+        return Some(EpochConsensus { version, keys: Vec::new() });
+    }
+    let keys: Vec<(Address, Vec<u8>)> = set
+        .0
+        .iter()
+        .filter_map(|v| {
+            let k = store.consensus_key(&v.address)?;
+            (k.registered_height < first).then(|| (v.address.clone(), k.key))
+        })
+        .collect();
+    Some(match keys.is_empty() {
+        true => EpochConsensus { version: 1, keys },
+        false => EpochConsensus { version, keys },
+    })
+}
+
 /// Records that execution `version` failed at `height` and the chain went back to `previous`.
 pub(crate) fn record_abort(
     store: &mut Store<'_, '_>,

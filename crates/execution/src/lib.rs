@@ -28,6 +28,7 @@ pub mod v2;
 pub mod v3;
 pub mod v4;
 pub mod v5;
+pub mod v6;
 
 use std::fmt;
 
@@ -276,6 +277,11 @@ pub enum Event {
         amount: Amount,
         reason: String,
     },
+    /// A BLS consensus key was registered (execution v6): it counts from the next epoch.
+    ConsensusKeyRegistered {
+        validator: Address,
+        height: Height,
+    },
 }
 
 /// The outcome of one transaction in a block.
@@ -329,8 +335,11 @@ pub const TENSOR_MODELS_SINCE: u16 = v4::VERSION;
 /// The execution version from which inferences of tensor models can be challenged on chain.
 pub const TENSOR_CHALLENGES_SINCE: u16 = v5::VERSION;
 
+/// The execution version from which validators register BLS consensus keys (consensus v2).
+pub const CONSENSUS_KEYS_SINCE: u16 = v6::VERSION;
+
 /// The latest execution version of this release.
-pub const LATEST_EXECUTION_VERSION: u16 = 5;
+pub const LATEST_EXECUTION_VERSION: u16 = 6;
 
 /// Execution versions this binary can run.
 #[cfg(not(feature = "faulty-version"))]
@@ -430,6 +439,7 @@ impl Executor {
             3 => v3::execute_block(self, state, env, txs),
             4 => v4::execute_block(self, state, env, txs),
             5 => v5::execute_block(self, state, env, txs),
+            6 => v6::execute_block(self, state, env, txs),
             #[cfg(feature = "faulty-version")]
             faulty::VERSION => faulty::execute_block(self, state, env, txs),
             v => Err(BlockError::UnsupportedVersion(v)),
@@ -531,6 +541,7 @@ impl Executor {
                     3 => v3::build_block(self, state, env, candidates, max_txs, max_bytes),
                     4 => v4::build_block(self, state, env, candidates, max_txs, max_bytes),
                     5 => v5::build_block(self, state, env, candidates, max_txs, max_bytes),
+                    6 => v6::build_block(self, state, env, candidates, max_txs, max_bytes),
                     #[cfg(feature = "faulty-version")]
                     faulty::VERSION => faulty::build_block(self, state, env, candidates, max_txs, max_bytes),
                     v => Err(BlockError::UnsupportedVersion(v)),
@@ -588,7 +599,8 @@ impl Executor {
             return Err(e);
         }
         match version {
-            v if v >= 5 => v1::check_tx_with(self, state, height, tx, &v5::RULES),
+            v if v >= 6 => v1::check_tx_with(self, state, height, tx, &v6::RULES),
+            5 => v1::check_tx_with(self, state, height, tx, &v5::RULES),
             4 => v1::check_tx_with(self, state, height, tx, &v4::RULES),
             3 => v1::check_tx_with(self, state, height, tx, &v3::RULES),
             _ => v1::check_tx(self, state, height, tx),
@@ -650,6 +662,7 @@ pub fn too_new(version: u16, tx: &SignedTx) -> Option<TxError> {
         Payload::OpenSessionIn { .. } => v4::VERSION,
         Payload::RegisterModel(m) if m.engine.is_tensor() => v4::VERSION,
         Payload::ChallengeTensor { .. } => v5::VERSION,
+        Payload::RegisterConsensusKey { .. } => v6::VERSION,
         _ => return None,
     };
     (version < needs).then(|| TxError::TooNew { kind: tx.tx.payload.kind(), needs, version })

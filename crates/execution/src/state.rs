@@ -149,6 +149,12 @@ pub mod table {
     /// Execution v5: the evidence of a challenge of a tensor inference, by challenge id (the
     /// challenge record's transcript then names the model and nothing else).
     pub const CHALLENGE_EVIDENCE: u8 = 0x18;
+    /// Execution v6: an address's BLS consensus key and the height it was registered at
+    /// ([`ConsensusKey`]); never changed once written.
+    pub const CONSENSUS_KEY: u8 = 0x19;
+    /// Execution v6: SHA-256 of a registered consensus key → the address that registered it
+    /// (a key belongs to one address).
+    pub const CONSENSUS_KEY_OWNER: u8 = 0x1a;
 }
 
 fn key(prefix: u8, body: &[u8]) -> Vec<u8> {
@@ -232,6 +238,12 @@ pub mod keys {
     pub fn challenge_evidence(id: u64) -> Vec<u8> {
         key(table::CHALLENGE_EVIDENCE, &id.to_be_bytes())
     }
+    pub fn consensus_key(a: &Address) -> Vec<u8> {
+        key(table::CONSENSUS_KEY, a.as_bytes())
+    }
+    pub fn consensus_key_owner(key_hash: &Hash) -> Vec<u8> {
+        key(table::CONSENSUS_KEY_OWNER, key_hash.as_bytes())
+    }
     pub fn session_by_client(client: &Address, session: &Hash) -> Vec<u8> {
         let mut body = client.as_bytes().to_vec();
         body.extend_from_slice(session.as_bytes());
@@ -253,6 +265,45 @@ pub mod keys {
 // ---------------------------------------------------------------------------------------------
 // Records
 // ---------------------------------------------------------------------------------------------
+
+/// A validator's BLS consensus key (consensus version 2), with the height of the block that
+/// registered it: an epoch counts the key only if it was registered before the epoch began, so
+/// every node builds the same committee for that epoch whenever it reads the table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConsensusKey {
+    #[serde(with = "hex_bytes")]
+    pub key: Vec<u8>,
+    pub registered_height: Height,
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+}
+
+impl Write for ConsensusKey {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.key.write(buf);
+        self.registered_height.write(buf);
+    }
+}
+
+impl EncodeSize for ConsensusKey {
+    fn encode_size(&self) -> usize {
+        self.key.encode_size() + self.registered_height.encode_size()
+    }
+}
+
+impl Read for ConsensusKey {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, CodecError> {
+        Ok(ConsensusKey {
+            key: plexus_types::codec::read_bytes(buf, plexus_types::tx::CONSENSUS_KEY_BYTES)?,
+            registered_height: u64::read(buf)?,
+        })
+    }
+}
 
 /// An account's spendable balance and next nonce.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -803,6 +854,11 @@ impl<'a, 'b> Store<'a, 'b> {
 
     pub fn validators(&self, epoch: u64) -> Option<ValidatorSet> {
         self.read(&keys::validators(epoch))
+    }
+
+    /// The BLS consensus key `a` registered (execution v6 and later), if any.
+    pub fn consensus_key(&self, a: &Address) -> Option<ConsensusKey> {
+        self.read(&keys::consensus_key(a))
     }
 
     // ---- money movements: each keeps the supply buckets balanced ----

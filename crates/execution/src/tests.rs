@@ -1702,3 +1702,133 @@ mod v4_tensor_and_residency {
         assert_eq!(c.session(&id).settled_amount, 0);
     }
 }
+
+mod consensus_keys {
+    use super::*;
+
+    /// `who`'s registration as its node makes it: the BLS key derived from its identity, with a
+    /// proof of possession naming `owner` on `chain`.
+    fn registration(c: &Chain, who: usize, owner: usize, chain: &str) -> Payload {
+        let key = plexus_consensus::derive_bls_key(&c.keys[who].0);
+        let proof = plexus_consensus::prove_possession(chain, &c.addr(owner).0, &key);
+        Payload::RegisterConsensusKey {
+            key: commonware_codec::Encode::encode(&plexus_consensus::bls_public(&key)).to_vec(),
+            proof: commonware_codec::Encode::encode(&proof).to_vec(),
+        }
+    }
+
+    fn key_of(c: &Chain, who: usize) -> Option<crate::state::ConsensusKey> {
+        let mut o = Overlay::new(&c.state);
+        Store::new(&mut o).consensus_key(&c.addr(who))
+    }
+
+    fn v6() -> Chain {
+        Chain::with(4, 2, 6, Arc::new(plexus_consensus::evidence::Verifier::new(CHAIN)))
+    }
+
+    #[test]
+    fn a_key_needs_its_owners_proof_on_this_chain_and_is_registered_once() {
+        let mut c = v6();
+        // A proof made for another chain, or naming another address, is refused.
+        for bad in [registration(&c, 0, 0, "another-chain"), registration(&c, 0, 1, CHAIN)] {
+            let t = c.tx(0, bad);
+            let out = c.block(vec![t]);
+            assert!(out.results[0].error.as_ref().unwrap().contains("proof of possession"), "{:?}", out.results);
+        }
+        assert_eq!(key_of(&c, 0), None);
+        // Its own proof: registered, with the height.
+        let own = registration(&c, 0, 0, CHAIN);
+        let t = c.tx(0, own.clone());
+        let out = c.block(vec![t]);
+        assert_eq!(out.results[0].error, None);
+        let stored = key_of(&c, 0).expect("registered");
+        assert_eq!(stored.registered_height, c.height);
+        // Someone replaying the same bytes from the mempool or the chain gains nothing.
+        let t = c.tx(1, own);
+        let out = c.block(vec![t]);
+        assert!(out.results[0].error.is_some(), "{:?}", out.results);
+        assert_eq!(key_of(&c, 1), None);
+        // A second key for the same address is refused: the first stays.
+        let other = registration(&c, 2, 0, CHAIN);
+        let t = c.tx(0, other);
+        assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("already registered"));
+        assert_eq!(key_of(&c, 0), Some(stored));
+        // Wrong lengths and garbage points: errors, never a panic; the fee is still charged.
+        let before = c.balance(3);
+        for (key, proof) in
+            [(vec![0u8; 96], vec![0u8; 48]), (vec![1u8; 95], vec![1u8; 48]), (vec![0xff; 96], vec![0xff; 48])]
+        {
+            let t = c.tx(3, Payload::RegisterConsensusKey { key, proof });
+            assert!(c.block(vec![t]).results[0].error.is_some());
+        }
+        assert_eq!(c.balance(3), before - 3 * 1_000);
+        assert_eq!(key_of(&c, 3), None);
+    }
+
+    #[test]
+    fn before_version_6_a_registration_is_too_new() {
+        for version in [4, 5] {
+            let mut c = Chain::with(4, 2, version, Arc::new(plexus_consensus::evidence::Verifier::new(CHAIN)));
+            let t = c.tx(0, registration(&c, 0, 0, CHAIN));
+            let err = c.exec.check_tx(&c.state, 1, &t).unwrap_err();
+            assert!(matches!(err, TxError::TooNew { needs: 6, .. }), "v{version}: {err}");
+            assert!(matches!(c.try_block(vec![t]).unwrap_err(), BlockError::Tx { error: TxError::TooNew { .. }, .. }));
+        }
+    }
+
+    #[test]
+    fn an_epoch_counts_keys_registered_before_it_began_and_only_from_consensus_v2() {
+        let mut c = v6();
+        let t = c.tx(0, registration(&c, 0, 0, CHAIN));
+        c.block(vec![t]);
+        let read = |c: &Chain, epoch| {
+            let mut o = Overlay::new(&c.state);
+            crate::gov::epoch_consensus(&Store::new(&mut o), epoch)
+        };
+        // Consensus v1 all along: no keys whatever is registered.
+        assert_eq!(read(&c, 0), Some(crate::gov::EpochConsensus { version: 1, keys: vec![] }));
+        while c.height < 10 {
+            c.block(vec![]);
+        }
+        assert_eq!(read(&c, 1).map(|e| e.version), Some(1));
+        assert_eq!(read(&c, 2), None, "not chosen yet");
+
+        // Consensus v2 active from height 20 (the first of epoch 2), as governance records it.
+        let mut o = Overlay::new(&c.state);
+        let mut store = Store::new(&mut o);
+        let mut meta = crate::gov::meta(&store);
+        let id = meta.next_upgrade;
+        meta.next_upgrade += 1;
+        store.write(keys::GOVERNANCE.to_vec(), &meta);
+        let upgrade = crate::gov::Upgrade {
+            proposal: 0,
+            layer: plexus_types::Layer::Consensus,
+            version: 2,
+            activation_height: 15,
+            deadline_height: 100,
+            status: crate::gov::UpgradeStatus::Active,
+            activated_height: 20,
+            ready_bps: 10_000,
+            note: String::new(),
+        };
+        store.write(keys::upgrade(id), &upgrade);
+        let changes = o.into_changes();
+        commit(&mut c.state, changes);
+        // Validator 1 registers during epoch 1: epoch 2 counts it, epoch 1 never would.
+        let t = c.tx(1, registration(&c, 1, 1, CHAIN));
+        c.block(vec![t]);
+        while c.height < 20 {
+            c.block(vec![]);
+        }
+        assert_eq!(read(&c, 1).map(|e| e.version), Some(1), "the upgrade is active from epoch 2");
+        let epoch2 = read(&c, 2).expect("chosen at the end of epoch 1");
+        assert_eq!(epoch2.version, 2, "{epoch2:?} {:?} {:?}", key_of(&c, 0), key_of(&c, 1));
+        let mut who: Vec<Address> = epoch2.keys.iter().map(|(a, _)| a.clone()).collect();
+        who.sort();
+        let mut expected = vec![c.addr(0), c.addr(1)];
+        expected.sort();
+        assert_eq!(who, expected);
+        let zero = epoch2.keys.iter().find(|(a, _)| *a == c.addr(0)).unwrap();
+        assert_eq!(zero.1, key_of(&c, 0).unwrap().key);
+    }
+}

@@ -49,7 +49,7 @@ pub(crate) fn build_block(
     v3::build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES)
 }
 
-fn apply_payload(
+pub(crate) fn apply_payload(
     exec: &Executor,
     store: &mut Store<'_, '_>,
     params: &Params,

@@ -385,6 +385,18 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
     }
 
     /// Builds, signs and submits a transaction from this node's own key with the next nonce.
+    /// This node's consensus-key registration: the BLS key derived from its identity key, with a
+    /// proof of possession on this chain (consensus version 2 signs with it).
+    pub fn consensus_key_registration(&self) -> Payload {
+        let key = plexus_consensus::derive_bls_key(&self.inner.key.0);
+        let public = plexus_consensus::bls_public(&key);
+        let proof = plexus_consensus::prove_possession(self.chain_id(), &self.address().0, &key);
+        Payload::RegisterConsensusKey {
+            key: commonware_codec::Encode::encode(&public).to_vec(),
+            proof: commonware_codec::Encode::encode(&proof).to_vec(),
+        }
+    }
+
     pub fn submit_own(&self, payload: Payload) -> Result<Hash, SubmitError> {
         let me = self.address();
         let account_nonce = self.read(|s| s.account(&me).nonce);
@@ -670,6 +682,28 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
     }
 }
 
+/// How `epoch`'s votes are signed, from committed state (the same on every node, whenever read).
+/// Keys that do not decode are left out (the chain checked each with its proof of possession, so
+/// none should); an epoch left with no key runs version 1, as execution says.
+fn epoch_signing(store: &Store<'_, '_>, epoch: u64) -> Option<plexus_consensus::Signing> {
+    let consensus = plexus_execution::gov::epoch_consensus(store, epoch)?;
+    if consensus.version < 2 {
+        return Some(plexus_consensus::Signing::Ed25519);
+    }
+    let keys: Vec<_> = consensus
+        .keys
+        .iter()
+        .filter_map(|(a, k)| {
+            let key = commonware_codec::DecodeExt::decode(commonware_codec::Copying(&k[..])).ok()?;
+            Some((a.clone(), key))
+        })
+        .collect();
+    Some(match keys.is_empty() {
+        true => plexus_consensus::Signing::Ed25519,
+        false => plexus_consensus::Signing::Bls(keys),
+    })
+}
+
 /// The message of a caught panic.
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
@@ -833,7 +867,13 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
         });
         let max = self.inner.followers_max.load(Ordering::Relaxed);
         let others = crate::followers::select(candidates, &validators, store.params().min_provider_stake, max);
-        Some(EpochPeers { validators, others, timeouts: plexus_consensus::Timeouts::from_params(&store.params()) })
+        let signing = epoch_signing(&store, epoch)?;
+        Some(EpochPeers {
+            validators,
+            others,
+            timeouts: plexus_consensus::Timeouts::from_params(&store.params()),
+            signing,
+        })
     }
 
     fn report_evidence(&self, evidence: Vec<u8>) {

@@ -35,7 +35,10 @@ use plexus_types::version::{SupportedVersions, VersionRange};
 /// versions are outside these ranges (it would compute different state), and providers signal
 /// them on-chain so upgrades wait until enough stake runs a binary that supports them.
 pub const SUPPORTED_VERSIONS: SupportedVersions = SupportedVersions {
-    consensus: VersionRange { min: 1, max: 1 },
+    consensus: VersionRange {
+        min: *plexus_consensus::SUPPORTED_VERSIONS.start(),
+        max: *plexus_consensus::SUPPORTED_VERSIONS.end(),
+    },
     data: VersionRange {
         min: *plexus_execution::data::SUPPORTED.start(),
         max: *plexus_execution::data::SUPPORTED.end(),
@@ -55,8 +58,12 @@ pub const EXECUTION_VERSION_MAX_ENV: &str = "PLEXUS_EXECUTION_VERSION_MAX";
 /// as [`EXECUTION_VERSION_MAX_ENV`] does for execution.
 pub const NETWORK_VERSION_MAX_ENV: &str = "PLEXUS_NETWORK_VERSION_MAX";
 
-/// [`SUPPORTED_VERSIONS`], capped by [`EXECUTION_VERSION_MAX_ENV`] and
-/// [`NETWORK_VERSION_MAX_ENV`] when they are set.
+/// Environment variable capping the highest consensus version this node will run and signal,
+/// as [`EXECUTION_VERSION_MAX_ENV`] does for execution.
+pub const CONSENSUS_VERSION_MAX_ENV: &str = "PLEXUS_CONSENSUS_VERSION_MAX";
+
+/// [`SUPPORTED_VERSIONS`], capped by [`EXECUTION_VERSION_MAX_ENV`], [`NETWORK_VERSION_MAX_ENV`]
+/// and [`CONSENSUS_VERSION_MAX_ENV`] when they are set.
 pub fn supported_versions() -> SupportedVersions {
     let mut v = SUPPORTED_VERSIONS;
     let cap = |name: &str| std::env::var(name).ok().and_then(|s| s.trim().parse::<u16>().ok());
@@ -65,6 +72,9 @@ pub fn supported_versions() -> SupportedVersions {
     }
     if let Some(cap) = cap(NETWORK_VERSION_MAX_ENV) {
         v.network.max = v.network.max.min(cap).max(v.network.min);
+    }
+    if let Some(cap) = cap(CONSENSUS_VERSION_MAX_ENV) {
+        v.consensus.max = v.consensus.max.min(cap).max(v.consensus.min);
     }
     v
 }

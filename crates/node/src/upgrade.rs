@@ -1,6 +1,11 @@
 //! Upgrade readiness: the node signals on-chain which versions of every layer its binary can
 //! run, and whether its shadow runs of a pending execution version passed, whenever either
 //! changes. Approved upgrades activate only once enough stake has signalled this way.
+//!
+//! Consensus version 2 needs each validator's BLS key on chain: a bonded node whose binary runs
+//! it registers its key (once the chain's execution version accepts registrations) and signals
+//! consensus version 2 only after the key is registered, so the stake that makes the upgrade
+//! ready is stake that can sign under it.
 
 use std::time::Duration;
 
@@ -27,16 +32,39 @@ where
         if sent_at.is_some_and(|h| height < h + RESEND_BLOCKS) {
             continue;
         }
-        let versions = crate::supported_versions();
+        let mut versions = crate::supported_versions();
         let pending = chain.pending_shadowed_upgrade();
         let shadow_ok = pending.is_some_and(|(layer, v)| chain.shadow_ok(layer, v));
-        let (bonded, current) = chain.read(|s| (s.stake(&me).bonded, plexus_execution::gov::signal(s, &me)));
-        if bonded == 0 || current.is_some_and(|c| c.versions == versions && c.shadow_ok == shadow_ok) {
+        let (bonded, current, has_key, execution) = chain.read(|s| {
+            (
+                s.stake(&me).bonded,
+                plexus_execution::gov::signal(s, &me),
+                s.consensus_key(&me).is_some(),
+                s.versions().execution,
+            )
+        });
+        if bonded == 0 {
+            continue;
+        }
+        if versions.consensus.max >= 2 && !has_key {
+            versions.consensus.max = 1;
+            if execution >= plexus_execution::CONSENSUS_KEYS_SINCE {
+                match chain.submit_own(chain.consensus_key_registration()) {
+                    Ok(hash) => {
+                        info!(target: "upgrade", %hash, "registered this node's BLS consensus key");
+                        sent_at = Some(height);
+                        continue;
+                    }
+                    Err(e) => warn!(target: "upgrade", "cannot register the consensus key: {e}"),
+                }
+            }
+        }
+        if current.is_some_and(|c| c.versions == versions && c.shadow_ok == shadow_ok) {
             continue;
         }
         match chain.submit_own(Payload::SignalVersions { versions, shadow_ok }) {
             Ok(hash) => {
-                info!(target: "upgrade", %hash, execution_max = versions.execution.max, data_max = versions.data.max, shadow_ok, ?pending, "signalled supported versions");
+                info!(target: "upgrade", %hash, execution_max = versions.execution.max, data_max = versions.data.max, consensus_max = versions.consensus.max, shadow_ok, ?pending, "signalled supported versions");
                 sent_at = Some(height);
             }
             Err(e) => warn!(target: "upgrade", "cannot signal supported versions: {e}"),

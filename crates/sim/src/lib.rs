@@ -424,8 +424,9 @@ where
     use commonware_consensus::simplex::mocks::conflicter::{Config, Conflicter};
     use commonware_p2p::utils::mux::Muxer;
     let set = commonware_utils::ordered::Set::from_iter_dedup(genesis.validators.iter().map(|v| v.address.0.clone()));
-    let scheme = plexus_consensus::Scheme::ed25519_signer(&plexus_consensus::namespace(&genesis.chain_id), set, key.0.clone())
-        .expect("byzantine node is a validator");
+    let scheme =
+        plexus_consensus::Scheme::ed25519_signer(&plexus_consensus::namespace(&genesis.chain_id), set, key.0.clone())
+            .expect("byzantine node is a validator");
     let (mux, mut handle) = Muxer::new(ctx.child("byz_mux"), sender, receiver);
     mux.start();
     let votes = handle.register(0).await.expect("epoch 0 subchannel");

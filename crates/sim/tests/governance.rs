@@ -1,7 +1,7 @@
 //! Governance in simulated networks: upgrades activate on every node at the same height only
 //! with enough readiness, wait without it, expire at their deadline, and a faulty execution
-//! version rolls back by itself (the chain starts at execution 4, upgrades to the real
-//! version 5, then to the test-only faulty version 6); parameter changes apply at their height. All while links are
+//! version rolls back by itself (the chain starts at execution 5, upgrades to the real
+//! version 6, then to the test-only faulty version 7); parameter changes apply at their height. All while links are
 //! lossy and transfers flow. Every failure prints the seed to replay.
 
 use std::time::Duration;
@@ -79,18 +79,18 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
     );
     for seed in seeds(200, 3) {
         run_seeded(seed, move |mut context| async move {
-            let at_v4 = plexus_types::VersionVector { execution: 4, ..plexus_types::VersionVector::V1 };
-            let mut sim = Sim::start_at(&mut context, 4, 20, None, true, at_v4).await;
+            let at_v5 = plexus_types::VersionVector { execution: 5, ..plexus_types::VersionVector::V1 };
+            let mut sim = Sim::start_at(&mut context, 4, 20, None, true, at_v5).await;
             sim.wait_for(&context, 3, Duration::from_secs(60)).await?;
 
-            // 1. Execution v5, approved by everyone; only half the stake is ready: it waits.
+            // 1. Execution v6, approved by everyone; only half the stake is ready: it waits.
             let h = height(&sim);
             let (activation, deadline) = (h + 30, h + 90);
             let p = propose(
                 &mut sim,
                 ProposalKind::Upgrade {
                     layer: Layer::Execution,
-                    version: 5,
+                    version: 6,
                     activation_height: activation,
                     deadline_height: deadline,
                 },
@@ -100,7 +100,7 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             })
             .await?;
             vote(&mut sim, p, &[0, 1, 2, 3])?;
-            signal(&mut sim, &[0, 1], 6)?;
+            signal(&mut sim, &[0, 1], 7)?;
             until(&mut sim, &mut context, "the vote to pass", Duration::from_secs(60), |s| {
                 gov::proposal(s, p).is_some_and(|x| x.status == ProposalStatus::Passed)
             })
@@ -113,13 +113,13 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             if u.iter().any(|u| u.as_ref().map(|u| (u.status, u.ready_bps)) != Some((UpgradeStatus::Pending, 5_000))) {
                 return Err(format!("with half the stake ready the upgrade must wait: {u:?}"));
             }
-            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 4) {
-                return Err("execution moved to v5 without readiness".into());
+            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 5) {
+                return Err("execution moved to v6 without readiness".into());
             }
 
             // 2. A third validator signals: 3/4 of the stake. It activates, at one height everywhere.
-            signal(&mut sim, &[2], 6)?;
-            until(&mut sim, &mut context, "v5 to activate", Duration::from_secs(60), |s| s.versions().execution == 5)
+            signal(&mut sim, &[2], 7)?;
+            until(&mut sim, &mut context, "v6 to activate", Duration::from_secs(60), |s| s.versions().execution == 6)
                 .await?;
             let at: Vec<Height> = upgrade(&sim, 0).into_iter().flatten().map(|u| u.activated_height).collect();
             if at.windows(2).any(|w| w[0] != w[1]) || at.is_empty() {
@@ -127,25 +127,25 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             }
             sim.check_safety().await?;
 
-            // 3. The faulty v6: approved and signalled; it activates, breaks conservation on its
-            //    first block with transactions, and every node falls back to v5 on its own.
+            // 3. The faulty v7: approved and signalled; it activates, breaks conservation on its
+            //    first block with transactions, and every node falls back to v6 on its own.
             let h = height(&sim);
             let activation = h + 30;
             let p = propose(
                 &mut sim,
                 ProposalKind::Upgrade {
                     layer: Layer::Execution,
-                    version: 6,
+                    version: plexus_execution::faulty::VERSION,
                     activation_height: activation,
                     deadline_height: activation + 60,
                 },
             )?;
-            until(&mut sim, &mut context, "the v6 proposal", Duration::from_secs(30), |s| {
+            until(&mut sim, &mut context, "the v7 proposal", Duration::from_secs(30), |s| {
                 gov::proposal(s, p).is_some()
             })
             .await?;
             vote(&mut sim, p, &[0, 1, 2, 3])?;
-            until(&mut sim, &mut context, "v6 to be aborted", Duration::from_secs(120), |s| {
+            until(&mut sim, &mut context, "v7 to be aborted", Duration::from_secs(120), |s| {
                 gov::upgrade(s, 1).is_some_and(|u| u.status == UpgradeStatus::Aborted)
             })
             .await
@@ -157,17 +157,17 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
                     sim.read_all(|s| s.versions())
                 )
             })?;
-            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 5) {
-                return Err("after the rollback every node runs v5".into());
+            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 6) {
+                return Err("after the rollback every node runs v6".into());
             }
             if upgrade(&sim, 0).iter().any(|u| u.as_ref().map(|u| u.status) != Some(UpgradeStatus::Active)) {
-                return Err(format!("v5 itself must stay active: {:?}", upgrade(&sim, 0)));
+                return Err(format!("v6 itself must stay active: {:?}", upgrade(&sim, 0)));
             }
             let notes: Vec<String> = upgrade(&sim, 1).into_iter().flatten().map(|u| u.note).collect();
             if !notes.iter().all(|n| n.contains("changed records")) {
                 return Err(format!("the abort records why: {notes:?}"));
             }
-            // The chain goes on under v5.
+            // The chain goes on under v6.
             let h = height(&sim);
             sim.wait_for(&context, h + 10, Duration::from_secs(60)).await?;
 
@@ -217,7 +217,7 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             }
             let common = sim.check_safety().await?;
             eprintln!(
-                "seed {seed}: v5 activated, v6 rolled back, network v2 expired, parameter applied; agreed through height {common}"
+                "seed {seed}: v6 activated, v7 rolled back, network v2 expired, parameter applied; agreed through height {common}"
             );
             Ok(())
         });
@@ -315,6 +315,122 @@ fn network_v2_activates_at_one_height_through_a_partition_and_a_crash() {
                 "seed {seed}: network v2 active from height {}; {payload} block bytes sent as {wire}; agreed through height {common}",
                 at[0]
             );
+            Ok(())
+        });
+    }
+}
+
+/// Node `i`'s consensus-key registration, as its node makes it.
+fn key_registration(sim: &Sim, i: usize) -> Payload {
+    let identity = &sim.nodes[i].key;
+    let key = plexus_consensus::derive_bls_key(&identity.0);
+    let proof = plexus_consensus::prove_possession(plexus_sim::CHAIN_ID, &identity.address().0, &key);
+    Payload::RegisterConsensusKey {
+        key: commonware_codec::Encode::encode(&plexus_consensus::bls_public(&key)).to_vec(),
+        proof: commonware_codec::Encode::encode(&proof).to_vec(),
+    }
+}
+
+/// The consensus version of the certificate that finalized `height`, on every running node.
+async fn certificate_versions(sim: &Sim, height: Height) -> Vec<Option<u16>> {
+    let mut out = Vec::new();
+    for chain in sim.nodes.iter().filter_map(|n| n.chain.lock().expect("slot").clone()) {
+        let record = chain.blocks().by_height(height).await.ok().flatten();
+        out.push(record.and_then(|r| plexus_consensus::finalization_version(&r.finalization)));
+    }
+    out
+}
+
+/// Consensus v2 (aggregated BLS certificates): validators register their keys, the upgrade is
+/// voted in while one validator is cut off, waits for readiness and an epoch boundary, and
+/// activates there while another validator is crashed; the crashed one catches up across the
+/// switch. Blocks before the boundary carry v1 certificates and blocks after it v2 ones on every
+/// node, and no two nodes ever disagree on a finalized block.
+#[test]
+fn consensus_v2_activates_at_an_epoch_boundary_through_a_partition_and_a_crash() {
+    for seed in seeds(400, 3) {
+        run_seeded(seed, move |mut context| async move {
+            let at_v6 = plexus_types::VersionVector { execution: 6, ..plexus_types::VersionVector::V1 };
+            let mut sim = Sim::start_at(&mut context, 4, 20, None, true, at_v6).await;
+            sim.wait_for(&context, 3, Duration::from_secs(60)).await?;
+            let keys: Vec<_> = sim.nodes.iter().map(|n| n.key.clone()).collect();
+            for i in 0..4 {
+                let registration = key_registration(&sim, i);
+                sim.submit_as(&keys[i], registration)?;
+            }
+            until(&mut sim, &mut context, "every key registered", Duration::from_secs(60), |s| {
+                keys.iter().all(|k| s.consensus_key(&k.address()).is_some())
+            })
+            .await?;
+
+            let h = height(&sim);
+            let activation = h + 30;
+            let p = propose(
+                &mut sim,
+                ProposalKind::Upgrade {
+                    layer: Layer::Consensus,
+                    version: 2,
+                    activation_height: activation,
+                    deadline_height: activation + 200,
+                },
+            )?;
+            until(&mut sim, &mut context, "the consensus proposal", Duration::from_secs(30), |s| {
+                gov::proposal(s, p).is_some()
+            })
+            .await?;
+            vote(&mut sim, p, &[0, 1, 2, 3])?;
+            let v2 = SupportedVersions { consensus: VersionRange { min: 1, max: 2 }, ..SupportedVersions::V1_ONLY };
+            for i in [0, 1, 2] {
+                sim.submit_as(&keys[i], Payload::SignalVersions { versions: v2, shadow_ok: true })?;
+            }
+            // Node 3 is cut off from the others for a while during the vote.
+            for k in &keys[..3] {
+                let _ = sim.oracle.remove_link(keys[3].address().0, k.address().0).await;
+                let _ = sim.oracle.remove_link(k.address().0, keys[3].address().0).await;
+            }
+            for _ in 0..20 {
+                sim.submit_transfer(&mut context);
+                context.sleep(Duration::from_millis(250)).await;
+            }
+            link_all(&mut context, &sim.oracle, &keys, true).await;
+            until(&mut sim, &mut context, "the vote to pass", Duration::from_secs(90), |s| {
+                gov::proposal(s, p).is_some_and(|x| x.status == ProposalStatus::Passed)
+            })
+            .await?;
+
+            // Node 1 crashes before the activation and comes back after it.
+            sim.crash(1).await;
+            until(&mut sim, &mut context, "consensus v2 to activate", Duration::from_secs(180), |s| {
+                s.versions().consensus == 2
+            })
+            .await?;
+            let h = height(&sim);
+            sim.wait_for(&context, h + 25, Duration::from_secs(120)).await?;
+            sim.boot(&context, 1).await;
+            until(&mut sim, &mut context, "the crashed node on v2", Duration::from_secs(120), |s| {
+                s.versions().consensus == 2
+            })
+            .await?;
+            let h = height(&sim);
+            sim.wait_for(&context, h + 10, Duration::from_secs(120)).await?;
+
+            let u = upgrade(&sim, 0);
+            let at: Vec<Height> = u.iter().flatten().map(|u| u.activated_height).collect();
+            if at.len() != 4 || at.windows(2).any(|w| w[0] != w[1]) || at[0] % 20 != 0 {
+                return Err(format!("consensus v2 must be active from one epoch boundary on every node: {u:?}"));
+            }
+            // A node that fetched a block while catching up may hold it without its certificate
+            // (`None`); every certificate held is of its epoch's version, and most nodes hold one.
+            let (before, after) =
+                (certificate_versions(&sim, at[0] - 1).await, certificate_versions(&sim, at[0] + 1).await);
+            let wrong = |vs: &[Option<u16>], version| {
+                vs.iter().any(|v| v.is_some_and(|v| v != version)) || vs.iter().flatten().count() < 3
+            };
+            if wrong(&before, 1) || wrong(&after, 2) {
+                return Err(format!("certificates around the boundary {}: {before:?} before, {after:?} after", at[0]));
+            }
+            let common = sim.check_safety().await?;
+            eprintln!("seed {seed}: consensus v2 active from height {}; agreed through height {common}", at[0]);
             Ok(())
         });
     }

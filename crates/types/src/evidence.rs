@@ -13,6 +13,13 @@ pub trait EvidenceVerifier: Send + Sync {
         evidence: &[u8],
         validators_of: &dyn Fn(u64) -> Option<Vec<Address>>,
     ) -> Result<VerifiedEvidence, String>;
+
+    /// Whether `proof` proves that `owner` holds the consensus (BLS) key `key`, on this chain.
+    /// Must be a pure function of its inputs. `false` where consensus is not available.
+    fn verify_possession(&self, owner: &Address, key: &[u8], proof: &[u8]) -> bool {
+        let _ = (owner, key, proof);
+        false
+    }
 }
 
 /// What verified evidence proves.

@@ -167,7 +167,22 @@ pub enum Payload {
         evidence: TensorEvidence,
         bond: Amount,
     },
+    /// Registers the signer's BLS12-381 consensus key (consensus version 2 signs votes with it),
+    /// with a proof of possession: the key's signature over itself on this chain, without which
+    /// one validator could register a key that cancels the others' in an aggregate. Once per
+    /// address, for good. Execution version 6 and later.
+    RegisterConsensusKey {
+        /// The public key ([`CONSENSUS_KEY_BYTES`] bytes, a point in G2).
+        key: Vec<u8>,
+        /// The proof of possession ([`POSSESSION_PROOF_BYTES`] bytes, a point in G1).
+        proof: Vec<u8>,
+    },
 }
+
+/// Bytes of a BLS12-381 consensus public key (consensus version 2).
+pub const CONSENSUS_KEY_BYTES: usize = 96;
+/// Bytes of a proof of possession of a consensus key.
+pub const POSSESSION_PROOF_BYTES: usize = 48;
 
 impl Payload {
     /// A session opening: restricted to `regions` when any are given
@@ -217,6 +232,7 @@ impl Payload {
             Payload::ChallengeVote { .. } => "challenge_vote",
             Payload::OpenSessionIn { .. } => "open_session_in",
             Payload::ChallengeTensor { .. } => "challenge_tensor",
+            Payload::RegisterConsensusKey { .. } => "register_consensus_key",
         }
     }
 }
@@ -532,6 +548,11 @@ impl Write for Payload {
                 evidence.write(buf);
                 bond.write(buf);
             }
+            Payload::RegisterConsensusKey { key, proof } => {
+                17u8.write(buf);
+                key.write(buf);
+                proof.write(buf);
+            }
         }
     }
 }
@@ -560,6 +581,7 @@ impl EncodeSize for Payload {
             Payload::ChallengeTensor { evidence, .. } => {
                 32 + Attestation::SIZE + Sig::SIZE + evidence.encode_size() + 16
             }
+            Payload::RegisterConsensusKey { key, proof } => key.encode_size() + proof.encode_size(),
         }
     }
 }
@@ -622,6 +644,10 @@ impl Read for Payload {
                 signature: Sig::read(buf)?,
                 evidence: TensorEvidence::read(buf)?,
                 bond: u128::read(buf)?,
+            },
+            17 => Payload::RegisterConsensusKey {
+                key: read_bytes(buf, CONSENSUS_KEY_BYTES)?,
+                proof: read_bytes(buf, POSSESSION_PROOF_BYTES)?,
             },
             t => return Err(Error::InvalidEnum(t)),
         })
@@ -787,6 +813,7 @@ mod tests {
                 },
                 bond: 10,
             },
+            Payload::RegisterConsensusKey { key: vec![7; CONSENSUS_KEY_BYTES], proof: vec![9; POSSESSION_PROOF_BYTES] },
         ]
     }
 

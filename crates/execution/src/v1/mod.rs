@@ -578,11 +578,12 @@ pub(crate) fn apply_payload(
             gov::signal_versions(store, env, signer, *versions, *shadow_ok, events)?
         }
         // Added by later versions (challenges are version 3, restricted sessions version 4,
-        // challenges of tensor inferences version 5).
+        // challenges of tensor inferences version 5, consensus keys version 6).
         Payload::Challenge { .. }
         | Payload::ChallengeVote { .. }
         | Payload::OpenSessionIn { .. }
-        | Payload::ChallengeTensor { .. } => {
+        | Payload::ChallengeTensor { .. }
+        | Payload::RegisterConsensusKey { .. } => {
             return Err(ExecError::Unsupported(tx.tx.payload.kind(), store.versions().execution));
         }
     }

@@ -1,0 +1,86 @@
+//! Execution version 6: version 5 with BLS consensus keys, what consensus version 2 signs with.
+//!
+//! [`Payload::RegisterConsensusKey`] stores the signer's BLS12-381 public key once its proof of
+//! possession verifies for the signer on this chain (the consensus layer checks it, through
+//! [`crate::EvidenceVerifier::verify_possession`]; the proof names the signer, so a registration
+//! copied from the mempool is worthless to anyone else). Rules:
+//! - one key per address, for good: a second registration is refused (a key that could change
+//!   would let nodes reading the table at different times disagree on an epoch's committee);
+//! - one address per key: a key already registered by someone else is refused;
+//! - the record keeps the registration height: consensus counts a key for an epoch only if it
+//!   was registered before the epoch's first block.
+//!
+//! Anyone may register (it costs the fee); only validators' keys are ever used. Before this
+//! version a block carrying one is invalid ([`crate::too_new`]).
+
+use plexus_types::tx::{CONSENSUS_KEY_BYTES, POSSESSION_PROOF_BYTES, Payload};
+use plexus_types::{Hash, Params, SignedTx};
+
+use crate::state::{ConsensusKey, Store, keys};
+use crate::v1::Rules;
+use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, TxError, v3, v5};
+
+/// The version that introduced what this module adds.
+pub(crate) const VERSION: u16 = 6;
+
+/// Version 6's rules on top of version 1's block structure (and version 3's end of block).
+pub(crate) const RULES: Rules = Rules { payload: apply_payload, before_end: v3::before_end };
+
+pub(crate) fn execute_block(
+    exec: &Executor,
+    state: &dyn crate::StateRead,
+    env: &BlockEnv,
+    txs: &[SignedTx],
+) -> Result<BlockOutcome, BlockError> {
+    v3::execute_with(exec, state, env, txs, &RULES)
+}
+
+pub(crate) fn build_block(
+    exec: &Executor,
+    state: &dyn crate::StateRead,
+    env: &BlockEnv,
+    candidates: impl IntoIterator<Item = SignedTx>,
+    max_txs: usize,
+    max_bytes: usize,
+) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+    v3::build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES)
+}
+
+pub(crate) fn apply_payload(
+    exec: &Executor,
+    store: &mut Store<'_, '_>,
+    params: &Params,
+    env: &BlockEnv,
+    tx: &SignedTx,
+    events: &mut Vec<Event>,
+) -> Result<(), ExecError> {
+    match &tx.tx.payload {
+        Payload::RegisterConsensusKey { key, proof } => {
+            let signer = &tx.tx.signer;
+            if key.len() != CONSENSUS_KEY_BYTES || proof.len() != POSSESSION_PROOF_BYTES {
+                return Err(ExecError::Invalid(format!(
+                    "a consensus key is {CONSENSUS_KEY_BYTES} bytes and its proof {POSSESSION_PROOF_BYTES}; got {} and {}",
+                    key.len(),
+                    proof.len()
+                )));
+            }
+            if store.consensus_key(signer).is_some() {
+                return Err(ExecError::Forbidden(format!("{signer} already registered its consensus key")));
+            }
+            let key_hash = plexus_types::hash(key);
+            if store.read::<plexus_types::Address>(&keys::consensus_key_owner(&key_hash)).is_some() {
+                return Err(ExecError::Forbidden("this consensus key is registered by another address".into()));
+            }
+            if !exec.evidence().verify_possession(signer, key, proof) {
+                return Err(ExecError::Invalid(
+                    "the proof of possession does not verify for this key on this chain".into(),
+                ));
+            }
+            store.write(keys::consensus_key(signer), &ConsensusKey { key: key.clone(), registered_height: env.height });
+            store.write(keys::consensus_key_owner(&key_hash), signer);
+            events.push(Event::ConsensusKeyRegistered { validator: signer.clone(), height: env.height });
+            Ok(())
+        }
+        _ => v5::apply_payload(exec, store, params, env, tx, events),
+    }
+}
