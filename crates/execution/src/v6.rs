@@ -12,6 +12,9 @@
 //!
 //! Anyone may register (it costs the fee); only validators' keys are ever used. Before this
 //! version a block carrying one is invalid ([`crate::too_new`]).
+//!
+//! Conflicting-vote evidence from a consensus-v2 epoch is checked against that epoch's BLS
+//! committee ([`crate::gov::epoch_consensus`]); version 1 epochs' evidence as before.
 
 use plexus_types::tx::{CONSENSUS_KEY_BYTES, POSSESSION_PROOF_BYTES, Payload};
 use plexus_types::{Hash, Params, SignedTx};
@@ -80,6 +83,21 @@ pub(crate) fn apply_payload(
             store.write(keys::consensus_key_owner(&key_hash), signer);
             events.push(Event::ConsensusKeyRegistered { validator: signer.clone(), height: env.height });
             Ok(())
+        }
+        Payload::ReportEvidence { evidence } => {
+            // Votes of a consensus-v2 epoch are BLS signatures: checked against that epoch's
+            // committee keys (version 1 epochs as before).
+            let committee_of = |epoch: u64| {
+                let validators = store.validators(epoch)?.0.into_iter().map(|v| v.address).collect();
+                let consensus = crate::gov::epoch_consensus(store, epoch)?;
+                let bls_keys = (consensus.version >= 2).then_some(consensus.keys);
+                Some(plexus_types::evidence::EpochCommittee { validators, bls_keys })
+            };
+            let proof = exec
+                .evidence()
+                .verify_in_committee(evidence, &committee_of)
+                .map_err(|e| ExecError::Invalid(format!("evidence: {e}")))?;
+            crate::v1::record_evidence(store, env, &tx.tx.signer, proof, events)
         }
         _ => v5::apply_payload(exec, store, params, env, tx, events),
     }

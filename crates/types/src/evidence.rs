@@ -14,12 +14,32 @@ pub trait EvidenceVerifier: Send + Sync {
         validators_of: &dyn Fn(u64) -> Option<Vec<Address>>,
     ) -> Result<VerifiedEvidence, String>;
 
+    /// [`EvidenceVerifier::verify`] for chains where an epoch may run consensus version 2:
+    /// `committee_of(epoch)` gives the epoch's validators and, for a version-2 epoch, the BLS keys
+    /// of those who sign. Must be a pure function of its inputs.
+    fn verify_in_committee(
+        &self,
+        evidence: &[u8],
+        committee_of: &dyn Fn(u64) -> Option<EpochCommittee>,
+    ) -> Result<VerifiedEvidence, String> {
+        self.verify(evidence, &|epoch| committee_of(epoch).map(|c| c.validators))
+    }
+
     /// Whether `proof` proves that `owner` holds the consensus (BLS) key `key`, on this chain.
     /// Must be a pure function of its inputs. `false` where consensus is not available.
     fn verify_possession(&self, owner: &Address, key: &[u8], proof: &[u8]) -> bool {
         let _ = (owner, key, proof);
         false
     }
+}
+
+/// Who signed consensus votes in an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochCommittee {
+    /// The epoch's validators.
+    pub validators: Vec<Address>,
+    /// Consensus version 2: the signers and their BLS keys (as registered); `None` for version 1.
+    pub bls_keys: Option<Vec<(Address, Vec<u8>)>>,
 }
 
 /// What verified evidence proves.

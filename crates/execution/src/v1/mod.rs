@@ -545,32 +545,7 @@ pub(crate) fn apply_payload(
             };
             let proof =
                 exec.evidence().verify(evidence, &validators_of).map_err(|e| invalid(format!("evidence: {e}")))?;
-            let id = hash_parts(&[
-                proof.kind.as_bytes(),
-                proof.offender.as_bytes(),
-                &proof.epoch.to_be_bytes(),
-                &proof.view.to_be_bytes(),
-            ]);
-            if store.read::<EvidenceRecord>(&keys::evidence(&id)).is_some() {
-                return Err(invalid("this offence is already recorded"));
-            }
-            store.write(
-                keys::evidence(&id),
-                &EvidenceRecord {
-                    offender: proof.offender.clone(),
-                    epoch: proof.epoch,
-                    view: proof.view,
-                    kind: proof.kind.to_string(),
-                    reporter: signer.clone(),
-                    height: env.height,
-                },
-            );
-            events.push(Event::EvidenceRecorded {
-                offender: proof.offender,
-                epoch: proof.epoch,
-                view: proof.view,
-                kind: proof.kind.to_string(),
-            });
+            record_evidence(store, env, signer, proof, events)?;
         }
         Payload::SubmitProposal { kind, deposit } => gov::submit(store, params, env, signer, kind, *deposit, events)?,
         Payload::Vote { proposal, option } => gov::vote(store, params, env, signer, *proposal, *option, events)?,
@@ -587,6 +562,43 @@ pub(crate) fn apply_payload(
             return Err(ExecError::Unsupported(tx.tx.payload.kind(), store.versions().execution));
         }
     }
+    Ok(())
+}
+
+/// Records verified evidence once per offence (kind, offender, epoch, view).
+pub(crate) fn record_evidence(
+    store: &mut Store<'_, '_>,
+    env: &BlockEnv,
+    reporter: &Address,
+    proof: crate::VerifiedEvidence,
+    events: &mut Vec<Event>,
+) -> Result<(), ExecError> {
+    let id = hash_parts(&[
+        proof.kind.as_bytes(),
+        proof.offender.as_bytes(),
+        &proof.epoch.to_be_bytes(),
+        &proof.view.to_be_bytes(),
+    ]);
+    if store.read::<EvidenceRecord>(&keys::evidence(&id)).is_some() {
+        return Err(invalid("this offence is already recorded"));
+    }
+    store.write(
+        keys::evidence(&id),
+        &EvidenceRecord {
+            offender: proof.offender.clone(),
+            epoch: proof.epoch,
+            view: proof.view,
+            kind: proof.kind.to_string(),
+            reporter: reporter.clone(),
+            height: env.height,
+        },
+    );
+    events.push(Event::EvidenceRecorded {
+        offender: proof.offender,
+        epoch: proof.epoch,
+        view: proof.view,
+        kind: proof.kind.to_string(),
+    });
     Ok(())
 }
 

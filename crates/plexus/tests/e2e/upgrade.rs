@@ -1,10 +1,13 @@
 //! Upgrades as operators and token holders run them, on a 4-validator devnet with models that
-//! starts at execution v4: a proposal to activate v5 (challenges of tensor inferences) passes by
-//! vote (`plexus gov`), waits while every node runs a binary that cannot execute v5, and activates
-//! on its own once three of the four have been replaced one by one (a rolling restart) — under
-//! continuous client load through the gateway, with no failed request. Then the deliberately
-//! faulty v6 activates, fails on its first real block, and every node rolls back to v5 by
-//! itself; the chain goes on and all nodes agree on every state root.
+//! starts at execution v5 and network v1: a proposal to activate execution v6 (BLS consensus
+//! keys) passes by vote (`plexus gov`), waits while every node runs a binary that cannot execute
+//! v6, and activates on its own once three of the four have been replaced one by one (a rolling
+//! restart). The new binaries register their consensus keys and signal; consensus v2 (aggregated
+//! certificates) and network v2 (compressed blocks) are then voted in together and activate on
+//! every node at one height each, consensus at an epoch boundary. Then the deliberately faulty
+//! execution version activates, fails on its first real block, and every node rolls back by
+//! itself. All of it under continuous client load through the gateway, with no failed request;
+//! the chain goes on and all nodes agree on every state root.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -93,12 +96,24 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     );
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("devnet");
-    // The chain starts at execution v4; every node starts as an "old binary" that cannot run
-    // v5 (challenges of tensor inferences).
-    // SAFETY: set before any thread of this test starts processes that read it.
-    unsafe { std::env::set_var(plexus_node::EXECUTION_VERSION_MAX_ENV, "4") };
-    let started = start_devnet(&home, 4, &["--threads", "1", "--claim-interval", "5", "--execution-version", "4"]);
-    unsafe { std::env::remove_var(plexus_node::EXECUTION_VERSION_MAX_ENV) };
+    // The chain starts at execution v5 and network v1; every node starts as an "old binary" that
+    // cannot run execution v6 (BLS consensus keys), nor consensus or network v2.
+    // SAFETY: set before any thread of this test starts processes that read them.
+    unsafe {
+        std::env::set_var(plexus_node::EXECUTION_VERSION_MAX_ENV, "5");
+        std::env::set_var(plexus_node::CONSENSUS_VERSION_MAX_ENV, "1");
+        std::env::set_var(plexus_node::NETWORK_VERSION_MAX_ENV, "1");
+    }
+    let started = start_devnet(
+        &home,
+        4,
+        &["--threads", "1", "--claim-interval", "5", "--execution-version", "5", "--network-version", "1"],
+    );
+    unsafe {
+        std::env::remove_var(plexus_node::EXECUTION_VERSION_MAX_ENV);
+        std::env::remove_var(plexus_node::CONSENSUS_VERSION_MAX_ENV);
+        std::env::remove_var(plexus_node::NETWORK_VERSION_MAX_ENV);
+    }
     let (devnet, info) = started;
     let nodes: Vec<Value> = info["nodes"].as_array().unwrap().clone();
     let apis: Vec<String> = nodes.iter().map(|n| n["api"].as_str().unwrap().to_string()).collect();
@@ -134,6 +149,7 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
             errors
         })
     };
+    let first_height = height(&api).unwrap();
     let gap_ms = Arc::new(AtomicU64::new(0));
     let watch = {
         let (stop, gap_ms, apis) = (stop.clone(), gap_ms.clone(), apis.clone());
@@ -150,9 +166,9 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
         })
     };
 
-    // Token holders approve execution v5; nobody's binary can run it yet, so it waits.
+    // Token holders approve execution v6; nobody's binary can run it yet, so it waits.
     let key0 = nodes[0]["key_file"].as_str().unwrap().to_string();
-    let p = propose_upgrade(&api, &key0, "execution", 5);
+    let p = propose_upgrade(&api, &key0, "execution", 6);
     vote_all(&nodes, &api, p);
     let passed = wait_for("the proposal to pass", Duration::from_secs(120), || {
         let v = get(&format!("{api}/chain/v1/proposals/{p}"))?;
@@ -164,9 +180,9 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     let u = upgrades(&api);
     assert_eq!(u["upgrades"][0]["status"], "pending", "{u}");
     assert_eq!(u["upgrades"][0]["ready_bps_now"], 0);
-    assert_eq!(execution_version(&api), Some(4));
+    assert_eq!(execution_version(&api), Some(5));
 
-    // The rolling restart: one node at a time onto a binary that supports v5.
+    // The rolling restart: one node at a time onto a binary that supports v6.
     let mut restarted = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let pid = n["pid"].as_u64().unwrap() as libc::pid_t;
@@ -180,30 +196,71 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
         });
         wait_for("its provider to be back", Duration::from_secs(120), || get_provider(n, "/health").map(|_| ()));
         if i == 2 {
-            // Three of four (3/4 of the stake) can run v5 now: it activates by itself.
-            wait_for("v5 to activate", Duration::from_secs(120), || (execution_version(&api)? == 5).then_some(()));
+            // Three of four (3/4 of the stake) can run v6 now: it activates by itself.
+            wait_for("v6 to activate", Duration::from_secs(120), || (execution_version(&api)? == 6).then_some(()));
         }
     }
     for a in &apis {
-        wait_for("every node on v5", Duration::from_secs(60), || (execution_version(a)? == 5).then_some(()));
+        wait_for("every node on v6", Duration::from_secs(60), || (execution_version(a)? == 6).then_some(()));
     }
     let u = upgrades(&api);
     assert_eq!(u["upgrades"][0]["status"], "active", "{u}");
     let activated = u["upgrades"][0]["activated_height"].as_u64().unwrap();
     assert!(activated > activation);
 
-    // The faulty v6: it passes its shadow runs (its bug only shows once active), so nodes signal
-    // ready and it activates; its first block with transactions breaks conservation, and every
-    // node falls back to v5 on its own.
-    let p = propose_upgrade(&api, &key0, "execution", 6);
+    // On v6 every node registers its BLS consensus key by itself, then signals consensus v2.
+    wait_for("every node to register its key and signal consensus v2", Duration::from_secs(120), || {
+        let s = get(&format!("{api}/chain/v1/signals"))?;
+        let signals = s["signals"].as_array()?;
+        let v2 = signals.iter().filter(|s| s["signal"]["versions"]["consensus"]["max"] == 2).count();
+        (v2 == nodes.len()).then_some(())
+    });
+    // Consensus v2 and network v2, voted in together.
+    let consensus = propose_upgrade(&api, &key0, "consensus", 2);
+    let network = propose_upgrade(&api, &key0, "network", 2);
+    vote_all(&nodes, &api, consensus);
+    vote_all(&nodes, &api, network);
+    for a in &apis {
+        wait_for("consensus v2 and network v2 on every node", Duration::from_secs(240), || {
+            let v = get(&format!("{a}/chain/v1/status"))?["versions"].clone();
+            (v["consensus"] == 2 && v["network"] == 2).then_some(())
+        });
+    }
+    let layer_upgrade = |a: &str, layer: &str| {
+        let u = upgrades(a);
+        u["upgrades"].as_array().unwrap().iter().find(|u| u["layer"] == layer).unwrap().clone()
+    };
+    let epoch_length = get(&format!("{api}/chain/v1/params")).unwrap()["epoch_length_blocks"].as_u64().unwrap();
+    let consensus_at: Vec<u64> =
+        apis.iter().map(|a| layer_upgrade(a, "consensus")["activated_height"].as_u64().unwrap()).collect();
+    let network_at: Vec<u64> =
+        apis.iter().map(|a| layer_upgrade(a, "network")["activated_height"].as_u64().unwrap()).collect();
+    assert!(consensus_at.windows(2).all(|w| w[0] == w[1]), "consensus v2 activation heights: {consensus_at:?}");
+    assert!(network_at.windows(2).all(|w| w[0] == w[1]), "network v2 activation heights: {network_at:?}");
+    assert_eq!(consensus_at[0] % epoch_length, 0, "consensus v2 must activate at an epoch boundary");
+    // Blocks of the new epoch are finalized by aggregated certificates, the ones before it not.
+    let certificate = |h: u64| {
+        wait_for("the block's certificate", Duration::from_secs(60), || {
+            let hex = get(&format!("{api}/chain/v1/blocks/{h}"))?["finalization"].as_str()?.to_string();
+            plexus_consensus::finalization_version(&hex::decode(hex).ok()?)
+        })
+    };
+    assert_eq!((certificate(consensus_at[0] - 1), certificate(consensus_at[0] + 1)), (1, 2));
+
+    // The faulty version: it passes its shadow runs (its bug only shows once active), so nodes
+    // signal ready and it activates; its first block with transactions breaks conservation, and
+    // every node falls back to v6 on its own.
+    let faulty = plexus_execution::faulty::VERSION;
+    let p = propose_upgrade(&api, &key0, "execution", faulty);
     vote_all(&nodes, &api, p);
-    wait_for("v6 to be rolled back", Duration::from_secs(240), || {
+    wait_for("the faulty version to be rolled back", Duration::from_secs(240), || {
         let u = upgrades(&api);
-        let v6 = u["upgrades"].as_array()?.iter().find(|u| u["version"] == 6)?.clone();
-        (v6["status"] == "aborted").then_some(v6)
+        let bad =
+            u["upgrades"].as_array()?.iter().find(|u| u["version"] == faulty && u["layer"] == "execution")?.clone();
+        (bad["status"] == "aborted").then_some(bad)
     });
     for a in &apis {
-        wait_for("every node back on v5", Duration::from_secs(60), || (execution_version(a)? == 5).then_some(()));
+        wait_for("every node back on v6", Duration::from_secs(60), || (execution_version(a)? == 6).then_some(()));
     }
     let h = height(&api).unwrap();
     wait_for("the chain to go on", Duration::from_secs(60), || {
@@ -222,10 +279,23 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     assert!(roots.windows(2).all(|w| w[0] == w[1]), "state roots differ at {common}: {roots:?}");
     let status = cli(&["gov", "status", "--node", &api]);
     let ok = ok.load(Ordering::Relaxed);
+    // The longest time between two consecutive blocks, from the proposers' own timestamps (one
+    // machine, one clock): what the chain did, without the polling above and its HTTP delays.
+    let stamps: Vec<(u64, u64)> = (first_height..=common)
+        .filter_map(|h| Some((h, get(&format!("{api}/chain/v1/blocks/{h}"))?["header"]["timestamp_ms"].as_u64()?)))
+        .collect();
+    let mut gaps: Vec<(u64, u64)> = stamps.windows(2).map(|w| (w[1].1.saturating_sub(w[0].1), w[1].0)).collect();
+    gaps.sort_by(|a, b| b.cmp(a));
     eprintln!(
-        "rolling upgrade: {ok} client requests served, {} failed, longest finality gap {} ms; v5 active from height {activated}; gov status: {}",
+        "block gaps: longest {:?} (ms, at height) over heights {first_height}..={common}; epoch length {epoch_length}",
+        &gaps[..gaps.len().min(5)]
+    );
+    eprintln!(
+        "rolling upgrade: {ok} client requests served, {} failed, longest finality gap {} ms; execution v6 active from height {activated}, consensus v2 from {}, network v2 from {}; gov status: {}",
         failed.load(Ordering::Relaxed),
         gap_ms.load(Ordering::Relaxed),
+        consensus_at[0],
+        network_at[0],
         status["upgrades"]["upgrades"]
     );
     assert!(ok > 0);
