@@ -184,6 +184,7 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
 
     // The rolling restart: one node at a time onto a binary that supports v6.
     let mut restarted = Vec::new();
+    let rolling_from = height(&api).unwrap();
     for (i, n) in nodes.iter().enumerate() {
         let pid = n["pid"].as_u64().unwrap() as libc::pid_t;
         // SAFETY: signalling a node process of this test's devnet.
@@ -250,6 +251,7 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     // The faulty version: it passes its shadow runs (its bug only shows once active), so nodes
     // signal ready and it activates; its first block with transactions breaks conservation, and
     // every node falls back to v6 on its own.
+    let faulty_from = height(&api).unwrap();
     let faulty = plexus_execution::faulty::VERSION;
     let p = propose_upgrade(&api, &key0, "execution", faulty);
     vote_all(&nodes, &api, p);
@@ -285,6 +287,23 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
         .filter_map(|h| Some((h, get(&format!("{api}/chain/v1/blocks/{h}"))?["header"]["timestamp_ms"].as_u64()?)))
         .collect();
     let mut gaps: Vec<(u64, u64)> = stamps.windows(2).map(|w| (w[1].1.saturating_sub(w[0].1), w[1].0)).collect();
+    // Block intervals by phase: p50 / p99 / max in ms (what finality does, block by block).
+    let phase = |from: u64, to: u64| {
+        let mut ms: Vec<u64> = gaps.iter().filter(|(_, h)| (from + 1..=to).contains(h)).map(|(g, _)| *g).collect();
+        ms.sort();
+        let q = |q: f64| ms.get(((ms.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0);
+        format!("{}/{}/{} ({} blocks)", q(0.5), q(0.99), ms.last().copied().unwrap_or(0), ms.len())
+    };
+    // Before the restarts | the rolling restart up to v6 | v6 to consensus v2 | on consensus v2
+    // and network v2 | the faulty version and its rollback.
+    eprintln!(
+        "block intervals p50/p99/max ms: {} | {} | {} | {} | {}",
+        phase(first_height, rolling_from),
+        phase(rolling_from, activated),
+        phase(activated, consensus_at[0]),
+        phase(consensus_at[0], faulty_from),
+        phase(faulty_from, common),
+    );
     gaps.sort_by(|a, b| b.cmp(a));
     eprintln!(
         "block gaps: longest {:?} (ms, at height) over heights {first_height}..={common}; epoch length {epoch_length}",
