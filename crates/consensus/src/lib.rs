@@ -79,9 +79,10 @@ pub struct EpochPeers {
 pub enum Signing {
     /// Version 1: every validator signs with its ed25519 identity key.
     Ed25519,
-    /// Version 2: the listed validators (those of the epoch that registered a BLS key, with its
-    /// proof of possession checked on chain, before the epoch began) sign with their BLS keys,
-    /// aggregated in certificates. Never empty; the others follow without voting.
+    /// Version 2: every validator of the epoch signs with the BLS key it registered (proof of
+    /// possession checked on chain) before the epoch began; certificates aggregate them. The
+    /// list is the whole validator set, never a subset (a quorum over a subset would favour the
+    /// faulty), and never empty.
     Bls(Vec<(Address, BlsPublicKey)>),
 }
 

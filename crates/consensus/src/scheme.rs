@@ -145,16 +145,16 @@ pub fn bls_public(key: &BlsPrivateKey) -> BlsPublicKey {
 }
 
 /// Derives a validator's BLS key from its ed25519 identity key, so an operator has one secret to
-/// keep: SHA-256 over a domain tag and the ed25519 seed, reduced below the group order by
-/// clearing the top bits (zero, with negligible probability, is refused by decoding and retried
-/// with a counter).
+/// keep: SHA-256 over a domain tag and the ed25519 seed, brought below the group order by
+/// clearing the top three bits (zero, with negligible probability, is refused by decoding and
+/// retried with a counter).
 pub fn derive_bls_key(identity: &ed25519::PrivateKey) -> BlsPrivateKey {
     use commonware_cryptography::Hasher as _;
     let seed = identity.encode();
     for counter in 0u8..=u8::MAX {
         let digest = commonware_cryptography::Sha256::hash(&[b"plexus/consensus-v2/bls-key", &[counter], &seed]);
         let mut bytes: [u8; 32] = digest.as_ref().try_into().expect("sha256 is 32 bytes");
-        // The group order starts with 0x73: below 2^254 is not enough, below 2^253 is.
+        // The group order's top byte is 0x73: a top byte of at most 0x1f keeps the value below it.
         bytes[0] &= 0x1f;
         if let Ok(key) = BlsPrivateKey::decode(Copying(&bytes[..])) {
             return key;
@@ -477,7 +477,40 @@ impl certificate::Scheme for Scheme {
         J: IntoIterator<Item = &'a Attestation<Self>>,
         J::IntoIter: Send,
     {
-        certificate::optimistic_assemble::<Self, _, D, _, _>(self, rng, subject, pending, verified, strategy)
+        // Each version assembles as its own scheme does (ed25519 verifies before assembling,
+        // multisig checks the aggregate first); pending votes whose bytes are not a signature of
+        // this version are invalid without a check.
+        macro_rules! delegate {
+            ($inner:expr, $convert:expr, $wrap:path) => {{
+                let mut originals = BTreeMap::new();
+                let mut malformed = Vec::new();
+                let mut inner_pending = Vec::new();
+                for attestation in pending {
+                    match $convert(&attestation) {
+                        Some(converted) => {
+                            inner_pending.push(converted);
+                            originals.insert(attestation.signer, attestation);
+                        }
+                        None => malformed.push(attestation.signer),
+                    }
+                }
+                let inner_verified: Vec<_> = verified.into_iter().filter_map(|a| $convert(a)).collect();
+                match $inner.optimistic_assemble(rng, subject, inner_pending, inner_verified.iter(), strategy) {
+                    Ok(certificate) => Ok($wrap(certificate)),
+                    Err(result) => {
+                        let mut invalid = malformed;
+                        invalid.extend(result.invalid);
+                        invalid.sort();
+                        let verified = result.verified.iter().filter_map(|a| originals.remove(&a.signer)).collect();
+                        Err(Verification::new(verified, invalid))
+                    }
+                }
+            }};
+        }
+        match self {
+            Scheme::V1(s) => delegate!(s, to_v1, Certificate::Individual),
+            Scheme::V2(s) => delegate!(s, to_v2, Certificate::Aggregate),
+        }
     }
 
     fn assemble<I>(&self, attestations: NonEmpty<I>, strategy: &impl Strategy) -> Result<Certificate, AssemblyError>

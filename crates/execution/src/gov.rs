@@ -379,14 +379,30 @@ pub fn readiness(store: &Store<'_, '_>, layer: Layer, version: u16) -> u64 {
     (ready.saturating_mul(10_000) / total) as u64
 }
 
+/// Whether governance may move `layer` from version `current` to `version`: one version up, or,
+/// from execution v6, consensus and network one version back down. Those two have no automatic
+/// rollback (a misbehaving consensus or network version is seen by people, not by a check every
+/// node runs on every block), so the way back is a downgrade that token holders can always vote:
+/// every binary that runs the newer version runs the older one too, so it is ready as soon as the
+/// stake that signalled anything is. Execution rolls back by itself; data migrations are not
+/// reversible.
+pub fn may_move_to(layer: Layer, current: u16, version: u16, execution: u16) -> bool {
+    version == current + 1 || (downgrades_allowed(layer, current, execution) && version + 1 == current)
+}
+
+/// Whether `layer` at `current` may be voted one version back down under `execution`.
+pub fn downgrades_allowed(layer: Layer, current: u16, execution: u16) -> bool {
+    execution >= crate::CONSENSUS_KEYS_SINCE && matches!(layer, Layer::Consensus | Layer::Network) && current > 1
+}
+
 /// Who signs consensus votes in an epoch, and how: a pure function of committed state, the same
 /// whenever a node reads it (after the epoch's validator set is chosen).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EpochConsensus {
     /// The consensus version the epoch runs.
     pub version: u16,
-    /// Version 2 and later: the epoch's validators that registered a BLS key before the epoch's
-    /// first block, with their keys, in validator-set order. Empty for version 1.
+    /// Version 2 and later: every validator of the epoch with the BLS key it registered before the
+    /// epoch's first block, in validator-set order. Empty for version 1.
     pub keys: Vec<(Address, Vec<u8>)>,
 }
 
@@ -395,9 +411,10 @@ pub struct EpochConsensus {
 ///
 /// The version is that of the last consensus upgrade active from the epoch's first height or
 /// earlier (consensus upgrades activate only at epoch boundaries and never abort), else the one
-/// before the first upgrade, else the version active now. A version-2 epoch in which no
-/// validator has a key runs version 1: a committee must not be empty, and every node sees the
-/// same empty table.
+/// before the first upgrade, else the version active now. A version-2 epoch runs version 1 unless
+/// every one of its validators registered a key before it began (execution v6 elects only keyed
+/// candidates under consensus v2, so this is the rare case of nobody having one): its quorum is
+/// always counted over the whole validator set. Every node reads the same records.
 pub fn epoch_consensus(store: &Store<'_, '_>, epoch: u64) -> Option<EpochConsensus> {
     let set = store.validators(epoch)?;
     let first = epoch.saturating_mul(store.params().epoch_length_blocks as u64);
@@ -418,17 +435,19 @@ pub fn epoch_consensus(store: &Store<'_, '_>, epoch: u64) -> Option<EpochConsens
     if version < 2 {
         return Some(EpochConsensus { version, keys: Vec::new() });
     }
-    let keys: Vec<(Address, Vec<u8>)> = set
+    // The committee is the whole validator set or nothing: a quorum counted over a subset would
+    // give the faulty validators a larger share of it than of the set.
+    let keys: Option<Vec<(Address, Vec<u8>)>> = set
         .0
         .iter()
-        .filter_map(|v| {
+        .map(|v| {
             let k = store.consensus_key(&v.address)?;
             (k.registered_height < first).then(|| (v.address.clone(), k.key))
         })
         .collect();
-    Some(match keys.is_empty() {
-        true => EpochConsensus { version: 1, keys },
-        false => EpochConsensus { version, keys },
+    Some(match keys {
+        Some(keys) if !keys.is_empty() => EpochConsensus { version, keys },
+        _ => EpochConsensus { version: 1, keys: Vec::new() },
     })
 }
 

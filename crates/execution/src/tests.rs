@@ -1529,6 +1529,25 @@ mod verification {
     }
 
     #[test]
+    fn equivocation_is_slashed_under_version_six_too() {
+        // v6 checks evidence against the epoch's committee (BLS keys in consensus-v2 epochs);
+        // the slash and the reporter's share are version 3's.
+        let (mut c, _) = setup_at(6);
+        let (before, reporter) = (bonded(&c, 2), c.balance(5));
+        let t = c.tx(5, Payload::ReportEvidence { evidence: b"guilty:1".to_vec() });
+        let out = c.block(vec![t]);
+        assert_eq!(out.results[0].error, None);
+        assert!(
+            out.results[0]
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::Slashed { offender, .. } if offender == &c.addr(2)))
+        );
+        assert_eq!(bonded(&c, 2), before - before / 20);
+        assert_eq!(c.balance(5), reporter - 1_000 + before / 20 / 10);
+    }
+
+    #[test]
     fn versions_before_three_refuse_challenges() {
         let mut c = with_provider();
         let t = c.tx(3, Payload::ChallengeVote { challenge: 0, guilty: true });
@@ -1763,6 +1782,10 @@ mod consensus_keys {
         }
         assert_eq!(c.balance(3), before - 3 * 1_000);
         assert_eq!(key_of(&c, 3), None);
+        // Account 3 is no validator candidate: even its own well-formed registration is refused
+        // before any pairing is computed.
+        let t = c.tx(3, registration(&c, 3, 3, CHAIN));
+        assert!(c.block(vec![t]).results[0].error.as_ref().unwrap().contains("only validator candidates"));
     }
 
     #[test]

@@ -92,6 +92,29 @@ fn invalid(msg: impl Into<String>) -> ExecError {
     ExecError::Invalid(msg.into())
 }
 
+/// Slashes the offender of evidence recorded among `events[before..]` (if any) and pays the
+/// reporter its share, the rest to the treasury.
+pub(crate) fn slash_recorded_offence(
+    store: &mut Store<'_, '_>,
+    params: &Params,
+    env: &BlockEnv,
+    reporter: &Address,
+    events: &mut Vec<Event>,
+    before: usize,
+) -> Result<(), ExecError> {
+    let offender = events[before..].iter().find_map(|e| match e {
+        Event::EvidenceRecorded { offender, .. } => Some(offender.clone()),
+        _ => None,
+    });
+    if let Some(offender) = offender {
+        let slashed = slash(store, params, env, &offender, params.equivocation_slash_bps)?;
+        let reward = crate::gov::share(slashed, params.challenger_reward_bps);
+        pay_out(store, reporter, reward, slashed - reward)?;
+        events.push(Event::Slashed { offender, amount: slashed, reason: "conflicting votes".into() });
+    }
+    Ok(())
+}
+
 pub(crate) fn apply_payload(
     exec: &Executor,
     store: &mut Store<'_, '_>,
@@ -109,17 +132,7 @@ pub(crate) fn apply_payload(
         Payload::ReportEvidence { .. } => {
             let before = events.len();
             v1::apply_payload(exec, store, params, env, tx, events)?;
-            let offender = events[before..].iter().find_map(|e| match e {
-                Event::EvidenceRecorded { offender, .. } => Some(offender.clone()),
-                _ => None,
-            });
-            if let Some(offender) = offender {
-                let slashed = slash(store, params, env, &offender, params.equivocation_slash_bps)?;
-                let reward = crate::gov::share(slashed, params.challenger_reward_bps);
-                pay_out(store, signer, reward, slashed - reward)?;
-                events.push(Event::Slashed { offender, amount: slashed, reason: "conflicting votes".into() });
-            }
-            Ok(())
+            slash_recorded_offence(store, params, env, signer, events, before)
         }
         Payload::Unstake { .. } => {
             // As version 1, and remember where the stake waits, so a slash can still reach it.

@@ -10,8 +10,13 @@
 //! - the record keeps the registration height: consensus counts a key for an epoch only if it
 //!   was registered before the epoch's first block.
 //!
-//! Anyone may register (it costs the fee); only validators' keys are ever used. Before this
+//! Only validator candidates (bonded at least `min_stake`) may register: the proof costs a
+//! pairing check on every node, so it is not free for anyone to ask for. Before this
 //! version a block carrying one is invalid ([`crate::too_new`]).
+//!
+//! Governance may also vote consensus and network one version back down ([`crate::gov::may_move_to`]):
+//! the protection those layers have instead of an automatic rollback. A consensus downgrade
+//! activates at an epoch boundary like any consensus change.
 //!
 //! Conflicting-vote evidence from a consensus-v2 epoch is checked against that epoch's BLS
 //! committee ([`crate::gov::epoch_consensus`]); version 1 epochs' evidence as before.
@@ -74,6 +79,15 @@ pub(crate) fn apply_payload(
             if store.read::<plexus_types::Address>(&keys::consensus_key_owner(&key_hash)).is_some() {
                 return Err(ExecError::Forbidden("this consensus key is registered by another address".into()));
             }
+            // The pairing check costs far more than a signature check: only validator candidates
+            // (bonded at least `min_stake`), whose keys are ever used, may ask for it.
+            let bonded = store.stake(signer).bonded;
+            if bonded < params.min_stake {
+                return Err(ExecError::Forbidden(format!(
+                    "only validator candidates register consensus keys: {signer} has {bonded} bonded, min_stake is {}",
+                    params.min_stake
+                )));
+            }
             if !exec.evidence().verify_possession(signer, key, proof) {
                 return Err(ExecError::Invalid(
                     "the proof of possession does not verify for this key on this chain".into(),
@@ -97,7 +111,9 @@ pub(crate) fn apply_payload(
                 .evidence()
                 .verify_in_committee(evidence, &committee_of)
                 .map_err(|e| ExecError::Invalid(format!("evidence: {e}")))?;
-            crate::v1::record_evidence(store, env, &tx.tx.signer, proof, events)
+            let before = events.len();
+            crate::v1::record_evidence(store, env, &tx.tx.signer, proof, events)?;
+            v3::slash_recorded_offence(store, params, env, &tx.tx.signer, events, before)
         }
         _ => v5::apply_payload(exec, store, params, env, tx, events),
     }

@@ -384,9 +384,8 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         Ok(hash)
     }
 
-    /// Builds, signs and submits a transaction from this node's own key with the next nonce.
     /// This node's consensus-key registration: the BLS key derived from its identity key, with a
-    /// proof of possession on this chain (consensus version 2 signs with it).
+    /// proof of possession naming this node on this chain (consensus version 2 signs with it).
     pub fn consensus_key_registration(&self) -> Payload {
         let key = plexus_consensus::derive_bls_key(&self.inner.key.0);
         let public = plexus_consensus::bls_public(&key);
@@ -397,6 +396,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         }
     }
 
+    /// Builds, signs and submits a transaction from this node's own key with the next nonce.
     pub fn submit_own(&self, payload: Payload) -> Result<Hash, SubmitError> {
         let me = self.address();
         let account_nonce = self.read(|s| s.account(&me).nonce);
@@ -683,24 +683,25 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
 }
 
 /// How `epoch`'s votes are signed, from committed state (the same on every node, whenever read).
-/// Keys that do not decode are left out (the chain checked each with its proof of possession, so
-/// none should); an epoch left with no key runs version 1, as execution says.
+/// Execution gives version 2 only with a key for every validator; if one did not decode (the
+/// chain checked each with its proof of possession, so none should) the epoch runs version 1 on
+/// every node alike rather than with a partial committee.
 fn epoch_signing(store: &Store<'_, '_>, epoch: u64) -> Option<plexus_consensus::Signing> {
     let consensus = plexus_execution::gov::epoch_consensus(store, epoch)?;
     if consensus.version < 2 {
         return Some(plexus_consensus::Signing::Ed25519);
     }
-    let keys: Vec<_> = consensus
+    let keys: Option<Vec<_>> = consensus
         .keys
         .iter()
-        .filter_map(|(a, k)| {
+        .map(|(a, k)| {
             let key = commonware_codec::DecodeExt::decode(commonware_codec::Copying(&k[..])).ok()?;
             Some((a.clone(), key))
         })
         .collect();
-    Some(match keys.is_empty() {
-        true => plexus_consensus::Signing::Ed25519,
-        false => plexus_consensus::Signing::Bls(keys),
+    Some(match keys {
+        Some(keys) if !keys.is_empty() => plexus_consensus::Signing::Bls(keys),
+        _ => plexus_consensus::Signing::Ed25519,
     })
 }
 

@@ -2,8 +2,8 @@
 //! run, and whether its shadow runs of a pending execution version passed, whenever either
 //! changes. Approved upgrades activate only once enough stake has signalled this way.
 //!
-//! Consensus version 2 needs each validator's BLS key on chain: a bonded node whose binary runs
-//! it registers its key (once the chain's execution version accepts registrations) and signals
+//! Consensus version 2 needs each validator's BLS key on chain: a validator candidate (bonded at
+//! least `min_stake`) whose binary runs it registers its key (once the chain's execution version accepts registrations) and signals
 //! consensus version 2 only after the key is registered, so the stake that makes the upgrade
 //! ready is stake that can sign under it.
 
@@ -35,12 +35,13 @@ where
         let mut versions = crate::supported_versions();
         let pending = chain.pending_shadowed_upgrade();
         let shadow_ok = pending.is_some_and(|(layer, v)| chain.shadow_ok(layer, v));
-        let (bonded, current, has_key, execution) = chain.read(|s| {
+        let (bonded, current, has_key, execution, min_stake) = chain.read(|s| {
             (
                 s.stake(&me).bonded,
                 plexus_execution::gov::signal(s, &me),
                 s.consensus_key(&me).is_some(),
                 s.versions().execution,
+                s.params().min_stake,
             )
         });
         if bonded == 0 {
@@ -48,7 +49,8 @@ where
         }
         if versions.consensus.max >= 2 && !has_key {
             versions.consensus.max = 1;
-            if execution >= plexus_execution::CONSENSUS_KEYS_SINCE {
+            // Only validator candidates may register (the proof costs every node a pairing).
+            if execution >= plexus_execution::CONSENSUS_KEYS_SINCE && bonded >= min_stake {
                 match chain.submit_own(chain.consensus_key_registration()) {
                     Ok(hash) => {
                         info!(target: "upgrade", %hash, "registered this node's BLS consensus key");

@@ -345,7 +345,8 @@ async fn certificate_versions(sim: &Sim, height: Height) -> Vec<Option<u16>> {
 /// voted in while one validator is cut off, waits for readiness and an epoch boundary, and
 /// activates there while another validator is crashed; the crashed one catches up across the
 /// switch. Blocks before the boundary carry v1 certificates and blocks after it v2 ones on every
-/// node, and no two nodes ever disagree on a finalized block.
+/// node. Then governance votes consensus back down to v1, which activates at the next boundary.
+/// No two nodes ever disagree on a finalized block.
 #[test]
 fn consensus_v2_activates_at_an_epoch_boundary_through_a_partition_and_a_crash() {
     for seed in seeds(400, 3) {
@@ -429,8 +430,46 @@ fn consensus_v2_activates_at_an_epoch_boundary_through_a_partition_and_a_crash()
             if wrong(&before, 1) || wrong(&after, 2) {
                 return Err(format!("certificates around the boundary {}: {before:?} before, {after:?} after", at[0]));
             }
+            sim.check_safety().await?;
+
+            // What protects consensus instead of an automatic rollback: a downgrade that
+            // governance can always pass (every binary that runs v2 runs v1). It activates at the
+            // next epoch boundary, and certificates are ed25519 ones again from there.
+            let h = height(&sim);
+            let p = propose(
+                &mut sim,
+                ProposalKind::Upgrade {
+                    layer: Layer::Consensus,
+                    version: 1,
+                    activation_height: h + 30,
+                    deadline_height: h + 230,
+                },
+            )?;
+            until(&mut sim, &mut context, "the downgrade proposal", Duration::from_secs(30), |s| {
+                gov::proposal(s, p).is_some()
+            })
+            .await?;
+            vote(&mut sim, p, &[0, 1, 2, 3])?;
+            until(&mut sim, &mut context, "consensus back on v1", Duration::from_secs(180), |s| {
+                s.versions().consensus == 1
+            })
+            .await?;
+            let back: Vec<Height> = upgrade(&sim, 1).into_iter().flatten().map(|u| u.activated_height).collect();
+            if back.len() != 4 || back.windows(2).any(|w| w[0] != w[1]) || back[0] % 20 != 0 {
+                return Err(format!("the downgrade must activate at one epoch boundary everywhere: {back:?}"));
+            }
+            let h = height(&sim);
+            sim.wait_for(&context, h + 5, Duration::from_secs(60)).await?;
+            let after_downgrade = certificate_versions(&sim, back[0] + 1).await;
+            if after_downgrade.iter().any(|v| v.is_some_and(|v| v != 1)) || after_downgrade.iter().flatten().count() < 3
+            {
+                return Err(format!("certificates after the downgrade at {}: {after_downgrade:?}", back[0]));
+            }
             let common = sim.check_safety().await?;
-            eprintln!("seed {seed}: consensus v2 active from height {}; agreed through height {common}", at[0]);
+            eprintln!(
+                "seed {seed}: consensus v2 active from height {}, back on v1 from {}; agreed through height {common}",
+                at[0], back[0]
+            );
             Ok(())
         });
     }

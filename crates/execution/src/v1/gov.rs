@@ -74,11 +74,15 @@ pub(crate) fn submit(
         }
         ProposalKind::Upgrade { layer, version, activation_height, deadline_height } => {
             let current = store.versions().get(*layer);
-            if *version != current + 1 {
+            if !crate::gov::may_move_to(*layer, current, *version, store.versions().execution) {
                 return Err(invalid(format!(
-                    "{} is at version {current}; an upgrade goes to {}",
+                    "{} is at version {current}; an upgrade goes to {}{}",
                     layer.name(),
-                    current + 1
+                    current + 1,
+                    match crate::gov::downgrades_allowed(*layer, current, store.versions().execution) {
+                        true => format!(" (or back to {})", current - 1),
+                        false => String::new(),
+                    }
                 )));
             }
             if *activation_height <= voting_end {
@@ -250,7 +254,7 @@ pub(crate) fn end_block(
         let ready = u128::from(u.ready_bps) >= params.upgrade_readiness_bps;
         let boundary = u.layer != Layer::Consensus || params.is_epoch_last(env.height);
         let current = store.versions().get(u.layer);
-        if current + 1 != u.version {
+        if !crate::gov::may_move_to(u.layer, current, u.version, store.versions().execution) {
             u.status = UpgradeStatus::Expired;
             u.note = clip(format!("{} moved to version {current} meanwhile", u.layer.name()));
             events.push(Event::UpgradeExpired { upgrade: id, layer: u.layer, version: u.version });

@@ -270,6 +270,17 @@ fn choose_validators(store: &Store<'_, '_>, params: &Params, next_epoch: u64) ->
             })
         })
         .collect();
+    // From execution v6, once consensus v2 is active, only candidates with a registered BLS key
+    // can sign, so only they are elected (unless none has one: then the set is elected as before
+    // and its epoch runs consensus v1, see `gov::epoch_consensus`). Earlier versions: unchanged.
+    let versions = store.versions();
+    if versions.execution >= crate::CONSENSUS_KEYS_SINCE && versions.consensus >= 2 {
+        let keyed: Vec<ValidatorEntry> =
+            candidates.iter().filter(|c| store.consensus_key(&c.address).is_some()).cloned().collect();
+        if !keyed.is_empty() {
+            candidates = keyed;
+        }
+    }
     candidates.sort_by(|a, b| b.stake.cmp(&a.stake).then_with(|| a.address.cmp(&b.address)));
     candidates.truncate(params.max_validators as usize);
     if candidates.is_empty() {

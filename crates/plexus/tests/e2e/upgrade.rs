@@ -196,6 +196,17 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
             (height(&apis[i])? >= others).then_some(())
         });
         wait_for("its provider to be back", Duration::from_secs(120), || get_provider(n, "/health").map(|_| ()));
+        // The hand-off: the next node stops only once this one votes again (its votes go out),
+        // so the network never waits on two absent validators at once. Catching up on blocks is
+        // not enough: a node that has the blocks may still be entering the current view.
+        let votes = |a: &str| {
+            let text = http().get(format!("{a}/metrics")).send().ok()?.text().ok()?;
+            Some(plexus_node::metrics::sum(&text, "outbound_messages_total") as u64)
+        };
+        let before = wait_for("its consensus metrics", Duration::from_secs(60), || votes(&apis[i]));
+        wait_for("the restarted node to vote again", Duration::from_secs(120), || {
+            (votes(&apis[i])? >= before + 8).then_some(())
+        });
         if i == 2 {
             // Three of four (3/4 of the stake) can run v6 now: it activates by itself.
             wait_for("v6 to activate", Duration::from_secs(120), || (execution_version(&api)? == 6).then_some(()));
