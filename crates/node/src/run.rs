@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use commonware_runtime::{Metrics as _, Runner as _, Spawner as _, Supervisor as _, tokio as cw_tokio};
 use plexus_consensus::{Channels, Timeouts};
 use plexus_types::Genesis;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api::{ApiState, NodeInfo};
 use crate::chain::ChainState;
@@ -226,12 +226,16 @@ async fn node(
     }
 
     let mut halted = None;
+    let mut finalized = chain.subscribe();
     let reason = tokio::select! {
         _ = shutdown_signal() => "signal",
         r = consensus => { error!("consensus stopped: {r:?}"); "consensus stopped" },
         r = api => { error!("API server stopped: {r:?}"); "API stopped" },
         why = chain.halted() => { halted = Some(why); "this binary cannot run the chain's active versions" },
     };
+    if reason == "signal" {
+        hand_off(&chain, &mut finalized).await;
+    }
     info!(reason, "stopping node");
     // Everything durable was synced when written; stopping aborts the remaining tasks.
     let _ = context.stop(0, Some(Duration::from_secs(5))).await;
@@ -268,6 +272,51 @@ where
         plexus_network::blocks::BlockSender::new(v1.0, v2.0, active, traffic.clone()),
         plexus_network::blocks::BlockReceiver::new(v1.1, v2.1, max, &traffic),
     )
+}
+
+/// Longest a stopping validator waits to hand leadership off (a second signal stops it at once).
+const HAND_OFF_WAIT: Duration = Duration::from_secs(4);
+
+/// A planned stop of a validator: wait until a block this node proposed is finalized, then stop.
+/// Leaders rotate, so the views right after this node's own go to others, and the chain does not
+/// stall on a leader that stopped halfway through its view (nor on one that would be leader
+/// next). Bounded by [`HAND_OFF_WAIT`]; not a validator, or a second signal: no wait.
+async fn hand_off<E>(
+    chain: &ChainState<E>,
+    finalized: &mut tokio::sync::broadcast::Receiver<Arc<crate::chain::FinalizedBlock>>,
+) where
+    E: commonware_runtime::Storage
+        + commonware_runtime::Clock
+        + commonware_runtime::Metrics
+        + commonware_runtime::Spawner
+        + Send
+        + Sync
+        + 'static,
+{
+    let me = chain.address();
+    let validator =
+        chain.read(|s| s.validators(s.chain().epoch).is_some_and(|set| set.0.iter().any(|v| v.address == me)));
+    if !validator {
+        return;
+    }
+    info!("handing leadership off: stopping once a block this node proposed is final (a second signal stops now)");
+    let own_block = async {
+        loop {
+            match finalized.recv().await {
+                Ok(block) if block.header.proposer == me => return Some(block.height),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    };
+    tokio::select! {
+        height = own_block => match height {
+            Some(height) => info!(height, "this node's block is final; the next views are others'"),
+            None => warn!("no more finalized blocks; stopping"),
+        },
+        _ = tokio::time::sleep(HAND_OFF_WAIT) => warn!("no block of this node's became final in {HAND_OFF_WAIT:?}; stopping anyway"),
+        _ = shutdown_signal() => info!("second signal: stopping now"),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
