@@ -45,7 +45,7 @@ pub type Digest = sha256::Digest;
 pub use scheme::SUPPORTED as SUPPORTED_VERSIONS;
 pub use scheme::{
     BLS_PUBLIC_KEY_BYTES, BLS_SIGNATURE_BYTES, BlsPrivateKey, BlsPublicKey, BlsSignature, Certificate, Scheme,
-    bls_public, derive_bls_key, prove_possession, verify_possession,
+    bls_public, derive_bls_key, key_registration, prove_possession, verify_possession,
 };
 
 /// The round a block is proposed in.

@@ -139,6 +139,20 @@ pub fn verify_possession(
     ops::verify_proof_of_possession::<MinSig>(public, &possession_namespace(chain_id, owner), proof).is_ok()
 }
 
+/// The registration of `identity`'s derived BLS key, with a proof of possession naming `owner` on
+/// `chain_id` (a node registers with `owner` = its own address; tests also make mismatched ones).
+pub fn key_registration(
+    chain_id: &str,
+    identity: &ed25519::PrivateKey,
+    owner: &ed25519::PublicKey,
+) -> plexus_types::tx::Payload {
+    let key = derive_bls_key(identity);
+    plexus_types::tx::Payload::RegisterConsensusKey {
+        key: bls_public(&key).encode().to_vec(),
+        proof: prove_possession(chain_id, owner, &key).encode().to_vec(),
+    }
+}
+
 /// The public key of a BLS private key.
 pub fn bls_public(key: &BlsPrivateKey) -> BlsPublicKey {
     ops::compute_public::<MinSig>(key)

@@ -1728,12 +1728,7 @@ mod consensus_keys {
     /// `who`'s registration as its node makes it: the BLS key derived from its identity, with a
     /// proof of possession naming `owner` on `chain`.
     fn registration(c: &Chain, who: usize, owner: usize, chain: &str) -> Payload {
-        let key = plexus_consensus::derive_bls_key(&c.keys[who].0);
-        let proof = plexus_consensus::prove_possession(chain, &c.addr(owner).0, &key);
-        Payload::RegisterConsensusKey {
-            key: commonware_codec::Encode::encode(&plexus_consensus::bls_public(&key)).to_vec(),
-            proof: commonware_codec::Encode::encode(&proof).to_vec(),
-        }
+        plexus_consensus::key_registration(chain, &c.keys[who].0, &c.addr(owner).0)
     }
 
     fn key_of(c: &Chain, who: usize) -> Option<crate::state::ConsensusKey> {

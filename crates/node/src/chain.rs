@@ -387,13 +387,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
     /// This node's consensus-key registration: the BLS key derived from its identity key, with a
     /// proof of possession naming this node on this chain (consensus version 2 signs with it).
     pub fn consensus_key_registration(&self) -> Payload {
-        let key = plexus_consensus::derive_bls_key(&self.inner.key.0);
-        let public = plexus_consensus::bls_public(&key);
-        let proof = plexus_consensus::prove_possession(self.chain_id(), &self.address().0, &key);
-        Payload::RegisterConsensusKey {
-            key: commonware_codec::Encode::encode(&public).to_vec(),
-            proof: commonware_codec::Encode::encode(&proof).to_vec(),
-        }
+        plexus_consensus::key_registration(self.chain_id(), &self.inner.key.0, &self.address().0)
     }
 
     /// Builds, signs and submits a transaction from this node's own key with the next nonce.

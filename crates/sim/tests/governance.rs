@@ -323,12 +323,7 @@ fn network_v2_activates_at_one_height_through_a_partition_and_a_crash() {
 /// Node `i`'s consensus-key registration, as its node makes it.
 fn key_registration(sim: &Sim, i: usize) -> Payload {
     let identity = &sim.nodes[i].key;
-    let key = plexus_consensus::derive_bls_key(&identity.0);
-    let proof = plexus_consensus::prove_possession(plexus_sim::CHAIN_ID, &identity.address().0, &key);
-    Payload::RegisterConsensusKey {
-        key: commonware_codec::Encode::encode(&plexus_consensus::bls_public(&key)).to_vec(),
-        proof: commonware_codec::Encode::encode(&proof).to_vec(),
-    }
+    plexus_consensus::key_registration(plexus_sim::CHAIN_ID, &identity.0, &identity.address().0)
 }
 
 /// The consensus version of the certificate that finalized `height`, on every running node.
