@@ -300,6 +300,9 @@ async fn hand_off<E>(
         return;
     }
     info!("handing leadership off: stopping once a block this node proposed is final (a second signal stops now)");
+    // Only blocks finalized from now on: the receiver may still hold old ones (one of this
+    // node's among them), which would end the hand-off at once.
+    let mut finalized = finalized.resubscribe();
     let own_block = async {
         loop {
             match finalized.recv().await {
