@@ -8,7 +8,7 @@ use commonware_cryptography::Digested;
 use commonware_runtime::{Clock, Metrics, Spawner};
 use futures::StreamExt;
 use plexus_types::{Address, Hash};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::block::{ConsensusBlock, Ctx};
 use crate::{Chain, Round, Scheme};
@@ -22,6 +22,10 @@ pub(crate) struct Adapter<C: Chain> {
     pub chain: C,
     /// Shortest time between a block and its child.
     pub block_interval: std::time::Duration,
+    /// This node's key.
+    pub me: crate::PublicKey,
+    /// Whom this node's votes reach (see [`crate::reach`]).
+    pub reach: crate::reach::Reach,
 }
 
 impl<C: Chain> Adapter<C> {
@@ -57,6 +61,37 @@ impl<C: Chain> Adapter<C> {
     }
 }
 
+impl<C: Chain> Adapter<C> {
+    /// Whether a proposal of this node's would reach enough of the epoch's validators to be
+    /// notarized (see [`crate::reach`]); if not, the view is let go at once.
+    fn reaches_a_quorum(&self, epoch: u64, view: u64) -> bool {
+        let Some(peers) = self.chain.epoch_peers(epoch) else { return true };
+        let validators: Vec<crate::PublicKey> = peers.validators.iter().map(|(a, _)| a.0.clone()).collect();
+        match self.reach.count(&self.me, &validators) {
+            Some((reached, needed)) if reached >= needed => true,
+            Some((reached, needed)) => {
+                info!(
+                    epoch,
+                    view,
+                    reached,
+                    needed,
+                    "not proposing: connected to too few validators yet; the view goes on without a block"
+                );
+                false
+            }
+            None if validators.len() == 1 => true,
+            None => {
+                info!(
+                    epoch,
+                    view,
+                    "not proposing: nothing sent yet, so whom a proposal would reach is unknown; the view goes on without a block"
+                );
+                false
+            }
+        }
+    }
+}
+
 impl ConsensusBlock {
     fn digest_value(&self) -> crate::Digest {
         commonware_cryptography::Digestible::digest(self)
@@ -79,6 +114,9 @@ where
         mut ancestry: impl Ancestry<ConsensusBlock>,
         _: (),
     ) -> Option<Digested<ConsensusBlock>> {
+        if !self.reaches_a_quorum(context.epoch().get(), context.round.view().get()) {
+            return None;
+        }
         let parent = ancestry.next().await?;
         let parent_block = parent.inner().block.clone();
         // Pace an idle chain: wait until the block interval has passed since the parent.

@@ -35,6 +35,7 @@ use tracing::{error, info, warn};
 use crate::app::Adapter;
 use crate::block::ConsensusBlock;
 use crate::evidence;
+use crate::reach::{Reach, Watched};
 use crate::{Chain, Config, Digest, EpochPeers, EpochSchemes, PublicKey, Scheme, Signing};
 
 /// The p2p channels consensus runs on, each an authenticated (sender, receiver) pair.
@@ -185,9 +186,16 @@ async fn run<E, C, S, R, BS, BR, M, B>(
     )
     .await;
 
+    // Whom this node's votes reach: a leader that reaches too few lets its view go (crate::reach).
+    let reach = Reach::default();
     let wrapper: Wrapper<E, C> = Deferred::new(
         context.child("deferred"),
-        Adapter { chain: cfg.chain.clone(), block_interval: cfg.timeouts.block_interval },
+        Adapter {
+            chain: cfg.chain.clone(),
+            block_interval: cfg.timeouts.block_interval,
+            me: me.clone(),
+            reach: reach.clone(),
+        },
         mailbox.clone(),
         epocher.clone(),
     );
@@ -199,13 +207,15 @@ async fn run<E, C, S, R, BS, BR, M, B>(
 
     // One muxer per engine channel: each epoch's engine gets its own subchannel, and a message
     // for an epoch we have not reached tells us we are behind.
+    let votes = Watched { inner: channels.votes.0, reach: Some(reach) };
     let (vote_mux, vote_handle, mut vote_backup) =
-        Muxer::builder(context.child("vote_mux"), channels.votes.0, channels.votes.1).with_backup().build();
+        Muxer::builder(context.child("vote_mux"), votes, channels.votes.1).with_backup().build();
     vote_mux.start();
-    let (cert_mux, cert_handle) =
-        Muxer::new(context.child("cert_mux"), channels.certificates.0, channels.certificates.1);
+    let certificates = Watched { inner: channels.certificates.0, reach: None };
+    let (cert_mux, cert_handle) = Muxer::new(context.child("cert_mux"), certificates, channels.certificates.1);
     cert_mux.start();
-    let (res_mux, res_handle) = Muxer::new(context.child("resolver_mux"), channels.resolver.0, channels.resolver.1);
+    let fetches = Watched { inner: channels.resolver.0, reach: None };
+    let (res_mux, res_handle) = Muxer::new(context.child("resolver_mux"), fetches, channels.resolver.1);
     res_mux.start();
 
     let mut orchestrator = Orchestrator {
@@ -391,7 +401,7 @@ where
     mailbox_size: NonZeroUsize,
     wrapper: Wrapper<E, C>,
     blocker: B,
-    muxes: (MuxHandle<S>, MuxHandle<S>, MuxHandle<S>),
+    muxes: (MuxHandle<Watched<S>>, MuxHandle<Watched<S>>, MuxHandle<Watched<S>>),
     engine: Option<Handle<()>>,
     epoch: u64,
 }

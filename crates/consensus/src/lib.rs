@@ -21,6 +21,7 @@ mod block;
 pub mod committee;
 pub mod evidence;
 mod finalizer;
+mod reach;
 pub mod scheme;
 mod schemes;
 
