@@ -334,12 +334,17 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
     // The gateway closes its sessions while the (restarted) nodes still run.
     drop(devnet);
     drop(restarted);
+    // PLEXUS_E2E_KEEP=1 keeps the nodes' homes and logs (bench/rolling-upgrade/run.sh --keep).
+    if std::env::var_os("PLEXUS_E2E_KEEP").is_some() {
+        eprintln!("kept the devnet home: {}", dir.keep().display());
+    }
 }
 
-/// The sum of a node's metrics whose name ends with `suffix` (every label set).
-fn metric(api: &str, suffix: &str) -> u64 {
+/// For each suffix, the sum of a node's metrics whose name ends with it (every label set), all
+/// from one scrape: the node keeps sending blocks between two scrapes.
+fn metrics(api: &str, suffixes: &[&str]) -> Vec<u64> {
     let text = http().get(format!("{api}/metrics")).send().unwrap().text().unwrap();
-    plexus_node::metrics::sum(&text, suffix) as u64
+    suffixes.iter().map(|s| plexus_node::metrics::sum(&text, s) as u64).collect()
 }
 
 fn network_version(api: &str) -> Option<u64> {
@@ -389,7 +394,8 @@ fn network_v2_is_voted_in_and_a_node_that_cannot_speak_it_stops_cleanly() {
         (mine["signal"]["versions"]["network"]["max"] == 1).then_some(())
     });
     // Under v1 blocks go out as consensus encodes them.
-    let (payload_v1, wire_v1) = (metric(&api, "block_payload_bytes_total"), metric(&api, "block_wire_bytes_total"));
+    let scrape = metrics(&api, &["block_payload_bytes_total", "block_wire_bytes_total"]);
+    let (payload_v1, wire_v1) = (scrape[0], scrape[1]);
     assert_eq!(payload_v1, wire_v1);
 
     let key0 = nodes[0]["key_file"].as_str().unwrap().to_string();
@@ -449,19 +455,16 @@ fn network_v2_is_voted_in_and_a_node_that_cannot_speak_it_stops_cleanly() {
     // Framing is in effect on every live validator: what went on the wire differs from the block
     // bytes, and never by more than one byte per block per recipient.
     for a in &apis[..3] {
-        let (payload, wire, sent) = (
-            metric(a, "block_payload_bytes_total"),
-            metric(a, "block_wire_bytes_total"),
-            metric(a, "blocks_sent_total"),
-        );
+        let scrape = metrics(a, &["block_payload_bytes_total", "block_wire_bytes_total", "blocks_sent_total"]);
+        let (payload, wire, sent) = (scrape[0], scrape[1], scrape[2]);
         assert!(sent > 0, "{a} sent no blocks");
         assert_ne!(payload, wire, "{a} sent no v2 frames");
         assert!(wire <= payload + sent, "{a}: {wire} wire bytes for {payload} block bytes in {sent} sends");
     }
+    let scrape = metrics(&api, &["block_payload_bytes_total", "block_wire_bytes_total"]);
     eprintln!(
         "network v2 active from height {activated}; node 0 sent {} block bytes as {} wire bytes",
-        metric(&api, "block_payload_bytes_total"),
-        metric(&api, "block_wire_bytes_total")
+        scrape[0], scrape[1]
     );
     let common = apis[..3].iter().filter_map(|a| height(a)).min().unwrap();
     let roots: Vec<Value> = apis[..3]
