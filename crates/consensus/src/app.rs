@@ -26,6 +26,8 @@ pub(crate) struct Adapter<C: Chain> {
     pub me: crate::PublicKey,
     /// Whom this node's votes reach (see [`crate::reach`]).
     pub reach: crate::reach::Reach,
+    /// An epoch this node began late, in which it does not lead for a while.
+    pub late: crate::reach::LateEntry,
 }
 
 impl<C: Chain> Adapter<C> {
@@ -114,7 +116,16 @@ where
         mut ancestry: impl Ancestry<ConsensusBlock>,
         _: (),
     ) -> Option<Digested<ConsensusBlock>> {
-        if !self.reaches_a_quorum(context.epoch().get(), context.round.view().get()) {
+        let (epoch, view) = (context.epoch().get(), context.round.view().get());
+        if self.late.holds(epoch, runtime.current()) {
+            info!(
+                epoch,
+                view,
+                "not proposing: this node began the epoch after its peers, which may not have seen its votes yet; the view goes on without a block"
+            );
+            return None;
+        }
+        if !self.reaches_a_quorum(epoch, view) {
             return None;
         }
         let parent = ancestry.next().await?;

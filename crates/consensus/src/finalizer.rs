@@ -3,6 +3,7 @@
 //! chain in height order, and the last block of an epoch starts the next epoch's engine with
 //! the validator set the chain read from its committed state.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
 use std::time::Duration;
@@ -19,10 +20,12 @@ use commonware_consensus::{Heightable, Reporter, Reporters};
 use commonware_cryptography::certificate::Verifier as _;
 use commonware_cryptography::{Digested, Sha256, Signer as _};
 use commonware_p2p::utils::mux::{Builder as _, MuxHandle, Muxer};
-use commonware_p2p::{Address as PeerAddress, AddressableManager, AddressableTrackedPeers, Blocker, Receiver, Sender};
+use commonware_p2p::{
+    Address as PeerAddress, AddressableManager, AddressableTrackedPeers, Blocker, Message, Receiver, Sender,
+};
 use commonware_parallel::Sequential;
 use commonware_runtime::buffer::paged::CacheRef;
-use commonware_runtime::{Clock, Handle, Metrics, Spawner, Storage};
+use commonware_runtime::{Clock, Handle, IoBuf, Metrics, Spawner, Storage};
 use commonware_storage::archive::immutable;
 use commonware_utils::acknowledgement::Acknowledgement as _;
 use commonware_utils::ordered::{BiMap, Map, Set};
@@ -35,7 +38,7 @@ use tracing::{error, info, warn};
 use crate::app::Adapter;
 use crate::block::ConsensusBlock;
 use crate::evidence;
-use crate::reach::{Reach, Watched};
+use crate::reach::{LateEntry, Reach, Watched};
 use crate::{Chain, Config, Digest, EpochPeers, EpochSchemes, PublicKey, Scheme, Signing};
 
 /// The p2p channels consensus runs on, each an authenticated (sender, receiver) pair.
@@ -188,6 +191,7 @@ async fn run<E, C, S, R, BS, BR, M, B>(
 
     // Whom this node's votes reach: a leader that reaches too few lets its view go (crate::reach).
     let reach = Reach::default();
+    let late = LateEntry::default();
     let wrapper: Wrapper<E, C> = Deferred::new(
         context.child("deferred"),
         Adapter {
@@ -195,6 +199,7 @@ async fn run<E, C, S, R, BS, BR, M, B>(
             block_interval: cfg.timeouts.block_interval,
             me: me.clone(),
             reach: reach.clone(),
+            late: late.clone(),
         },
         mailbox.clone(),
         epocher.clone(),
@@ -230,6 +235,7 @@ async fn run<E, C, S, R, BS, BR, M, B>(
         wrapper,
         blocker,
         muxes: (vote_handle, cert_handle, res_handle),
+        late,
         engine: None,
         epoch: 0,
     };
@@ -254,7 +260,8 @@ async fn run<E, C, S, R, BS, BR, M, B>(
             (epoch, floor)
         }
     };
-    orchestrator.enter(start_epoch, start_floor, &mut manager).await;
+    orchestrator.enter(start_epoch, start_floor, &mut manager, VecDeque::new()).await;
+    let mut early = EarlyVotes::default();
 
     loop {
         futures::select! {
@@ -266,12 +273,15 @@ async fn run<E, C, S, R, BS, BR, M, B>(
                 if Some(Height::new(height)) == epocher.last(Epoch::new(orchestrator.epoch)) {
                     let next = orchestrator.epoch + 1;
                     let digest = commonware_cryptography::Digestible::digest(block.inner());
-                    orchestrator.enter(next, digest, &mut manager).await;
+                    orchestrator.enter(next, digest, &mut manager, early.take(next)).await;
                 }
                 ack.acknowledge();
             },
             backup = vote_backup.recv().fuse() => {
-                let Some((sub, (from, _))) = backup else { continue };
+                let Some((sub, (from, message))) = backup else { continue };
+                if sub == orchestrator.epoch + 1 {
+                    early.keep(sub, from.clone(), message);
+                }
                 if sub > orchestrator.epoch {
                     // Peers are voting in a later epoch: fetch the block that ends ours from them.
                     if let Some(last) = epocher.last(Epoch::new(orchestrator.epoch)) {
@@ -402,6 +412,8 @@ where
     wrapper: Wrapper<E, C>,
     blocker: B,
     muxes: (MuxHandle<Watched<S>>, MuxHandle<Watched<S>>, MuxHandle<Watched<S>>),
+    /// Set when this node begins an epoch after its peers (see [`LateEntry`]).
+    late: LateEntry,
     engine: Option<Handle<()>>,
     epoch: u64,
 }
@@ -418,6 +430,7 @@ where
         epoch: u64,
         floor: Digest,
         manager: &mut M,
+        early: VecDeque<Message<PublicKey>>,
     ) {
         let peers = self
             .chain
@@ -474,7 +487,12 @@ where
             },
         );
         let (votes, certs, resolver) = &mut self.muxes;
-        let votes = votes.register(epoch).await.expect("vote muxer is running");
+        let (vote_sender, vote_receiver) = votes.register(epoch).await.expect("vote muxer is running");
+        if !early.is_empty() {
+            info!(epoch, votes = early.len(), "votes of the new epoch that came before it began, handed to its engine");
+            self.late.mark(epoch, self.context.current() + 2 * peers.timeouts.leader);
+        }
+        let votes = (vote_sender, EarlyFirst { early, inner: vote_receiver });
         let certs = certs.register(epoch).await.expect("certificate muxer is running");
         let resolver = resolver.register(epoch).await.expect("resolver muxer is running");
         self.engine = Some(engine.start(votes, certs, resolver));
@@ -485,6 +503,74 @@ where
             let old = format!("{}-simplex-{}", self.prefix, epoch - 2);
             let _ = self.context.remove(&old, None).await;
         }
+    }
+}
+
+/// Votes of the next epoch that arrive before this node enters it (its peers finalized and
+/// processed the epoch's last block first). The muxer has no subchannel for them yet; dropped,
+/// the first leader's proposal would be lost to a node that enters a few milliseconds late, and
+/// the peers that did vote for it would hold the view until the certification timeout while
+/// this one waits out the leader timeout. So they are kept (bounded: the first
+/// [`EARLY_VOTES_PER_PEER`] of each peer, [`EARLY_VOTES_MAX`] in all) and handed to the next
+/// epoch's engine, which checks them like any vote.
+#[derive(Default)]
+struct EarlyVotes {
+    epoch: u64,
+    messages: VecDeque<Message<PublicKey>>,
+    per_peer: BTreeMap<PublicKey, usize>,
+}
+
+const EARLY_VOTES_MAX: usize = 4_096;
+const EARLY_VOTES_PER_PEER: usize = 64;
+
+impl EarlyVotes {
+    fn keep(&mut self, epoch: u64, from: PublicKey, message: IoBuf) {
+        if epoch != self.epoch {
+            self.messages.clear();
+            self.per_peer.clear();
+            self.epoch = epoch;
+        }
+        let count = self.per_peer.entry(from.clone()).or_default();
+        if *count >= EARLY_VOTES_PER_PEER || self.messages.len() >= EARLY_VOTES_MAX {
+            return;
+        }
+        *count += 1;
+        self.messages.push_back((from, message));
+    }
+
+    /// The votes kept for `epoch` (none if they were for another), leaving nothing behind.
+    fn take(&mut self, epoch: u64) -> VecDeque<Message<PublicKey>> {
+        self.per_peer.clear();
+        let messages = std::mem::take(&mut self.messages);
+        if self.epoch == epoch { messages } else { VecDeque::new() }
+    }
+}
+
+/// An epoch's vote receiver that first yields the votes that came before the epoch began.
+struct EarlyFirst<R> {
+    early: VecDeque<Message<PublicKey>>,
+    inner: R,
+}
+
+impl<R> std::fmt::Debug for EarlyFirst<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EarlyFirst").field("early", &self.early.len()).finish_non_exhaustive()
+    }
+}
+
+impl<R: Receiver<PublicKey = PublicKey>> Receiver for EarlyFirst<R> {
+    type Error = R::Error;
+    type PublicKey = PublicKey;
+
+    async fn recv(&mut self) -> Result<Message<PublicKey>, R::Error> {
+        match self.early.pop_front() {
+            Some(message) => Ok(message),
+            None => self.inner.recv().await,
+        }
+    }
+
+    fn capacity(&self) -> NonZeroUsize {
+        self.inner.capacity()
     }
 }
 
@@ -500,5 +586,80 @@ impl EpochSchemes {
     fn scoped_can_sign(&self, epoch: u64) -> bool {
         use commonware_cryptography::certificate::Provider as _;
         self.scheme(Epoch::new(epoch)).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use commonware_cryptography::{Signer as _, ed25519};
+
+    use super::*;
+
+    fn peer(i: u64) -> PublicKey {
+        ed25519::PrivateKey::from_seed(i).public_key()
+    }
+
+    #[test]
+    fn early_votes_are_bounded_per_peer_and_kept_only_for_their_epoch() {
+        let mut early = EarlyVotes::default();
+        for i in 0..(EARLY_VOTES_PER_PEER as u64 + 10) {
+            early.keep(5, peer(1), IoBuf::from(i.to_be_bytes().to_vec()));
+        }
+        early.keep(5, peer(2), IoBuf::from(b"two".to_vec()));
+        // One peer cannot fill the buffer: its first votes are kept, the others' still fit.
+        let kept = early.take(5);
+        assert_eq!(kept.len(), EARLY_VOTES_PER_PEER + 1);
+        assert_eq!(kept[0].1.as_ref(), &0u64.to_be_bytes());
+        assert_eq!(kept.back().unwrap().0, peer(2));
+        // Taken once: nothing is handed over twice.
+        assert!(early.take(5).is_empty());
+        // Votes for an epoch the node skipped past are not handed to another epoch.
+        early.keep(6, peer(1), IoBuf::from(b"six".to_vec()));
+        assert!(early.take(7).is_empty());
+        // A new epoch's votes replace an old epoch's.
+        early.keep(8, peer(1), IoBuf::from(b"eight".to_vec()));
+        early.keep(9, peer(1), IoBuf::from(b"nine".to_vec()));
+        let kept = early.take(9);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].1.as_ref(), b"nine");
+    }
+
+    #[test]
+    fn early_votes_stop_at_the_total_bound() {
+        let mut early = EarlyVotes::default();
+        for i in 0..(EARLY_VOTES_MAX as u64 / EARLY_VOTES_PER_PEER as u64 + 5) {
+            for _ in 0..EARLY_VOTES_PER_PEER {
+                early.keep(1, peer(i), IoBuf::from(b"v".to_vec()));
+            }
+        }
+        assert_eq!(early.take(1).len(), EARLY_VOTES_MAX);
+    }
+
+    #[test]
+    fn the_engine_reads_early_votes_first() {
+        use commonware_p2p::simulated;
+        use commonware_runtime::{Quota, Runner as _, Supervisor as _, deterministic};
+        deterministic::Runner::default().start(|context| async move {
+            let (network, oracle) = simulated::Network::new_with_peers(
+                context.child("network"),
+                simulated::Config {
+                    max_size: 1 << 16,
+                    max_peers_per_set: NonZeroUsize::new(4).unwrap(),
+                    disconnect_on_block: false,
+                    tracked_peer_sets: NonZeroUsize::new(2).unwrap(),
+                },
+                vec![peer(1), peer(2)],
+            )
+            .await;
+            network.start();
+            let quota = Quota::per_second(commonware_utils::NZU32!(1_000));
+            let (_sender, receiver) = oracle.control(peer(1)).register(0, quota).await.unwrap();
+            let early: VecDeque<Message<PublicKey>> =
+                [(peer(1), IoBuf::from(b"a".to_vec())), (peer(2), IoBuf::from(b"b".to_vec()))].into();
+            let mut votes = EarlyFirst { early, inner: receiver };
+            assert_eq!(votes.recv().await.unwrap().1.as_ref(), b"a");
+            assert_eq!(votes.recv().await.unwrap().0, peer(2));
+            assert_eq!(votes.capacity(), votes.inner.capacity());
+        });
     }
 }

@@ -47,6 +47,30 @@ fn reach_of(reached: &[PublicKey], me: &PublicKey, validators: &[PublicKey]) -> 
     (others, needed)
 }
 
+/// An epoch this node began after its peers, and until when it does not lead in it.
+///
+/// Each epoch's engine starts with no record of anyone's activity, and a peer that enters a
+/// view whose leader it has not heard from in this epoch times the view out at once
+/// (Commonware's skip policy), while a peer that did hear from it votes for its proposal and
+/// holds the view until the certification timeout: a split that cost 2 s in the rolling
+/// upgrade, each time a restarted node caught up across an epoch boundary and led one of the
+/// epoch's first views before its votes reached everyone. A node that finds votes of an epoch
+/// waiting when it begins it was late; it lets its views go (each at once: its own nullify
+/// lets the others skip them) for twice the leader timeout, time for its votes to be seen.
+#[derive(Clone, Default)]
+pub(crate) struct LateEntry(Arc<Mutex<Option<(u64, SystemTime)>>>);
+
+impl LateEntry {
+    pub(crate) fn mark(&self, epoch: u64, until: SystemTime) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((epoch, until));
+    }
+
+    /// Whether this node holds back from leading in `epoch` at `now`.
+    pub(crate) fn holds(&self, epoch: u64, now: SystemTime) -> bool {
+        matches!(*self.0.lock().unwrap_or_else(|e| e.into_inner()), Some((e, until)) if e == epoch && now < until)
+    }
+}
+
 /// A sender that remembers whom each broadcast (`Recipients::All`) was sent to, if given a
 /// [`Reach`] (the engine's three channels share one sender type; only votes are watched).
 #[derive(Clone)]
@@ -99,6 +123,17 @@ mod tests {
         assert_eq!(reach_of(&[], &v[0], &v[..1]), (0, 0));
         // Before any broadcast nothing is known.
         assert_eq!(Reach::default().count(&v[0], &v[..4]), None);
+    }
+
+    #[test]
+    fn a_late_entry_holds_only_its_epoch_and_only_until_its_time() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100);
+        let late = LateEntry::default();
+        assert!(!late.holds(3, t));
+        late.mark(3, t);
+        assert!(late.holds(3, t - std::time::Duration::from_millis(1)));
+        assert!(!late.holds(3, t));
+        assert!(!late.holds(4, t - std::time::Duration::from_millis(1)));
     }
 
     /// Through the simulated p2p network (whose peers are all known from the start): a broadcast
