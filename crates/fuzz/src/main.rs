@@ -1,5 +1,6 @@
 //! `plexus-fuzz`: throws mutated bytes at every decoder that reads from outside (transactions,
 //! blocks, v2 block frames, receipts, attestations, gossip batches, version announcements, consensus evidence,
+//! consensus certificates and votes of both versions, consensus key registrations,
 //! node config, genesis files) and at transaction admission, for a given time, and reports the
 //! executions and any panic. A panic reachable from outside input is a remote crash.
 //!
@@ -266,6 +267,7 @@ fn sample_txs() -> Vec<SignedTx> {
         },
         Payload::RegisterModel(ModelManifest { engine: EngineKind::TractOnnx, ..m.clone() }),
         tensor_challenge(),
+        plexus_consensus::key_registration(CHAIN, &key(3).0, &key(3).address().0),
     ];
     payloads
         .into_iter()
@@ -353,6 +355,16 @@ fn targets() -> Vec<Target> {
     let exec = Executor::new(CHAIN, Arc::new(NoEvidence));
     let evidence = plexus_consensus::evidence::Verifier::new(CHAIN);
     let validators = vec![key(0).address(), key(1).address()];
+    // Consensus certificates and votes of both versions (4 validators), and a key registration's
+    // key and proof of possession, as a peer or a transaction would carry them.
+    let (v1, v2) =
+        (plexus_consensus::committee::Committee::new(1, 4), plexus_consensus::committee::Committee::new(2, 4));
+    let certificate_corpus = vec![v1.finalization(), v2.finalization(), v1.votes()[0].clone(), v2.votes()[0].clone()];
+    let possession = plexus_consensus::evidence::Verifier::new(CHAIN);
+    let possession_corpus = match plexus_consensus::key_registration(CHAIN, &key(3).0, &key(3).address().0) {
+        Payload::RegisterConsensusKey { key, proof } => vec![[key, proof].concat()],
+        _ => unreachable!("key_registration builds a RegisterConsensusKey"),
+    };
 
     vec![
         Target {
@@ -433,6 +445,37 @@ fn targets() -> Vec<Target> {
             run: Box::new(move |b| {
                 use plexus_execution::EvidenceVerifier as _;
                 let _ = evidence.verify(b, &|_| Some(validators.clone()));
+            }),
+        },
+        Target {
+            name: "certificate",
+            corpus: certificate_corpus,
+            run: Box::new(move |b| {
+                // Refused or accepted, never a panic; what verifies under one version never
+                // verifies under the other, and its version reads back.
+                let version = plexus_consensus::finalization_version(b);
+                let (ok1, ok2) = (v1.verify_finalization(b), v2.verify_finalization(b));
+                assert!(!(ok1 && ok2), "a certificate verified under both consensus versions");
+                if ok1 || ok2 {
+                    assert_eq!(
+                        version,
+                        Some(if ok1 { 1 } else { 2 }),
+                        "a verified certificate read back as another version"
+                    );
+                }
+                let _ = v1.verify_votes(&[b.to_vec()]);
+                let _ = v2.verify_votes(&[b.to_vec()]);
+            }),
+        },
+        Target {
+            name: "consensus_key",
+            corpus: possession_corpus,
+            run: Box::new(move |b| {
+                use plexus_execution::EvidenceVerifier as _;
+                // A registration's key (96 bytes on G2) and proof (48 bytes on G1), split where
+                // the valid encoding splits them.
+                let (key_bytes, proof) = b.split_at(b.len().min(96));
+                let _ = possession.verify_possession(&key(3).address(), key_bytes, proof);
             }),
         },
         Target {
