@@ -637,23 +637,9 @@ mod tests {
 
     #[test]
     fn the_engine_reads_early_votes_first() {
-        use commonware_p2p::simulated;
-        use commonware_runtime::{Quota, Runner as _, Supervisor as _, deterministic};
+        use commonware_runtime::{Runner as _, deterministic};
         deterministic::Runner::default().start(|context| async move {
-            let (network, oracle) = simulated::Network::new_with_peers(
-                context.child("network"),
-                simulated::Config {
-                    max_size: 1 << 16,
-                    max_peers_per_set: NonZeroUsize::new(4).unwrap(),
-                    disconnect_on_block: false,
-                    tracked_peer_sets: NonZeroUsize::new(2).unwrap(),
-                },
-                vec![peer(1), peer(2)],
-            )
-            .await;
-            network.start();
-            let quota = Quota::per_second(commonware_utils::NZU32!(1_000));
-            let (_sender, receiver) = oracle.control(peer(1)).register(0, quota).await.unwrap();
+            let (_sender, receiver) = crate::reach::tests::simulated_channel(&context, &[peer(1), peer(2)], 0).await;
             let early: VecDeque<Message<PublicKey>> =
                 [(peer(1), IoBuf::from(b"a".to_vec())), (peer(2), IoBuf::from(b"b".to_vec()))].into();
             let mut votes = EarlyFirst { early, inner: receiver };

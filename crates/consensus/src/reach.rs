@@ -97,7 +97,7 @@ impl<S: LimitedSender<PublicKey = PublicKey>> LimitedSender for Watched<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::num::NonZeroUsize;
 
     use commonware_cryptography::{Signer as _, ed25519};
@@ -108,6 +108,28 @@ mod tests {
 
     fn keys(n: u64) -> Vec<PublicKey> {
         (0..n).map(|i| ed25519::PrivateKey::from_seed(i).public_key()).collect()
+    }
+
+    /// `peers[me]`'s end of channel 0 of a simulated network of `peers` (all known from the start).
+    pub(crate) async fn simulated_channel(
+        context: &deterministic::Context,
+        peers: &[PublicKey],
+        me: usize,
+    ) -> (impl LimitedSender<PublicKey = PublicKey>, impl commonware_p2p::Receiver<PublicKey = PublicKey>) {
+        let (network, oracle) = simulated::Network::new_with_peers(
+            context.child("network"),
+            simulated::Config {
+                max_size: 1 << 16,
+                max_peers_per_set: NonZeroUsize::new(peers.len() + 4).unwrap(),
+                disconnect_on_block: false,
+                tracked_peer_sets: NonZeroUsize::new(2).unwrap(),
+            },
+            peers.to_vec(),
+        )
+        .await;
+        network.start();
+        let quota = Quota::per_second(commonware_utils::NZU32!(1_000));
+        oracle.control(peers[me].clone()).register(0, quota).await.unwrap()
     }
 
     #[test]
@@ -142,20 +164,7 @@ mod tests {
     fn a_broadcast_records_whom_it_went_to() {
         deterministic::Runner::default().start(|context| async move {
             let peers = keys(3);
-            let (network, oracle) = simulated::Network::new_with_peers(
-                context.child("network"),
-                simulated::Config {
-                    max_size: 1 << 16,
-                    max_peers_per_set: NonZeroUsize::new(8).unwrap(),
-                    disconnect_on_block: false,
-                    tracked_peer_sets: NonZeroUsize::new(2).unwrap(),
-                },
-                peers.clone(),
-            )
-            .await;
-            network.start();
-            let quota = Quota::per_second(commonware_utils::NZU32!(1_000));
-            let (sender, _receiver) = oracle.control(peers[0].clone()).register(0, quota).await.unwrap();
+            let (sender, _receiver) = simulated_channel(&context, &peers, 0).await;
             let reach = Reach::default();
             let mut watched = Watched { inner: sender, reach: Some(reach.clone()) };
 
