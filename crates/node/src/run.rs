@@ -226,7 +226,6 @@ async fn node(
     }
 
     let mut halted = None;
-    let mut finalized = chain.subscribe();
     let reason = tokio::select! {
         _ = shutdown_signal() => "signal",
         r = consensus => { error!("consensus stopped: {r:?}"); "consensus stopped" },
@@ -234,7 +233,7 @@ async fn node(
         why = chain.halted() => { halted = Some(why); "this binary cannot run the chain's active versions" },
     };
     if reason == "signal" {
-        hand_off(&chain, &mut finalized).await;
+        hand_off(&chain).await;
     }
     info!(reason, "stopping node");
     // Everything durable was synced when written; stopping aborts the remaining tasks.
@@ -281,17 +280,12 @@ const HAND_OFF_WAIT: Duration = Duration::from_secs(4);
 /// Leaders rotate, so the views right after this node's own go to others, and the chain does not
 /// stall on a leader that stopped halfway through its view (nor on one that would be leader
 /// next). Bounded by [`HAND_OFF_WAIT`]; not a validator, or a second signal: no wait.
-async fn hand_off<E>(
-    chain: &ChainState<E>,
-    finalized: &mut tokio::sync::broadcast::Receiver<Arc<crate::chain::FinalizedBlock>>,
-) where
+async fn hand_off<E>(chain: &ChainState<E>)
+where
     E: commonware_runtime::Storage
         + commonware_runtime::Clock
         + commonware_runtime::Metrics
-        + commonware_runtime::Spawner
-        + Send
-        + Sync
-        + 'static,
+        + commonware_runtime::Spawner,
 {
     let me = chain.address();
     let validator =
@@ -300,9 +294,8 @@ async fn hand_off<E>(
         return;
     }
     info!("handing leadership off: stopping once a block this node proposed is final (a second signal stops now)");
-    // Only blocks finalized from now on: the receiver may still hold old ones (one of this
-    // node's among them), which would end the hand-off at once.
-    let mut finalized = finalized.resubscribe();
+    // Subscribed now, so only blocks finalized after the signal count.
+    let mut finalized = chain.subscribe();
     let own_block = async {
         loop {
             match finalized.recv().await {
