@@ -130,6 +130,24 @@ where
         }
         let parent = ancestry.next().await?;
         let parent_block = parent.inner().block.clone();
+        if !self.chain.has_state(&parent_block.hash()) {
+            let head = parent.clone();
+            // The parent itself is executed by ensure_state (it is the head of the walk).
+            if self.ensure_state(head, &mut ancestry).await != Some(true) {
+                return None;
+            }
+        }
+        // Before pacing: a node about to stop at an activation it cannot follow must let its
+        // view go while it still runs, or its peers wait out the leader timeout.
+        if let Err(why) = self.chain.can_extend(&parent_block.hash()) {
+            info!(
+                epoch,
+                view,
+                height = parent_block.header.height + 1,
+                "not proposing: {why}; the view goes on without a block"
+            );
+            return None;
+        }
         // Pace an idle chain: wait until the block interval has passed since the parent.
         let due = std::time::UNIX_EPOCH
             + std::time::Duration::from_millis(parent_block.header.timestamp_ms)
@@ -137,13 +155,6 @@ where
         if parent_block.header.height > 0 && runtime.current() < due {
             let wait = due.duration_since(runtime.current()).unwrap_or_default().min(self.block_interval);
             runtime.sleep(wait).await;
-        }
-        if !self.chain.has_state(&parent_block.hash()) {
-            let head = parent.clone();
-            // The parent itself is executed by ensure_state (it is the head of the walk).
-            if self.ensure_state(head, &mut ancestry).await != Some(true) {
-                return None;
-            }
         }
         let round = Round {
             epoch: context.epoch().get(),

@@ -103,6 +103,11 @@ pub trait Chain: Clone + Send + Sync + 'static {
     /// Whether the post-state of this block is known (committed, or executed speculatively).
     fn has_state(&self, block: &Hash) -> bool;
 
+    /// Whether this binary can run a child of `parent` (whose state is known), and if not why:
+    /// the parent activated a version it does not have. A leader that cannot lets its view go
+    /// at once (peers skip a view whose leader nullified it) instead of after the leader timeout.
+    fn can_extend(&self, parent: &Hash) -> Result<(), String>;
+
     /// Builds a child of `parent`, whose state is known. `None` skips this proposal.
     fn propose(&self, parent: &Block, round: Round) -> impl Future<Output = Option<Block>> + Send;
 

@@ -234,15 +234,11 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
 
     /// Why this binary cannot follow the committed state's active versions, if it cannot.
     fn cannot_follow(&self, height: Height) -> Option<String> {
-        let versions = self.read(|s| s.versions());
-        let supported = crate::supported_versions();
-        let layer = plexus_types::Layer::ALL.into_iter().find(|&l| !supported.get(l).contains(versions.get(l)))?;
-        let range = supported.get(layer);
+        let (layer, active, range) = unsupported(&self.read(|s| s.versions()))?;
         Some(format!(
-            "the chain activated {} version {} at height {height}; this binary runs {} versions {} to {}: \
+            "the chain activated {} version {active} at height {height}; this binary runs {} versions {} to {}: \
              stopping before the next block; install a newer plexus binary and start the node again",
             layer.name(),
-            versions.get(layer),
             layer.name(),
             range.min,
             range.max,
@@ -416,6 +412,21 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         }
         chain.reverse();
         Some(chain)
+    }
+
+    /// The versions a child of `parent` (whose state is known) runs under: those of the parent's
+    /// post-state. `None` if the parent is not on the committed chain.
+    fn versions_after(&self, parent: &Hash) -> Option<VersionVector> {
+        let view = self.inner.state.view();
+        let committed = (view.height().expect("genesis is committed"), view.block());
+        let ancestors = self.pending_chain(parent, committed)?;
+        let mut merged = ChangeSet::new();
+        for p in &ancestors {
+            merged.extend(p.changes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let base = Layered { base: &*view, changes: &merged };
+        let mut o = Overlay::new(&base);
+        Some(Store::new(&mut o).versions())
     }
 
     /// Executes `txs` as the child of `parent` (whose state is known); returns the outcome and
@@ -699,6 +710,14 @@ fn epoch_signing(store: &Store<'_, '_>, epoch: u64) -> Option<plexus_consensus::
     })
 }
 
+/// The first layer whose version in `versions` this binary cannot run, with that version and
+/// the range the binary runs.
+fn unsupported(versions: &VersionVector) -> Option<(plexus_types::Layer, u16, plexus_types::VersionRange)> {
+    let supported = crate::supported_versions();
+    let layer = plexus_types::Layer::ALL.into_iter().find(|&l| !supported.get(l).contains(versions.get(l)))?;
+    Some((layer, versions.get(layer), supported.get(layer)))
+}
+
 /// The message of a caught panic.
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
@@ -731,6 +750,22 @@ impl<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static> Chain for C
     fn has_state(&self, block: &Hash) -> bool {
         // Pending first: a block leaves `pending` only after it became the committed tip.
         self.inner.pending.lock().expect("pending lock").contains_key(block) || self.tip().1 == *block
+    }
+
+    fn can_extend(&self, parent: &Hash) -> Result<(), String> {
+        let Some(versions) = self.versions_after(parent) else {
+            return Err("the parent is not on the committed chain".into());
+        };
+        match unsupported(&versions) {
+            None => Ok(()),
+            Some((layer, active, range)) => Err(format!(
+                "its parent activates {} version {active} and this binary runs {} versions {} to {}",
+                layer.name(),
+                layer.name(),
+                range.min,
+                range.max
+            )),
+        }
     }
 
     async fn propose(&self, parent: &Block, round: Round) -> Option<Block> {
