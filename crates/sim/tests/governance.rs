@@ -4,72 +4,18 @@
 //! version 6, then to the test-only faulty version 7); parameter changes apply at their height. All while links are
 //! lossy and transfers flow. Every failure prints the seed to replay.
 
+mod common;
+
 use std::time::Duration;
 
 use commonware_runtime::{Clock, Metrics as _};
 use plexus_execution::gov::{self, ProposalStatus, UpgradeStatus};
 use plexus_sim::{Sim, link_all, run_seeded, seeds};
-use plexus_types::tx::{Payload, ProposalKind, VoteOption};
+use plexus_types::tx::{Payload, ProposalKind};
 use plexus_types::version::{SupportedVersions, VersionRange};
 use plexus_types::{Height, Layer};
 
-const DEPOSIT: u128 = 100_000_000;
-
-fn height(sim: &Sim) -> Height {
-    sim.heights().into_iter().flatten().max().unwrap_or(0)
-}
-
-/// Submits `kind` from validator 0; returns the proposal id.
-fn propose(sim: &mut Sim, kind: ProposalKind) -> Result<u64, String> {
-    let v0 = sim.nodes[0].key.clone();
-    let next = sim.read_all(|s| gov::meta(s).next_proposal).into_iter().max().unwrap_or(0);
-    sim.submit_as(&v0, Payload::SubmitProposal { kind, deposit: DEPOSIT })?;
-    Ok(next)
-}
-
-fn vote(sim: &mut Sim, id: u64, voters: &[usize]) -> Result<(), String> {
-    for &i in voters {
-        let key = sim.nodes[i].key.clone();
-        sim.submit_as(&key, Payload::Vote { proposal: id, option: VoteOption::Yes })?;
-    }
-    Ok(())
-}
-
-fn signal(sim: &mut Sim, who: &[usize], execution_max: u16) -> Result<(), String> {
-    let versions =
-        SupportedVersions { execution: VersionRange { min: 1, max: execution_max }, ..SupportedVersions::V1_ONLY };
-    for &i in who {
-        let key = sim.nodes[i].key.clone();
-        sim.submit_as(&key, Payload::SignalVersions { versions, shadow_ok: true })?;
-    }
-    Ok(())
-}
-
-/// Waits until `f` holds on every honest running node (in simulated time).
-async fn until(
-    sim: &mut Sim,
-    context: &mut commonware_runtime::deterministic::Context,
-    what: &str,
-    limit: Duration,
-    f: impl Fn(&plexus_execution::state::Store<'_, '_>) -> bool,
-) -> Result<(), String> {
-    let start = context.current();
-    loop {
-        let all = sim.read_all(&f);
-        if !all.is_empty() && all.iter().all(|x| *x) {
-            return Ok(());
-        }
-        if context.current().duration_since(start).unwrap_or_default() > limit {
-            return Err(format!("timed out waiting for {what} (heights {:?})", sim.heights()));
-        }
-        sim.submit_transfer(context);
-        context.sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn upgrade(sim: &Sim, id: u64) -> Vec<Option<gov::Upgrade>> {
-    sim.read_all(|s| gov::upgrade(s, id))
-}
+use common::{height, propose, signal, until, upgrade, vote};
 
 #[test]
 fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
