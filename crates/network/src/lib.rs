@@ -69,6 +69,17 @@ pub const HANDSHAKE_SYNCHRONY_BOUND: Duration = Duration::from_secs(5);
 /// Oldest handshake message accepted.
 pub const HANDSHAKE_AGE_MAX: Duration = Duration::from_secs(10);
 
+/// Shortest time between two connection attempts with one peer (either side's dial counts).
+///
+/// When a peer restarts, both sides dial each other, and an attempt that arrives within the
+/// other side's cooldown of its own last attempt is refused. With the p2p layer's defaults (1 s on
+/// private networks, 60 s on public ones) each side's retry, due about one cooldown after its
+/// own attempt, kept landing inside the other's: a restarted validator and one of its peers
+/// stayed apart for 4 s in the rolling-upgrade test, long enough for the next planned stop to
+/// leave the network one vote short of a quorum. Shorter than the dialer's tick (500 ms / 1 s),
+/// a refusal is rare and the next tick connects. Handshakes stay rate-limited per IP.
+pub const PEER_RECONNECT_COOLDOWN: Duration = Duration::from_millis(200);
+
 /// The handshake namespace of a chain.
 pub fn namespace(chain_id: &str) -> Vec<u8> {
     let mut ns = plexus_types::namespace::P2P.to_vec();
@@ -114,6 +125,7 @@ where
     // for every peer in it.
     p2p.tracked_peer_sets = NonZeroUsize::new(2).expect("non-zero");
     p2p.bypass_ip_check = config.any_source_ip;
+    p2p.peer_connection_cooldown = PEER_RECONNECT_COOLDOWN;
     let (mut network, oracle) = lookup::Network::new(context, p2p);
     let channels = channels.iter().map(|c| network.register(c.id, Quota::per_second(c.messages_per_second))).collect();
     network.start();
