@@ -419,14 +419,21 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
     fn versions_after(&self, parent: &Hash) -> Option<VersionVector> {
         let view = self.inner.state.view();
         let committed = (view.height().expect("genesis is committed"), view.block());
-        let ancestors = self.pending_chain(parent, committed)?;
+        let (_, merged) = self.pending_changes(parent, committed)?;
+        let base = Layered { base: &*view, changes: &merged };
+        let mut o = Overlay::new(&base);
+        Some(Store::new(&mut o).versions())
+    }
+
+    /// [`Self::pending_chain`] and the change sets of its blocks merged oldest first: what
+    /// `head`'s post-state adds to the committed state.
+    fn pending_changes(&self, head: &Hash, committed: (Height, Hash)) -> Option<(Vec<Arc<Pending>>, ChangeSet)> {
+        let ancestors = self.pending_chain(head, committed)?;
         let mut merged = ChangeSet::new();
         for p in &ancestors {
             merged.extend(p.changes.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        let base = Layered { base: &*view, changes: &merged };
-        let mut o = Overlay::new(&base);
-        Some(Store::new(&mut o).versions())
+        Some((ancestors, merged))
     }
 
     /// Executes `txs` as the child of `parent` (whose state is known); returns the outcome and
@@ -442,11 +449,7 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
         let (ancestors, result, versions) = {
             let view = self.inner.state.view();
             let committed = (view.height().expect("genesis is committed"), view.block());
-            let ancestors = self.pending_chain(parent, committed)?;
-            let mut merged = ChangeSet::new();
-            for p in &ancestors {
-                merged.extend(p.changes.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
+            let (ancestors, merged) = self.pending_changes(parent, committed)?;
             let base = Layered { base: &*view, changes: &merged };
             // The versions the block runs under: those of its parent's post-state.
             let versions = {

@@ -15,7 +15,7 @@ use plexus_types::tx::{Payload, ProposalKind};
 use plexus_types::version::{SupportedVersions, VersionRange};
 use plexus_types::{Height, Layer};
 
-use common::{height, propose, signal, until, upgrade, vote};
+use common::{height, propose_and_vote, signal, until, upgrade};
 
 #[test]
 fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
@@ -32,20 +32,18 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             // 1. Execution v6, approved by everyone; only half the stake is ready: it waits.
             let h = height(&sim);
             let (activation, deadline) = (h + 30, h + 90);
-            let p = propose(
+            let p = propose_and_vote(
                 &mut sim,
+                &mut context,
+                "the proposal to be open",
                 ProposalKind::Upgrade {
                     layer: Layer::Execution,
                     version: 6,
                     activation_height: activation,
                     deadline_height: deadline,
                 },
-            )?;
-            until(&mut sim, &mut context, "the proposal to be open", Duration::from_secs(30), |s| {
-                gov::proposal(s, p).is_some()
-            })
+            )
             .await?;
-            vote(&mut sim, p, &[0, 1, 2, 3])?;
             signal(&mut sim, &[0, 1], 7)?;
             until(&mut sim, &mut context, "the vote to pass", Duration::from_secs(60), |s| {
                 gov::proposal(s, p).is_some_and(|x| x.status == ProposalStatus::Passed)
@@ -77,20 +75,18 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             //    first block with transactions, and every node falls back to v6 on its own.
             let h = height(&sim);
             let activation = h + 30;
-            let p = propose(
+            let p = propose_and_vote(
                 &mut sim,
+                &mut context,
+                "the v7 proposal",
                 ProposalKind::Upgrade {
                     layer: Layer::Execution,
                     version: plexus_execution::faulty::VERSION,
                     activation_height: activation,
                     deadline_height: activation + 60,
                 },
-            )?;
-            until(&mut sim, &mut context, "the v7 proposal", Duration::from_secs(30), |s| {
-                gov::proposal(s, p).is_some()
-            })
+            )
             .await?;
-            vote(&mut sim, p, &[0, 1, 2, 3])?;
             until(&mut sim, &mut context, "v7 to be aborted", Duration::from_secs(120), |s| {
                 gov::upgrade(s, 1).is_some_and(|u| u.status == UpgradeStatus::Aborted)
             })
@@ -119,20 +115,18 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
 
             // 4. An upgrade nobody is ready for expires at its deadline; nothing halts.
             let h = height(&sim);
-            let p = propose(
+            propose_and_vote(
                 &mut sim,
+                &mut context,
+                "the network proposal",
                 ProposalKind::Upgrade {
                     layer: Layer::Network,
                     version: 2,
                     activation_height: h + 25,
                     deadline_height: h + 40,
                 },
-            )?;
-            until(&mut sim, &mut context, "the network proposal", Duration::from_secs(30), |s| {
-                gov::proposal(s, p).is_some()
-            })
+            )
             .await?;
-            vote(&mut sim, p, &[0, 1, 2, 3])?;
             until(&mut sim, &mut context, "the network upgrade to expire", Duration::from_secs(120), |s| {
                 gov::upgrade(s, 2).is_some_and(|u| u.status == UpgradeStatus::Expired)
             })
@@ -144,15 +138,13 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             // 5. A parameter change lands at its height on every node.
             let h = height(&sim);
             let effective = h + 30;
-            let p = propose(
+            propose_and_vote(
                 &mut sim,
+                &mut context,
+                "the parameter proposal",
                 ProposalKind::ParamChange { name: "max_block_txs".into(), value: 5_000, effective_height: effective },
-            )?;
-            until(&mut sim, &mut context, "the parameter proposal", Duration::from_secs(30), |s| {
-                gov::proposal(s, p).is_some()
-            })
+            )
             .await?;
-            vote(&mut sim, p, &[0, 1, 2, 3])?;
             until(&mut sim, &mut context, "the effective height", Duration::from_secs(90), |s| {
                 s.chain().height >= effective
             })
@@ -189,20 +181,18 @@ fn network_v2_activates_at_one_height_through_a_partition_and_a_crash() {
 
             let h = height(&sim);
             let activation = h + 40;
-            let p = propose(
+            let p = propose_and_vote(
                 &mut sim,
+                &mut context,
+                "the network proposal",
                 ProposalKind::Upgrade {
                     layer: Layer::Network,
                     version: 2,
                     activation_height: activation,
                     deadline_height: activation + 100,
                 },
-            )?;
-            until(&mut sim, &mut context, "the network proposal", Duration::from_secs(30), |s| {
-                gov::proposal(s, p).is_some()
-            })
+            )
             .await?;
-            vote(&mut sim, p, &[0, 1, 2, 3])?;
             let v2 = SupportedVersions { network: VersionRange { min: 1, max: 2 }, ..SupportedVersions::V1_ONLY };
             for i in [0, 1, 2] {
                 let key = sim.nodes[i].key.clone();
@@ -307,20 +297,18 @@ fn consensus_v2_activates_at_an_epoch_boundary_through_a_partition_and_a_crash()
 
             let h = height(&sim);
             let activation = h + 30;
-            let p = propose(
+            let p = propose_and_vote(
                 &mut sim,
+                &mut context,
+                "the consensus proposal",
                 ProposalKind::Upgrade {
                     layer: Layer::Consensus,
                     version: 2,
                     activation_height: activation,
                     deadline_height: activation + 200,
                 },
-            )?;
-            until(&mut sim, &mut context, "the consensus proposal", Duration::from_secs(30), |s| {
-                gov::proposal(s, p).is_some()
-            })
+            )
             .await?;
-            vote(&mut sim, p, &[0, 1, 2, 3])?;
             let v2 = SupportedVersions { consensus: VersionRange { min: 1, max: 2 }, ..SupportedVersions::V1_ONLY };
             for i in [0, 1, 2] {
                 sim.submit_as(&keys[i], Payload::SignalVersions { versions: v2, shadow_ok: true })?;
@@ -377,20 +365,18 @@ fn consensus_v2_activates_at_an_epoch_boundary_through_a_partition_and_a_crash()
             // governance can always pass (every binary that runs v2 runs v1). It activates at the
             // next epoch boundary, and certificates are ed25519 ones again from there.
             let h = height(&sim);
-            let p = propose(
+            propose_and_vote(
                 &mut sim,
+                &mut context,
+                "the downgrade proposal",
                 ProposalKind::Upgrade {
                     layer: Layer::Consensus,
                     version: 1,
                     activation_height: h + 30,
                     deadline_height: h + 230,
                 },
-            )?;
-            until(&mut sim, &mut context, "the downgrade proposal", Duration::from_secs(30), |s| {
-                gov::proposal(s, p).is_some()
-            })
+            )
             .await?;
-            vote(&mut sim, p, &[0, 1, 2, 3])?;
             until(&mut sim, &mut context, "consensus back on v1", Duration::from_secs(180), |s| {
                 s.versions().consensus == 1
             })

@@ -18,7 +18,7 @@ use plexus_sim::{Sim, run_seeded, seeds};
 use plexus_types::tx::ProposalKind;
 use plexus_types::{Layer, VersionVector};
 
-use common::{height, propose, signal, until, upgrade, vote};
+use common::{height, propose_and_vote, signal, until, upgrade};
 
 fn cap_execution(max: Option<&str>) {
     // SAFETY: the deterministic runtime runs every simulated task on this one thread, and no
@@ -42,20 +42,18 @@ fn nodes_without_an_activated_version_stop_at_its_block_and_carry_on_once_upgrad
 
             // Execution v6, voted and signalled by every operator, whose binaries lack it.
             let activation = height(&sim) + 25;
-            let p = propose(
+            let p = propose_and_vote(
                 &mut sim,
+                &mut context,
+                "the proposal to be open",
                 ProposalKind::Upgrade {
                     layer: Layer::Execution,
                     version: 6,
                     activation_height: activation,
                     deadline_height: activation + 60,
                 },
-            )?;
-            until(&mut sim, &mut context, "the proposal to be open", Duration::from_secs(30), |s| {
-                gov::proposal(s, p).is_some()
-            })
+            )
             .await?;
-            vote(&mut sim, p, &[0, 1, 2, 3])?;
             signal(&mut sim, &[0, 1, 2, 3], 6)?;
             until(&mut sim, &mut context, "the vote to pass", Duration::from_secs(60), |s| {
                 gov::proposal(s, p).is_some_and(|x| x.status == ProposalStatus::Passed)

@@ -43,6 +43,21 @@ pub fn signal(sim: &mut Sim, who: &[usize], execution_max: u16) -> Result<(), St
     Ok(())
 }
 
+/// Submits `kind` from validator 0, waits until the proposal is open (`what` names it if that
+/// times out), and has every validator vote yes; returns its id.
+pub async fn propose_and_vote(
+    sim: &mut Sim,
+    context: &mut commonware_runtime::deterministic::Context,
+    what: &str,
+    kind: ProposalKind,
+) -> Result<u64, String> {
+    let p = propose(sim, kind)?;
+    until(sim, context, what, Duration::from_secs(30), |s| gov::proposal(s, p).is_some()).await?;
+    let everyone: Vec<usize> = (0..sim.nodes.len()).collect();
+    vote(sim, p, &everyone)?;
+    Ok(p)
+}
+
 /// Waits until `f` holds on every honest running node (in simulated time).
 pub async fn until(
     sim: &mut Sim,
