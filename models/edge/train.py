@@ -12,7 +12,7 @@ nothing is downloaded at run time.
 
 ONNX graphs are built by hand with onnx.helper from the trained weights so
 that they use only default-domain (ai.onnx) operators at opset 13:
-Gemm, Relu, Softmax, ReduceMean, Sub, Div, Mul, Add, Slice, Abs, Greater, Cast.
+Gemm, Relu, Softmax, ReduceMean, Sub, Div, Max, Mul, Add, Slice, Abs, Greater, Cast.
 No ai.onnx.ml operators, no ZipMap.
 """
 import os
@@ -231,12 +231,19 @@ TASKS = {
 
 
 def tensor_spec(meta, ins, outs):
-    """Plexus's TensorSpec: batch-first FP32 tensors, at most 64 rows per request."""
+    """Plexus's TensorSpec: batch-first FP32 tensors, at most 64 rows per request. The input
+    carries the range of values the model is made for (meta["input_range"], in its units):
+    a provider refuses values outside it before running the graph."""
     def t(x):
         return {"name": x["name"], "datatype": "FP32", "shape": [-1] + [int(v) for v in x["shape"][1:]]}
+
+    def with_range(x):
+        d = t(x)
+        d["range"] = [float(v) for v in meta["input_range"]]
+        return d
     return {
         "task": meta["plexus_task"],
-        "inputs": [t(x) for x in ins],
+        "inputs": [with_range(x) for x in ins],
         "outputs": [t(x) for x in outs],
         "labels": meta.get("classes", []),
         "preprocessing": meta["preprocessing"],
@@ -421,8 +428,11 @@ def train_ecg(outdir):
 
     pre = ("Input: 256 consecutive raw ECG samples (mV, 360 Hz, MLII lead) starting 90 samples "
            "(0.25 s) before a detected R peak. The graph subtracts the window mean itself, "
-           "then applies the folded per-sample standardisation. No filtering needed by the caller.")
+           "then applies the folded per-sample standardisation. No filtering needed by the caller. "
+           "Values from -100 to 100 mV.")
     meta = {"task": "ECG beat classification: normal (0) vs abnormal PVC-like morphology (1)",
+            # mV: a surface ECG stays within a few mV; anything past 100 is another unit (uV).
+            "input_range": [-100.0, 100.0],
             "classes": ["normal", "abnormal_morphology"], "sample_rate_hz": ECG_FS,
             "label_rule": f"QRS(+-0.1 s) correlation with training median beat < {ECG_CORR}",
             "window": {"length": ECG_WIN, "samples_before_r_peak": ECG_PRE},
@@ -487,6 +497,7 @@ unseen beats, not clinical accuracy. Not a medical device. Reproduce from
 # 2. Electricity demand forecaster
 # --------------------------------------------------------------------------
 D_IN, D_H = 336, 48     # one week of half-hours in, next day out
+DEMAND_LEVEL_MIN = 1.0   # MW: the least window mean the graph divides by
 
 
 def train_demand(outdir):
@@ -527,7 +538,11 @@ def train_demand(outdir):
 
     g = G()
     m = g.op("ReduceMean", ["demand_history"], axes=[1], keepdims=1)
-    z = g.op("Sub", [g.op("Div", ["demand_history", m]), g.const(np.ones((1,), np.float32), "one")])
+    # The level is guarded: a window whose mean is below 1 MW (all zeros, say) would divide by
+    # zero; dividing by max(mean, 1 MW) keeps every output finite and changes nothing for real
+    # demand (thousands of MW).
+    level = g.op("Max", [m, g.const(np.full((1,), DEMAND_LEVEL_MIN, np.float32), "level_min")])
+    z = g.op("Sub", [g.op("Div", ["demand_history", level]), g.const(np.ones((1,), np.float32), "one")])
     zh = g.mlp(z, [(f32(W), f32(b)) for W, b in layers])
     g.op("Mul", [g.op("Add", [zh, g.const(np.ones((1,), np.float32), "one")]), m], out="forecast")
     model = g.model(
@@ -539,7 +554,7 @@ def train_demand(outdir):
     def np_model(X):
         X = f32(X)
         lv = X.mean(1, keepdims=True)
-        h = X / lv - np.float32(1)
+        h = X / np.maximum(lv, np.float32(DEMAND_LEVEL_MIN)) - np.float32(1)
         for i, (W, b) in enumerate(layers):
             h = h @ f32(W) + f32(b)
             if i < len(layers) - 1:
@@ -559,12 +574,15 @@ def train_demand(outdir):
                "n_train_windows": int(len(Xtr)), "n_test_windows": int(len(Xte))}
 
     pre = ("Input: the last 336 half-hourly demand values in MW (one week, oldest first). "
-           "The graph divides by the window mean (level normalisation), applies the MLP and "
-           "rescales; output is the next 48 half-hours in MW (step 1 = next half-hour).")
+           "The graph divides by the window mean (level normalisation; by 1 MW when the mean is "
+           "smaller, so a window of zeros forecasts zeros), applies the MLP and rescales; output "
+           "is the next 48 half-hours in MW (step 1 = next half-hour). Values from 0 to 10^6 MW.")
     meta = {"task": "half-hourly electricity demand forecasting, horizon 48 (one day)",
+            # MW: a whole country's demand is under 10^6 MW; negative demand is not demand.
+            "input_range": [0.0, 1e6],
             "input_length": D_IN, "horizon": D_H, "units": "MW", "sampling": "30 min",
             "preprocessing": pre, "data": {"demand": prov}, "metrics": metrics,
-            "architecture": "x/mean(x)-1 -> Gemm(336x64) -> Relu -> Gemm(64x48) -> (+1)*mean(x)"}
+            "architecture": "x/max(mean(x),1)-1 -> Gemm(336x64) -> Relu -> Gemm(64x48) -> (+1)*mean(x)"}
     card = f"""# Electricity demand forecaster (next 24 h, half-hourly)
 
 * **Data**: `pmdarima.datasets.load_taylor()` (pmdarima {PINNED['pmdarima']}; the values
@@ -731,8 +749,10 @@ def train_traffic(outdir):
            "(168 h, 00:00-23:00 local) before the day to score, then that day's 24 hours. "
            "No scaling needed by the caller. Outputs: score = mean |actual - expected| over the "
            "24 h (vehicles/hour); is_anomaly = score > threshold (1.0/0.0); expected_day = the "
-           "predicted 24-hour profile.")
+           "predicted 24-hour profile. Values from 0 to 10^5 vehicles/hour.")
     meta = {"task": "day-level traffic anomaly detection (anomaly = labelled public holiday / event day)",
+            # vehicles/hour: the busiest roads carry under 10^4 per lane; 10^5 leaves room.
+            "input_range": [0.0, 1e5],
             "input_length": T_CTX + T_DAY, "units": "vehicles per hour", "sampling": "1 h",
             "threshold": thr, "threshold_rule": "max F1 on training days",
             "preprocessing": pre, "data": {"traffic": prov}, "metrics": metrics,

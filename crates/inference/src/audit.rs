@@ -10,7 +10,10 @@
 //! The verdict uses only the auditor's own numbers: a position fails when its margin exceeds
 //! [`AuditRules::margin_logits`]; a generation is faulty when at least
 //! [`AuditRules::failed_min`] positions and [`AuditRules::failed_fraction`] of them fail. Too
-//! short an output is inconclusive (a few positions prove nothing either way).
+//! short an output is inconclusive (a few positions prove nothing either way), and so is one the
+//! auditor's model cannot score: where its own logits are NaN or infinite (margin NaN), the
+//! model failed on that request, not the provider, and nobody is accused for it. The same holds
+//! for a tensor model whose re-run gives no finite answer for the request.
 
 use plexus_types::receipt::Transcript;
 
@@ -45,7 +48,7 @@ pub enum Verdict {
     Honest,
     /// Too many positions are not.
     Faulty,
-    /// Too short to tell.
+    /// Too short to tell, or the model cannot score the request (non-finite logits or outputs).
     Inconclusive,
 }
 
@@ -83,11 +86,14 @@ pub fn audit(engine: &dyn Engine, transcript: &Transcript, rules: &AuditRules) -
     Ok(judge(margins, rules))
 }
 
-/// The verdict on a generation's margins.
+/// The verdict on a generation's margins. A NaN margin is a position the auditor's model could
+/// not score (see [`crate::sampler::margin`]): any such position makes the verdict inconclusive,
+/// since the model's own numbers are no evidence there.
 pub fn judge(margins: Vec<f32>, rules: &AuditRules) -> AuditReport {
     let positions = margins.len();
+    let unscorable = margins.iter().any(|m| m.is_nan());
     let failed = margins.iter().filter(|m| !(**m <= rules.margin_logits)).count();
-    let verdict = if positions < rules.positions_min {
+    let verdict = if positions < rules.positions_min || unscorable {
         Verdict::Inconclusive
     } else if failed >= rules.failed_min && failed as f32 >= rules.failed_fraction * positions as f32 {
         Verdict::Faulty
@@ -152,7 +158,15 @@ pub fn audit_tensor(
     request: &crate::tensor::TensorRequest,
     claimed: &[crate::tensor::Tensor],
 ) -> Result<AuditReport, Error> {
-    let ours = engine.infer(request)?;
+    let ours = match engine.infer(request) {
+        Ok(ours) => ours,
+        // The model cannot answer this request here (it computes no finite output for it, or
+        // the input is outside its range): nothing to compare with, nobody to blame.
+        Err(e) if e.kind() == crate::ErrorKind::BadRequest => {
+            return Ok(AuditReport { verdict: Verdict::Inconclusive, positions: 0, failed: 0, margins: Vec::new() });
+        }
+        Err(e) => return Err(e),
+    };
     let mut margins = Vec::new();
     let mut failed = 0;
     for t in claimed {
@@ -199,15 +213,25 @@ mod tests {
         let lie: Vec<f32> = (0..40).map(|i| if i % 3 == 0 { 4.0 } else { 0.0 }).collect();
         let report = judge(lie, &rules);
         assert_eq!((report.verdict, report.failed), (Verdict::Faulty, 14));
-        // NaN or infinite margins (a token outside the vocabulary) count as failures.
-        let broken = vec![f32::NAN; 10];
-        assert_eq!(judge(broken, &rules).verdict, Verdict::Faulty);
+        // Infinite margins (a token outside the vocabulary) count as failures.
+        let outside = vec![f32::INFINITY; 10];
+        assert_eq!(judge(outside, &rules).verdict, Verdict::Faulty);
+        // NaN margins are positions the auditor's own model could not score (non-finite
+        // logits): no verdict, however the other positions look, so no challenge either.
+        let mut unscorable = vec![4.0; 40];
+        unscorable[17] = f32::NAN;
+        assert_eq!(judge(unscorable, &rules).verdict, Verdict::Inconclusive);
     }
 
     #[test]
     fn challenge_evidence_must_fit_the_models_spec() {
         use crate::tensor::{Tensor, TensorMeta, TensorRequest, TensorSpec};
-        let meta = |name: &str, d: i64| TensorMeta { name: name.into(), datatype: "FP32".into(), shape: vec![-1, d] };
+        let meta = |name: &str, d: i64| TensorMeta {
+            name: name.into(),
+            datatype: "FP32".into(),
+            shape: vec![-1, d],
+            range: None,
+        };
         let spec = TensorSpec {
             task: "t".into(),
             inputs: vec![meta("x", 3)],

@@ -49,7 +49,7 @@ pub const EDGE_MODELS: &[EdgeEntry] = &[
         key: "ecg",
         files: &[
             ("model.onnx", "e7b6b371cba9aa638098f5b09aaac9795f10abfdd26fbab8fa7f736da59a9d19"),
-            ("tensor.json", "5bf1c4629604e6b33c477e59e62a8e6d41e56b82d78187174fda442c21a89761"),
+            ("tensor.json", "f444144c230688fc2f69641e139b08e939a80ece01964f98e910c83f4b80fb15"),
             // The raw recording around the held-out minute, for streaming (`plexus stream
             // --recording`); not part of the model's id.
             ("stream.json", "f3566e4f4c0580668b167c7fa816b32212c0cf50a33e33fc39c877e1e8a98e90"),
@@ -59,8 +59,8 @@ pub const EDGE_MODELS: &[EdgeEntry] = &[
         name: "demand-forecast",
         key: "demand",
         files: &[
-            ("model.onnx", "47bbedec33b50be2213cf5d71eb5ccdc9593dbc4ea776762cfa55e04247223ff"),
-            ("tensor.json", "213e7d2ec5c326a892dfb469ad3923ea164bdbff1656b60e1aff52f397704237"),
+            ("model.onnx", "b7241627c80cce3da13f57b59a633b60c49046127839323765d004dadbbabdd0"),
+            ("tensor.json", "c225794408342b73ec4d602e2268221969771dd3697b7333fb7d9956c2643070"),
         ],
     },
     EdgeEntry {
@@ -68,7 +68,7 @@ pub const EDGE_MODELS: &[EdgeEntry] = &[
         key: "traffic",
         files: &[
             ("model.onnx", "63980550371641403f1c7697bbc1023d752e3ea8da45cd18a063e6156c639092"),
-            ("tensor.json", "971631505ceb7cdc3dd3008c610c0d996b08b7f3c7c3080bc5753317f1a63480"),
+            ("tensor.json", "5aa13d914af0024bb48e1b63295c46c20f5e27c6eb24df4769056d24e7c87d60"),
         ],
     },
 ];

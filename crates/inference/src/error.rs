@@ -43,6 +43,14 @@ pub enum Error {
     Unsupported { what: &'static str, model: String },
     #[error("input `{input}`: {reason}")]
     BadTensor { input: String, reason: String },
+    /// The model computed NaN or an infinity for this input: the input is outside what the
+    /// model can answer (not the engine's fault, and nothing to bill).
+    #[error(
+        "the model's output `{output}` is {value} for row {row}: this input is outside what the model \
+         computes (check its units and scale against the preprocessing in the model's metadata, \
+         GET /v2/models/<model>)"
+    )]
+    OutputNotFinite { output: String, row: usize, value: f32 },
 
     // ---- back-pressure ----
     #[error("the engine is busy: {queued} requests are already queued (limit {queue_max})")]
@@ -96,7 +104,8 @@ impl Error {
             | Error::InvalidParam { .. }
             | Error::Template(_)
             | Error::Unsupported { .. }
-            | Error::BadTensor { .. } => ErrorKind::BadRequest,
+            | Error::BadTensor { .. }
+            | Error::OutputNotFinite { .. } => ErrorKind::BadRequest,
             Error::Busy { .. } => ErrorKind::Busy,
             Error::ModelNotFound(_) | Error::BackendDisabled { .. } => ErrorKind::NotFound,
             Error::Gguf { .. }
@@ -120,7 +129,7 @@ impl Error {
             Error::PromptTooLong { .. } => Some("messages"),
             Error::MaxTokensTooLarge { .. } => Some("max_tokens"),
             Error::InvalidParam { param, .. } => Some(param),
-            Error::BadTensor { .. } => Some("inputs"),
+            Error::BadTensor { .. } | Error::OutputNotFinite { .. } => Some("inputs"),
             _ => None,
         }
     }

@@ -119,8 +119,14 @@ fn argmax(logits: &[f32]) -> TokenId {
 /// committed one. Seeded: `temperature` times the gap in `logit / temperature + noise` between
 /// the pick and the committed token, so the measure stays in logit units at any temperature
 /// and a tolerance on it means the same everywhere. A committed token outside the verifier's
-/// allowed set is measured the same way, as if it were allowed.
+/// allowed set is measured the same way, as if it were allowed. A committed token outside the
+/// vocabulary is infinitely far ([`f32::INFINITY`]). When the verifier's own logits hold a NaN
+/// or a +infinity the position cannot be scored at all, and the margin is NaN: the model, not
+/// the provider, failed there (an audit of such a generation proves nothing either way).
 pub fn margin(logits: &[f32], sampling: &Sampling, position: u32, committed: TokenId) -> f32 {
+    if !logits.iter().fold(true, |ok, &l| ok & !(l.is_nan() || l == f32::INFINITY)) {
+        return f32::NAN;
+    }
     let Some(&c) = usize::try_from(committed).ok().and_then(|i| logits.get(i)) else {
         return f32::INFINITY;
     };
@@ -196,6 +202,15 @@ mod tests {
         assert!(margin(&logits, &Sampling::Greedy, 0, worst) > 9.0);
         assert!((0..32).all(|p| margin(&logits, &random(0.7, 9), p, worst) > 1.0));
         assert_eq!(margin(&logits, &Sampling::Greedy, 0, 10_000), f32::INFINITY);
+        // The verifier's own logits broke (NaN, +inf): nothing can be scored there.
+        let mut broken = logits.clone();
+        broken[3] = f32::NAN;
+        assert!(margin(&broken, &Sampling::Greedy, 0, choose(&logits, &Sampling::Greedy, 0)).is_nan());
+        broken[3] = f32::INFINITY;
+        assert!(margin(&broken, &random(0.7, 9), 0, 0).is_nan());
+        // A masked logit (-inf) is an ordinary one.
+        broken[3] = f32::NEG_INFINITY;
+        assert!(margin(&broken, &Sampling::Greedy, 0, choose(&broken, &Sampling::Greedy, 0)) == 0.0);
     }
 
     #[test]

@@ -131,9 +131,17 @@ impl TensorEngine {
             )));
         }
         // A scan without an early exit vectorises; the position is looked for only when needed.
-        if !input.data.iter().fold(true, |ok, v| ok & v.is_finite()) {
-            let i = input.data.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Err(bad(format!("value {i} is {} (only finite numbers are accepted)", input.data[i])));
+        let [lo, hi] = want.range.unwrap_or([f32::MIN, f32::MAX]);
+        if !input.data.iter().fold(true, |ok, &v| ok & (v >= lo) & (v <= hi)) {
+            let i = input.data.iter().position(|&v| !(v >= lo && v <= hi)).unwrap_or(0);
+            let v = input.data[i];
+            if !v.is_finite() {
+                return Err(bad(format!("value {i} is {v} (only finite numbers are accepted)")));
+            }
+            return Err(bad(format!(
+                "value {i} is {v}, outside the range this model takes, {lo} to {hi} (see its preprocessing \
+                 for the units)"
+            )));
         }
         Ok(rows)
     }
@@ -211,6 +219,21 @@ fn run(plans: &[Plan], spec: &TensorSpec, rows: usize, data: &[f32]) -> Result<V
     Ok(outputs)
 }
 
+/// Refuses outputs that are not finite numbers: the model computed NaN or an infinity for this
+/// input (a division by a zero mean, an overflow), which no caller can use, JSON cannot carry
+/// and nobody should pay for. The caller's request caused it, so it is a 4xx.
+fn finite(outputs: &[super::Tensor]) -> Result<(), Error> {
+    for t in outputs {
+        if t.data.iter().fold(true, |ok, v| ok & v.is_finite()) {
+            continue;
+        }
+        let i = t.data.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        let per_row = t.shape.get(1..).map_or(1, |d| d.iter().product::<usize>().max(1));
+        return Err(Error::OutputNotFinite { output: t.name.clone(), row: i / per_row, value: t.data[i] });
+    }
+    Ok(())
+}
+
 /// Padding a batch is only sound when rows do not influence each other. A graph that mixes
 /// them (a reduction over the batch axis, say) is refused at load: two different rows run
 /// together must give what each gives alone, to a float tolerance (kernels for one row and for
@@ -261,6 +284,7 @@ impl Engine for TensorEngine {
         }
         let _running = Running(&self.running);
         let outputs = run(&self.plans, &self.spec, rows, &request.inputs[0].data)?;
+        finite(&outputs)?;
         Ok(TensorResponse { outputs, rows: rows as u32 })
     }
 
@@ -277,8 +301,12 @@ mod tests {
     use super::*;
 
     fn spec(batch_max: u32) -> TensorSpec {
-        let meta =
-            |name: &str| super::super::TensorMeta { name: name.into(), datatype: "FP32".into(), shape: vec![-1, 4] };
+        let meta = |name: &str| super::super::TensorMeta {
+            name: name.into(),
+            datatype: "FP32".into(),
+            shape: vec![-1, 4],
+            range: None,
+        };
         TensorSpec {
             task: "test".into(),
             inputs: vec![meta("x")],
@@ -293,6 +321,11 @@ mod tests {
     /// A one-input graph `y = x - ReduceMean(x, axes) ` (opset 11, axes as an attribute), or
     /// `y = Relu(x)` when `axes` is empty.
     fn graph(dir: &Path, axes: &[i64]) -> std::path::PathBuf {
+        graph_of(dir, axes, "Sub")
+    }
+
+    /// `y = x <op> ReduceMean(x, axes)`, or `y = Relu(x)` when `axes` is empty.
+    fn graph_of(dir: &Path, axes: &[i64], op: &str) -> std::path::PathBuf {
         let dim = |v: tract_onnx::pb::tensor_shape_proto::dimension::Value| pb::tensor_shape_proto::Dimension {
             value: Some(v),
             ..Default::default()
@@ -325,7 +358,7 @@ mod tests {
                 ints: axes.to_vec(),
                 ..Default::default()
             };
-            vec![node("ReduceMean", &["x"], "m", vec![axes]), node("Sub", &["x", "m"], "y", vec![])]
+            vec![node("ReduceMean", &["x"], "m", vec![axes]), node(op, &["x", "m"], "y", vec![])]
         };
         let model = pb::ModelProto {
             ir_version: 6,
@@ -379,5 +412,106 @@ mod tests {
         let path = graph(dir.path(), &[1]);
         let plans = compile(&path, &spec).unwrap();
         check_rows_independent(&path, &plans, &spec).unwrap();
+    }
+
+    /// An engine over `y = x / mean(x)` (per row), with `range` on its input: the shape of a
+    /// level-normalising forecaster whose graph does not guard its division.
+    fn dividing_engine(dir: &Path, range: Option<[f32; 2]>) -> TensorEngine {
+        let path = graph_of(dir, &[1], "Div");
+        let mut spec = spec(8);
+        spec.inputs[0].range = range;
+        let plans = compile(&path, &spec).unwrap();
+        let info = ModelInfo {
+            name: "div".into(),
+            id: plexus_types::hash(b"div"),
+            manifest: plexus_types::ModelManifest {
+                name: "div".into(),
+                engine: EngineKind::TractOnnx,
+                weights_sha256: plexus_types::Hash::ZERO,
+                tokenizer_sha256: plexus_types::Hash::ZERO,
+                template_sha256: plexus_types::Hash::ZERO,
+                quantization: "f32".into(),
+                context_length: 0,
+            },
+            kind: EngineKind::TractOnnx,
+            request_tokens_max: 8,
+            embedding_dims: None,
+        };
+        TensorEngine { info, spec, plans, running: AtomicUsize::new(0) }
+    }
+
+    fn rows_of(data: Vec<f32>) -> TensorRequest {
+        let rows = data.len() / 4;
+        TensorRequest { inputs: vec![super::super::Tensor { name: "x".into(), shape: vec![rows, 4], data }] }
+    }
+
+    #[test]
+    fn an_output_that_is_not_finite_is_the_inputs_fault_and_names_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = dividing_engine(dir.path(), None);
+        let ok = engine.infer(&rows_of(vec![1.0, 2.0, 3.0, 2.0])).unwrap();
+        assert!((ok.outputs[0].data[1] - 1.0).abs() < 1e-6);
+        // Row 1 is all zeros: 0 / 0 is NaN there. The caller's input did it: a 4xx, and the
+        // message says which output and row, and what to check.
+        let err = engine.infer(&rows_of(vec![1.0, 2.0, 3.0, 2.0, 0.0, 0.0, 0.0, 0.0])).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::BadRequest, "{err}");
+        assert!(matches!(err, Error::OutputNotFinite { row: 1, .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("`y`") && text.contains("row 1") && text.contains("preprocessing"), "{text}");
+        // The engine serves the next good request as before.
+        assert!(engine.infer(&rows_of(vec![4.0; 4])).is_ok());
+    }
+
+    #[test]
+    fn values_outside_the_declared_range_are_refused_before_the_model_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = dividing_engine(dir.path(), Some([0.0, 100.0]));
+        assert!(engine.infer(&rows_of(vec![0.0, 50.0, 100.0, 1.0])).is_ok());
+        for (bad, want) in [(-1.0, "outside the range"), (1e30, "outside the range"), (f32::NAN, "finite")] {
+            let err = engine.infer(&rows_of(vec![1.0, bad, 1.0, 1.0])).unwrap_err();
+            assert!(matches!(err, Error::BadTensor { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains(want) && err.to_string().contains("value 1"), "{bad}: {err}");
+        }
+        // A spec whose range is not two ordered finite numbers does not load.
+        let mut spec = spec(8);
+        spec.inputs[0].range = Some([5.0, 1.0]);
+        assert!(spec.check().unwrap_err().contains("range"));
+        spec.inputs[0].range = Some([f32::NEG_INFINITY, 1.0]);
+        assert!(spec.check().is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Whatever the values (zeros, constants, huge, tiny, signed, non-finite), a request
+        /// either gets finite outputs for every row or a 4xx error: never a non-finite value
+        /// handed to the caller, a panic, or an error blamed on the engine.
+        #[test]
+        fn every_input_gets_finite_outputs_or_a_client_error(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::prelude::Just(0.0f32),
+                    proptest::prelude::Just(f32::NAN),
+                    proptest::prelude::Just(f32::INFINITY),
+                    proptest::prelude::Just(f32::MAX),
+                    proptest::prelude::Just(f32::MIN_POSITIVE),
+                    proptest::prelude::Just(1e-45f32),
+                    -1e6f32..1e6f32,
+                    proptest::num::f32::ANY,
+                ],
+                4..=32,
+            ),
+        ) {
+            static ENGINE: std::sync::LazyLock<(tempfile::TempDir, TensorEngine)> = std::sync::LazyLock::new(|| {
+                let dir = tempfile::tempdir().unwrap();
+                let engine = dividing_engine(dir.path(), None);
+                (dir, engine)
+            });
+            let engine = &ENGINE.1;
+            let n = values.len() / 4 * 4;
+            match engine.infer(&rows_of(values[..n].to_vec())) {
+                Ok(r) => proptest::prop_assert!(r.outputs.iter().all(|t| t.data.iter().all(|v| v.is_finite()))),
+                Err(e) => proptest::prop_assert_eq!(e.kind(), crate::ErrorKind::BadRequest, "{}", e),
+            }
+        }
     }
 }

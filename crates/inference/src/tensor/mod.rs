@@ -15,8 +15,12 @@
 //! meaning under the same id.
 //!
 //! Every request is checked before tract sees it: one input of the declared name, type and
-//! shape, between 1 and `batch_max` rows, finite values only. Anything else is an
-//! [`Error::BadTensor`] (a 4xx for the caller), never a panic inside the engine.
+//! shape, between 1 and `batch_max` rows, finite values only, inside the input's declared
+//! [`TensorMeta::range`] when the spec gives one. Anything else is an [`Error::BadTensor`] (a 4xx
+//! for the caller), never a panic inside the engine. An output that is still not a finite number
+//! is the input's doing too (the model honestly computes NaN or infinity for it, e.g. a division
+//! by a window mean of 0): it is [`Error::OutputNotFinite`], also a 4xx, and nothing is sent or
+//! billed for it; a provider never attests a value JSON cannot carry.
 
 use std::path::Path;
 
@@ -40,13 +44,18 @@ pub const RANK_MAX: usize = 4;
 pub const FP32: &str = "FP32";
 
 /// One input or output of a tensor model.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorMeta {
     pub name: String,
     /// Element type in the Open Inference Protocol's words (`FP32`).
     pub datatype: String,
     /// Shape with `-1` for the batch (first) dimension, e.g. `[-1, 720]`.
     pub shape: Vec<i64>,
+    /// Inputs only: the lowest and highest value the model is made for, in the units its
+    /// preprocessing names (e.g. `[-100, 100]` mV). Values outside are refused before the model
+    /// runs: they are another unit or scale, or large enough to overflow its sums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<[f32; 2]>,
 }
 
 impl TensorMeta {
@@ -62,7 +71,7 @@ impl TensorMeta {
 }
 
 /// What a tensor model computes and how to call it: `tensor.json` beside `model.onnx`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorSpec {
     /// What the model does, in one line (shown by `GET /v2/models/{name}`).
@@ -117,6 +126,11 @@ impl TensorSpec {
             }
             if t.row_elements() > ROW_ELEMENTS_MAX {
                 return Err(format!("`{}`: more than {ROW_ELEMENTS_MAX} values per row", t.name));
+            }
+            if let Some([lo, hi]) = t.range {
+                if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+                    return Err(format!("`{}`: the range must be two finite numbers, lowest first", t.name));
+                }
             }
         }
         if !self.labels.is_empty() && self.labels.len() != self.outputs[0].row_elements() {
