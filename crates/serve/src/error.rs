@@ -65,6 +65,8 @@ impl From<plexus_inference::Error> for ServeError {
                 code: match e {
                     plexus_inference::Error::PromptTooLong { .. }
                     | plexus_inference::Error::MaxTokensTooLarge { .. } => Some("context_length_exceeded"),
+                    plexus_inference::Error::OutputNotFinite { .. } => Some("output_not_finite"),
+                    plexus_inference::Error::BadTensor { .. } => Some("invalid_tensor"),
                     _ => None,
                 },
             },

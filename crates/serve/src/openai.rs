@@ -1,6 +1,9 @@
 //! The OpenAI wire format: request bodies as clients send them, responses as the official SDKs
-//! parse them. Unknown request fields are ignored (SDKs send many); fields we cannot honour are
-//! refused with a 400 rather than silently ignored.
+//! parse them. A field this server does not know is refused with a 400 that names it, as
+//! OpenAI's own API does ("unrecognized request argument"), and so is a known field it cannot
+//! honour (a penalty, a logit bias, `n` > 1, ...): a request is never run with part of it
+//! silently ignored. Fields that change nothing about the output (`user`, `metadata`, `store`,
+//! `service_tier`) are accepted.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -164,6 +167,81 @@ pub struct ParsedGeneration {
     pub include_usage: bool,
 }
 
+/// Fields of chat and completion requests that every route reads ([`CommonParams`]), and those
+/// that ask nothing of the output; anything else is refused.
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "response_format",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+];
+const CHAT_FIELDS: &[&str] = &["messages", "continue_final_message"];
+const COMPLETION_FIELDS: &[&str] = &["prompt", "echo", "suffix", "best_of"];
+const EMBEDDING_FIELDS: &[&str] = &["model", "input", "encoding_format", "dimensions", "user"];
+
+/// Refuses a body with a top-level field outside `known` (and `extra`), naming it.
+fn known_fields(body: &[u8], known: &[&str], extra: &[&str]) -> Result<(), ServeError> {
+    let fields: serde_json::Map<String, Value> = json(body)?;
+    match fields.keys().find(|k| !known.contains(&k.as_str()) && !extra.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(k) => {
+            let mut name = k.clone();
+            if name.len() > 64 {
+                let mut cut = 64;
+                while !name.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                name.truncate(cut);
+            }
+            Err(ServeError::BadRequest {
+                message: format!("unrecognized request argument `{name}`: this endpoint does not take it"),
+                param: Some(name),
+                code: Some("unknown_parameter"),
+            })
+        }
+    }
+}
+
+/// Refuses penalties and logit biases that would change the output: they are not implemented
+/// yet, and a request must not run as if they were not there.
+fn no_penalties(body: &[u8]) -> Result<(), ServeError> {
+    #[derive(Deserialize)]
+    struct Penalties {
+        presence_penalty: Option<f64>,
+        frequency_penalty: Option<f64>,
+        logit_bias: Option<serde_json::Map<String, Value>>,
+    }
+    let p: Penalties = json(body)?;
+    for (name, v) in [("presence_penalty", p.presence_penalty), ("frequency_penalty", p.frequency_penalty)] {
+        if v.is_some_and(|v| v != 0.0) {
+            return Err(ServeError::bad(name, format!("`{name}` is not supported (only 0)")));
+        }
+    }
+    if p.logit_bias.is_some_and(|b| !b.is_empty()) {
+        return Err(ServeError::bad("logit_bias", "`logit_bias` is not supported (only an empty map)"));
+    }
+    Ok(())
+}
+
 fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServeError> {
     serde_json::from_slice(body).map_err(|e| ServeError::BadRequest {
         message: format!("the request body is not valid JSON for this endpoint: {e}"),
@@ -221,6 +299,8 @@ fn to_messages(messages: Vec<Message>) -> Result<Vec<plexus_inference::ChatMessa
 /// Reads a `/v1/chat/completions` body.
 pub fn parse_chat(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
     let mut req: ChatRequest = json(body)?;
+    known_fields(body, COMMON_FIELDS, CHAT_FIELDS)?;
+    no_penalties(body)?;
     req.params.check_supported()?;
     let messages = to_messages(req.messages)?;
     let request = plexus_inference::GenerateRequest {
@@ -240,6 +320,8 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
 /// Reads a `/v1/completions` body (one prompt string; `max_tokens` defaults to 16 as OpenAI's).
 pub fn parse_completion(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
     let mut req: CompletionRequest = json(body)?;
+    known_fields(body, COMMON_FIELDS, COMPLETION_FIELDS)?;
+    no_penalties(body)?;
     req.params.check_supported()?;
     if req.echo {
         return Err(ServeError::bad("echo", "echo is not supported"));
@@ -289,6 +371,7 @@ pub struct ParsedEmbeddings {
 /// Reads a `/v1/embeddings` body.
 pub fn parse_embeddings(body: &[u8]) -> Result<ParsedEmbeddings, ServeError> {
     let req: EmbeddingRequest = json(body)?;
+    known_fields(body, EMBEDDING_FIELDS, &[])?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -547,5 +630,31 @@ mod tests {
         assert_eq!(r.params.stop.unwrap().into_vec(), vec!["x"]);
         let r: ChatRequest = serde_json::from_str(r#"{"model":"m","messages":[],"n":2}"#).unwrap();
         assert!(r.params.check_supported().is_err());
+    }
+
+    #[test]
+    fn unknown_and_unhonoured_fields_are_refused_by_name() {
+        let chat = |extra: &str| {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+            parse_chat(body.as_bytes())
+        };
+        // What SDKs send is taken, incl. zero penalties and fields that do not touch the output.
+        assert!(chat(r#","user":"u","metadata":{"a":"b"},"store":false,"presence_penalty":0,"logit_bias":{}"#).is_ok());
+        for (extra, param) in [
+            (r#","bogus":1"#, "bogus"),
+            (r#","frequency_penalty":0.5"#, "frequency_penalty"),
+            (r#","presence_penalty":-1"#, "presence_penalty"),
+            (r#","logit_bias":{"42":-100}"#, "logit_bias"),
+        ] {
+            let e = chat(extra).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{extra}");
+            assert!(e.to_string().contains(param), "{extra}: {e}");
+        }
+        assert!(parse_completion(br#"{"model":"m","prompt":"p","messages":[]}"#).is_err(), "a chat field");
+        assert!(parse_embeddings(br#"{"model":"m","input":"x","max_tokens":3}"#).is_err());
+        assert!(parse_embeddings(br#"{"model":"m","input":"x","user":"u"}"#).is_ok());
+        // A long unknown name is cut in the message, on a character boundary.
+        let long = format!(r#","{}":1"#, "é".repeat(100));
+        assert!(chat(&long).unwrap_err().to_string().len() < 200);
     }
 }

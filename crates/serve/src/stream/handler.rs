@@ -397,7 +397,15 @@ impl Stream {
             crate::dishonest::perturb(state.lie, r);
         }
         let (attestation, signature) = settle(state, ticket, info.id, req_hash, result.as_ref().ok());
-        let response = result.map_err(|e| (close::INTERNAL, format!("the model failed: {e}")))?;
+        // A window the model cannot answer (samples outside its range, an output that is not
+        // finite) is the device's data at fault: 1007 with the reason, and nothing is paid.
+        let response = result.map_err(|e| match e.kind() {
+            plexus_inference::ErrorKind::BadRequest => {
+                state.metrics.error("invalid_request");
+                (close::BAD_DATA, format!("window {}: {e}", self.next_window))
+            }
+            _ => (close::INTERNAL, format!("the model failed: {e}")),
+        })?;
         let label = Metrics::model(&info.name);
         state.metrics.inferences.get_or_create(&label).inc();
         state.metrics.stream_windows.get_or_create(&label).inc();
