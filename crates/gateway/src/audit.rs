@@ -228,7 +228,8 @@ pub(crate) async fn work(app: Arc<App>, mut jobs: mpsc::Receiver<Job>) {
                     positions = report.positions, worst = report.worst_margin(),
                     "a response is not what the model produces: shunning the provider and challenging it"
                 );
-                app.directory.caught_lying(&job.provider);
+                let why = format!("an audit found {} of {} positions off", report.failed, report.positions);
+                app.directory.caught_lying(&job.provider, &model, &why);
                 match challenge(&app, &job).await {
                     Ok(tx) => {
                         f.challenge_tx = Some(tx);

@@ -6,15 +6,20 @@ use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// The app's request is malformed.
+    /// The app's request is malformed: `param` names the field at fault and `code` says how
+    /// (OpenAI's `error.param` and `error.code`, e.g. `context_length_exceeded`).
     #[error("{message}")]
-    BadRequest { message: String, param: Option<String> },
+    BadRequest { message: String, param: Option<String>, code: Option<&'static str> },
     /// No provider on the network serves the model (within the gateway's constraints).
     #[error("{0}")]
     NoProvider(String),
     /// Every provider tried failed.
     #[error("{0}")]
     Upstream(String),
+    /// No provider of the model may be used now (each was caught lying with it lately); one
+    /// may be again in `retry_after_secs`.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after_secs: u64 },
     /// The chain could not be reached or answered unexpectedly.
     #[error("chain: {0}")]
     Chain(String),
@@ -52,7 +57,7 @@ struct Detail<'a> {
 
 impl GatewayError {
     pub fn bad(param: &str, message: impl Into<String>) -> Self {
-        GatewayError::BadRequest { message: message.into(), param: Some(param.into()) }
+        GatewayError::BadRequest { message: message.into(), param: Some(param.into()), code: None }
     }
 
     pub(crate) fn status(&self) -> StatusCode {
@@ -63,16 +68,17 @@ impl GatewayError {
             GatewayError::Upstream(_) | GatewayError::Chain(_) | GatewayError::Rejected { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            GatewayError::Unverifiable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Unverifiable(_) | GatewayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Config(_) | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn kind(&self) -> (&'static str, Option<&'static str>) {
         match self {
-            GatewayError::BadRequest { .. } => ("invalid_request_error", None),
+            GatewayError::BadRequest { code, .. } => ("invalid_request_error", *code),
             GatewayError::NoProvider(_) => ("invalid_request_error", Some("model_not_found")),
             GatewayError::Funds(_) => ("insufficient_quota", Some("insufficient_quota")),
+            GatewayError::Unavailable { .. } => ("api_error", Some("no_provider_available")),
             _ => ("api_error", None),
         }
     }
@@ -95,8 +101,23 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// Seconds after which the same request may succeed, when that is known.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::Unavailable { retry_after_secs, .. } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        (self.status(), [(axum::http::header::CONTENT_TYPE, "application/json")], self.body_json()).into_response()
+        let mut r =
+            (self.status(), [(axum::http::header::CONTENT_TYPE, "application/json")], self.body_json()).into_response();
+        if let Some(secs) = self.retry_after() {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }

@@ -29,7 +29,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 fn from_gateway(e: GatewayError) -> Response {
-    error(e.status(), e.to_string())
+    let mut r = error(e.status(), e.to_string());
+    if let Some(secs) = e.retry_after() {
+        r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    }
+    r
 }
 
 fn json_response(body: Value) -> Response {
@@ -46,8 +50,23 @@ pub(crate) async fn live() -> Response {
     json_response(json!({ "live": true }))
 }
 
+/// Ready when some model on offer has a provider the gateway may use now; 503 otherwise (no
+/// provider registered, or each caught lying with every model it serves).
 pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
-    json_response(json!({ "ready": app.directory.provider_count() > 0 }))
+    let ready = app.servable_models() > 0;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, json_response(json!({ "ready": ready }))).into_response()
+}
+
+/// `GET /v2/models/{name}/ready`: whether the gateway can send a request for this model now.
+pub(crate) async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    let (_, candidates) = match tensor_model(&app, &name).await {
+        Ok(found) => found,
+        Err(e) => return from_gateway(e),
+    };
+    let ready = app.directory.can_serve(&candidates);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, json_response(json!({ "name": name, "ready": ready }))).into_response()
 }
 
 /// The tensor model `name` means on this network, and its providers.

@@ -91,7 +91,7 @@ async fn round(app: &Arc<App>, interval: Duration) {
             .directory
             .candidates(&id, &app.config.constraints)
             .into_iter()
-            .filter(|c| app.directory.due_probe(&c.provider, interval))
+            .filter(|c| app.directory.due_probe(&c.provider, &c.model, interval))
             .collect();
         for c in idle {
             if sent >= PROBES_PER_ROUND {

@@ -31,19 +31,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use plexus_inference::tensor::{Tensor, TensorRequest};
 use plexus_inference::{Sampling, Tokenizer};
-use plexus_types::{Attestation, Hash, Sig};
+use plexus_types::{Address, Attestation, Hash, Sig};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::billing::{self, Expect, Lie, StreamMeter, Verified};
 use crate::chain::ChainClient;
-use crate::directory::{Candidate, Directory};
+use crate::directory::{Candidate, Directory, Outcome};
 use crate::metrics::Metrics;
 use crate::models::Tokenizers;
 use crate::session::{Sessions, Shared};
 use crate::sse::Events;
-use crate::{GatewayConfig, GatewayError};
+use crate::{GatewayConfig, GatewayError, directory};
 
 /// Headers the gateway sends to providers (see `plexus-provider`).
 const H_SESSION: &str = "x-plexus-session";
@@ -55,6 +55,9 @@ const H_ATTESTATION: &str = "x-plexus-attestation";
 const H_SIGNATURE: &str = "x-plexus-signature";
 const H_PROVIDER: &str = "x-plexus-provider";
 const H_MODEL_ID: &str = "x-plexus-model-id";
+
+/// Why a stream's provider part ended when the app stopped reading (nobody else's fault).
+const APP_LEFT: &str = "the app went away";
 
 /// Chunks buffered towards a slow app before the upstream read waits.
 const APP_CHANNEL_CHUNKS: usize = 64;
@@ -97,6 +100,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v2/health/live", get(crate::kserve::live))
         .route("/v2/health/ready", get(crate::kserve::ready))
         .route("/v2/models/{name}", get(crate::kserve::model_metadata))
+        .route("/v2/models/{name}/ready", get(crate::kserve::model_ready))
         .route("/v2/models/{name}/infer", post(crate::kserve::infer))
         .route("/v2/models/{name}/stream", get(crate::stream::stream))
         .fallback(|| async { GatewayError::bad("path", "no such route on the gateway").into_response() })
@@ -208,23 +212,39 @@ impl Wire {
 fn parse_body(limit: usize, body: Result<Bytes, BytesRejection>) -> Result<Value, GatewayError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            GatewayError::BadRequest { message: format!("the request body is larger than {limit} bytes"), param: None }
+            GatewayError::BadRequest {
+                message: format!("the request body is larger than {limit} bytes"),
+                param: None,
+                code: Some("request_too_large"),
+            }
         } else {
-            GatewayError::BadRequest { message: r.body_text(), param: None }
+            GatewayError::BadRequest { message: r.body_text(), param: None, code: None }
         }
     })?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| GatewayError::BadRequest {
         message: format!("the request body is not valid JSON: {e}"),
         param: None,
+        code: None,
     })?;
     if !v.is_object() {
-        return Err(GatewayError::BadRequest { message: "the request body must be a JSON object".into(), param: None });
+        return Err(GatewayError::BadRequest {
+            message: "the request body must be a JSON object".into(),
+            param: None,
+            code: None,
+        });
     }
     Ok(v)
 }
 
+/// A refusal the gateway makes with the provider's own parser: the same message, `param` and
+/// `code` the provider would have answered with.
 fn bad_request(e: plexus_serve::ServeError) -> GatewayError {
-    GatewayError::BadRequest { message: e.to_string(), param: None }
+    match e {
+        plexus_serve::ServeError::BadRequest { message, param, code } => {
+            GatewayError::BadRequest { message, param, code }
+        }
+        other => GatewayError::BadRequest { message: other.to_string(), param: None, code: None },
+    }
 }
 
 /// A request the gateway has counted, ready to send.
@@ -423,11 +443,44 @@ impl App {
         });
     }
 
-    /// A provider sent something that does not verify: no receipt for it, and it is shunned.
+    /// A provider sent something that does not verify: no receipt for it, and it is shunned
+    /// for that model (its other models are served as before).
     pub(crate) fn caught(&self, c: &Candidate, lie: &Lie) {
-        warn!(target: "gateway::verify", provider = %c.provider, "not paid, provider shunned: {lie}");
+        let left = self.directory.caught_lying(&c.provider, &c.model, &lie.to_string());
+        warn!(
+            target: "gateway::verify", provider = %c.provider, model = %c.model_name, shunned_s = left.as_secs(),
+            "not paid, provider shunned for this model: {lie}"
+        );
         self.metrics.attestation_failures.inc();
-        self.directory.caught_lying(&c.provider);
+    }
+
+    /// The error for a request none of `candidates` answered: what went wrong with each provider
+    /// tried (`errors`), and why each other one was not tried. When nothing could be tried at
+    /// all (every provider is shunned for the model), a 503 that says until when.
+    pub(crate) fn nobody_left(&self, candidates: &[Candidate], tried: &[Address], errors: Vec<String>) -> GatewayError {
+        let (untried, soonest) = self.directory.unavailable(candidates, tried);
+        let model = candidates.first().map_or("the model", |c| c.model_name.as_str());
+        if errors.is_empty() {
+            return GatewayError::Unavailable {
+                message: format!("no provider of `{model}` can be used now: {}", untried.join("; ")),
+                retry_after_secs: soonest.map_or(directory::COOLDOWN.as_secs(), |d| d.as_secs().max(1)),
+            };
+        }
+        let mut message = format!("every provider tried failed: {}", errors.join("; "));
+        if !untried.is_empty() {
+            message.push_str(&format!("; not tried: {}", untried.join("; ")));
+        }
+        GatewayError::Upstream(message)
+    }
+
+    /// Ready models: those on offer with a provider that may be used now.
+    pub(crate) fn servable_models(&self) -> usize {
+        let constraints = &self.config.constraints;
+        self.directory
+            .models(constraints)
+            .iter()
+            .filter(|m| self.directory.can_serve(&self.directory.candidates(&m.id, constraints)))
+            .count()
     }
 }
 
@@ -444,6 +497,22 @@ fn signed_attestation(
         return Err(Lie::Attestation("not signed by the provider for this chain".into()));
     }
     Ok((att, sig))
+}
+
+/// The name of an output of a tensor response whose data holds a `null` (how JSON writers put
+/// NaN and infinities), if one does.
+pub(crate) fn not_finite_output(body: &Value) -> Option<String> {
+    fn has_null(v: &Value, depth: usize) -> bool {
+        match v {
+            Value::Null => true,
+            Value::Array(items) if depth < plexus_inference::tensor::RANK_MAX => {
+                items.iter().any(|x| has_null(x, depth + 1))
+            }
+            _ => false,
+        }
+    }
+    let outputs = body["outputs"].as_array()?;
+    outputs.iter().find(|o| has_null(&o["data"], 0)).map(|o| o["name"].as_str().unwrap_or("?").to_string())
 }
 
 /// The output ids a provider listed, bounded by what the request allows.
@@ -522,7 +591,7 @@ async fn forward_once(
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
-                app.directory.finished(&c.provider, None);
+                app.directory.finished(&c.provider, &c.model, Outcome::Failed);
                 return Ok(Attempt::Retry(format!("{url}: {}", crate::link::why(&e))));
             }
         };
@@ -531,13 +600,13 @@ async fn forward_once(
         let bytes = match response.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                app.directory.finished(&c.provider, None);
+                app.directory.finished(&c.provider, &c.model, Outcome::Failed);
                 return Ok(Attempt::Retry(format!("{url}: {e}")));
             }
         };
         if status == StatusCode::UNAUTHORIZED && round == 0 {
             // The provider forgot our token (it restarted): authenticate again.
-            app.directory.finished(&c.provider, Some(started.elapsed()));
+            app.directory.finished(&c.provider, &c.model, Outcome::Served(started.elapsed()));
             app.sessions.drop_token(&s);
             if let Err(e) = app.sessions.ensure_token(&s).await {
                 return Ok(Attempt::Retry(format!("re-authenticating with {}: {e}", c.provider)));
@@ -545,7 +614,7 @@ async fn forward_once(
             continue;
         }
         if status == StatusCode::PAYMENT_REQUIRED && round == 0 {
-            app.directory.finished(&c.provider, Some(started.elapsed()));
+            app.directory.finished(&c.provider, &c.model, Outcome::Served(started.elapsed()));
             app.sessions.deliver(&s).await;
             app.sessions.maybe_top_up(&s);
             continue;
@@ -554,17 +623,36 @@ async fn forward_once(
             let client_error = status.is_client_error()
                 && status != StatusCode::TOO_MANY_REQUESTS
                 && status != StatusCode::PAYMENT_REQUIRED;
-            app.directory.finished(&c.provider, if client_error { Some(started.elapsed()) } else { None });
+            // A 4xx is the request's fault: no mark on the provider. A 5xx or 429 is nobody's
+            // proven fault: tried last for this model for a while, never excluded.
+            app.directory.finished(
+                &c.provider,
+                &c.model,
+                if client_error { Outcome::Refused } else { Outcome::Failed },
+            );
             if client_error {
-                // The app's request is at fault: the next provider would say the same.
+                // The app's request is at fault: the next provider would say the same, and
+                // nothing is billed (no receipt).
                 let mut r = (status, bytes).into_response();
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 return Ok(Attempt::Done(r));
             }
             return Ok(Attempt::Retry(format!("{url}: HTTP {status}")));
         }
-        app.directory.finished(&c.provider, Some(started.elapsed()));
+        app.directory.finished(&c.provider, &c.model, Outcome::Served(started.elapsed()));
         let mut parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if let Check::Infer { .. } = check {
+            if let Some(output) = not_finite_output(&parsed) {
+                // A value JSON cannot carry (NaN or infinity, sent as null): a provider that
+                // does not refuse such outputs itself (an older binary) cannot prove what it
+                // attested. Not paid, and not a lie either: the next provider is asked.
+                app.directory.failed(&c.provider, &c.model);
+                return Ok(Attempt::Retry(format!(
+                    "{}: output `{output}` holds a value that is not a finite number (not paid, no penalty)",
+                    c.provider
+                )));
+            }
+        }
         let hv = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
         let verified = signed_attestation(app.sessions.chain_id(), c, hv(H_ATTESTATION), hv(H_SIGNATURE)).and_then(
             |(att, sig)| {
@@ -593,6 +681,7 @@ async fn forward_once(
             }
         };
         app.sessions.acknowledge(&s, v.input_tokens, v.output_tokens, Some(v.attestation));
+        app.directory.verified(&c.provider, &c.model);
         if let Check::Infer { request, expect, .. } = check {
             let rows = expect.max_tokens as usize;
             app.offer_tensor_audit(c, &s, att, sig, || {
@@ -654,7 +743,7 @@ pub(crate) async fn forward(
             }
         }
     }
-    Err(GatewayError::Upstream(format!("every provider tried failed: {}", errors.join("; "))))
+    Err(app.nobody_left(&candidates, &tried, errors))
 }
 
 // ---- streams ----
@@ -929,7 +1018,7 @@ async fn stream_from(
                 let role = job.wire == Wire::Chat && !*role_sent;
                 *role_sent = true;
                 if out.send(job.chunk(Some(text), role, None)).await.is_err() {
-                    seg.error = Some("the app went away".into());
+                    seg.error = Some(APP_LEFT.into());
                     break;
                 }
             } else if job.wire == Wire::Chat && !*role_sent && choice["delta"]["role"].is_string() {
@@ -987,7 +1076,7 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
                 return;
             }
             Err(e) => {
-                app.directory.finished(&c.provider, None);
+                app.directory.failed(&c.provider, &c.model);
                 errors.push(format!("session with {}: {e}", c.provider));
                 continue;
             }
@@ -1007,7 +1096,8 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
             seg = stream_from(&app, &job, &c, &s, &counted.body, counted.expect.clone(), &out, &mut role_sent).await;
         }
         if let Some(e) = seg.client_error.take() {
-            app.directory.finished(&c.provider, None);
+            // The request's fault: passed on as the provider said it, no mark on the provider.
+            app.directory.finished(&c.provider, &c.model, Outcome::Refused);
             let message = serde_json::from_str::<Value>(&e).ok().map(|v| v.to_string()).unwrap_or(e);
             let _ = out.send(message).await;
             return;
@@ -1018,7 +1108,15 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
             app.offer_audit(&c, &s, v, att, sig);
         }
         app.sessions.maybe_top_up(&s);
-        app.directory.finished(&c.provider, if seg.done { seg.first_token.or(Some(Duration::ZERO)) } else { None });
+        let outcome = match (seg.done, seg.error.as_deref()) {
+            (true, _) => Outcome::Served(seg.first_token.unwrap_or(Duration::ZERO)),
+            (false, Some(APP_LEFT)) => Outcome::Refused,
+            (false, _) => Outcome::Failed,
+        };
+        app.directory.finished(&c.provider, &c.model, outcome);
+        if seg.done && seg.verified.is_some() {
+            app.directory.verified(&c.provider, &c.model);
+        }
         let (prompt, completion) = seg.delivered();
         if completion == 0 && !seg.done {
             // Nothing verified was delivered: not a part of the answer.
@@ -1038,7 +1136,7 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
             break Some(seg.finish.unwrap_or_else(|| "stop".into()));
         }
         let why = seg.error.unwrap_or_default();
-        if why == "the app went away" {
+        if why == APP_LEFT {
             return;
         }
         info!(target: "gateway", provider = %c.provider, delivered = completion, lied = seg.lied, "stream broke ({why}); continuing on another provider");
@@ -1057,7 +1155,7 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
             let _ = out.send("[DONE]".into()).await;
         }
         None => {
-            let e = GatewayError::Upstream(format!("every provider tried failed: {}", errors.join("; ")));
+            let e = app.nobody_left(&candidates, &tried, errors);
             let _ = out.send(e.body_json()).await;
         }
     }
@@ -1077,6 +1175,10 @@ async fn generate(app: Arc<App>, wire: Wire, body: Value) -> Result<Response, Ga
     if !counted.body["stream"].as_bool().unwrap_or(false) {
         let check = Check::Generation { expect: &counted.expect, tokenizer: &tokenizer, wire };
         return forward(app.clone(), wire, counted.body.clone(), candidates, check).await;
+    }
+    if !app.directory.can_serve(&candidates) {
+        // Said before the stream starts, so the app gets the status, not an error event.
+        return Err(app.nobody_left(&candidates, &[], Vec::new()));
     }
     let include_usage = counted.body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
     let job = StreamJob {
@@ -1167,7 +1269,10 @@ async fn models(State(app): State<Shared_>) -> Response {
 }
 
 async fn health(State(app): State<Shared_>) -> Response {
-    axum::Json(json!({ "status": "ok", "providers": app.directory.provider_count() })).into_response()
+    axum::Json(json!({
+        "status": "ok", "providers": app.directory.provider_count(), "ready": app.servable_models() > 0,
+    }))
+    .into_response()
 }
 
 async fn metrics(State(app): State<Shared_>) -> Response {
@@ -1201,6 +1306,9 @@ async fn status(State(app): State<Shared_>) -> Response {
         "probes": {
             "interval_s": app.config.probe_interval.as_secs(), "providers": app.directory.probe_view(),
         },
+        // Providers that failed or lied with a model lately (none: every provider in good standing).
+        "standing": app.directory.standing_view(),
+        "servable_models": app.servable_models(),
     }))
     .into_response()
 }

@@ -237,7 +237,12 @@ async fn connect(
         }
         app.metrics.failovers.inc();
     }
-    Err(error(StatusCode::BAD_GATEWAY, format!("no provider took the stream: {}", errors.join("; "))))
+    let e = app.nobody_left(candidates, &tried, errors);
+    let mut r = error(e.status(), format!("no provider took the stream: {e}"));
+    if let Some(secs) = e.retry_after() {
+        r.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+    }
+    Err(r)
 }
 
 /// One attempt: the WebSocket to `c` and its hello. Errors carry the provider's HTTP status.
@@ -391,6 +396,14 @@ async fn relay(
                         continue;
                     }
                 };
+                if let Some(output) = serde_json::from_str(&text).ok().as_ref().and_then(crate::proxy::not_finite_output) {
+                    // Not a lie anyone can prove (an older provider sends NaN as null): not paid,
+                    // and the device reconnects for another provider.
+                    app.directory.failed(&c.provider, &c.model);
+                    end = Some((close::INTERNAL, format!("the provider sent output `{output}` that is not a finite number; window not paid")));
+                    up_end = (close::POLICY, "not paid: an output that is not a finite number".into());
+                    continue;
+                }
                 let checked = serde_json::from_str::<WindowResult>(&text)
                     .map_err(|e| Lie::Attestation(format!("a result that does not parse: {e}")))
                     .and_then(|r| check.check(&r).map(|v| (r, v)));
@@ -403,7 +416,7 @@ async fn relay(
                         continue;
                     }
                 };
-                if app.directory.shunned(&c.provider) {
+                if app.directory.shunned(&c.provider, &c.model) {
                     end = Some((close::INTERNAL, format!(
                         "provider {} failed an audit or was caught lying elsewhere; window not paid, reconnect for another",
                         c.provider
