@@ -2,8 +2,10 @@
 //! sentence-transformers computes them for models like all-MiniLM-L6-v2.
 //!
 //! Inputs are tokenized once, sorted by length and run in batches of similar length, so
-//! padding wastes little work. Inputs longer than the model reads are truncated (to
-//! `max_seq_length` of `sentence_bert_config.json`, else `max_position_embeddings`, at most 512).
+//! padding wastes little work. An input longer than the model reads (`max_seq_length` of
+//! `sentence_bert_config.json`, else `max_position_embeddings`, at most 512 tokens) is refused
+//! with [`Error::InputTooLong`], as OpenAI's embeddings API refuses one: truncating it would
+//! answer for a text the client did not send.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -18,7 +20,7 @@ use crate::{BertConfig, CachedModel, Embeddings, Engine, Error, Load, ModelInfo}
 pub(crate) struct BertEngine {
     info: ModelInfo,
     model: BertModel,
-    tokenizer: tokenizers::Tokenizer,
+    tokenizer: BertTokenizer,
     device: Device,
     pad_id: u32,
     config: BertConfig,
@@ -117,24 +119,36 @@ impl BertEngine {
     }
 }
 
-/// A BERT model's `tokenizer.json`, padding off (batches are padded per batch) and truncating
-/// at what the model reads: the engine's tokenizer, and a client's copy of it.
-pub(crate) fn load_tokenizer(path: &std::path::Path, tokens_max: usize) -> Result<tokenizers::Tokenizer, Error> {
-    let load = |e: String| Error::Load { path: path.to_path_buf(), reason: e };
-    let mut tokenizer = tokenizers::Tokenizer::from_file(path).map_err(|e| load(e.to_string()))?;
-    tokenizer.with_padding(None);
-    tokenizer
-        .with_truncation(Some(tokenizers::TruncationParams { max_length: tokens_max, ..Default::default() }))
-        .map_err(|e| load(e.to_string()))?;
-    Ok(tokenizer)
+/// A BERT model's `tokenizer.json` (padding off: batches are padded per batch) and the most
+/// tokens the model reads: the engine's tokenizer, and a client's copy of it.
+pub(crate) struct BertTokenizer {
+    inner: tokenizers::Tokenizer,
+    tokens_max: usize,
 }
 
-/// Tokens the engine reads for `inputs` (after truncation), counted by a client's copy of the
-/// tokenizer.
-pub(crate) fn count_tokens(tokenizer: &tokenizers::Tokenizer, inputs: &[String]) -> Result<u32, Error> {
-    let encodings =
-        tokenizer.encode_batch(inputs.to_vec(), true).map_err(|e| Error::Engine(format!("tokenizer: {e}")))?;
-    Ok(encodings.iter().map(|e| e.get_ids().len()).sum::<usize>() as u32)
+pub(crate) fn load_tokenizer(path: &std::path::Path, tokens_max: usize) -> Result<BertTokenizer, Error> {
+    let load = |e: String| Error::Load { path: path.to_path_buf(), reason: e };
+    let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| load(e.to_string()))?;
+    inner.with_padding(None);
+    inner.with_truncation(None).map_err(|e| load(e.to_string()))?;
+    Ok(BertTokenizer { inner, tokens_max })
+}
+
+impl BertTokenizer {
+    /// Each input's tokens; an input longer than the model reads is refused, naming it.
+    pub(crate) fn encode(&self, inputs: &[String]) -> Result<Vec<tokenizers::Encoding>, Error> {
+        let encodings =
+            self.inner.encode_batch(inputs.to_vec(), true).map_err(|e| Error::Engine(format!("tokenizer: {e}")))?;
+        if let Some((index, e)) = encodings.iter().enumerate().find(|(_, e)| e.get_ids().len() > self.tokens_max) {
+            return Err(Error::InputTooLong { index, tokens: e.get_ids().len(), max: self.tokens_max });
+        }
+        Ok(encodings)
+    }
+
+    /// Tokens the engine reads for `inputs`, counted by a client's copy of the tokenizer.
+    pub(crate) fn count(&self, inputs: &[String]) -> Result<u32, Error> {
+        Ok(self.encode(inputs)?.iter().map(|e| e.get_ids().len()).sum::<usize>() as u32)
+    }
 }
 
 impl Engine for BertEngine {
@@ -164,8 +178,7 @@ impl Engine for BertEngine {
             return Err(Error::Busy { queued: running, queue_max: self.config.concurrent_max.get() });
         }
 
-        let encodings =
-            self.tokenizer.encode_batch(inputs.to_vec(), true).map_err(|e| Error::Engine(format!("tokenizer: {e}")))?;
+        let encodings = self.tokenizer.encode(inputs)?;
         let prompt_tokens: usize = encodings.iter().map(|e| e.get_ids().len()).sum();
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());

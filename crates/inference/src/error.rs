@@ -35,6 +35,8 @@ pub enum Error {
          tokens per request and the prompt uses {prompt}"
     )]
     MaxTokensTooLarge { requested: u32, available: u32, context: u32, prompt: u32 },
+    #[error("input {index} has {tokens} tokens but this model reads at most {max}: shorten or split it")]
+    InputTooLong { index: usize, tokens: usize, max: usize },
     #[error("invalid parameter `{param}`: {reason}")]
     InvalidParam { param: &'static str, reason: String },
     #[error("the chat template failed to render: {0}")]
@@ -101,6 +103,7 @@ impl Error {
             | Error::EmptyInput
             | Error::PromptTooLong { .. }
             | Error::MaxTokensTooLarge { .. }
+            | Error::InputTooLong { .. }
             | Error::InvalidParam { .. }
             | Error::Template(_)
             | Error::Unsupported { .. }
@@ -128,6 +131,7 @@ impl Error {
             Error::EmptyInput => Some("input"),
             Error::PromptTooLong { .. } => Some("messages"),
             Error::MaxTokensTooLarge { .. } => Some("max_tokens"),
+            Error::InputTooLong { .. } => Some("input"),
             Error::InvalidParam { param, .. } => Some(param),
             Error::BadTensor { .. } | Error::OutputNotFinite { .. } => Some("inputs"),
             _ => None,

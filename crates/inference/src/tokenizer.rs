@@ -20,7 +20,7 @@ enum Kind {
     #[cfg(feature = "llama")]
     Text(crate::llama::LlamaTokenizer),
     #[cfg(feature = "bert")]
-    Embed(tokenizers::Tokenizer),
+    Embed(crate::bert::BertTokenizer),
 }
 
 /// What a sequence of generated token ids spells.
@@ -92,7 +92,8 @@ impl Tokenizer {
         }
     }
 
-    /// The tokens an embeddings request reads (after truncation) and its request hash.
+    /// The tokens an embeddings request reads and its request hash (an input longer than the
+    /// model reads is refused, as the engine refuses it).
     pub fn embedding_request(&self, inputs: &[String]) -> Result<(u32, Hash), Error> {
         match &self.kind {
             #[cfg(feature = "bert")]
@@ -100,7 +101,7 @@ impl Tokenizer {
                 if inputs.is_empty() || inputs.iter().any(String::is_empty) {
                     return Err(Error::EmptyInput);
                 }
-                Ok((crate::bert::count_tokens(t, inputs)?, crate::embedding_request_hash(&self.id, inputs)))
+                Ok((t.count(inputs)?, crate::embedding_request_hash(&self.id, inputs)))
             }
             #[allow(unreachable_patterns)]
             _ => Err(Error::Unsupported { what: "embeddings", model: self.id.to_string() }),

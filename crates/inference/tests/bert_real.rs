@@ -93,12 +93,17 @@ fn batching_and_order_do_not_change_vectors() {
 }
 
 #[test]
-fn long_inputs_are_truncated_and_bad_inputs_refused() {
+fn long_inputs_and_bad_inputs_are_refused() {
     let _serial = serial();
     let e = engine();
-    let long = "word ".repeat(2000);
-    let out = e.embed(&[long]).unwrap();
-    assert_eq!(out.prompt_tokens, 256, "truncated to max_seq_length");
+    // 254 words and the two special tokens: exactly what the model reads (max_seq_length 256).
+    let fits = "word ".repeat(254);
+    assert_eq!(e.embed(std::slice::from_ref(&fits)).unwrap().prompt_tokens, 256);
+    // One more is refused, naming the input, not embedded as a text the client did not send.
+    let long = "word ".repeat(255);
+    let err = e.embed(&[fits, long]).unwrap_err();
+    assert!(matches!(err, Error::InputTooLong { index: 1, tokens: 257, max: 256 }), "{err}");
+    assert_eq!(err.kind(), plexus_inference::ErrorKind::BadRequest);
     assert!(matches!(e.embed(&[]), Err(Error::EmptyInput)));
     assert!(matches!(e.embed(&[String::new()]), Err(Error::InvalidParam { param: "input", .. })));
     let huge = "x".repeat(100_000);

@@ -64,7 +64,8 @@ impl From<plexus_inference::Error> for ServeError {
                 param: e.param().map(str::to_owned),
                 code: match e {
                     plexus_inference::Error::PromptTooLong { .. }
-                    | plexus_inference::Error::MaxTokensTooLarge { .. } => Some("context_length_exceeded"),
+                    | plexus_inference::Error::MaxTokensTooLarge { .. }
+                    | plexus_inference::Error::InputTooLong { .. } => Some("context_length_exceeded"),
                     plexus_inference::Error::OutputNotFinite { .. } => Some("output_not_finite"),
                     plexus_inference::Error::BadTensor { .. } => Some("invalid_tensor"),
                     _ => None,

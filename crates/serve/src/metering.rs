@@ -31,7 +31,7 @@ pub struct MeterRequest<'a> {
     pub endpoint: Endpoint,
     /// The HTTP request's headers (where a gateway puts its session and signature).
     pub headers: &'a HeaderMap,
-    /// Prompt tokens. For embeddings, an upper bound (inputs are counted after truncation).
+    /// Prompt tokens. For embeddings, an upper bound (at most what the model reads per input).
     pub prompt_tokens: u32,
     /// Most tokens the request may generate (0 for embeddings).
     pub max_tokens: u32,
