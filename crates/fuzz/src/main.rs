@@ -295,6 +295,19 @@ fn genesis() -> Genesis {
     }
 }
 
+/// Valid bodies of each kind `api_body` reads, behind the byte that picks the parser.
+fn api_corpus() -> Vec<Vec<u8>> {
+    let bodies: [(u8, &str); 6] = [
+        (0, r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stop":["x"],"seed":1}"#),
+        (0, r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stream":true}"#),
+        (1, r#"{"model":"m","prompt":"Once","max_tokens":3,"temperature":0.7,"top_p":0.9}"#),
+        (2, r#"{"model":"m","input":["a","b"],"encoding_format":"base64"}"#),
+        (3, r#"{"id":"1","inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4]]}]}"#),
+        (4, r#"{"outputs":[{"name":"y","shape":[2,1],"datatype":"FP32","data":[0.5,null]}]}"#),
+    ];
+    bodies.iter().map(|(kind, body)| [&[*kind][..], body.as_bytes()].concat()).collect()
+}
+
 fn stream_corpus() -> Vec<Vec<u8>> {
     let with = |kind: u8, bytes: &[u8]| [&[kind][..], bytes].concat();
     let wave: Vec<u8> =
@@ -534,6 +547,36 @@ fn targets() -> Vec<Target> {
                         ring.push(&samples);
                         for start in w.push(&samples, ring.end()) {
                             assert!(ring.window(start, 8).is_some(), "a window announced outside the ring");
+                        }
+                    }
+                }
+            }),
+        },
+        Target {
+            // API bodies as apps send them: the OpenAI routes' parsers (chat, completions,
+            // embeddings) and the Open Inference Protocol's (a request, and the outputs a gateway
+            // reads back from a provider). The first byte picks which; the rest is the body.
+            name: "api_body",
+            corpus: api_corpus(),
+            run: Box::new(|b| {
+                let Some((&kind, body)) = b.split_first() else { return };
+                match kind % 5 {
+                    0 => drop(plexus_serve::openai::parse_chat(body)),
+                    1 => drop(plexus_serve::openai::parse_completion(body)),
+                    2 => drop(plexus_serve::openai::parse_embeddings(body)),
+                    3 => {
+                        if let Ok((_, request, _)) = plexus_serve::kserve::parse(body) {
+                            // What parses is finite: nothing else reaches an engine.
+                            assert!(request.inputs.iter().all(|t| t.data.iter().all(|v| v.is_finite())));
+                            let _ = plexus_serve::kserve::rows(&request);
+                            let _ = plexus_serve::kserve::request_hash(&plexus_types::Hash::ZERO, &request);
+                        }
+                    }
+                    _ => {
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+                            for rows in [0, 1, 2, 64] {
+                                let _ = plexus_serve::kserve::parse_outputs(&v, rows);
+                            }
                         }
                     }
                 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: real `plexus` processes talking over loopback sockets.
 
 mod attack;
+mod badinput;
 mod chain;
 mod console;
 mod edge;

@@ -47,7 +47,7 @@ fn stream_recording(gw: &Gw, extra: &[&str]) -> (Vec<Value>, String, bool) {
 }
 
 /// Opens a stream directly, as any WebSocket client would.
-async fn open(
+pub(crate) async fn open(
     gw: &Gw,
     path: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
@@ -62,7 +62,7 @@ async fn open(
 
 /// Reads until the stream (or its reading half) closes; returns the results received and the
 /// close code and reason.
-async fn drain(
+pub(crate) async fn drain(
     ws: &mut (impl futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
 ) -> (u64, u16, String) {
     let mut results = 0;
@@ -77,11 +77,11 @@ async fn drain(
     }
 }
 
-fn paid_total(gw: &Gw) -> u64 {
+pub(crate) fn paid_total(gw: &Gw) -> u64 {
     gw.status()["sessions"].as_array().unwrap().iter().map(|s| s["cum_output_tokens"].as_u64().unwrap()).sum()
 }
 
-fn binary(samples: &[f32]) -> Message {
+pub(crate) fn binary(samples: &[f32]) -> Message {
     Message::Binary(samples.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into())
 }
 
