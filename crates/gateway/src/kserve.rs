@@ -58,10 +58,15 @@ pub(crate) async fn ready(State(app): State<Arc<App>>) -> Response {
     (status, json_response(json!({ "ready": ready }))).into_response()
 }
 
-/// `GET /v2/models/{name}/ready`: whether the gateway can send a request for this model now.
+/// `GET /v2/models/{name}/ready`: whether the gateway can send a request for this model (of
+/// any kind) now; 503 while every provider of it is shunned for it.
 pub(crate) async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    let (_, candidates) = match tensor_model(&app, &name).await {
-        Ok(found) => found,
+    let found = match app.resolve(&name).await {
+        Ok((id, manifest)) => app.candidates(&id, &manifest.name).await,
+        Err(e) => Err(e),
+    };
+    let candidates = match found {
+        Ok(c) => c,
         Err(e) => return from_gateway(e),
     };
     let ready = app.directory.can_serve(&candidates);

@@ -463,6 +463,21 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_of_a_request_the_model_cannot_answer_is_inconclusive() {
+        use crate::audit::{Verdict, audit_tensor};
+        let dir = tempfile::tempdir().unwrap();
+        let engine = dividing_engine(dir.path(), None);
+        let claimed = |data: Vec<f32>| vec![super::super::Tensor { name: "y".into(), shape: vec![1, 4], data }];
+        // The model has no finite answer for zeros: nothing to compare, nobody to accuse.
+        let report = audit_tensor(&engine, &rows_of(vec![0.0; 4]), &claimed(vec![0.5; 4])).unwrap();
+        assert_eq!(report.verdict, Verdict::Inconclusive);
+        // It has one for this row: the right outputs pass, made-up ones are faulty.
+        let good = rows_of(vec![1.0, 2.0, 3.0, 2.0]);
+        assert_eq!(audit_tensor(&engine, &good, &claimed(vec![0.5, 1.0, 1.5, 1.0])).unwrap().verdict, Verdict::Honest);
+        assert_eq!(audit_tensor(&engine, &good, &claimed(vec![0.5; 4])).unwrap().verdict, Verdict::Faulty);
+    }
+
+    #[test]
     fn values_outside_the_declared_range_are_refused_before_the_model_runs() {
         let dir = tempfile::tempdir().unwrap();
         let engine = dividing_engine(dir.path(), Some([0.0, 100.0]));

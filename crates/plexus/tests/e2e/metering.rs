@@ -115,6 +115,9 @@ fn lying_providers_are_never_paid_and_apps_are_still_answered() {
             }
         }
         assert!(caught, "{lie}: the liar was never tried (or never caught)");
+        if lie == "inflate" {
+            only_the_liar(&dir, &info, &api, &liar_addr, &chat(false));
+        }
         // What the liar got: receipts only for tokens the gateway verified.
         let status = gw.status();
         let signed_to_liar: Amount = status["sessions"]
@@ -159,6 +162,41 @@ fn lying_providers_are_never_paid_and_apps_are_still_answered() {
     }
     drop(gw);
     stop(liar_pid);
+}
+
+/// A gateway with the lying provider alone: caught lying with the chat model, it is out of that
+/// model (a 503 that names it, its lie and when to retry) and of nothing else: its ECG model
+/// is served, and the gateway stays ready.
+fn only_the_liar(dir: &tempfile::TempDir, info: &Value, api: &str, liar_addr: &str, chat: &Value) {
+    let only = gateway(dir.path(), "gw-only-liar", info, api, &[liar_addr], &["--probe-interval", "0"]);
+    let (code, text) = only.post("/v1/chat/completions", chat);
+    assert_eq!(code, 502, "caught, and nobody else to ask: {text}");
+    assert!(text.contains(liar_addr) && text.contains("not"), "names the provider and what did not verify: {text}");
+    let r = http().post(format!("{}/v1/chat/completions", only.base)).bearer_auth(&only.key).json(chat).send().unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=120).contains(&retry), "retry after its first strike's two minutes at most: {retry}");
+    let body: Value = r.json().unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(liar_addr) && message.contains("not used for"), "{body}");
+    assert_eq!(body["error"]["code"], "no_provider_available", "{body}");
+    let ready = |path: &str| {
+        http().get(format!("{}{path}", only.base)).bearer_auth(&only.key).send().unwrap().status().as_u16()
+    };
+    assert_eq!(ready("/v2/models/smollm2-135m-instruct/ready"), 503, "nobody may serve chat here now");
+    assert_eq!(ready("/v2/models/ecg-heartbeat/ready"), 200);
+    assert_eq!(ready("/v2/health/ready"), 200, "the gateway still serves other models");
+    let (code, text) = only.post("/v2/models/ecg-heartbeat/infer", &beat());
+    assert_eq!(code, 200, "the liar's other models are served as before: {text}");
+    let standing = only.status()["standing"].clone();
+    let entries = standing.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{standing}");
+    assert_eq!(
+        (entries[0]["provider"].as_str(), entries[0]["lies"].as_u64()),
+        (Some(liar_addr), Some(1)),
+        "{standing}"
+    );
+    assert!(entries[0]["shunned_for_s"].as_u64().unwrap() > 0, "{standing}");
 }
 
 #[test]
