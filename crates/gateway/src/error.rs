@@ -20,6 +20,9 @@ pub enum GatewayError {
     /// may be again in `retry_after_secs`.
     #[error("{message}")]
     Unavailable { message: String, retry_after_secs: u64 },
+    /// Every provider tried was too busy to take the request (each answered 429).
+    #[error("{message}")]
+    Saturated { message: String, retry_after_secs: u64 },
     /// The chain could not be reached or answered unexpectedly.
     #[error("chain: {0}")]
     Chain(String),
@@ -65,6 +68,7 @@ impl GatewayError {
             GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::NoProvider(_) => StatusCode::NOT_FOUND,
             GatewayError::Funds(_) => StatusCode::PAYMENT_REQUIRED,
+            GatewayError::Saturated { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Upstream(_) | GatewayError::Chain(_) | GatewayError::Rejected { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -79,6 +83,7 @@ impl GatewayError {
             GatewayError::NoProvider(_) => ("invalid_request_error", Some("model_not_found")),
             GatewayError::Funds(_) => ("insufficient_quota", Some("insufficient_quota")),
             GatewayError::Unavailable { .. } => ("api_error", Some("no_provider_available")),
+            GatewayError::Saturated { .. } => ("rate_limit_error", Some("providers_busy")),
             _ => ("api_error", None),
         }
     }
@@ -105,7 +110,9 @@ impl GatewayError {
     /// Seconds after which the same request may succeed, when that is known.
     pub(crate) fn retry_after(&self) -> Option<u64> {
         match self {
-            GatewayError::Unavailable { retry_after_secs, .. } => Some(*retry_after_secs),
+            GatewayError::Unavailable { retry_after_secs, .. } | GatewayError::Saturated { retry_after_secs, .. } => {
+                Some(*retry_after_secs)
+            }
             _ => None,
         }
     }

@@ -34,6 +34,8 @@ use plexus_inference::{Sampling, Tokenizer};
 use plexus_types::{Address, Attestation, Hash, Sig};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tracing::{debug, info, warn};
 
 use crate::billing::{self, Expect, Lie, StreamMeter, Verified};
@@ -58,6 +60,9 @@ const H_MODEL_ID: &str = "x-plexus-model-id";
 
 /// Why a stream's provider part ended when the app stopped reading (nobody else's fault).
 const APP_LEFT: &str = "the app went away";
+
+/// The longest `Retry-After` passed on from a busy provider, in seconds.
+const RETRY_AFTER_MAX_SECS: u64 = 60;
 
 /// Chunks buffered towards a slow app before the upstream read waits.
 const APP_CHANNEL_CHUNKS: usize = 64;
@@ -86,11 +91,14 @@ type Shared_ = Arc<App>;
 
 pub(crate) fn router(app: Arc<App>) -> Router {
     let limit = app.config.request_bytes_max;
+    let ids = RequestIds { started: app.started, next: Arc::new(AtomicU64::new(1)) };
+    let cors = cors(&app.config.allowed_origins);
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/plexus/v1/status", get(status))
@@ -107,7 +115,42 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .layer(axum::middleware::from_fn_with_state(app.clone(), timed))
+        // Outside the guard: a browser's preflight from an allowed origin is answered here, and
+        // every response, refusals included, carries its request id.
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(ids))
         .with_state(app)
+}
+
+/// `x-request-id` for requests that come without one: the gateway's start time and a counter,
+/// unique per gateway (an id the app sent is kept and echoed).
+#[derive(Clone)]
+struct RequestIds {
+    started: u64,
+    next: Arc<AtomicU64>,
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("req-{:x}{n:08x}", self.started)).ok().map(RequestId::new)
+    }
+}
+
+/// CORS for the `--allow-origin` origins only (none by default): preflights are answered with
+/// what a browser app needs (the OpenAI SDKs' own headers included), and responses expose the
+/// headers that say who answered. Requests from other origins are refused by [`guard`].
+fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let expose = ["x-request-id", H_PROVIDER, H_SESSION, H_ATTESTATION, H_SIGNATURE, H_MODEL_ID, "retry-after"]
+        .map(axum::http::HeaderName::from_static);
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(expose)
+        .max_age(Duration::from_secs(600))
 }
 
 /// The gateway's Plexus routes described in OpenAPI 3 (the OpenAI and KServe routes follow
@@ -161,6 +204,17 @@ async fn guard(State(app): State<Shared_>, request: Request, next: Next) -> Resp
         }
     }
     if request.method() == Method::POST {
+        // A body declared larger than the limit is refused before a byte of it is read.
+        let limit = app.config.request_bytes_max;
+        let declared =
+            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!("the request body is larger than {limit} bytes"),
+            );
+        }
         let json = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -535,6 +589,8 @@ enum Attempt {
     Done(Response),
     /// Try another provider.
     Retry(String),
+    /// The provider is too busy now (429); it says when to come back, in seconds.
+    Busy(String, u64),
 }
 
 // ---- non-streamed requests (chat, completions, embeddings) ----
@@ -637,6 +693,14 @@ async fn forward_once(
                 r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 return Ok(Attempt::Done(r));
             }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                let after = headers
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map_or(1, |s| s.clamp(1, RETRY_AFTER_MAX_SECS));
+                return Ok(Attempt::Busy(format!("{url}: busy (HTTP 429)"), after));
+            }
             return Ok(Attempt::Retry(format!("{url}: HTTP {status}")));
         }
         app.directory.finished(&c.provider, &c.model, Outcome::Served(started.elapsed()));
@@ -731,6 +795,8 @@ pub(crate) async fn forward(
 ) -> Result<Response, GatewayError> {
     let mut tried = Vec::new();
     let mut errors = Vec::new();
+    // Seconds until the soonest busy provider takes requests again; whether any failed otherwise.
+    let (mut busy_after, mut failed_otherwise): (Option<u64>, bool) = (None, false);
     for _ in 0..app.config.attempts_max {
         let Some(c) = app.directory.pick(&candidates, &tried) else { break };
         tried.push(c.provider.clone());
@@ -740,10 +806,24 @@ pub(crate) async fn forward(
                 debug!(target: "gateway", provider = %c.provider, "retrying elsewhere: {why}");
                 app.metrics.failovers.inc();
                 errors.push(why);
+                failed_otherwise = true;
+            }
+            Attempt::Busy(why, after) => {
+                debug!(target: "gateway", provider = %c.provider, "busy, retrying elsewhere: {why}");
+                app.metrics.failovers.inc();
+                errors.push(why);
+                busy_after = Some(busy_after.map_or(after, |a| a.min(after)));
             }
         }
     }
-    Err(app.nobody_left(&candidates, &tried, errors))
+    match busy_after {
+        // Every provider tried is saturated: the app should come back, not give up.
+        Some(after) if !failed_otherwise => Err(GatewayError::Saturated {
+            message: format!("every provider of the model is busy now: {}", errors.join("; ")),
+            retry_after_secs: after,
+        }),
+        _ => Err(app.nobody_left(&candidates, &tried, errors)),
+    }
 }
 
 // ---- streams ----
@@ -1251,21 +1331,30 @@ async fn models(State(app): State<Shared_>) -> Response {
     if app.directory.provider_count() == 0 {
         let _ = app.directory.refresh(&app.chain).await;
     }
-    let data: Vec<Value> = app
-        .directory
-        .models(&app.config.constraints)
-        .into_iter()
-        .map(|m| {
-            json!({
-                "id": m.manifest.name, "object": "model", "created": 0, "owned_by": "plexus",
-                "plexus": {
-                    "model_id": m.id, "engine": m.manifest.engine, "providers": m.providers,
-                    "cheapest_output_per_1k": m.cheapest_output_per_1k.to_string(), "manifest": m.manifest,
-                },
-            })
-        })
-        .collect();
+    let data: Vec<Value> = app.directory.models(&app.config.constraints).iter().map(model_object).collect();
     axum::Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// `GET /v1/models/{model}`: one model on offer, by name or id, as OpenAI describes a model.
+async fn model(State(app): State<Shared_>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    let found = match app.resolve(&name).await {
+        Ok((id, _)) => app.directory.models(&app.config.constraints).into_iter().find(|m| m.id == id),
+        Err(_) => None,
+    };
+    match found {
+        Some(m) => axum::Json(model_object(&m)).into_response(),
+        None => GatewayError::NoProvider(format!("no model `{name}` is on offer here")).into_response(),
+    }
+}
+
+fn model_object(m: &crate::directory::NetworkModel) -> Value {
+    json!({
+        "id": m.manifest.name, "object": "model", "created": 0, "owned_by": "plexus",
+        "plexus": {
+            "model_id": m.id, "engine": m.manifest.engine, "providers": m.providers,
+            "cheapest_output_per_1k": m.cheapest_output_per_1k.to_string(), "manifest": m.manifest,
+        },
+    })
 }
 
 async fn health(State(app): State<Shared_>) -> Response {

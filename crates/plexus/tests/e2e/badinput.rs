@@ -48,6 +48,9 @@ fn books(gw: &Gw) -> Books {
 
 /// Posts raw bytes with a JSON content type; the status and the body.
 fn post_raw(gw: &Gw, path: &str, body: Vec<u8>) -> (u16, String) {
+    if body.len() > 4 << 20 {
+        return post_declared(gw, path, body.len());
+    }
     let r = http()
         .post(format!("{}{path}", gw.base))
         .bearer_auth(&gw.key)
@@ -57,6 +60,31 @@ fn post_raw(gw: &Gw, path: &str, body: Vec<u8>) -> (u16, String) {
         .send()
         .unwrap();
     (r.status().as_u16(), r.text().unwrap_or_default())
+}
+
+/// Declares a body of `length` bytes and sends none: the gateway must refuse it from the
+/// declared length alone. (Sending it all races the refusal: the gateway answers and closes
+/// before the client has written it, and the client sees a broken pipe instead of the answer.)
+fn post_declared(gw: &Gw, path: &str, length: usize) -> (u16, String) {
+    use std::io::{Read, Write};
+    let address = gw.base.trim_start_matches("http://");
+    let mut tcp = std::net::TcpStream::connect(address).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\nconnection: close\r\n\r\n",
+        gw.key
+    );
+    tcp.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let read = tcp.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).to_string();
+    assert!(read.is_ok(), "the refusal comes without waiting for the body: {read:?}");
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // The body may come chunked: keep the JSON object in it.
+    let json = body.find('{').and_then(|i| body.rfind('}').map(|j| body[i..=j].to_string())).unwrap_or_default();
+    (code, json)
 }
 
 /// The message of an OpenAI error (`error.message`) or a KServe one (`error`).
@@ -265,6 +293,61 @@ fn bad_requests(context: u64, at: u64) -> Vec<(String, String, Vec<u8>)> {
     list
 }
 
+/// The web page the test's gateway lets in (`--allow-origin`).
+const APP_ORIGIN: &str = "http://app.example:5173";
+
+/// Request ids on every response (the app's own kept), CORS for the allowed origin only, and
+/// models looked up one at a time, as OpenAI's API answers them.
+fn what_clients_and_browsers_expect(gw: &Gw) {
+    let id = |r: &reqwest::blocking::Response| r.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
+    let chat = json!({ "model": CHAT, "max_tokens": 2, "messages": [{ "role": "user", "content": "Hi" }] });
+    let url = format!("{}/v1/chat/completions", gw.base);
+    let ok = http().post(&url).bearer_auth(&gw.key).json(&chat).send().unwrap();
+    let bad = http().post(&url).bearer_auth(&gw.key).json(&json!({ "model": CHAT })).send().unwrap();
+    let no_key = http().post(&url).json(&chat).send().unwrap();
+    assert_eq!((ok.status().as_u16(), bad.status().as_u16(), no_key.status().as_u16()), (200, 400, 401));
+    let ids: Vec<String> =
+        [&ok, &bad, &no_key].iter().map(|r| id(r).expect("x-request-id on every response")).collect();
+    assert!(ids[0] != ids[1] && ids[1] != ids[2], "{ids:?}");
+    let mine =
+        http().post(&url).bearer_auth(&gw.key).header("x-request-id", "app-trace-42").json(&chat).send().unwrap();
+    assert_eq!(id(&mine).as_deref(), Some("app-trace-42"), "the app's own id is kept");
+
+    // A browser app on the allowed origin: its preflight (with the OpenAI SDK's own headers) and
+    // its request are let through and answered with CORS headers; any other origin is refused.
+    let preflight = http()
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", APP_ORIGIN)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization,content-type,x-stainless-os")
+        .send()
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let h = preflight.headers();
+    assert_eq!(h["access-control-allow-origin"], APP_ORIGIN);
+    assert!(h["access-control-allow-headers"].to_str().unwrap().contains("x-stainless-os"), "{h:?}");
+    let from_page = http().post(&url).bearer_auth(&gw.key).header("origin", APP_ORIGIN).json(&chat).send().unwrap();
+    assert_eq!(from_page.status().as_u16(), 200);
+    assert_eq!(from_page.headers()["access-control-allow-origin"], APP_ORIGIN);
+    let exposed = from_page.headers()["access-control-expose-headers"].to_str().unwrap().to_string();
+    assert!(exposed.contains("x-request-id") && exposed.contains("x-plexus-provider"), "{exposed}");
+    let foreign =
+        http().post(&url).bearer_auth(&gw.key).header("origin", "https://evil.example").json(&chat).send().unwrap();
+    assert_eq!(foreign.status().as_u16(), 403);
+    assert!(foreign.headers().get("access-control-allow-origin").is_none());
+
+    // One model, by name or by id; an unknown one is OpenAI's 404.
+    let get_model = |m: &str| http().get(format!("{}/v1/models/{m}", gw.base)).bearer_auth(&gw.key).send().unwrap();
+    let one: Value = get_model(CHAT).json().unwrap();
+    assert_eq!((one["id"].as_str(), one["object"].as_str()), (Some(CHAT), Some("model")), "{one}");
+    let by_id: Value = get_model(one["plexus"]["model_id"].as_str().unwrap()).json().unwrap();
+    assert_eq!(by_id["id"], CHAT, "{by_id}");
+    let missing = get_model("no-such-model");
+    assert_eq!(missing.status().as_u16(), 404);
+    let body: Value = missing.json().unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found", "{body}");
+}
+
 #[test]
 fn bad_input_is_refused_unbilled_and_leaves_every_provider_in_service() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,7 +355,14 @@ fn bad_input_is_refused_unbilled_and_leaves_every_provider_in_service() {
     let (devnet, info) = start_devnet(&home, 2, &["--claim-interval", "2", "--threads", "1"]);
     let api = info["nodes"][0]["api"].as_str().unwrap().to_string();
     // A gateway of the test's own that never probes, so nothing but the test's requests is billed.
-    let gw = gateway(dir.path(), "gw-bad", &info, &api, &[], &["--probe-interval", "0", "--audit-rate", "0"]);
+    let gw = gateway(
+        dir.path(),
+        "gw-bad",
+        &info,
+        &api,
+        &[],
+        &["--probe-interval", "0", "--audit-rate", "0", "--allow-origin", APP_ORIGIN],
+    );
 
     // Edge cases that are good input: zeros, a constant, tiny magnitudes. The graphs guard their
     // own divisions (the demand model's window mean may be 0), so each gets finite outputs and
@@ -295,6 +385,7 @@ fn bad_input_is_refused_unbilled_and_leaves_every_provider_in_service() {
         let (code, text) = gw.post(&path, &body);
         assert_eq!(code, 200, "{path}: {text}");
     }
+    what_clients_and_browsers_expect(&gw);
     let models: Value =
         http().get(format!("{}/v1/models", gw.base)).bearer_auth(&gw.key).send().unwrap().json().unwrap();
     let context = models["data"]
