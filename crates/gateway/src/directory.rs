@@ -345,15 +345,7 @@ impl Directory {
         s.lies += 1;
         s.strikes = s.strikes.saturating_add(1);
         s.good = 0;
-        let mut reason = why.to_string();
-        if reason.len() > REASON_BYTES_MAX {
-            let mut cut = REASON_BYTES_MAX;
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            reason.truncate(cut);
-        }
-        s.last_lie = Some(reason);
+        s.last_lie = Some(why[..why.floor_char_boundary(REASON_BYTES_MAX)].to_string());
         let left = shun_for(s.strikes);
         s.shunned_until = Some(Instant::now() + left);
         left

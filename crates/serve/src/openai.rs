@@ -54,6 +54,9 @@ pub(crate) struct CommonParams {
     pub(crate) top_logprobs: Option<Value>,
     pub(crate) tools: Option<Value>,
     pub(crate) response_format: Option<Value>,
+    pub(crate) presence_penalty: Option<f64>,
+    pub(crate) frequency_penalty: Option<f64>,
+    pub(crate) logit_bias: Option<serde_json::Map<String, Value>>,
 }
 
 impl CommonParams {
@@ -73,6 +76,16 @@ impl CommonParams {
         let format = self.response_format.as_ref().and_then(|rf| rf.get("type")).and_then(Value::as_str);
         if format.is_some_and(|t| t != "text") {
             return Err(ServeError::bad("response_format", "only the `text` response format is supported"));
+        }
+        // Penalties and logit biases would change the output; until the sampler applies them, a
+        // request must not run as if they were not there.
+        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+            if v.is_some_and(|v| v != 0.0) {
+                return Err(ServeError::bad(name, format!("`{name}` is not supported (only 0)")));
+            }
+        }
+        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Err(ServeError::bad("logit_bias", "`logit_bias` is not supported (only an empty map)"));
         }
         Ok(())
     }
@@ -200,18 +213,11 @@ const EMBEDDING_FIELDS: &[&str] = &["model", "input", "encoding_format", "dimens
 
 /// Refuses a body with a top-level field outside `known` (and `extra`), naming it.
 fn known_fields(body: &[u8], known: &[&str], extra: &[&str]) -> Result<(), ServeError> {
-    let fields: serde_json::Map<String, Value> = json(body)?;
+    let fields: std::collections::BTreeMap<String, serde::de::IgnoredAny> = json(body)?;
     match fields.keys().find(|k| !known.contains(&k.as_str()) && !extra.contains(&k.as_str())) {
         None => Ok(()),
         Some(k) => {
-            let mut name = k.clone();
-            if name.len() > 64 {
-                let mut cut = 64;
-                while !name.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                name.truncate(cut);
-            }
+            let name = k[..k.floor_char_boundary(64)].to_string();
             Err(ServeError::BadRequest {
                 message: format!("unrecognized request argument `{name}`: this endpoint does not take it"),
                 param: Some(name),
@@ -219,27 +225,6 @@ fn known_fields(body: &[u8], known: &[&str], extra: &[&str]) -> Result<(), Serve
             })
         }
     }
-}
-
-/// Refuses penalties and logit biases that would change the output: they are not implemented
-/// yet, and a request must not run as if they were not there.
-fn no_penalties(body: &[u8]) -> Result<(), ServeError> {
-    #[derive(Deserialize)]
-    struct Penalties {
-        presence_penalty: Option<f64>,
-        frequency_penalty: Option<f64>,
-        logit_bias: Option<serde_json::Map<String, Value>>,
-    }
-    let p: Penalties = json(body)?;
-    for (name, v) in [("presence_penalty", p.presence_penalty), ("frequency_penalty", p.frequency_penalty)] {
-        if v.is_some_and(|v| v != 0.0) {
-            return Err(ServeError::bad(name, format!("`{name}` is not supported (only 0)")));
-        }
-    }
-    if p.logit_bias.is_some_and(|b| !b.is_empty()) {
-        return Err(ServeError::bad("logit_bias", "`logit_bias` is not supported (only an empty map)"));
-    }
-    Ok(())
 }
 
 fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServeError> {
@@ -300,7 +285,6 @@ fn to_messages(messages: Vec<Message>) -> Result<Vec<plexus_inference::ChatMessa
 pub fn parse_chat(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
     let mut req: ChatRequest = json(body)?;
     known_fields(body, COMMON_FIELDS, CHAT_FIELDS)?;
-    no_penalties(body)?;
     req.params.check_supported()?;
     let messages = to_messages(req.messages)?;
     let request = plexus_inference::GenerateRequest {
@@ -321,7 +305,6 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
 pub fn parse_completion(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
     let mut req: CompletionRequest = json(body)?;
     known_fields(body, COMMON_FIELDS, COMPLETION_FIELDS)?;
-    no_penalties(body)?;
     req.params.check_supported()?;
     if req.echo {
         return Err(ServeError::bad("echo", "echo is not supported"));

@@ -31,6 +31,12 @@ fn account(api: &str, address: &str) -> (Amount, u64) {
     (amount(&v["balance"]), v["nonce"].as_u64().unwrap())
 }
 
+/// The nonce the account's next transaction must use: past its transactions still in the
+/// node's mempool too (the committed `nonce` lags while the devnet's own set-up ones are pending).
+fn next_nonce(api: &str, address: &str) -> u64 {
+    get(&format!("{api}/chain/v1/accounts/{address}")).unwrap()["next_nonce"].as_u64().unwrap()
+}
+
 fn session(api: &str, id: &str) -> Value {
     get(&format!("{api}/chain/v1/sessions/{id}")).unwrap()
 }
@@ -212,7 +218,7 @@ fn post(
 /// transaction's result (its `error` is null when the payload applied). A transaction the node
 /// refuses at the door (its payload would fail) gives `{"error": <the API's message>}`.
 fn send_tx(api: &str, chain_id: &str, key: &PrivateKey, payload: Payload) -> Value {
-    let (_, nonce) = account(api, &key.address().to_string());
+    let nonce = next_nonce(api, &key.address().to_string());
     let tx = Transaction { signer: key.address(), nonce, fee: min_fee(api), payload }.sign(key, chain_id);
     let r = post(
         &http(),
@@ -242,7 +248,7 @@ fn open_session(
     price: &ModelPrice,
     deposit: Amount,
 ) -> Hash {
-    let (_, nonce) = account(api, &client.address().to_string());
+    let nonce = next_nonce(api, &client.address().to_string());
     let expiry = height(api).unwrap() + 2_000;
     let payload = Payload::OpenSession {
         provider: provider.clone(),
