@@ -108,12 +108,19 @@ impl GatewayError {
 
 impl GatewayError {
     /// Seconds after which the same request may succeed, when that is known.
-    pub(crate) fn retry_after(&self) -> Option<u64> {
+    fn retry_after(&self) -> Option<u64> {
         match self {
             GatewayError::Unavailable { retry_after_secs, .. } | GatewayError::Saturated { retry_after_secs, .. } => {
                 Some(*retry_after_secs)
             }
             _ => None,
+        }
+    }
+
+    /// Says on `r` (this error's answer, in whatever body shape the route uses) when to retry.
+    pub(crate) fn mark_retry_after(&self, r: &mut Response) {
+        if let Some(secs) = self.retry_after() {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
         }
     }
 }
@@ -122,9 +129,7 @@ impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let mut r =
             (self.status(), [(axum::http::header::CONTENT_TYPE, "application/json")], self.body_json()).into_response();
-        if let Some(secs) = self.retry_after() {
-            r.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
-        }
+        self.mark_retry_after(&mut r);
         r
     }
 }

@@ -30,9 +30,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 fn from_gateway(e: GatewayError) -> Response {
     let mut r = error(e.status(), e.to_string());
-    if let Some(secs) = e.retry_after() {
-        r.headers_mut().insert(header::RETRY_AFTER, secs.into());
-    }
+    e.mark_retry_after(&mut r);
     r
 }
 

@@ -239,9 +239,7 @@ async fn connect(
     }
     let e = app.nobody_left(candidates, &tried, errors);
     let mut r = error(e.status(), format!("no provider took the stream: {e}"));
-    if let Some(secs) = e.retry_after() {
-        r.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
-    }
+    e.mark_retry_after(&mut r);
     Err(r)
 }
 
