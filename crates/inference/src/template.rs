@@ -3,7 +3,9 @@
 //! methods, `raise_exception`).
 //!
 //! Rendering is bounded by a fuel limit, so a hostile template or conversation cannot loop for
-//! ever. Templates that minijinja cannot compile, and models without one, fall back to ChatML.
+//! ever. A model without a template of its own gets its architecture's known template
+//! ([`known_template`], e.g. Gemma's turns for `gemma3`); templates that minijinja cannot compile,
+//! and unknown architectures, fall back to ChatML.
 
 use minijinja::{Environment, ErrorKind, Value, context};
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,34 @@ const RENDER_FUEL: u64 = 2_000_000;
 pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + \
      message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}\
      {{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// Gemma's turn format (Gemma 1-3 share it): no system role, so a system message is prefixed to
+/// the first user turn; the assistant is `model`; every turn ends with `<end_of_turn>`, which
+/// llama.cpp counts as an end-of-generation token for these architectures.
+pub const GEMMA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}\
+     {% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}\
+     {% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}\
+     {% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}\
+     {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}\
+     {% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}\
+     {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] + '<end_of_turn>\n' }}\
+     {% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
+/// The known template for a GGUF `general.architecture`, for models whose file carries none:
+/// `(name, source)`. Only architectures whose chat format is fixed by the architecture are
+/// listed; a `llama` file may be Llama 2, Llama 3 or a ChatML fine-tune, so it gets ChatML.
+pub fn known_template(architecture: &str) -> Option<(&'static str, &'static str)> {
+    match architecture {
+        "gemma" | "gemma2" | "gemma3" | "gemma3n" => Some(("gemma", GEMMA)),
+        _ => None,
+    }
+}
+
+/// The template source a model is rendered with, if not ChatML: its own, else its
+/// architecture's known one.
+pub fn effective_source<'a>(own: Option<&'a str>, architecture: &str) -> Option<&'a str> {
+    own.or_else(|| known_template(architecture).map(|(_, source)| source))
+}
 
 /// One chat message, as the template sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,9 +106,10 @@ impl ChatTemplate {
         })
     }
 
-    /// The model's template, or ChatML when it has none or minijinja cannot compile it.
-    pub fn or_chatml(source: Option<&str>, bos_token: &str, eos_token: &str) -> Self {
-        if let Some(src) = source {
+    /// The model's template (its own, else its architecture's known one), or ChatML when it has
+    /// none or minijinja cannot compile it.
+    pub fn for_model(own: Option<&str>, architecture: &str, bos_token: &str, eos_token: &str) -> Self {
+        if let Some(src) = effective_source(own, architecture) {
             match ChatTemplate::new(src, bos_token, eos_token) {
                 Ok(t) => return t,
                 Err(e) => {
@@ -209,9 +240,46 @@ mod tests {
 
     #[test]
     fn broken_templates_fall_back_to_chatml() {
-        let t = ChatTemplate::or_chatml(Some("{% for %}"), "", "");
+        let t = ChatTemplate::for_model(Some("{% for %}"), "llama", "", "");
         assert_eq!(t.source(), CHATML);
         let out = t.render(&[ChatMessage::new("user", "a")], true).unwrap();
         assert_eq!(out, "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn gemma_files_without_a_template_get_gemma_turns() {
+        let t = ChatTemplate::for_model(None, "gemma3", "<bos>", "<eos>");
+        assert_eq!(t.source(), GEMMA);
+        let out = t
+            .render(
+                &[
+                    ChatMessage::new("system", "Be brief."),
+                    ChatMessage::new("user", "Hi"),
+                    ChatMessage::new("assistant", "Hello."),
+                    ChatMessage::new("user", "Bye"),
+                ],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n\
+             <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+        // Gemma has no turn order but user/model alternation: anything else is the request's fault.
+        let err = t.render(&[ChatMessage::new("assistant", "x")], true).unwrap_err();
+        assert!(err.to_string().contains("must alternate"), "{err}");
+        // A continued reply ends right after its text, with no end of turn.
+        let cont = t
+            .render_prompt(&[ChatMessage::new("user", "Count"), ChatMessage::new("assistant", "1, 2,")], true)
+            .unwrap();
+        assert!(cont.ends_with("<start_of_turn>model\n1, 2,"), "{cont}");
+    }
+
+    #[test]
+    fn own_templates_win_and_unknown_architectures_get_chatml() {
+        assert_eq!(effective_source(Some("{{ x }}"), "gemma3"), Some("{{ x }}"));
+        assert_eq!(effective_source(None, "llama"), None);
+        assert_eq!(ChatTemplate::for_model(None, "qwen2", "", "").source(), CHATML);
     }
 }

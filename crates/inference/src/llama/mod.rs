@@ -83,7 +83,7 @@ impl LlamaEngine {
         let meta = gguf.model_metadata().map_err(|source| Error::Gguf { path: path.clone(), source })?;
         let backend = backend()?;
         let model = load_model(backend, &path)?;
-        let template = template_of(&model, meta.chat_template.as_deref());
+        let template = template_of(&model, meta.chat_template.as_deref(), &meta.architecture);
 
         let request_tokens_max = (config.ctx_tokens.get() / config.parallel.get()).min(model.n_ctx_train());
         if request_tokens_max < 16 {
@@ -190,7 +190,7 @@ impl LlamaTokenizer {
         let gguf = GgufFile::open(&path).map_err(|source| Error::Gguf { path: path.clone(), source })?;
         let meta = gguf.model_metadata().map_err(|source| Error::Gguf { path: path.clone(), source })?;
         let model = load_with(backend()?, &path, &LlamaModelParams::default().with_vocab_only(true))?;
-        let template = template_of(&model, meta.chat_template.as_deref());
+        let template = template_of(&model, meta.chat_template.as_deref(), &meta.architecture);
         let context = cached.manifest.context_length.max(16);
         Ok(LlamaTokenizer {
             model,
@@ -296,8 +296,9 @@ fn tokenize(model: &LlamaModel, text: &str) -> Vec<TokenId> {
     tokens.into_iter().map(|t| t.0).collect()
 }
 
-/// A GGUF model's chat template, read from its metadata (ChatML when it has none).
-pub(crate) fn template_of(model: &LlamaModel, meta_template: Option<&str>) -> ChatTemplate {
+/// A GGUF model's chat template, read from its metadata, else its architecture's known one,
+/// else ChatML.
+pub(crate) fn template_of(model: &LlamaModel, meta_template: Option<&str>, architecture: &str) -> ChatTemplate {
     let vocab = model.vocab();
     let token_text = |t: LlamaToken| {
         if t.0 < 0 || t.0 >= vocab.n_tokens() {
@@ -305,7 +306,7 @@ pub(crate) fn template_of(model: &LlamaModel, meta_template: Option<&str>) -> Ch
         }
         String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
     };
-    ChatTemplate::or_chatml(meta_template, &token_text(vocab.bos()), &token_text(vocab.eos()))
+    ChatTemplate::for_model(meta_template, architecture, &token_text(vocab.bos()), &token_text(vocab.eos()))
 }
 
 /// The bytes a sequence of generated ids spells, as the engine streams them (control tokens
