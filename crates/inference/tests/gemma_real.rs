@@ -34,10 +34,7 @@ fn gemma_is_pulled_prompted_with_its_own_turns_and_answers() {
         cached.manifest.weights_sha256,
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818".parse::<plexus_types::Hash>().unwrap()
     );
-    assert_eq!(
-        cached.manifest.template_sha256,
-        plexus_types::hash(plexus_inference::template::GEMMA.as_bytes())
-    );
+    assert_eq!(cached.manifest.template_sha256, plexus_types::hash(plexus_inference::template::GEMMA.as_bytes()));
     // A second pull finds it cached and verified.
     assert_eq!(ModelCache::from_env().pull("gemma3-270m", Progress::Hide).unwrap().id, cached.id);
 
