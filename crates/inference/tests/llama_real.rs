@@ -1,6 +1,8 @@
 //! The llama.cpp engine with the real SmolLM2-135M-Instruct (Q4_1), pulled into the shared
 //! model cache on first use.
 
+mod common;
+use common::{nz, serial};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -30,20 +32,6 @@ fn engine() -> Arc<dyn Engine> {
     ENGINE
         .get_or_init(|| engine_with(LlamaConfig { threads: nz(2), threads_batch: nz(2), ..LlamaConfig::default() }))
         .clone()
-}
-
-/// Tests run in separate processes; llama.cpp's OpenMP threads spin, so two engines decoding at
-/// once on a small machine slow each other down many times over. Heavy tests take this lock.
-fn serial() -> std::fs::File {
-    let dir = ModelCache::from_env().root().to_path_buf();
-    std::fs::create_dir_all(&dir).unwrap();
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".test-lock")).unwrap();
-    f.lock().unwrap();
-    f
-}
-
-fn nz(n: u32) -> std::num::NonZeroU32 {
-    std::num::NonZeroU32::new(n).unwrap()
 }
 
 fn chat(messages: &[(&str, &str)], max_tokens: u32) -> GenerateRequest {
