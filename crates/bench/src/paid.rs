@@ -152,6 +152,7 @@ async fn engine_direct(args: &Args) -> anyhow::Result<Request> {
                 max_tokens: Some(MAX_TOKENS),
                 sampling: Sampling::Greedy,
                 stop: Vec::new(),
+                logprobs: None,
             };
             let started = Instant::now();
             let prepared = engine.prepare(request)?;

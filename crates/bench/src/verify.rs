@@ -95,6 +95,7 @@ fn request(i: usize, max_tokens: u32) -> GenerateRequest {
         max_tokens: Some(max_tokens),
         sampling,
         stop: vec![],
+        logprobs: None,
     }
 }
 

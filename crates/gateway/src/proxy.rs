@@ -879,7 +879,10 @@ impl StreamJob {
         body
     }
 
-    fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> String {
+    /// One chunk to the app. `logprobs` is the provider's for this chunk's tokens (null when
+    /// there are none).
+    fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>, logprobs: Option<Value>) -> String {
+        let logprobs = logprobs.unwrap_or(Value::Null);
         let usage = if self.include_usage { Some(Value::Null) } else { None };
         let mut v = match self.wire {
             Wire::Chat => {
@@ -892,12 +895,12 @@ impl StreamJob {
                 }
                 json!({
                     "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+                    "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
                 })
             }
             _ => json!({
                 "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                "choices": [{ "index": 0, "text": text.unwrap_or_default(), "logprobs": null, "finish_reason": finish }],
+                "choices": [{ "index": 0, "text": text.unwrap_or_default(), "logprobs": logprobs, "finish_reason": finish }],
             }),
         };
         if let Some(u) = usage {
@@ -915,6 +918,22 @@ impl StreamJob {
         })
         .to_string()
     }
+}
+
+/// A completion's `logprobs` from a provider continuing after `chars` characters another
+/// delivered: its `text_offset`s count from its own first token, the app's from the first of
+/// the whole answer. (Chat logprobs carry no offsets.)
+fn continue_offsets(mut logprobs: Value, chars: usize) -> Value {
+    if chars > 0 {
+        if let Some(offsets) = logprobs.get_mut("text_offset").and_then(Value::as_array_mut) {
+            for o in offsets {
+                if let Some(n) = o.as_u64() {
+                    *o = json!(n.saturating_add(chars as u64));
+                }
+            }
+        }
+    }
+    logprobs
 }
 
 fn body_continues(messages: &[Value]) -> bool {
@@ -982,6 +1001,7 @@ async fn stream_from(
     expect: Expect,
     out: &mpsc::Sender<String>,
     role_sent: &mut bool,
+    delivered_chars: usize,
 ) -> Segment {
     let mut seg = Segment::new(expect);
     let url = format!("{}{}", c.endpoint, job.wire.path());
@@ -1097,13 +1117,15 @@ async fn stream_from(
                 seg.first_token.get_or_insert(started.elapsed());
                 let role = job.wire == Wire::Chat && !*role_sent;
                 *role_sent = true;
-                if out.send(job.chunk(Some(text), role, None)).await.is_err() {
+                let logprobs = choice.get("logprobs").filter(|v| !v.is_null()).cloned();
+                let logprobs = logprobs.map(|lp| continue_offsets(lp, delivered_chars));
+                if out.send(job.chunk(Some(text), role, None, logprobs)).await.is_err() {
                     seg.error = Some(APP_LEFT.into());
                     break;
                 }
             } else if job.wire == Wire::Chat && !*role_sent && choice["delta"]["role"].is_string() {
                 *role_sent = true;
-                let _ = out.send(job.chunk(Some(""), true, None)).await;
+                let _ = out.send(job.chunk(Some(""), true, None, None)).await;
             }
             if let Some(f) = choice["finish_reason"].as_str() {
                 seg.finish = Some(f.to_string());
@@ -1170,10 +1192,12 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
             }
         };
         app.directory.started(&c.provider);
+        let chars = delivered.chars().count();
         let mut seg =
-            stream_from(&app, &job, &c, &s, &counted.body, counted.expect.clone(), &out, &mut role_sent).await;
+            stream_from(&app, &job, &c, &s, &counted.body, counted.expect.clone(), &out, &mut role_sent, chars).await;
         if seg.reauth && app.sessions.ensure_token(&s).await.is_ok() {
-            seg = stream_from(&app, &job, &c, &s, &counted.body, counted.expect.clone(), &out, &mut role_sent).await;
+            seg = stream_from(&app, &job, &c, &s, &counted.body, counted.expect.clone(), &out, &mut role_sent, chars)
+                .await;
         }
         if let Some(e) = seg.client_error.take() {
             // The request's fault: passed on as the provider said it, no mark on the provider.
@@ -1226,9 +1250,9 @@ async fn drive_stream(app: Arc<App>, job: StreamJob, candidates: Vec<Candidate>,
     match finish {
         Some(reason) => {
             if job.wire == Wire::Chat && !role_sent {
-                let _ = out.send(job.chunk(Some(""), true, None)).await;
+                let _ = out.send(job.chunk(Some(""), true, None, None)).await;
             }
-            let _ = out.send(job.chunk(None, false, Some(&reason))).await;
+            let _ = out.send(job.chunk(None, false, Some(&reason), None)).await;
             if job.include_usage {
                 let _ = out.send(job.usage_chunk(prompt_first.unwrap_or(0), completion_total, &segments)).await;
             }
@@ -1405,4 +1429,25 @@ async fn status(State(app): State<Shared_>) -> Response {
 async fn close(State(app): State<Shared_>, _headers: HeaderMap) -> Response {
     app.sessions.close_all().await;
     status(State(app)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_continuing_provider_offsets_count_from_the_whole_answer() {
+        let own = json!({ "tokens": ["a", "bc"], "token_logprobs": [-0.1, -0.2], "top_logprobs": [{}, {}], "text_offset": [0, 1] });
+        assert_eq!(continue_offsets(own.clone(), 0), own);
+        let moved = continue_offsets(own.clone(), 40);
+        assert_eq!(moved["text_offset"], json!([40, 41]));
+        assert_eq!(moved["tokens"], own["tokens"], "nothing else changes");
+        // Chat entries carry no offsets; a value that is not a count is left as the provider sent it.
+        let chat = json!({ "content": [{ "token": "a", "logprob": -0.1 }] });
+        assert_eq!(continue_offsets(chat.clone(), 7), chat);
+        assert_eq!(
+            continue_offsets(json!({ "text_offset": ["x", u64::MAX] }), 7)["text_offset"],
+            json!(["x", u64::MAX])
+        );
+    }
 }

@@ -303,6 +303,33 @@ pub struct GenerateRequest {
     /// Generation ends before the first occurrence of any of these (at most
     /// [`text::STOP_STRINGS_MAX`], each at most [`text::STOP_STRING_BYTES_MAX`] bytes).
     pub stop: Vec<String>,
+    /// Report each generated token's log-probability and this many of the most likely
+    /// alternatives (at most [`TOP_LOGPROBS_MAX`]); `None` reports none. Changes nothing about
+    /// the output, so the request hash does not cover it.
+    pub logprobs: Option<u8>,
+}
+
+/// Most alternatives per position a request may ask for (OpenAI's `top_logprobs` limit).
+pub const TOP_LOGPROBS_MAX: u8 = 20;
+
+/// A generated token's log-probability under the model, and the most likely alternatives at
+/// its position ([`sampler::logprobs`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: TokenId,
+    /// The token's text as bytes (a token may hold part of a UTF-8 character).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// The most likely tokens at this position, best first (the asked-for count).
+    pub top: Vec<TopLogprob>,
+}
+
+/// One alternative of a [`TokenLogprob`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopLogprob {
+    pub token: TokenId,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }
 
 /// A checked, tokenized request, ready to queue.
@@ -316,13 +343,16 @@ pub struct Prepared {
     /// SHA-256 of the canonical request: model id, prompt tokens, sampling, `max_tokens` and
     /// stop strings. Two providers given the same request compute the same hash.
     pub request_hash: Hash,
+    /// Alternatives to report per token, if log-probabilities were asked for
+    /// ([`GenerateRequest::logprobs`]).
+    pub logprobs: Option<u8>,
 }
 
 impl Prepared {
     /// Builds a prepared request and its hash.
     pub fn new(model: ModelId, tokens: Vec<TokenId>, max_tokens: u32, sampling: Sampling, stop: Vec<String>) -> Self {
         let request_hash = plexus_types::receipt::request_hash(&model, &tokens, max_tokens, &sampling.spec(), &stop);
-        Prepared { model, tokens, max_tokens, sampling, stop, request_hash }
+        Prepared { model, tokens, max_tokens, sampling, stop, request_hash, logprobs: None }
     }
 
     pub fn prompt_tokens(&self) -> u32 {
@@ -346,7 +376,9 @@ pub enum Event {
     /// New text (never splits a UTF-8 character), the count of tokens generated so far, and
     /// the ids generated since the previous `Text` (they spell this text, plus any text still
     /// held back for a stop string; an end-of-generation id comes only in [`Finish::tokens`]).
-    Text { text: String, completion_tokens: u32, ids: Vec<TokenId> },
+    /// With [`GenerateRequest::logprobs`], `logprobs` holds one entry per id, in order; else it
+    /// is empty.
+    Text { text: String, completion_tokens: u32, ids: Vec<TokenId>, logprobs: Vec<TokenLogprob> },
     /// The end. Always the last event of a successful generation.
     Done(Finish),
     /// The generation failed; nothing follows.
@@ -365,6 +397,9 @@ pub struct Finish {
     pub text: String,
     /// The generated token ids, including a final end-of-generation token if one was sampled.
     pub tokens: Vec<TokenId>,
+    /// With [`GenerateRequest::logprobs`], one entry per generated id but a final
+    /// end-of-generation one (every `Text` event's, in order); else empty.
+    pub logprobs: Vec<TokenLogprob>,
     /// Top-k logits at a few output positions.
     pub probes: Vec<LogitsProbe>,
     /// Hash of `probes`, for the attestation.

@@ -146,6 +146,29 @@ pub fn margin(logits: &[f32], sampling: &Sampling, position: u32, committed: Tok
     }
 }
 
+/// The log-probability reported for a token the model gives no chance (a masked, `-inf`
+/// logit), and the floor of every reported one: JSON has no infinity, and OpenAI's API uses
+/// this value for "never".
+pub const LOGPROB_FLOOR: f32 = -9999.0;
+
+/// The log-probability of `token` under the softmax of `logits` (the model's own distribution:
+/// temperature 1, no top-k, top-p or min-p cut, as OpenAI and llama-server report it) and the
+/// `top` most likely tokens with theirs, best first (ties to the lower id). One pass for the
+/// normaliser (in f64) and one partial selection over the logits the sampler read; nothing is
+/// computed twice. Values below [`LOGPROB_FLOOR`] (or not finite) are reported as the floor.
+pub fn logprobs(logits: &[f32], token: TokenId, top: usize) -> (f32, Vec<(TokenId, f32)>) {
+    let max = logits.iter().copied().filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().filter(|l| l.is_finite()).map(|&l| (f64::from(l) - f64::from(max)).exp()).sum();
+    let normaliser = f64::from(max) + sum.ln();
+    let logprob = |l: f32| {
+        let v = (f64::from(l) - normaliser) as f32;
+        if v.is_finite() { v.max(LOGPROB_FLOOR) } else { LOGPROB_FLOOR }
+    };
+    let own = usize::try_from(token).ok().and_then(|i| logits.get(i)).map_or(LOGPROB_FLOOR, |&l| logprob(l));
+    let best = crate::fingerprint::top_k(logits, top).into_iter().map(|(t, l)| (t, logprob(l))).collect();
+    (own, best)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +249,28 @@ mod tests {
         for position in 0..100 {
             assert!(choose(&logits, &s, position) <= 1);
         }
+    }
+
+    #[test]
+    fn logprobs_are_the_models_softmax() {
+        // Probabilities 0.5, 0.3, 0.2, shifted by a constant (the softmax does not see it).
+        let logits = [0.5f32.ln() + 3.0, 0.3f32.ln() + 3.0, 0.2f32.ln() + 3.0];
+        let (own, top) = logprobs(&logits, 1, 2);
+        // f32 logits and an f64 normaliser: a few ulps of the exact value.
+        assert!((own - 0.3f32.ln()).abs() < 1e-5, "{own}");
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!((top[0].1 - 0.5f32.ln()).abs() < 1e-5 && (top[1].1 - own).abs() < 1e-6, "{top:?}");
+        let total: f32 = logits.iter().enumerate().map(|(i, _)| logprobs(&logits, i as TokenId, 0).0.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        // A masked token has no chance; none is reported below the floor or as a non-number.
+        let masked = [1.0f32, f32::NEG_INFINITY, -30_000.0, f32::NAN];
+        let (own, top) = logprobs(&masked, 1, 4);
+        assert_eq!(own, LOGPROB_FLOOR);
+        assert_eq!(logprobs(&masked, 2, 0).0, LOGPROB_FLOOR);
+        assert!(top.iter().all(|t| t.1.is_finite() && t.1 >= LOGPROB_FLOOR && t.1 <= 0.0), "{top:?}");
+        assert_eq!(top[0], (0, 0.0));
+        // A token outside the vocabulary, or logits with nothing finite, give the floor.
+        assert_eq!(logprobs(&logits, 7, 0).0, LOGPROB_FLOOR);
+        assert_eq!(logprobs(&[f32::NAN, f32::NEG_INFINITY], 0, 1).0, LOGPROB_FLOOR);
     }
 }

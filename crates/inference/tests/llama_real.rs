@@ -43,6 +43,7 @@ fn chat(messages: &[(&str, &str)], max_tokens: u32) -> GenerateRequest {
         max_tokens: Some(max_tokens),
         sampling: Sampling::Greedy,
         stop: vec![],
+        logprobs: None,
     }
 }
 
@@ -287,6 +288,7 @@ fn bad_requests_get_clear_errors() {
             max_tokens: Some(4),
             sampling: Sampling::Greedy,
             stop: vec![],
+            logprobs: None,
         })
         .unwrap_err();
     assert!(matches!(err, Error::EmptyMessages));
@@ -307,6 +309,7 @@ fn bad_requests_get_clear_errors() {
             max_tokens: Some(1),
             sampling: Sampling::Greedy,
             stop: vec![],
+            logprobs: None,
         })
         .unwrap_err();
     assert!(matches!(err, Error::EmptyInput));
@@ -357,4 +360,60 @@ fn seeded_sampling_is_reproducible() {
     other.sampling = Sampling::Random { temperature: 1.0, top_k: 40, top_p: 0.95, min_p: 0.05, seed: 43 };
     let texts: Vec<String> = (0..3).map(|_| run(&e, other.clone()).text).collect();
     assert!(texts.iter().all(|t| t == &texts[0]));
+}
+
+#[test]
+fn logprobs_come_from_the_logits_the_sampler_read() {
+    let _serial = serial();
+    let e = engine();
+    let mut request = chat(&[("user", "What is 2 plus 2?")], 24);
+    request.logprobs = Some(5);
+    let prepared = e.prepare(request).unwrap();
+    let prompt = prepared.tokens.clone();
+    let mut generation = e.submit(prepared).unwrap();
+    let (mut streamed, mut streamed_ids) = (Vec::new(), Vec::new());
+    let f = loop {
+        match generation.blocking_next().expect("event") {
+            Event::Text { ids, logprobs, .. } => {
+                assert_eq!(ids.len(), logprobs.len(), "one entry per id of each event");
+                streamed_ids.extend(ids);
+                streamed.extend(logprobs);
+            }
+            Event::Done(f) => break f,
+            Event::Failed(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(streamed, f.logprobs, "the events' entries are the summary's");
+    // Every generated token but the final end of turn, in order, spelling the text.
+    assert_eq!(f.logprobs.len() + 1, f.tokens.len());
+    assert_eq!(f.logprobs.iter().map(|t| t.token).collect::<Vec<_>>(), f.tokens[..f.tokens.len() - 1]);
+    let spelled: Vec<u8> = f.logprobs.iter().flat_map(|t| t.bytes.clone()).collect();
+    assert_eq!(String::from_utf8(spelled).unwrap(), f.text);
+    let scores = e.score(&ScoreRequest { prompt, output: f.tokens.clone(), top_k: 2, sampling: None }).expect("score");
+    for (i, t) in f.logprobs.iter().enumerate() {
+        assert_eq!(t.top.len(), 5);
+        assert!(t.top.windows(2).all(|w| w[0].logprob >= w[1].logprob), "best first at {i}");
+        assert!(t.top.iter().all(|a| a.logprob <= 0.0 && a.logprob >= plexus_inference::sampler::LOGPROB_FLOOR));
+        let mass: f32 = t.top.iter().map(|a| a.logprob.exp()).sum();
+        assert!(mass <= 1.0 + 1e-4, "position {i}: probabilities sum to {mass}");
+        // Greedy: the token is the best, and its entry is the top one, computed once.
+        assert_eq!((t.top[0].token, t.top[0].logprob), (t.token, t.logprob), "position {i}");
+        assert!(t.logprob > -10.0, "a greedy token is not improbable: {t:?}");
+        // The gap to the best alternative is a difference of the model's own logits: a
+        // teacher-forced scoring of the same tokens (another batch shape, so equal only up to
+        // the last bits of the logits) gives the same gap.
+        if let Some(second) = t.top.get(1) {
+            let gap = t.logprob - second.logprob;
+            assert!(
+                gap >= 0.0 && (gap - scores[i].top_gap()).abs() < 0.05 || scores[i].top_gap() < 0.05,
+                "position {i}: gap {gap} vs scored {}",
+                scores[i].top_gap()
+            );
+        }
+    }
+    // Without asking, nothing is computed or sent; more than 20 alternatives are refused.
+    assert!(run(&e, chat(&[("user", "What is 2 plus 2?")], 4)).logprobs.is_empty());
+    let mut too_many = chat(&[("user", "hi")], 4);
+    too_many.logprobs = Some(21);
+    assert!(matches!(e.prepare(too_many), Err(Error::InvalidParam { param: "top_logprobs", .. })));
 }

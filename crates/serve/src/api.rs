@@ -15,8 +15,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, he
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use plexus_inference::{Engine, Event, Finish, FinishReason, GenerateRequest, Generation};
+use plexus_inference::{Engine, Event, Finish, FinishReason, GenerateRequest, Generation, TokenLogprob};
 use plexus_types::{Address, Attestation, Hash, ModelId, PrivateKey, Sig};
+use serde_json::Value;
 
 use crate::dishonest::Lie;
 use crate::metering::{Endpoint, MeterRequest, MeterTicket, Metering, Usage};
@@ -312,6 +313,8 @@ struct Shape {
     include_usage: bool,
     /// Annotate chunks with running token counts ([`crate::HEADER_PROGRESS`]).
     progress: bool,
+    /// The request asked for log-probabilities.
+    logprobs: bool,
 }
 
 fn finish_reason(r: FinishReason) -> &'static str {
@@ -326,7 +329,17 @@ impl Shape {
         serde_json::to_string(value).unwrap_or_else(|_| "{}".into())
     }
 
+    /// A choice's `logprobs` for `entries` in this wire's shape; `None` (null) when the request
+    /// asked for none. `chars` counts the characters before them (completions' offsets).
+    fn logprobs(&self, entries: &[TokenLogprob], chars: &mut usize) -> Option<Value> {
+        self.logprobs.then(|| match self.wire {
+            Wire::Chat => chat_logprobs(entries),
+            Wire::Completion => completion_logprobs(entries, chars),
+        })
+    }
+
     /// One streamed chunk.
+    #[allow(clippy::too_many_arguments)]
     fn chunk(
         &self,
         text: Option<String>,
@@ -334,6 +347,7 @@ impl Shape {
         finish: Option<&'static str>,
         plexus: Option<PlexusBlock>,
         counts: Option<ProgressBlock>,
+        logprobs: Option<Value>,
     ) -> String {
         let plexus_usage = if self.progress { counts } else { None };
         let usage = self.include_usage.then_some(None);
@@ -347,7 +361,7 @@ impl Shape {
                 choices: vec![ChunkChoice {
                     index: 0,
                     delta: Delta { role: role.then_some("assistant"), content: text },
-                    logprobs: None,
+                    logprobs,
                     finish_reason: finish,
                 }],
                 usage,
@@ -363,7 +377,7 @@ impl Shape {
                 choices: vec![CompletionChoice {
                     index: 0,
                     text: text.unwrap_or_default(),
-                    logprobs: None,
+                    logprobs,
                     finish_reason: finish,
                 }],
                 usage,
@@ -404,6 +418,7 @@ impl Shape {
     /// The whole non-streamed response body.
     fn full(&self, finish: &Finish, plexus: Option<PlexusBlock>) -> String {
         let usage = UsageBody::new(finish.prompt_tokens, finish.completion_tokens, finish.cached_tokens);
+        let logprobs = self.logprobs(&finish.logprobs, &mut 0);
         match self.wire {
             Wire::Chat => Self::to_json(&ChatCompletion {
                 id: self.id.clone(),
@@ -414,7 +429,7 @@ impl Shape {
                 choices: vec![ChatChoice {
                     index: 0,
                     message: AssistantMessage { role: "assistant", content: finish.text.clone(), refusal: None },
-                    logprobs: None,
+                    logprobs,
                     finish_reason: finish_reason(finish.reason),
                 }],
                 usage,
@@ -429,7 +444,7 @@ impl Shape {
                 choices: vec![CompletionChoice {
                     index: 0,
                     text: finish.text.clone(),
-                    logprobs: None,
+                    logprobs,
                     finish_reason: Some(finish_reason(finish.reason)),
                 }],
                 usage: Some(Some(usage)),
@@ -487,6 +502,7 @@ async fn generate(
     started: Instant,
 ) -> Result<Response, ServeError> {
     let info = engine.info().clone();
+    let asked_logprobs = request.logprobs.is_some();
     if !info.kind.generates_text() {
         return Err(ServeError::bad("model", format!("model `{}` does not generate text", info.name)));
     }
@@ -526,6 +542,7 @@ async fn generate(
         fingerprint: format!("plexus-{}", &info.id.to_string()[..16]),
         include_usage,
         progress: headers.contains_key(crate::HEADER_PROGRESS),
+        logprobs: asked_logprobs,
     };
     if stream {
         let headers = state.identity_headers(&info.id);
@@ -543,7 +560,9 @@ async fn generate(
 async fn collect(mut session: Session, mut generation: Generation) -> Result<(Finish, Attestation, Sig), ServeError> {
     loop {
         match generation.next().await {
-            Some(Event::Text { text, completion_tokens, ids }) => session.on_text(&text, completion_tokens, &ids)?,
+            Some(Event::Text { text, completion_tokens, ids, .. }) => {
+                session.on_text(&text, completion_tokens, &ids)?
+            }
             Some(Event::Done(finish)) => {
                 let (a, s) = session.complete(&finish);
                 return Ok((finish, a, s));
@@ -563,12 +582,14 @@ fn stream_events(
     async_stream::stream! {
         if shape.wire == Wire::Chat {
             let counts = ProgressBlock { prompt_tokens: session.prompt_tokens, completion_tokens: 0, ids: Vec::new() };
-            yield Ok(SseEvent::default().data(shape.chunk(Some(String::new()), true, None, None, Some(counts))));
+            yield Ok(SseEvent::default().data(shape.chunk(Some(String::new()), true, None, None, Some(counts), None)));
         }
         let mut last = (String::new(), Vec::new());
+        // Characters streamed so far (completions' logprob offsets).
+        let mut chars = 0;
         loop {
             match generation.next().await {
-                Some(Event::Text { text, completion_tokens, ids }) => {
+                Some(Event::Text { text, completion_tokens, ids, logprobs }) => {
                     if let Err(e) = session.on_text(&text, completion_tokens, &ids) {
                         state.metrics.error(e.kind_label());
                         yield Ok(SseEvent::default().data(e.body_json()));
@@ -577,19 +598,20 @@ fn stream_events(
                     let ids = if state.lie == Lie::Strip { Vec::new() } else { ids };
                     last = (text.clone(), ids.clone());
                     let counts = ProgressBlock { prompt_tokens: session.prompt_tokens, completion_tokens, ids };
-                    yield Ok(SseEvent::default().data(shape.chunk(Some(text), false, None, None, Some(counts))));
+                    let logprobs = shape.logprobs(&logprobs, &mut chars);
+                    yield Ok(SseEvent::default().data(shape.chunk(Some(text), false, None, None, Some(counts), logprobs)));
                 }
                 Some(Event::Done(_)) if state.lie == Lie::Endless => {
                     // A stream that never ends, each chunk spelled by real ids.
                     loop {
                         let counts = ProgressBlock { prompt_tokens: session.prompt_tokens, completion_tokens: 0, ids: last.1.clone() };
-                        yield Ok(SseEvent::default().data(shape.chunk(Some(last.0.clone()), false, None, None, Some(counts))));
+                        yield Ok(SseEvent::default().data(shape.chunk(Some(last.0.clone()), false, None, None, Some(counts), None)));
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
                 Some(Event::Done(finish)) if state.lie == Lie::Strip => {
                     session.complete(&finish);
-                    yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(finish_reason(finish.reason)), None, None)));
+                    yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(finish_reason(finish.reason)), None, None, None)));
                     yield Ok(SseEvent::default().data("[DONE]"));
                     break;
                 }
@@ -598,11 +620,11 @@ fn stream_events(
                     let plexus = state.plexus_block(attestation, &signature, Some(finish.tokens.clone()));
                     let reason = finish_reason(finish.reason);
                     if shape.include_usage {
-                        yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(reason), None, None)));
+                        yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(reason), None, None, None)));
                         let usage = UsageBody::new(finish.prompt_tokens, finish.completion_tokens, finish.cached_tokens);
                         yield Ok(SseEvent::default().data(shape.usage_chunk(usage, plexus)));
                     } else {
-                        yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(reason), Some(plexus), None)));
+                        yield Ok(SseEvent::default().data(shape.chunk(None, false, Some(reason), Some(plexus), None, None)));
                     }
                     yield Ok(SseEvent::default().data("[DONE]"));
                     break;

@@ -136,7 +136,7 @@ impl ServeError {
         }
     }
 
-    fn param(&self) -> Option<String> {
+    pub(crate) fn param(&self) -> Option<String> {
         match self {
             ServeError::BadRequest { param, .. } => param.clone(),
             ServeError::ModelNotFound(_) => Some("model".into()),

@@ -1,7 +1,7 @@
 //! The OpenAI wire format: request bodies as clients send them, responses as the official SDKs
 //! parse them. A field this server does not know is refused with a 400 that names it, as
 //! OpenAI's own API does ("unrecognized request argument"), and so is a known field it cannot
-//! honour (a penalty, a logit bias, `n` > 1, ...): a request is never run with part of it
+//! honour (a penalty, a logit bias, `n` > 1, tools, ...): a request is never run with part of it
 //! silently ignored. Fields that change nothing about the output (`user`, `metadata`, `store`,
 //! `service_tier`) are accepted.
 
@@ -65,11 +65,6 @@ impl CommonParams {
         if self.n.is_some_and(|n| n != 1) {
             return Err(ServeError::bad("n", "only n=1 is supported"));
         }
-        if self.logprobs.as_ref().is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
-            || self.top_logprobs.as_ref().is_some_and(|v| !v.is_null())
-        {
-            return Err(ServeError::bad("logprobs", "logprobs are not supported"));
-        }
         if self.tools.as_ref().is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty())) {
             return Err(ServeError::bad("tools", "tool calling is not supported"));
         }
@@ -88,6 +83,33 @@ impl CommonParams {
             return Err(ServeError::bad("logit_bias", "`logit_bias` is not supported (only an empty map)"));
         }
         Ok(())
+    }
+
+    /// The alternatives per token the request asks log-probabilities for, if it asks for them:
+    /// chat takes `logprobs: true` and `top_logprobs` (0 to 20, which needs `logprobs`),
+    /// completions `logprobs: N` (0 to 20; OpenAI's legacy API stops at 5).
+    pub(crate) fn logprobs(&self, chat: bool) -> Result<Option<u8>, ServeError> {
+        let max = plexus_inference::TOP_LOGPROBS_MAX;
+        let count = |name: &'static str, v: &Value| match v.as_u64() {
+            Some(n) if n <= u64::from(max) => Ok(n as u8),
+            _ => Err(ServeError::bad(name, format!("`{name}` must be an integer from 0 to {max}"))),
+        };
+        let top = self.top_logprobs.as_ref().filter(|v| !v.is_null());
+        let asked = self.logprobs.as_ref().filter(|v| !v.is_null());
+        if !chat {
+            if top.is_some() {
+                return Err(ServeError::bad("top_logprobs", "completions take `logprobs: N` instead"));
+            }
+            return asked.map(|v| count("logprobs", v)).transpose();
+        }
+        match asked {
+            None | Some(Value::Bool(false)) if top.is_some() => {
+                Err(ServeError::bad("top_logprobs", "`top_logprobs` needs `logprobs: true`"))
+            }
+            None | Some(Value::Bool(false)) => Ok(None),
+            Some(Value::Bool(true)) => Ok(Some(top.map(|v| count("top_logprobs", v)).transpose()?.unwrap_or(0))),
+            Some(_) => Err(ServeError::bad("logprobs", "`logprobs` must be true or false")),
+        }
     }
 
     pub(crate) fn include_usage(&self) -> bool {
@@ -292,6 +314,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
         max_tokens: req.params.max_tokens(),
         sampling: sampling(&req.params)?,
         stop: req.params.stop.take().map(StopField::into_vec).unwrap_or_default(),
+        logprobs: req.params.logprobs(true)?,
     };
     Ok(ParsedGeneration {
         model: req.model,
@@ -333,6 +356,7 @@ pub fn parse_completion(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
         max_tokens: Some(req.params.max_tokens().unwrap_or(16)),
         sampling: sampling(&req.params)?,
         stop: req.params.stop.take().map(StopField::into_vec).unwrap_or_default(),
+        logprobs: req.params.logprobs(false)?,
     };
     Ok(ParsedGeneration {
         model: req.model,
@@ -563,6 +587,45 @@ pub(crate) struct ModelList {
     pub(crate) data: Vec<ModelObject>,
 }
 
+/// One token's entry in a chat `logprobs.content` list (OpenAI's shape: the token's text, its
+/// UTF-8 bytes, which may hold part of a character, and the alternatives).
+fn chat_logprob(t: &plexus_inference::TokenLogprob) -> Value {
+    let entry = |bytes: &[u8], logprob: f32| serde_json::json!({ "token": String::from_utf8_lossy(bytes), "logprob": logprob, "bytes": bytes });
+    let mut v = entry(&t.bytes, t.logprob);
+    v["top_logprobs"] = t.top.iter().map(|a| entry(&a.bytes, a.logprob)).collect();
+    v
+}
+
+/// A chat choice's `logprobs`: `{"content": [...], "refusal": null}`.
+pub(crate) fn chat_logprobs(entries: &[plexus_inference::TokenLogprob]) -> Value {
+    serde_json::json!({ "content": entries.iter().map(chat_logprob).collect::<Vec<_>>(), "refusal": null })
+}
+
+/// A completion choice's `logprobs` (the legacy shape): parallel lists of tokens, their
+/// log-probabilities, a map of the alternatives per token and each token's offset in
+/// characters of the generated text. `chars` is the count of characters before the first
+/// entry, advanced past the last (a stream's chunks continue the count).
+pub(crate) fn completion_logprobs(entries: &[plexus_inference::TokenLogprob], chars: &mut usize) -> Value {
+    let mut offsets = Vec::with_capacity(entries.len());
+    for t in entries {
+        offsets.push(*chars);
+        // A character starts at every byte that is not a UTF-8 continuation byte.
+        *chars += t.bytes.iter().filter(|&&b| b & 0xC0 != 0x80).count();
+    }
+    let top: Vec<serde_json::Map<String, Value>> = entries
+        .iter()
+        .map(|t| {
+            t.top.iter().map(|a| (String::from_utf8_lossy(&a.bytes).into_owned(), Value::from(a.logprob))).collect()
+        })
+        .collect();
+    serde_json::json!({
+        "tokens": entries.iter().map(|t| String::from_utf8_lossy(&t.bytes)).collect::<Vec<_>>(),
+        "token_logprobs": entries.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": offsets,
+    })
+}
+
 /// Standard base64 (RFC 4648, with padding).
 pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -639,5 +702,39 @@ mod tests {
         // A long unknown name is cut in the message, on a character boundary.
         let long = format!(r#","{}":1"#, "é".repeat(100));
         assert!(chat(&long).unwrap_err().to_string().len() < 200);
+    }
+
+    #[test]
+    fn logprobs_are_asked_for_in_each_endpoints_own_way() {
+        let chat = |extra: &str| {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+            parse_chat(body.as_bytes()).map(|p| p.request.logprobs)
+        };
+        let completion = |extra: &str| {
+            let body = format!(r#"{{"model":"m","prompt":"p"{extra}}}"#);
+            parse_completion(body.as_bytes()).map(|p| p.request.logprobs)
+        };
+        assert_eq!(chat("").unwrap(), None);
+        assert_eq!(chat(r#","logprobs":false"#).unwrap(), None);
+        assert_eq!(chat(r#","logprobs":null,"top_logprobs":null"#).unwrap(), None);
+        assert_eq!(chat(r#","logprobs":true"#).unwrap(), Some(0));
+        assert_eq!(chat(r#","logprobs":true,"top_logprobs":20"#).unwrap(), Some(20));
+        assert_eq!(completion(r#","logprobs":3"#).unwrap(), Some(3));
+        assert_eq!(completion(r#","logprobs":null"#).unwrap(), None);
+        for (e, param) in [
+            (chat(r#","logprobs":true,"top_logprobs":21"#), "top_logprobs"),
+            (chat(r#","logprobs":true,"top_logprobs":-1"#), "top_logprobs"),
+            (chat(r#","logprobs":true,"top_logprobs":1.5"#), "top_logprobs"),
+            (chat(r#","top_logprobs":2"#), "top_logprobs"),
+            (chat(r#","logprobs":false,"top_logprobs":2"#), "top_logprobs"),
+            (chat(r#","logprobs":5"#), "logprobs"),
+            (completion(r#","logprobs":21"#), "logprobs"),
+            (completion(r#","logprobs":true"#), "logprobs"),
+            (completion(r#","logprobs":1,"top_logprobs":1"#), "top_logprobs"),
+        ] {
+            let e = e.unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+            assert_eq!(e.param().as_deref(), Some(param), "{e}");
+        }
     }
 }

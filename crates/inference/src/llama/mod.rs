@@ -283,7 +283,12 @@ pub(crate) fn prepare_text(
         Some(n) => n,
         None => cap,
     };
-    Ok(Prepared::new(id, tokens, max_tokens, request.sampling, request.stop))
+    if request.logprobs.is_some_and(|n| n > crate::TOP_LOGPROBS_MAX) {
+        return Err(Error::invalid("top_logprobs", format!("at most {}", crate::TOP_LOGPROBS_MAX)));
+    }
+    let mut prepared = Prepared::new(id, tokens, max_tokens, request.sampling, request.stop);
+    prepared.logprobs = request.logprobs;
+    Ok(prepared)
 }
 
 fn tokenize(model: &LlamaModel, text: &str) -> Vec<TokenId> {

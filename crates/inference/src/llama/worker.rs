@@ -37,7 +37,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::{CONTEXT_LOCK, Job, Shared};
 use crate::fingerprint::{fingerprint, is_probe_position, probe};
 use crate::text::{Step, TextStream};
-use crate::{Error, Event, Finish, FinishReason, LlamaConfig, LogitsProbe, TokenId};
+use crate::{Error, Event, Finish, FinishReason, LlamaConfig, LogitsProbe, TokenId, TokenLogprob, TopLogprob};
 
 /// A request waits for another's prompt only when that saves at least this many tokens.
 const SHARE_WAIT_TOKENS_MIN: usize = 32;
@@ -139,9 +139,23 @@ struct Active {
     out: Vec<TokenId>,
     /// How many of `out` went out with a `Text` event already.
     sent: usize,
+    /// With [`Prepared::logprobs`]: one per generated id but an end of generation.
+    logprobs: Vec<TokenLogprob>,
     probes: Vec<LogitsProbe>,
     cached_tokens: u32,
     first_token: Option<Instant>,
+}
+
+impl Active {
+    /// The ids (and their log-probabilities, if asked for) not yet sent with a `Text` event,
+    /// marked sent.
+    fn unsent(&mut self) -> (Vec<TokenId>, Vec<TokenLogprob>) {
+        let ids = self.out[self.sent..].to_vec();
+        // Log-probabilities skip only a final end of generation (sent, if at all, last).
+        let logprobs = self.logprobs.get(self.sent..).map(<[_]>::to_vec).unwrap_or_default();
+        self.sent = self.out.len();
+        (ids, logprobs)
+    }
 }
 
 /// What one batch holds for one slot.
@@ -261,6 +275,7 @@ impl Worker<'_> {
             full_text: String::new(),
             out: Vec::new(),
             sent: 0,
+            logprobs: Vec::new(),
             probes: Vec::new(),
             cached_tokens: 0,
             first_token: None,
@@ -519,6 +534,17 @@ impl Worker<'_> {
             a.probes.push(probe(position, logits));
         }
         let token = LlamaToken(crate::sampler::choose(logits, &a.job.prepared.sampling, position));
+        if let Some(top) = a.job.prepared.logprobs.filter(|_| !vocab.is_eog(token)) {
+            // From the logits just sampled from, before the next decode overwrites them.
+            let (logprob, best) = crate::sampler::logprobs(logits, token.0, usize::from(top));
+            let bytes = |t: TokenId| vocab.token_to_piece(LlamaToken(t), true, None);
+            a.logprobs.push(TokenLogprob {
+                token: token.0,
+                bytes: bytes(token.0),
+                logprob,
+                top: best.into_iter().map(|(t, logprob)| TopLogprob { token: t, bytes: bytes(t), logprob }).collect(),
+            });
+        }
         a.out.push(token.0);
         if a.first_token.is_none() {
             a.first_token = Some(Instant::now());
@@ -535,9 +561,8 @@ impl Worker<'_> {
             };
             if !text.is_empty() {
                 a.full_text.push_str(&text);
-                let ids = a.out[a.sent..].to_vec();
-                a.sent = a.out.len();
-                let _ = a.job.events.send(Event::Text { text, completion_tokens: n_out, ids });
+                let (ids, logprobs) = a.unsent();
+                let _ = a.job.events.send(Event::Text { text, completion_tokens: n_out, ids, logprobs });
             }
             if stopped {
                 finish = Some((FinishReason::Stop, false));
@@ -563,9 +588,9 @@ impl Worker<'_> {
             let tail = a.text.finish();
             if !tail.is_empty() {
                 a.full_text.push_str(&tail);
-                let ids = a.out[a.sent..].to_vec();
-                a.sent = a.out.len();
-                let _ = a.job.events.send(Event::Text { text: tail, completion_tokens: a.out.len() as u32, ids });
+                let (ids, logprobs) = a.unsent();
+                let _ =
+                    a.job.events.send(Event::Text { text: tail, completion_tokens: a.out.len() as u32, ids, logprobs });
             }
         }
         let first = a.first_token.unwrap_or_else(Instant::now);
@@ -576,6 +601,7 @@ impl Worker<'_> {
             cached_tokens: a.cached_tokens,
             text: a.full_text,
             tokens: a.out,
+            logprobs: a.logprobs,
             logits_fingerprint: fingerprint(&a.probes),
             probes: a.probes,
             time_to_first_token: first.duration_since(a.job.enqueued).as_secs_f64(),

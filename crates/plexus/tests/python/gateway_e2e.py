@@ -110,6 +110,29 @@ def basic(client):
         assert raw.headers.get(h), h
     out["chat"] = {"text": chat.choices[0].message.content, "provider": raw.headers["x-plexus-provider"]}
 
+    # Log-probabilities pass through the gateway, non-streamed and streamed (legacy shape,
+    # offsets counted over the whole answer), and are not billed beyond the tokens.
+    lp = client.chat.completions.create(
+        model=CHAT, temperature=0, max_tokens=24, logprobs=True, top_logprobs=2,
+        messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+    )
+    content = lp.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == text, [t.token for t in content]
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].token == t.token for t in content), content
+    tokens, offsets, streamed = [], [], ""
+    for chunk in client.completions.create(
+        model=CHAT, prompt="The capital of France is", max_tokens=8, temperature=0, logprobs=1, stream=True
+    ):
+        for c in chunk.choices:
+            if c.text:
+                assert c.logprobs and "".join(c.logprobs.tokens) == c.text, c
+                tokens += c.logprobs.tokens
+                offsets += c.logprobs.text_offset
+                streamed += c.text
+    assert "".join(tokens) == streamed and len(tokens) == 8, (tokens, streamed)
+    assert offsets == [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))], offsets
+    out["logprobs"] = {"tokens": len(content), "completion_tokens": lp.usage.completion_tokens}
+
     # Embeddings rank related sentences above unrelated ones.
     e = client.embeddings.create(
         model=EMBED, input=["A cat sat on the mat.", "A kitten rested on the rug.", "Quarterly tax filing deadlines."]
@@ -129,13 +152,19 @@ def kill_mid_stream(client, info):
         stream_options={"include_usage": True},
         temperature=0,
         max_tokens=400,
+        logprobs=True,
         messages=[{"role": "user", "content": "Write a long story about a dragon who learns to cook."}],
     )
     for chunk in stream:
         if not chunk.choices:
             usage = chunk
             continue
-        text += chunk.choices[0].delta.content or ""
+        delta = chunk.choices[0].delta.content or ""
+        # Each piece carries its own tokens' log-probabilities, from whichever provider sent it.
+        if delta:
+            lp = chunk.choices[0].logprobs
+            assert lp and "".join(t.token for t in lp.content) == delta, (delta, lp)
+        text += delta
         chunks += 1
         # Early, while most of the answer is still to be generated (not just in flight).
         if chunks == 10 and killed is None:

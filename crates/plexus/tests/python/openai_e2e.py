@@ -71,6 +71,53 @@ def main():
     assert plexus["model_id"] == raw.headers["x-plexus-model-id"]
     assert plexus["provider"] == raw.headers["x-plexus-provider"]
 
+    # Log-probabilities: one entry per token of the answer, from the logits the sampler read
+    # (greedy picks the best, so each token is its own first alternative); streamed per chunk,
+    # the same entries. Compared with a tolerance: the values are f32 sums that a different
+    # batch shape on another CPU may round differently in the last bits.
+    lp = client.chat.completions.create(
+        model=chat_model,
+        messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+        temperature=0,
+        max_tokens=24,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    assert lp.choices[0].message.content == text
+    content = lp.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == text, [t.token for t in content]
+    assert b"".join(bytes(t.bytes) for t in content).decode() == text
+    assert len(content) == 11, len(content)  # the 12 metered tokens but the end of turn
+    for t in content:
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token, t
+        assert abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6 and -9999 <= t.logprob <= 0, t
+        assert all(a.logprob >= b.logprob for a, b in zip(t.top_logprobs, t.top_logprobs[1:])), t
+        assert sum(math.exp(a.logprob) for a in t.top_logprobs) <= 1 + 1e-4, t
+    streamed = []
+    for chunk in client.chat.completions.create(
+        model=chat_model,
+        messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+        temperature=0,
+        max_tokens=24,
+        logprobs=True,
+        top_logprobs=3,
+        stream=True,
+    ):
+        for c in chunk.choices:
+            if c.delta.content:
+                assert c.logprobs and "".join(t.token for t in c.logprobs.content) == c.delta.content, c
+                streamed.extend(c.logprobs.content)
+    assert [t.token for t in streamed] == [t.token for t in content]
+    assert max(abs(a.logprob - b.logprob) for a, b in zip(streamed, content)) < 1e-3
+    # Not asked for, not sent.
+    assert chat.choices[0].logprobs is None
+    # The legacy shape: parallel lists, alternatives by text, offsets in characters.
+    lc = client.completions.create(model=chat_model, prompt="The capital of France is", max_tokens=5, temperature=0, logprobs=2)
+    l = lc.choices[0].logprobs
+    assert "".join(l.tokens) == lc.choices[0].text and len(l.tokens) == 5, l
+    assert l.text_offset == [sum(len(t) for t in l.tokens[:i]) for i in range(5)], l
+    assert all(1 <= len(top) <= 2 and max(top.values()) >= lp_ - 1e-6 for top, lp_ in zip(l.top_logprobs, l.token_logprobs)), l
+
     # Sensible English from a real model.
     story = client.chat.completions.create(
         model=chat_model,
@@ -102,6 +149,8 @@ def main():
         (dict(model=chat_model, messages=[]), openai.BadRequestError),
         (dict(model="no-such-model", messages=[{"role": "user", "content": "hi"}]), openai.NotFoundError),
         (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], max_tokens=10**9), openai.BadRequestError),
+        (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=21), openai.BadRequestError),
+        (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], top_logprobs=2), openai.BadRequestError),
     ):
         try:
             client.chat.completions.create(**kwargs)
