@@ -31,6 +31,10 @@ use crate::gguf::GgufFile;
 
 /// Name of the manifest file in each model directory.
 pub const MANIFEST_FILE: &str = "plexus-model.json";
+/// The chat template an operator chose for a GGUF model (`plexus model import --chat-template`).
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+/// The longest chat template read (Hugging Face's biggest, with tools, are tens of KiB).
+const CHAT_TEMPLATE_BYTES_MAX: u64 = 256 << 10;
 /// Longest time `pip download` may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Largest ONNX graph served as a tensor model: edge models are small, and tract reads the
@@ -150,6 +154,10 @@ pub fn catalog(name: &str) -> Option<&'static CatalogEntry> {
 pub enum ModelFiles {
     LlamaCpp {
         gguf: String,
+        /// A chat template the operator chose at import ([`CHAT_TEMPLATE_FILE`]), used instead
+        /// of the file's own; its hash is the manifest's `template_sha256`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat_template: Option<String>,
     },
     CandleBert {
         weights: String,
@@ -188,16 +196,29 @@ impl CachedModel {
     /// The main weights file.
     pub fn weights_path(&self) -> PathBuf {
         match &self.files {
-            ModelFiles::LlamaCpp { gguf } => self.dir.join(gguf),
+            ModelFiles::LlamaCpp { gguf, .. } => self.dir.join(gguf),
             ModelFiles::CandleBert { weights, .. } => self.dir.join(weights),
             ModelFiles::TractOnnx { graph, .. } => self.dir.join(graph),
         }
     }
 
+    /// The chat template chosen at import, checked against the manifest's hash; `None` when
+    /// the model is rendered with its file's own (or its architecture's) template.
+    pub fn chat_template(&self) -> Result<Option<String>, Error> {
+        let ModelFiles::LlamaCpp { chat_template: Some(file), .. } = &self.files else { return Ok(None) };
+        let path = self.dir.join(file);
+        let source = read_template(&path)?;
+        let actual = plexus_types::hash(source.as_bytes());
+        if actual != self.manifest.template_sha256 {
+            return Err(Error::HashMismatch { path, expected: self.manifest.template_sha256, actual });
+        }
+        Ok(Some(source))
+    }
+
     /// Total bytes of the model's files.
     pub fn size_bytes(&self) -> u64 {
         let files: Vec<&String> = match &self.files {
-            ModelFiles::LlamaCpp { gguf } => vec![gguf],
+            ModelFiles::LlamaCpp { gguf, chat_template } => std::iter::once(gguf).chain(chat_template).collect(),
             ModelFiles::CandleBert { weights, tokenizer, config } => vec![weights, tokenizer, config],
             ModelFiles::TractOnnx { graph, spec } => vec![graph, spec],
         };
@@ -363,7 +384,25 @@ impl ModelCache {
     /// derived from the file name). Importing the same model twice is a no-op; a different
     /// model under a taken name is an error.
     pub fn import(&self, path: &Path, name: Option<&str>) -> Result<CachedModel, Error> {
-        let described = describe(path)?;
+        self.import_with(path, name, None)
+    }
+
+    /// [`ModelCache::import`], rendering chats of a GGUF model with `chat_template`: a built-in
+    /// template's name ([`crate::template::NAMED`]) or a Jinja file. The template becomes part of
+    /// the model's identity (its manifest's `template_sha256`), so every gateway and provider
+    /// that imports the model the same way renders prompts identically; choosing the template
+    /// the model has anyway changes nothing.
+    pub fn import_with(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        chat_template: Option<&str>,
+    ) -> Result<CachedModel, Error> {
+        let mut described = describe(path)?;
+        let template = match chat_template {
+            None => None,
+            Some(choice) => choose_template(&mut described, choice)?,
+        };
         let name = match name {
             Some(n) => n.to_owned(),
             None => described.manifest.name.clone(),
@@ -387,7 +426,7 @@ impl ModelCache {
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
         let files: Vec<&String> = match &described.files {
-            ModelFiles::LlamaCpp { gguf } => vec![gguf],
+            ModelFiles::LlamaCpp { gguf, .. } => vec![gguf], // a chosen template is written below
             ModelFiles::CandleBert { weights, tokenizer, config } => vec![weights, tokenizer, config],
             ModelFiles::TractOnnx { graph, spec } => vec![graph, spec],
         };
@@ -404,6 +443,10 @@ impl ModelCache {
                 std::fs::copy(&from, &to).map_err(|e| Error::io(&from, e))?;
             }
         }
+        if let Some(source) = &template {
+            let to = staging.join(CHAT_TEMPLATE_FILE);
+            std::fs::write(&to, source).map_err(|e| Error::io(&to, e))?;
+        }
         let mut model = described;
         model.dir = staging.clone();
         model.manifest.name = name;
@@ -413,6 +456,50 @@ impl ModelCache {
         std::fs::rename(&staging, &dir).map_err(|e| Error::io(&dir, e))?;
         read_manifest(&dir)
     }
+}
+
+/// Reads a chat template file: UTF-8, at most [`CHAT_TEMPLATE_BYTES_MAX`].
+fn read_template(path: &Path) -> Result<String, Error> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Vec::new();
+    file.take(CHAT_TEMPLATE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > CHAT_TEMPLATE_BYTES_MAX {
+        return Err(Error::invalid("chat-template", format!("{} is larger than 256 KiB", path.display())));
+    }
+    String::from_utf8(bytes).map_err(|_| Error::invalid("chat-template", format!("{} is not UTF-8", path.display())))
+}
+
+/// Points `model` (a described GGUF) at the template `choice` names (a built-in name or a
+/// file), checked to compile and render a plain conversation. Returns the source to store with
+/// the model, or `None` when it is the template the model is rendered with anyway.
+fn choose_template(model: &mut CachedModel, choice: &str) -> Result<Option<String>, Error> {
+    if model.manifest.engine != EngineKind::LlamaCpp {
+        return Err(Error::invalid("chat-template", "only a GGUF chat model takes a chat template"));
+    }
+    let source = match crate::template::named(choice) {
+        Some(source) => source.to_owned(),
+        None if Path::new(choice).is_file() => read_template(Path::new(choice))?,
+        None => {
+            let names: Vec<&str> = crate::template::NAMED.iter().map(|(n, _)| *n).collect();
+            return Err(Error::invalid(
+                "chat-template",
+                format!("`{choice}` is neither a template file nor a built-in template ({})", names.join(", ")),
+            ));
+        }
+    };
+    crate::template::ChatTemplate::new(&source, "<s>", "</s>")
+        .and_then(|t| t.check_renders())
+        .map_err(|e| Error::invalid("chat-template", format!("`{choice}`: {e}")))?;
+    let hash = plexus_types::hash(source.as_bytes());
+    let current = model.manifest.template_sha256;
+    if hash == current || (current == Hash::ZERO && source == crate::template::CHATML) {
+        return Ok(None);
+    }
+    model.manifest.template_sha256 = hash;
+    if let ModelFiles::LlamaCpp { chat_template, .. } = &mut model.files {
+        *chat_template = Some(CHAT_TEMPLATE_FILE.to_owned());
+    }
+    Ok(Some(source))
 }
 
 /// The model at `path` (a GGUF file, a directory with `model.safetensors`, `tokenizer.json`
@@ -429,7 +516,13 @@ pub fn describe(path: &Path) -> Result<CachedModel, Error> {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let manifest = gguf_manifest(path, &stem_name(path))?;
-        Ok(CachedModel { dir, id: manifest.id(), manifest, files: ModelFiles::LlamaCpp { gguf: file }, source })
+        Ok(CachedModel {
+            dir,
+            id: manifest.id(),
+            manifest,
+            files: ModelFiles::LlamaCpp { gguf: file, chat_template: None },
+            source,
+        })
     } else {
         let engine = if path.join(ONNX_FILE).is_file() { EngineKind::TractOnnx } else { EngineKind::CandleBert };
         let mut model = build_manifest(path, &stem_name(path), engine, &source)?;
@@ -494,7 +587,7 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<CachedModel, Error> {
         return Err(bad("the id does not match the manifest".into()));
     }
     let names: Vec<&String> = match &file.files {
-        ModelFiles::LlamaCpp { gguf } => vec![gguf],
+        ModelFiles::LlamaCpp { gguf, chat_template } => std::iter::once(gguf).chain(chat_template).collect(),
         ModelFiles::CandleBert { weights, tokenizer, config } => vec![weights, tokenizer, config],
         ModelFiles::TractOnnx { graph, spec } => vec![graph, spec],
     };
@@ -754,7 +847,7 @@ fn build_manifest(dir: &Path, name: &str, engine: EngineKind, source: &str) -> R
                 dir: dir.to_path_buf(),
                 id: manifest.id(),
                 manifest,
-                files: ModelFiles::LlamaCpp { gguf },
+                files: ModelFiles::LlamaCpp { gguf, chat_template: None },
                 source: source.to_owned(),
             })
         }

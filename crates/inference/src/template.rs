@@ -32,12 +32,48 @@ pub const GEMMA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}
      {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] + '<end_of_turn>\n' }}\
      {% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
 
+/// Llama 3's header-delimited turns: every message is `<|start_header_id|>role<|end_header_id|>`,
+/// a blank line and the content, ended by `<|eot_id|>`.
+pub const LLAMA3: &str = "{{ bos_token }}{% for message in messages %}\
+     {{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}\
+     {% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+/// Mistral's instruction format: user turns in `[INST] ... [/INST]`, each answer ended by the
+/// end-of-sequence token; no system role, so a system message is prefixed to the first user turn.
+pub const MISTRAL: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}\
+     {% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}\
+     {% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}\
+     {% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}\
+     {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}\
+     {% if message['role'] == 'user' %}{{ '[INST] ' + (first_user_prefix if loop.first else '') + message['content'] + ' [/INST]' }}\
+     {% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}";
+
+/// Phi-3's turns: `<|role|>`, a newline, the content and `<|end|>`.
+pub const PHI3: &str = "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}\
+     {% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}";
+
+/// The templates a model can be given by name (`plexus model import --chat-template NAME`).
+pub const NAMED: [(&str, &str); 5] =
+    [("chatml", CHATML), ("gemma", GEMMA), ("llama3", LLAMA3), ("mistral", MISTRAL), ("phi3", PHI3)];
+
+/// The built-in template called `name`.
+pub fn named(name: &str) -> Option<&'static str> {
+    NAMED.iter().find(|(n, _)| *n == name).map(|(_, source)| *source)
+}
+
+/// Texts that end a turn in the formats above. A template that writes one of them marks the
+/// end of each reply with it, so generation stops at it (when the model's vocabulary has it as
+/// one token) even where the file does not list it as an end-of-generation token.
+pub const END_OF_TURN_TEXTS: [&str; 4] = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>"];
+
 /// The known template for a GGUF `general.architecture`, for models whose file carries none:
 /// `(name, source)`. Only architectures whose chat format is fixed by the architecture are
-/// listed; a `llama` file may be Llama 2, Llama 3 or a ChatML fine-tune, so it gets ChatML.
+/// listed; a `llama` file may be Llama 2, Llama 3, Mistral or a ChatML fine-tune, so it gets
+/// ChatML unless imported with `--chat-template`.
 pub fn known_template(architecture: &str) -> Option<(&'static str, &'static str)> {
     match architecture {
         "gemma" | "gemma2" | "gemma3" | "gemma3n" => Some(("gemma", GEMMA)),
+        "phi3" => Some(("phi3", PHI3)),
         _ => None,
     }
 }
@@ -123,6 +159,27 @@ impl ChatTemplate {
     /// The template text.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The [`END_OF_TURN_TEXTS`] this template writes.
+    pub fn end_of_turn_texts(&self) -> Vec<&'static str> {
+        END_OF_TURN_TEXTS.into_iter().filter(|t| self.source.contains(t)).collect()
+    }
+
+    /// Checks that a template an operator supplies renders a plain conversation (system, user,
+    /// assistant, user, with the reply header) to a prompt that holds every message's text.
+    pub fn check_renders(&self) -> Result<(), Error> {
+        let probe = [
+            ChatMessage::new("system", "plexus-probe-system"),
+            ChatMessage::new("user", "plexus-probe-user-1"),
+            ChatMessage::new("assistant", "plexus-probe-assistant"),
+            ChatMessage::new("user", "plexus-probe-user-2"),
+        ];
+        let out = self.render(&probe, true)?;
+        match probe.iter().find(|m| !out.contains(&m.content)) {
+            Some(m) => Err(Error::Template(format!("the template drops the {} message's text", m.role))),
+            None => Ok(()),
+        }
     }
 
     /// Renders `messages`, ending with the assistant header when `add_generation_prompt`.
@@ -281,5 +338,49 @@ mod tests {
         assert_eq!(effective_source(Some("{{ x }}"), "gemma3"), Some("{{ x }}"));
         assert_eq!(effective_source(None, "llama"), None);
         assert_eq!(ChatTemplate::for_model(None, "qwen2", "", "").source(), CHATML);
+    }
+
+    #[test]
+    fn named_templates_render_their_formats() {
+        let msgs = [
+            ChatMessage::new("system", "S"),
+            ChatMessage::new("user", "Hi"),
+            ChatMessage::new("assistant", "Yo"),
+            ChatMessage::new("user", "Bye"),
+        ];
+        let render = |name: &str| {
+            let t = ChatTemplate::new(named(name).unwrap(), "<s>", "</s>").unwrap();
+            t.check_renders().unwrap();
+            (t.render(&msgs, true).unwrap(), t.end_of_turn_texts())
+        };
+        assert_eq!(
+            render("llama3"),
+            (
+                "<s><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>\
+                 <|start_header_id|>assistant<|end_header_id|>\n\nYo<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>\
+                 <|start_header_id|>assistant<|end_header_id|>\n\n"
+                    .to_string(),
+                vec!["<|eot_id|>"]
+            )
+        );
+        assert_eq!(render("mistral"), ("<s>[INST] S\n\nHi [/INST]Yo</s>[INST] Bye [/INST]".to_string(), vec![]));
+        assert_eq!(
+            render("phi3"),
+            ("<|system|>\nS<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nYo<|end|>\n<|user|>\nBye<|end|>\n<|assistant|>\n".to_string(), vec!["<|end|>"])
+        );
+        assert_eq!(render("chatml").1, vec!["<|im_end|>"]);
+        assert_eq!(render("gemma").1, vec!["<end_of_turn>"]);
+        assert!(named("llama2").is_none());
+        // Every named template can continue a reply.
+        for (name, source) in NAMED {
+            let t = ChatTemplate::new(source, "<s>", "</s>").unwrap();
+            let cont = t
+                .render_prompt(&[ChatMessage::new("user", "Count"), ChatMessage::new("assistant", "1, 2,")], true)
+                .unwrap();
+            assert!(cont.ends_with("1, 2,"), "{name}: {cont}");
+        }
+        // A template that forgets a message is refused when an operator supplies it.
+        let lossy = ChatTemplate::new("{{ messages[-1]['content'] }}", "", "").unwrap();
+        assert!(lossy.check_renders().unwrap_err().to_string().contains("system"));
     }
 }

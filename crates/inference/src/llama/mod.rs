@@ -83,7 +83,9 @@ impl LlamaEngine {
         let meta = gguf.model_metadata().map_err(|source| Error::Gguf { path: path.clone(), source })?;
         let backend = backend()?;
         let model = load_model(backend, &path)?;
-        let template = template_of(&model, meta.chat_template.as_deref(), &meta.architecture);
+        let own = cached.chat_template()?;
+        let template = template_of(&model, own.as_deref().or(meta.chat_template.as_deref()), &meta.architecture);
+        let ends = end_of_turn(&model, &template);
 
         let request_tokens_max = (config.ctx_tokens.get() / config.parallel.get()).min(model.n_ctx_train());
         if request_tokens_max < 16 {
@@ -120,6 +122,7 @@ impl LlamaEngine {
                     &worker_config,
                     request_tokens_max,
                     prefix,
+                    ends,
                     rx,
                     worker_shared,
                     ready_tx,
@@ -180,6 +183,8 @@ fn load_with(backend: &LlamaBackend, path: &Path, params: &LlamaModelParams) -> 
 pub(crate) struct LlamaTokenizer {
     model: LlamaModel,
     template: ChatTemplate,
+    /// End-of-turn ids of the template beyond the vocabulary's own ([`end_of_turn`]).
+    ends: Vec<LlamaToken>,
     id: plexus_types::ModelId,
     limits: Limits,
 }
@@ -190,11 +195,14 @@ impl LlamaTokenizer {
         let gguf = GgufFile::open(&path).map_err(|source| Error::Gguf { path: path.clone(), source })?;
         let meta = gguf.model_metadata().map_err(|source| Error::Gguf { path: path.clone(), source })?;
         let model = load_with(backend()?, &path, &LlamaModelParams::default().with_vocab_only(true))?;
-        let template = template_of(&model, meta.chat_template.as_deref(), &meta.architecture);
+        let own = cached.chat_template()?;
+        let template = template_of(&model, own.as_deref().or(meta.chat_template.as_deref()), &meta.architecture);
+        let ends = end_of_turn(&model, &template);
         let context = cached.manifest.context_length.max(16);
         Ok(LlamaTokenizer {
             model,
             template,
+            ends,
             id: cached.id,
             limits: Limits { request_tokens_max: context, max_tokens_max: context },
         })
@@ -205,7 +213,7 @@ impl LlamaTokenizer {
     }
 
     pub(crate) fn spell(&self, ids: &[TokenId]) -> Option<(Vec<u8>, usize)> {
-        spell(&self.model, ids)
+        spell(&self.model, &self.ends, ids)
     }
 }
 
@@ -314,25 +322,47 @@ pub(crate) fn template_of(model: &LlamaModel, meta_template: Option<&str>, archi
     ChatTemplate::for_model(meta_template, architecture, &token_text(vocab.bos()), &token_text(vocab.eos()))
 }
 
+/// The ids that end a turn in `template` ([`ChatTemplate::end_of_turn_texts`], each one
+/// control token of the vocabulary) that the vocabulary does not already count as ends of
+/// generation: a model imported with another format's template stops where that format ends
+/// a reply. The engine stops at them and the client's check counts them the same way.
+pub(crate) fn end_of_turn(model: &LlamaModel, template: &ChatTemplate) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let mut ends = Vec::new();
+    for text in template.end_of_turn_texts() {
+        if let [t] = vocab.tokenize(text.as_bytes(), false, true)[..] {
+            if vocab.is_control(t) && !vocab.is_eog(t) && !ends.contains(&t) {
+                ends.push(t);
+            }
+        }
+    }
+    ends
+}
+
+/// Whether `token` ends generation: the vocabulary's end-of-generation tokens and `ends`.
+pub(crate) fn is_end(model: &LlamaModel, ends: &[LlamaToken], token: LlamaToken) -> bool {
+    model.vocab().is_eog(token) || ends.contains(&token)
+}
+
 /// The bytes a sequence of generated ids spells, as the engine streams them (control tokens
-/// spell nothing), and how many of them end generation. `None` if an id is not in the
-/// vocabulary.
-pub(crate) fn spell(model: &LlamaModel, ids: &[TokenId]) -> Option<(Vec<u8>, usize)> {
+/// spell nothing), and how many of them end generation ([`is_end`]). `None` if an id is not
+/// in the vocabulary.
+pub(crate) fn spell(model: &LlamaModel, ends: &[LlamaToken], ids: &[TokenId]) -> Option<(Vec<u8>, usize)> {
     let vocab = model.vocab();
     let mut bytes = Vec::new();
-    let mut ends = 0;
+    let mut ended = 0;
     for &id in ids {
         if id < 0 || id >= vocab.n_tokens() {
             return None;
         }
         let token = LlamaToken(id);
-        if vocab.is_eog(token) {
-            ends += 1;
+        if is_end(model, ends, token) {
+            ended += 1;
             continue;
         }
         bytes.extend_from_slice(&vocab.token_to_piece(token, false, None));
     }
-    Some((bytes, ends))
+    Some((bytes, ended))
 }
 
 impl Engine for LlamaEngine {

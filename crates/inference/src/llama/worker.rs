@@ -52,6 +52,7 @@ pub(super) fn run(
     config: &LlamaConfig,
     request_tokens_max: u32,
     prefix: Vec<LlamaToken>,
+    ends: Vec<LlamaToken>,
     rx: Receiver<Job>,
     shared: Arc<Shared>,
     ready: Sender<Result<(), Error>>,
@@ -94,6 +95,7 @@ pub(super) fn run(
         n_ubatch,
         slots: (0..parallel as i32).map(|k| Slot::new(k + 1)).collect(),
         prefix: Vec::new(),
+        ends,
         shared,
         clock: 0,
     };
@@ -175,6 +177,8 @@ struct Worker<'m> {
     slots: Vec<Slot>,
     /// Tokens held by sequence 0.
     prefix: Vec<LlamaToken>,
+    /// The template's end-of-turn ids beyond the vocabulary's own (`super::end_of_turn`).
+    ends: Vec<LlamaToken>,
     shared: Arc<Shared>,
     clock: u64,
 }
@@ -534,7 +538,7 @@ impl Worker<'_> {
             a.probes.push(probe(position, logits));
         }
         let token = LlamaToken(crate::sampler::choose(logits, &a.job.prepared.sampling, position));
-        if let Some(top) = a.job.prepared.logprobs.filter(|_| !vocab.is_eog(token)) {
+        if let Some(top) = a.job.prepared.logprobs.filter(|_| !super::is_end(self.model, &self.ends, token)) {
             // From the logits just sampled from, before the next decode overwrites them.
             let (logprob, best) = crate::sampler::logprobs(logits, token.0, usize::from(top));
             let bytes = |t: TokenId| vocab.token_to_piece(LlamaToken(t), true, None);
@@ -551,7 +555,7 @@ impl Worker<'_> {
         }
         let n_out = a.out.len() as u32;
         let mut finish = None;
-        if vocab.is_eog(token) {
+        if super::is_end(self.model, &self.ends, token) {
             finish = Some((FinishReason::Stop, true));
         } else {
             let piece = vocab.token_to_piece(token, false, None);

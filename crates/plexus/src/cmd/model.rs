@@ -27,6 +27,11 @@ pub enum ModelCmd {
         /// Name in the cache (default: from the file or directory name).
         #[arg(long)]
         name: Option<String>,
+        /// Render chats of a GGUF model with this template instead of its own: a built-in
+        /// (chatml, gemma, llama3, mistral, phi3) or a Jinja file. The template is part of the
+        /// model's id, so a gateway must import the model the same way to meter it.
+        #[arg(long, value_name = "NAME|FILE")]
+        chat_template: Option<String>,
     },
     /// List cached models.
     List {
@@ -48,8 +53,10 @@ pub fn run(cmd: ModelCmd) -> anyhow::Result<()> {
             let m = cache.pull(&name, Progress::Show).with_context(|| format!("pulling {name}"))?;
             println!("{} {} ({})", m.manifest.name, m.id, m.dir.display());
         }
-        ModelCmd::Import { path, name } => {
-            let m = cache.import(&path, name.as_deref()).with_context(|| format!("importing {}", path.display()))?;
+        ModelCmd::Import { path, name, chat_template } => {
+            let m = cache
+                .import_with(&path, name.as_deref(), chat_template.as_deref())
+                .with_context(|| format!("importing {}", path.display()))?;
             println!("{} {} ({})", m.manifest.name, m.id, m.dir.display());
         }
         ModelCmd::List { json } => {
