@@ -16,17 +16,18 @@ use plexus_types::{Genesis, Params, PrivateKey, UNITS_PER_PLX};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The models every devnet provider serves: an LLM, sentence embeddings, and the three edge
-/// tensor models (trained here from public data on first use; served by KServe v2 routes).
-pub const DEVNET_MODELS: [&str; 5] =
-    ["smollm2-135m-instruct", "all-minilm-l6-v2", "ecg-heartbeat", "demand-forecast", "traffic-anomaly"];
+/// The models every devnet provider serves: two LLMs of different architectures (SmolLM2, a
+/// llama, and Gemma 3), sentence embeddings, and the three edge tensor models (trained here from
+/// public data on first use; served by KServe v2 routes).
+pub const DEVNET_MODELS: [&str; 6] =
+    ["smollm2-135m-instruct", "gemma3-270m", "all-minilm-l6-v2", "ecg-heartbeat", "demand-forecast", "traffic-anomaly"];
 
 #[derive(Subcommand)]
 pub enum DevnetCmd {
     /// Create (or resume) a local network and run it in the foreground.
     #[command(long_about = "Create (or resume) a local network and run it in the foreground.\n\n\
 Pulls the models (once, into the shared cache), writes genesis and one home per validator, and \
-starts every validator as a real `plexus node run` process that also serves SmolLM2, MiniLM and \
+starts every validator as a real `plexus node run` process that also serves SmolLM2, Gemma 3 270M, MiniLM and \
 the three edge tensor models (heartbeats, electricity demand, traffic anomalies) as a provider. Then it starts `plexus gateway` with a funded client key and prints its OpenAI base URL. \
 Everything is described in DIR/devnet.json. Ctrl-C stops it all; running it again resumes.\n\n\
 Ports: node i uses BASE+10i (p2p), BASE+10i+1 (chain API) and BASE+10i+2 (inference); the gateway \
@@ -564,6 +565,9 @@ fn print_summary(info: &DevnetInfo) {
         println!("  for chunk in client.chat.completions.create(model=\"smollm2-135m-instruct\", stream=True,");
         println!("          messages=[{{\"role\": \"user\", \"content\": \"Name three rivers.\"}}]):");
         println!("      print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)");
+        println!(
+            "  print(client.completions.create(model=\"gemma3-270m\", prompt=\"France: Paris\\nItaly:\", max_tokens=3).choices[0].text)"
+        );
         println!(
             "  print(client.embeddings.create(model=\"all-minilm-l6-v2\", input=\"hello\").data[0].embedding[:4])"
         );

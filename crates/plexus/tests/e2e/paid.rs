@@ -163,6 +163,17 @@ fn paid_inference_settles_exactly_even_when_a_provider_dies_mid_stream() {
         settled_total += amount(&chain["settled_amount"]);
     }
     assert!(settled_total > 0);
+    // Gemma 3, the second architecture, was paid through its own session like SmolLM2.
+    let gemma = result["gemma"]["model_id"].as_str().unwrap();
+    let gemma_sessions: Vec<Value> = sessions
+        .iter()
+        .map(|s| session(&api, s["id"].as_str().unwrap()))
+        .filter(|chain| chain["model"].as_str() == Some(gemma))
+        .collect();
+    assert!(
+        gemma_sessions.iter().any(|chain| chain["settled_output_tokens"].as_u64().unwrap() >= 3),
+        "a settled session for gemma3-270m ({gemma}): {gemma_sessions:?}"
+    );
 
     // Each provider of the failover was acknowledged exactly for its part.
     for seg in failover["segments"].as_array().unwrap() {

@@ -20,6 +20,7 @@ import urllib.request
 from openai import OpenAI
 
 CHAT = "smollm2-135m-instruct"
+GEMMA = "gemma3-270m"
 EMBED = "all-minilm-l6-v2"
 
 
@@ -74,7 +75,7 @@ def basic(client):
     out = {}
     ids = sorted(m.id for m in client.models.list().data)
     # The devnet's LLM and embeddings, and its three tensor models (for the /v2 routes).
-    assert ids == sorted([CHAT, EMBED, "ecg-heartbeat", "demand-forecast", "traffic-anomaly"]), ids
+    assert ids == sorted([CHAT, GEMMA, EMBED, "ecg-heartbeat", "demand-forecast", "traffic-anomaly"]), ids
 
     # Streaming chat with usage: one stream, one id, sensible English.
     text, ids, usage = "", set(), None
@@ -132,6 +133,28 @@ def basic(client):
     assert "".join(tokens) == streamed and len(tokens) == 8, (tokens, streamed)
     assert offsets == [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))], offsets
     out["logprobs"] = {"tokens": len(content), "completion_tokens": lp.usage.completion_tokens}
+
+    # The second architecture, Gemma 3 (a base model): it completes a pattern, paid and
+    # attested like SmolLM2, and its chat is rendered with Gemma's turns (no control text leaks).
+    raw = client.completions.with_raw_response.create(
+        model=GEMMA, prompt="France: Paris\nGermany: Berlin\nJapan: Tokyo\nItaly:", max_tokens=3, temperature=0
+    )
+    completion = raw.parse()
+    assert "Rome" in completion.choices[0].text, completion.choices[0].text
+    assert completion.usage.completion_tokens == 3, completion.usage
+    for h in ("x-plexus-provider", "x-plexus-attestation", "x-plexus-signature", "x-plexus-model-id"):
+        assert raw.headers.get(h), h
+    gemma_text, finish = "", None
+    for chunk in client.chat.completions.create(
+        model=GEMMA, stream=True, temperature=0, max_tokens=16,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    ):
+        if chunk.choices:
+            gemma_text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+    assert gemma_text.strip() and "<start_of_turn>" not in gemma_text and "<|im" not in gemma_text, repr(gemma_text)
+    assert finish in ("stop", "length"), finish
+    out["gemma"] = {"completion": completion.choices[0].text, "chat": gemma_text, "model_id": raw.headers["x-plexus-model-id"]}
 
     # Embeddings rank related sentences above unrelated ones.
     e = client.embeddings.create(
