@@ -460,12 +460,8 @@ impl ModelCache {
 
 /// Reads a chat template file: UTF-8, at most [`CHAT_TEMPLATE_BYTES_MAX`].
 fn read_template(path: &Path) -> Result<String, Error> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut bytes = Vec::new();
-    file.take(CHAT_TEMPLATE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > CHAT_TEMPLATE_BYTES_MAX {
-        return Err(Error::invalid("chat-template", format!("{} is larger than 256 KiB", path.display())));
-    }
+    let bytes = read_bounded(path, CHAT_TEMPLATE_BYTES_MAX)?
+        .ok_or_else(|| Error::invalid("chat-template", format!("{} is larger than 256 KiB", path.display())))?;
     String::from_utf8(bytes).map_err(|_| Error::invalid("chat-template", format!("{} is not UTF-8", path.display())))
 }
 
@@ -623,13 +619,16 @@ pub(crate) fn write_manifest(model: &CachedModel) -> Result<(), Error> {
 }
 
 pub(crate) fn read_small(path: &Path) -> Result<Vec<u8>, Error> {
+    read_bounded(path, JSON_FILE_BYTES_MAX)?
+        .ok_or_else(|| Error::BadModelDir { path: path.to_path_buf(), reason: "file is larger than 64 MiB".into() })
+}
+
+/// A file's bytes, reading at most `max` (and one more to tell): `None` when it is longer.
+fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, Error> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();
-    file.take(JSON_FILE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > JSON_FILE_BYTES_MAX {
-        return Err(Error::BadModelDir { path: path.to_path_buf(), reason: "file is larger than 64 MiB".into() });
-    }
-    Ok(bytes)
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
 /// SHA-256 of a file, streamed.
