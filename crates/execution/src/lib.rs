@@ -29,6 +29,7 @@ pub mod v3;
 pub mod v4;
 pub mod v5;
 pub mod v6;
+pub mod v7;
 
 use std::fmt;
 
@@ -338,8 +339,13 @@ pub const TENSOR_CHALLENGES_SINCE: u16 = v5::VERSION;
 /// The execution version from which validators register BLS consensus keys (consensus v2).
 pub const CONSENSUS_KEYS_SINCE: u16 = v6::VERSION;
 
+/// The execution version from which generations with penalties or logit biases can be
+/// challenged on chain.
+pub const ADJUSTED_SAMPLING_SINCE: u16 = v7::VERSION;
+const _: () = assert!(ADJUSTED_SAMPLING_SINCE == plexus_types::receipt::ADJUSTED_SAMPLING_SINCE);
+
 /// The latest execution version of this release.
-pub const LATEST_EXECUTION_VERSION: u16 = 6;
+pub const LATEST_EXECUTION_VERSION: u16 = 7;
 
 /// Execution versions this binary can run.
 #[cfg(not(feature = "faulty-version"))]
@@ -440,6 +446,7 @@ impl Executor {
             4 => v4::execute_block(self, state, env, txs),
             5 => v5::execute_block(self, state, env, txs),
             6 => v6::execute_block(self, state, env, txs),
+            7 => v7::execute_block(self, state, env, txs),
             #[cfg(feature = "faulty-version")]
             faulty::VERSION => faulty::execute_block(self, state, env, txs),
             v => Err(BlockError::UnsupportedVersion(v)),
@@ -542,6 +549,7 @@ impl Executor {
                     4 => v4::build_block(self, state, env, candidates, max_txs, max_bytes),
                     5 => v5::build_block(self, state, env, candidates, max_txs, max_bytes),
                     6 => v6::build_block(self, state, env, candidates, max_txs, max_bytes),
+                    7 => v7::build_block(self, state, env, candidates, max_txs, max_bytes),
                     #[cfg(feature = "faulty-version")]
                     faulty::VERSION => faulty::build_block(self, state, env, candidates, max_txs, max_bytes),
                     v => Err(BlockError::UnsupportedVersion(v)),
@@ -663,6 +671,7 @@ pub fn too_new(version: u16, tx: &SignedTx) -> Option<TxError> {
         Payload::RegisterModel(m) if m.engine.is_tensor() => v4::VERSION,
         Payload::ChallengeTensor { .. } => v5::VERSION,
         Payload::RegisterConsensusKey { .. } => v6::VERSION,
+        Payload::Challenge { transcript, .. } if transcript.sampling.is_adjusted() => v7::VERSION,
         _ => return None,
     };
     (version < needs).then(|| TxError::TooNew { kind: tx.tx.payload.kind(), needs, version })

@@ -157,18 +157,27 @@ fn receipt() -> SignedReceipt {
     .sign(&key(2), CHAIN)
 }
 
-/// A challenge of a seeded generation, with the provider's (account 2's) signed attestation.
+/// A challenge of a seeded, penalised generation, with the provider's (account 2's) signed
+/// attestation: the seed covers every tag of the sampling's decoder.
 fn challenge() -> Payload {
+    use plexus_types::receipt::{LogitAdjustSpec, SamplingSpec};
     let transcript = plexus_types::receipt::Transcript {
         model: manifest().id(),
         prompt: vec![1, 2, 3, 4],
         max_tokens: 8,
-        sampling: plexus_types::receipt::SamplingSpec::Random {
-            temperature_bits: 0.7f32.to_bits(),
-            top_k: 40,
-            top_p_bits: 0.95f32.to_bits(),
-            min_p_bits: 0.05f32.to_bits(),
-            seed: 7,
+        sampling: SamplingSpec::Adjusted {
+            base: Box::new(SamplingSpec::Random {
+                temperature_bits: 0.7f32.to_bits(),
+                top_k: 40,
+                top_p_bits: 0.95f32.to_bits(),
+                min_p_bits: 0.05f32.to_bits(),
+                seed: 7,
+            }),
+            adjust: LogitAdjustSpec {
+                presence_bits: 0.5f32.to_bits(),
+                frequency_bits: 1.0f32.to_bits(),
+                bias: vec![(3, (-100.0f32).to_bits())],
+            },
         },
         stop: vec!["\n\n".into()],
         output: vec![5, 6, 7, 8, 9, 10, 11, 12],
@@ -291,7 +300,10 @@ fn genesis() -> Genesis {
         }],
         params: Params::default(),
         // The newest execution version, so admission runs its checks (challenges included).
-        versions: plexus_types::VersionVector { execution: 3, ..plexus_types::VersionVector::V1 },
+        versions: plexus_types::VersionVector {
+            execution: plexus_execution::LATEST_EXECUTION_VERSION,
+            ..plexus_types::VersionVector::V1
+        },
     }
 }
 

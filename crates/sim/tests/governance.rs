@@ -16,6 +16,7 @@ use plexus_types::version::{SupportedVersions, VersionRange};
 use plexus_types::{Height, Layer};
 
 use common::{height, propose_and_vote, signal, until, upgrade};
+use plexus_execution::LATEST_EXECUTION_VERSION as LATEST;
 
 #[test]
 fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
@@ -25,11 +26,14 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
     );
     for seed in seeds(200, 3) {
         run_seeded(seed, move |mut context| async move {
-            let at_v5 = plexus_types::VersionVector { execution: 5, ..plexus_types::VersionVector::V1 };
-            let mut sim = Sim::start_at(&mut context, 4, 20, None, true, at_v5).await;
+            // The chain runs the version before the latest, and upgrades to the latest.
+            let (old, new) = (LATEST - 1, LATEST);
+            let at_old = plexus_types::VersionVector { execution: old, ..plexus_types::VersionVector::V1 };
+            let mut sim = Sim::start_at(&mut context, 4, 20, None, true, at_old).await;
             sim.wait_for(&context, 3, Duration::from_secs(60)).await?;
 
-            // 1. Execution v6, approved by everyone; only half the stake is ready: it waits.
+            // 1. The latest execution version, approved by everyone; only half the stake is
+            //    ready: it waits.
             let h = height(&sim);
             let (activation, deadline) = (h + 30, h + 90);
             let p = propose_and_vote(
@@ -38,13 +42,13 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
                 "the proposal to be open",
                 ProposalKind::Upgrade {
                     layer: Layer::Execution,
-                    version: 6,
+                    version: new,
                     activation_height: activation,
                     deadline_height: deadline,
                 },
             )
             .await?;
-            signal(&mut sim, &[0, 1], 7)?;
+            signal(&mut sim, &[0, 1], plexus_execution::faulty::VERSION)?;
             until(&mut sim, &mut context, "the vote to pass", Duration::from_secs(60), |s| {
                 gov::proposal(s, p).is_some_and(|x| x.status == ProposalStatus::Passed)
             })
@@ -57,28 +61,31 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             if u.iter().any(|u| u.as_ref().map(|u| (u.status, u.ready_bps)) != Some((UpgradeStatus::Pending, 5_000))) {
                 return Err(format!("with half the stake ready the upgrade must wait: {u:?}"));
             }
-            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 5) {
-                return Err("execution moved to v6 without readiness".into());
+            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != old) {
+                return Err("execution moved to the new version without readiness".into());
             }
 
             // 2. A third validator signals: 3/4 of the stake. It activates, at one height everywhere.
-            signal(&mut sim, &[2], 7)?;
-            until(&mut sim, &mut context, "v6 to activate", Duration::from_secs(60), |s| s.versions().execution == 6)
-                .await?;
+            signal(&mut sim, &[2], plexus_execution::faulty::VERSION)?;
+            until(&mut sim, &mut context, "the new version to activate", Duration::from_secs(60), |s| {
+                s.versions().execution == new
+            })
+            .await?;
             let at: Vec<Height> = upgrade(&sim, 0).into_iter().flatten().map(|u| u.activated_height).collect();
             if at.windows(2).any(|w| w[0] != w[1]) || at.is_empty() {
                 return Err(format!("activation heights differ between nodes: {at:?}"));
             }
             sim.check_safety().await?;
 
-            // 3. The faulty v7: approved and signalled; it activates, breaks conservation on its
-            //    first block with transactions, and every node falls back to v6 on its own.
+            // 3. The faulty version after it: approved and signalled; it activates, breaks
+            //    conservation on its first block with transactions, and every node falls back
+            //    to the latest real one on its own.
             let h = height(&sim);
             let activation = h + 30;
             let p = propose_and_vote(
                 &mut sim,
                 &mut context,
-                "the v7 proposal",
+                "the faulty version's proposal",
                 ProposalKind::Upgrade {
                     layer: Layer::Execution,
                     version: plexus_execution::faulty::VERSION,
@@ -87,7 +94,7 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
                 },
             )
             .await?;
-            until(&mut sim, &mut context, "v7 to be aborted", Duration::from_secs(120), |s| {
+            until(&mut sim, &mut context, "the faulty version to be aborted", Duration::from_secs(120), |s| {
                 gov::upgrade(s, 1).is_some_and(|u| u.status == UpgradeStatus::Aborted)
             })
             .await
@@ -99,17 +106,17 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
                     sim.read_all(|s| s.versions())
                 )
             })?;
-            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != 6) {
-                return Err("after the rollback every node runs v6".into());
+            if sim.read_all(|s| s.versions().execution).iter().any(|v| *v != new) {
+                return Err("after the rollback every node runs the latest real version".into());
             }
             if upgrade(&sim, 0).iter().any(|u| u.as_ref().map(|u| u.status) != Some(UpgradeStatus::Active)) {
-                return Err(format!("v6 itself must stay active: {:?}", upgrade(&sim, 0)));
+                return Err(format!("the latest real version must stay active: {:?}", upgrade(&sim, 0)));
             }
             let notes: Vec<String> = upgrade(&sim, 1).into_iter().flatten().map(|u| u.note).collect();
             if !notes.iter().all(|n| n.contains("changed records")) {
                 return Err(format!("the abort records why: {notes:?}"));
             }
-            // The chain goes on under v6.
+            // The chain goes on under it.
             let h = height(&sim);
             sim.wait_for(&context, h + 10, Duration::from_secs(60)).await?;
 
@@ -155,7 +162,7 @@ fn upgrades_need_readiness_expire_without_it_and_faulty_versions_roll_back() {
             }
             let common = sim.check_safety().await?;
             eprintln!(
-                "seed {seed}: v6 activated, v7 rolled back, network v2 expired, parameter applied; agreed through height {common}"
+                "seed {seed}: the latest version activated, the faulty one rolled back, network v2 expired, parameter applied; agreed through height {common}"
             );
             Ok(())
         });

@@ -207,24 +207,148 @@ impl Attestation {
 }
 
 /// How a generation picks its tokens, as a request hash commits to it: greedy, or the seeded
-/// sampler with its parameters (floats as their IEEE-754 bits, so the encoding is exact).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// sampler with its parameters (floats as their IEEE-754 bits, so the encoding is exact), and
+/// from execution version 7 either of them with the logits adjusted first ([`LogitAdjustSpec`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SamplingSpec {
     Greedy,
-    Random { temperature_bits: u32, top_k: u32, top_p_bits: u32, min_p_bits: u32, seed: u32 },
+    Random {
+        temperature_bits: u32,
+        top_k: u32,
+        top_p_bits: u32,
+        min_p_bits: u32,
+        seed: u32,
+    },
+    /// `base` (greedy or seeded, never itself adjusted) picking from logits changed by `adjust`,
+    /// which is never the identity: a request without penalties or biases is its base spec, so
+    /// its hash is the one it had before this variant existed.
+    Adjusted {
+        base: Box<SamplingSpec>,
+        adjust: LogitAdjustSpec,
+    },
+}
+
+impl SamplingSpec {
+    /// Whether this spec exists only from execution version 7 (binaries before it cannot
+    /// decode it).
+    pub fn is_adjusted(&self) -> bool {
+        matches!(self, SamplingSpec::Adjusted { .. })
+    }
+}
+
+/// The execution version from which a chain accepts challenges of adjusted generations (the
+/// first that can decode [`SamplingSpec::Adjusted`]); a gateway serves them only from there.
+pub const ADJUSTED_SAMPLING_SINCE: u16 = 7;
+
+/// Most tokens a request's `logit_bias` may name.
+pub const LOGIT_BIAS_MAX: usize = 1024;
+/// The bound of a presence or frequency penalty, either sign (OpenAI's).
+pub const PENALTY_MAX: f32 = 2.0;
+/// The bound of one token's logit bias, either sign (OpenAI's).
+pub const LOGIT_BIAS_VALUE_MAX: f32 = 100.0;
+
+/// What a generation adds to the model's logits before sampling at each position, as OpenAI
+/// defines it: `logit[t] += bias[t] - count[t] * frequency - (count[t] > 0) * presence`, where
+/// `count[t]` is how often `t` was generated before the position (the prompt does not count).
+///
+/// Canonical, so a request has one hash: the penalties are finite and within
+/// ±[`PENALTY_MAX`] (zero as +0.0), the bias lists at most [`LOGIT_BIAS_MAX`] tokens in
+/// strictly increasing order, each with a finite, non-zero value within
+/// ±[`LOGIT_BIAS_VALUE_MAX`], and something is adjusted. [`LogitAdjustSpec::check`] holds
+/// the rules; decoding refuses anything else.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogitAdjustSpec {
+    pub presence_bits: u32,
+    pub frequency_bits: u32,
+    /// (token id, bias bits), by increasing token id.
+    pub bias: Vec<(i32, u32)>,
+}
+
+impl LogitAdjustSpec {
+    /// Whether this adjusts nothing (and so must not be encoded).
+    pub fn is_identity(&self) -> bool {
+        self.presence_bits == 0 && self.frequency_bits == 0 && self.bias.is_empty()
+    }
+
+    /// The canonical-form rules (see the type's documentation).
+    pub fn check(&self) -> Result<(), &'static str> {
+        let penalty = |bits: u32| {
+            let v = f32::from_bits(bits);
+            v.is_finite() && v.abs() <= PENALTY_MAX && (v != 0.0 || bits == 0)
+        };
+        if !penalty(self.presence_bits) || !penalty(self.frequency_bits) {
+            return Err("a penalty is not a finite number within 2 of zero, or is -0");
+        }
+        if self.bias.len() > LOGIT_BIAS_MAX {
+            return Err("more logit biases than a request may set");
+        }
+        if self.bias.windows(2).any(|w| w[0].0 >= w[1].0) || self.bias.first().is_some_and(|b| b.0 < 0) {
+            return Err("logit biases are not by increasing, non-negative token id");
+        }
+        if self.bias.iter().any(|&(_, bits)| {
+            let v = f32::from_bits(bits);
+            !v.is_finite() || v == 0.0 || v.abs() > LOGIT_BIAS_VALUE_MAX
+        }) {
+            return Err("a logit bias is zero, not finite, or beyond 100");
+        }
+        if self.is_identity() {
+            return Err("an adjustment that changes nothing");
+        }
+        Ok(())
+    }
+}
+
+impl Write for LogitAdjustSpec {
+    fn write(&self, buf: &mut impl BufMut) {
+        self.presence_bits.write(buf);
+        self.frequency_bits.write(buf);
+        (self.bias.len() as u32).write(buf);
+        for &(token, bits) in &self.bias {
+            token.write(buf);
+            bits.write(buf);
+        }
+    }
+}
+impl EncodeSize for LogitAdjustSpec {
+    fn encode_size(&self) -> usize {
+        4 + 4 + 4 + self.bias.len() * 8
+    }
+}
+impl Read for LogitAdjustSpec {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
+        let presence_bits = u32::read(buf)?;
+        let frequency_bits = u32::read(buf)?;
+        let n = u32::read(buf)? as usize;
+        if n > LOGIT_BIAS_MAX {
+            return Err(Error::Invalid("logit adjustment", "more logit biases than a request may set"));
+        }
+        let mut bias = Vec::with_capacity(n);
+        for _ in 0..n {
+            bias.push((i32::read(buf)?, u32::read(buf)?));
+        }
+        let adjust = LogitAdjustSpec { presence_bits, frequency_bits, bias };
+        adjust.check().map_err(|why| Error::Invalid("logit adjustment", why))?;
+        Ok(adjust)
+    }
 }
 
 impl Write for SamplingSpec {
     fn write(&self, buf: &mut impl BufMut) {
-        match *self {
+        match self {
             SamplingSpec::Greedy => 0u8.write(buf),
-            SamplingSpec::Random { temperature_bits, top_k, top_p_bits, min_p_bits, seed } => {
+            &SamplingSpec::Random { temperature_bits, top_k, top_p_bits, min_p_bits, seed } => {
                 1u8.write(buf);
                 temperature_bits.write(buf);
                 top_k.write(buf);
                 top_p_bits.write(buf);
                 min_p_bits.write(buf);
                 seed.write(buf);
+            }
+            SamplingSpec::Adjusted { base, adjust } => {
+                2u8.write(buf);
+                base.write(buf);
+                adjust.write(buf);
             }
         }
     }
@@ -234,24 +358,37 @@ impl EncodeSize for SamplingSpec {
         match self {
             SamplingSpec::Greedy => 1,
             SamplingSpec::Random { .. } => 1 + 5 * 4,
+            SamplingSpec::Adjusted { base, adjust } => 1 + base.encode_size() + adjust.encode_size(),
         }
     }
 }
 impl Read for SamplingSpec {
     type Cfg = ();
     fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
-        Ok(match u8::read(buf)? {
-            0 => SamplingSpec::Greedy,
-            1 => SamplingSpec::Random {
-                temperature_bits: u32::read(buf)?,
-                top_k: u32::read(buf)?,
-                top_p_bits: u32::read(buf)?,
-                min_p_bits: u32::read(buf)?,
-                seed: u32::read(buf)?,
-            },
-            t => return Err(Error::InvalidEnum(t)),
-        })
+        match u8::read(buf)? {
+            // One base rule (an adjusted one inside is an unknown tag there) and its adjustment.
+            2 => {
+                let base = read_rule(u8::read(buf)?, buf)?;
+                Ok(SamplingSpec::Adjusted { base: Box::new(base), adjust: LogitAdjustSpec::read(buf)? })
+            }
+            tag => read_rule(tag, buf),
+        }
     }
+}
+
+/// The rest of a greedy (tag 0) or seeded (tag 1) spec.
+fn read_rule(tag: u8, buf: &mut impl Buf) -> Result<SamplingSpec, Error> {
+    Ok(match tag {
+        0 => SamplingSpec::Greedy,
+        1 => SamplingSpec::Random {
+            temperature_bits: u32::read(buf)?,
+            top_k: u32::read(buf)?,
+            top_p_bits: u32::read(buf)?,
+            min_p_bits: u32::read(buf)?,
+            seed: u32::read(buf)?,
+        },
+        t => return Err(Error::InvalidEnum(t)),
+    })
 }
 
 /// Most prompt plus output tokens a transcript holds (so a challenge fits one transaction).
@@ -432,6 +569,80 @@ mod tests {
         // A signature of one kind never passes as another, even over the same bytes.
         let receipt_sig = key.sign(namespace::RECEIPT, &bound("chain-a", &to_vec(&att)));
         assert!(!att.verify(&key.address(), &receipt_sig, "chain-a"));
+    }
+
+    #[test]
+    fn adjusted_sampling_has_one_encoding() {
+        let decode = |bytes: &[u8]| crate::codec::decode_bounded::<SamplingSpec>(bytes, 1 << 16, &());
+        let base = SamplingSpec::Random {
+            temperature_bits: 0.7f32.to_bits(),
+            top_k: 40,
+            top_p_bits: 1.0f32.to_bits(),
+            min_p_bits: 0,
+            seed: 9,
+        };
+        let adjust = LogitAdjustSpec {
+            presence_bits: 0.5f32.to_bits(),
+            frequency_bits: (-1.0f32).to_bits(),
+            bias: vec![(3, (-100.0f32).to_bits()), (7, 2.5f32.to_bits())],
+        };
+        let spec = SamplingSpec::Adjusted { base: Box::new(base.clone()), adjust: adjust.clone() };
+        let bytes = to_vec(&spec);
+        assert_eq!(bytes.len(), spec.encode_size());
+        assert_eq!(decode(&bytes).unwrap(), spec);
+        // The older tags encode as before (a request without adjustment keeps its hash).
+        assert_eq!(to_vec(&SamplingSpec::Greedy), vec![0]);
+        assert_eq!(to_vec(&base)[0], 1);
+        // Anything but the canonical form is refused.
+        let refused = |adjust: LogitAdjustSpec| {
+            let spec = SamplingSpec::Adjusted { base: Box::new(SamplingSpec::Greedy), adjust };
+            decode(&to_vec(&spec)).is_err()
+        };
+        assert!(refused(LogitAdjustSpec::default()), "the identity");
+        assert!(refused(LogitAdjustSpec { presence_bits: (-0.0f32).to_bits(), ..adjust.clone() }), "-0");
+        assert!(refused(LogitAdjustSpec { presence_bits: 2.5f32.to_bits(), ..adjust.clone() }), "beyond 2");
+        assert!(refused(LogitAdjustSpec { frequency_bits: f32::NAN.to_bits(), ..adjust.clone() }), "NaN");
+        let bias = |b: Vec<(i32, f32)>| LogitAdjustSpec {
+            bias: b.into_iter().map(|(t, v)| (t, v.to_bits())).collect(),
+            ..LogitAdjustSpec::default()
+        };
+        assert!(!refused(bias(vec![(0, 1.0)])));
+        assert!(refused(bias(vec![(7, 1.0), (3, 1.0)])), "out of order");
+        assert!(refused(bias(vec![(3, 1.0), (3, 2.0)])), "a token twice");
+        assert!(refused(bias(vec![(-1, 1.0)])), "a negative token");
+        assert!(refused(bias(vec![(3, 0.0)])), "a zero bias");
+        assert!(refused(bias(vec![(3, 100.5)])), "beyond 100");
+        assert!(refused(bias(vec![(3, f32::INFINITY)])), "infinite");
+        assert!(refused(bias((0..=LOGIT_BIAS_MAX as i32).map(|t| (t, 1.0)).collect())), "too many");
+        // An adjusted spec inside an adjusted one, or a count that would over-allocate.
+        let mut nested = vec![2u8];
+        nested.extend(to_vec(&spec));
+        nested.extend(to_vec(&adjust));
+        assert!(decode(&nested).is_err());
+        let mut huge = vec![2u8, 0];
+        huge.extend(0u32.to_be_bytes());
+        huge.extend(0u32.to_be_bytes());
+        huge.extend(u32::MAX.to_be_bytes());
+        assert!(decode(&huge).is_err());
+        assert!(decode(&[3]).is_err());
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err(), "truncated");
+        // The largest transcript, with every bias a request may set, still fits a challenge
+        // transaction (with room for its attestation, signature and envelope).
+        let worst = Transcript {
+            model: crate::hash(b"m"),
+            prompt: vec![i32::MAX; TRANSCRIPT_TOKENS_MAX - 1],
+            max_tokens: 1,
+            sampling: SamplingSpec::Adjusted {
+                base: Box::new(base),
+                adjust: LogitAdjustSpec {
+                    bias: (0..LOGIT_BIAS_MAX as i32).map(|t| (t, 1.0f32.to_bits())).collect(),
+                    ..adjust
+                },
+            },
+            stop: vec!["x".repeat(TRANSCRIPT_STOP_BYTES_MAX); TRANSCRIPT_STOPS_MAX],
+            output: vec![i32::MAX],
+        };
+        assert!(worst.encode_size() + 1024 < crate::params::limits::TX_BYTES_MAX, "{}", worst.encode_size());
     }
 
     #[test]

@@ -784,6 +784,41 @@ mod tests {
                 bond: 10,
             },
             Payload::ChallengeVote { challenge: 3, guilty: true },
+            Payload::Challenge {
+                session: hash(b"s"),
+                attestation: Attestation {
+                    request_hash: hash(b"r"),
+                    output_hash: hash(b"o"),
+                    model: manifest.id(),
+                    input_tokens: 2,
+                    output_tokens: 1,
+                    output_ids_hash: Hash::ZERO,
+                    logits_fingerprint: Hash::ZERO,
+                },
+                signature: PrivateKey::from_seed(3).sign(b"x", b"y"),
+                transcript: Transcript {
+                    model: manifest.id(),
+                    prompt: vec![1, 2],
+                    max_tokens: 4,
+                    sampling: crate::receipt::SamplingSpec::Adjusted {
+                        base: Box::new(crate::receipt::SamplingSpec::Random {
+                            temperature_bits: 0.7f32.to_bits(),
+                            top_k: 40,
+                            top_p_bits: 1.0f32.to_bits(),
+                            min_p_bits: 0,
+                            seed: 5,
+                        }),
+                        adjust: crate::receipt::LogitAdjustSpec {
+                            presence_bits: 0.5f32.to_bits(),
+                            frequency_bits: 0,
+                            bias: vec![(3, (-100.0f32).to_bits()), (9, 2.0f32.to_bits())],
+                        },
+                    },
+                    stop: vec![],
+                    output: vec![7],
+                },
+                bond: 10,
+            },
             Payload::OpenSessionIn {
                 provider: a.clone(),
                 model: manifest.id(),

@@ -227,11 +227,33 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
         let v2 = signals.iter().filter(|s| s["signal"]["versions"]["consensus"]["max"] == 2).count();
         (v2 == nodes.len()).then_some(())
     });
-    // Consensus v2 and network v2, voted in together.
+    // Consensus v2 and network v2, voted in together, and the execution versions after v6 (every
+    // binary has them now), one at a time.
     let consensus = propose_upgrade(&api, &key0, "consensus", 2);
     let network = propose_upgrade(&api, &key0, "network", 2);
     vote_all(&nodes, &api, consensus);
     vote_all(&nodes, &api, network);
+    // A penalised chat can be challenged only from v7: until then the gateway refuses it, by name.
+    let penalised = || {
+        let body = json!({"model": "smollm2-135m-instruct", "max_tokens": 8, "temperature": 0, "presence_penalty": 1.0,
+                          "messages": [{"role": "user", "content": "Say hello."}]});
+        let r = http().post(format!("{gateway}/chat/completions")).bearer_auth(&key).json(&body).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (code, text) = penalised();
+    assert!(code == 400 && text.contains("presence_penalty") && text.contains("execution version 7"), "{code} {text}");
+    let latest = plexus_execution::LATEST_EXECUTION_VERSION;
+    for version in 7..=latest {
+        let p = propose_upgrade(&api, &key0, "execution", version);
+        vote_all(&nodes, &api, p);
+        for a in &apis {
+            wait_for("the execution version on every node", Duration::from_secs(240), || {
+                (execution_version(a)? == u64::from(version)).then_some(())
+            });
+        }
+    }
+    // The gateway reads the version with its next refresh of the directory (every 5 s).
+    wait_for("the gateway to serve a penalised chat", Duration::from_secs(30), || (penalised().0 == 200).then_some(()));
     for a in &apis {
         wait_for("consensus v2 and network v2 on every node", Duration::from_secs(240), || {
             let v = get(&format!("{a}/chain/v1/status"))?["versions"].clone();
@@ -261,7 +283,7 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
 
     // The faulty version: it passes its shadow runs (its bug only shows once active), so nodes
     // signal ready and it activates; its first block with transactions breaks conservation, and
-    // every node falls back to v6 on its own.
+    // every node falls back to the latest real version on its own.
     let faulty_from = height(&api).unwrap();
     let faulty = plexus_execution::faulty::VERSION;
     let p = propose_upgrade(&api, &key0, "execution", faulty);
@@ -273,7 +295,9 @@ fn governance_upgrades_under_load_with_a_rolling_restart_and_a_rollback() {
         (bad["status"] == "aborted").then_some(bad)
     });
     for a in &apis {
-        wait_for("every node back on v6", Duration::from_secs(60), || (execution_version(a)? == 6).then_some(()));
+        wait_for("every node back on the latest version", Duration::from_secs(60), || {
+            (execution_version(a)? == u64::from(latest)).then_some(())
+        });
     }
     let h = height(&api).unwrap();
     wait_for("the chain to go on", Duration::from_secs(60), || {
