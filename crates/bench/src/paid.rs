@@ -151,6 +151,7 @@ async fn engine_direct(args: &Args) -> anyhow::Result<Request> {
                 },
                 max_tokens: Some(MAX_TOKENS),
                 sampling: Sampling::Greedy,
+                adjust: Default::default(),
                 stop: Vec::new(),
                 logprobs: None,
             };

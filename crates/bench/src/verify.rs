@@ -94,6 +94,7 @@ fn request(i: usize, max_tokens: u32) -> GenerateRequest {
         },
         max_tokens: Some(max_tokens),
         sampling,
+        adjust: Default::default(),
         stop: vec![],
         logprobs: None,
     }
@@ -120,7 +121,7 @@ fn generate(
                 model: prepared.model,
                 prompt: prepared.tokens.clone(),
                 max_tokens: prepared.max_tokens,
-                sampling: prepared.sampling.spec(),
+                sampling: prepared.spec(),
                 stop: prepared.stop.clone(),
                 output: Vec::new(),
             };
@@ -142,11 +143,13 @@ fn generate(
 /// Audits with the reference engine; the margins, the verdict and the seconds it took.
 fn audit(reference: &Arc<dyn Engine>, t: &Transcript, rules: &AuditRules) -> anyhow::Result<(Vec<f32>, Verdict, f64)> {
     let started = Instant::now();
+    let (sampling, adjust) = Sampling::from_spec(&t.sampling);
     let scores = reference.score(&ScoreRequest {
         prompt: t.prompt.clone(),
         output: t.output.clone(),
         top_k: 1,
-        sampling: Some(Sampling::from_spec(&t.sampling)),
+        sampling: Some(sampling),
+        adjust,
     })?;
     let margins: Vec<f32> = scores.iter().map(|s| s.margin.unwrap_or(f32::INFINITY)).collect();
     let report = judge(margins.clone(), rules);

@@ -153,7 +153,7 @@ pub fn check_generation(
             model: expect.model,
             prompt: expect.prompt.clone(),
             max_tokens: expect.max_tokens,
-            sampling: expect.sampling,
+            sampling: expect.sampling.clone(),
             stop: expect.stop.clone(),
             output: ids.to_vec(),
         }),

@@ -87,6 +87,12 @@ struct Account {
 struct Status {
     chain_id: String,
     height: Height,
+    versions: StatusVersions,
+}
+
+#[derive(Deserialize)]
+struct StatusVersions {
+    execution: u16,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +198,12 @@ impl ChainClient {
     pub async fn chain_id_and_height(&self) -> Result<(String, Height), GatewayError> {
         let s: Status = self.send("/chain/v1/status", None).await?;
         Ok((s.chain_id, s.height))
+    }
+
+    /// The execution version the chain runs now.
+    pub async fn execution_version(&self) -> Result<u16, GatewayError> {
+        let s: Status = self.send("/chain/v1/status", None).await?;
+        Ok(s.versions.execution)
     }
 
     pub async fn height(&self) -> Result<Height, GatewayError> {

@@ -95,6 +95,8 @@ pub struct NetworkModel {
 struct Snapshot {
     providers: Vec<ProviderRecord>,
     models: BTreeMap<ModelId, ModelManifest>,
+    /// The chain's execution version when the listing was read.
+    execution_version: u16,
 }
 
 /// How a provider is doing for this gateway, whatever the model: the machine's latency, load
@@ -192,9 +194,15 @@ impl Directory {
     /// Reads providers and models from the chain.
     pub async fn refresh(&self, chain: &ChainClient) -> Result<(), crate::GatewayError> {
         let (providers, models) = (chain.providers().await?, chain.models().await?);
+        let execution_version = chain.execution_version().await?;
         let models = models.into_iter().map(|m| (m.id, m.manifest)).collect();
-        *self.snapshot.write().expect("directory lock") = Snapshot { providers, models };
+        *self.snapshot.write().expect("directory lock") = Snapshot { providers, models, execution_version };
         Ok(())
+    }
+
+    /// The chain's execution version at the last refresh (0 before the first).
+    pub fn execution_version(&self) -> u16 {
+        self.snapshot.read().expect("directory lock").execution_version
     }
 
     /// The model `requested` (a name, a pinned name or an id) means on this network.
@@ -521,8 +529,11 @@ mod tests {
             context_length: 512,
         };
         let d = Directory::default();
-        *d.snapshot.write().unwrap() =
-            Snapshot { providers: vec![record(1, 0), record(2, 1)], models: [(model, manifest)].into_iter().collect() };
+        *d.snapshot.write().unwrap() = Snapshot {
+            providers: vec![record(1, 0), record(2, 1)],
+            models: [(model, manifest)].into_iter().collect(),
+            execution_version: 7,
+        };
         let convicted = PrivateKey::from_seed(2).address();
         let found = d.candidates(&model, &Constraints::default());
         assert_eq!(

@@ -386,13 +386,34 @@ impl App {
         }
         let parsed = parse(&body)?;
         let prepared = tokenizer.prepare(parsed.request.clone()).map_err(|e| bad_request(e.into()))?;
+        // A penalised or biased generation is audited like any other, so the chain must be able
+        // to hear the challenge if the audit fails: not before the version that decodes it.
+        let version = self.directory.execution_version();
+        if prepared.spec().is_adjusted() && version < plexus_types::receipt::ADJUSTED_SAMPLING_SINCE {
+            let adjust = &prepared.adjust;
+            let param = if adjust.presence != 0.0 {
+                "presence_penalty"
+            } else if adjust.frequency != 0.0 {
+                "frequency_penalty"
+            } else {
+                "logit_bias"
+            };
+            return Err(GatewayError::bad(
+                param,
+                format!(
+                    "`{param}` needs the chain at execution version {} or later, where such generations can be \
+                     challenged; this chain runs version {version}",
+                    plexus_types::receipt::ADJUSTED_SAMPLING_SINCE
+                ),
+            ));
+        }
         let expect = Expect {
             model: tokenizer.model(),
             prompt_tokens: prepared.prompt_tokens(),
             max_tokens: prepared.max_tokens,
             request_hash: prepared.request_hash,
             stop: parsed.request.stop.clone(),
-            sampling: prepared.sampling.spec(),
+            sampling: prepared.spec(),
             prompt: prepared.tokens,
         };
         Ok(Counted { body, expect })

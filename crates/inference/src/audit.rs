@@ -75,12 +75,13 @@ pub fn audit(engine: &dyn Engine, transcript: &Transcript, rules: &AuditRules) -
     if transcript.model != engine.info().id {
         return Err(Error::invalid("model", "the transcript is for another model than this engine's"));
     }
-    let sampling = Sampling::from_spec(&transcript.sampling);
+    let (sampling, adjust) = Sampling::from_spec(&transcript.sampling);
     let scores = engine.score(&ScoreRequest {
         prompt: transcript.prompt.clone(),
         output: transcript.output.clone(),
         top_k: 1,
         sampling: Some(sampling),
+        adjust,
     })?;
     let margins: Vec<f32> = scores.iter().map(|s| s.margin.unwrap_or(f32::INFINITY)).collect();
     Ok(judge(margins, rules))

@@ -117,6 +117,9 @@ pub struct ScoreRequest {
     /// With the sampling the output was generated with, each position also gets its
     /// [`sampler::margin`] from this engine's logits.
     pub sampling: Option<Sampling>,
+    /// The logit adjustment the output was generated with: margins are measured on the
+    /// adjusted logits (what the sampler read), the returned logits are the model's own.
+    pub adjust: LogitAdjust,
 }
 
 /// Most logits returned per scored position.
@@ -251,10 +254,11 @@ impl Sampling {
         Ok(Sampling::Random { temperature, top_k, top_p, min_p, seed })
     }
 
-    /// The sampling as a request hash (and a challenge's transcript) commits to it.
-    pub fn spec(&self) -> plexus_types::receipt::SamplingSpec {
+    /// The sampling, with `adjust`, as a request hash (and a challenge's transcript) commits to
+    /// it: the base rule alone when `adjust` changes nothing.
+    pub fn spec(&self, adjust: &LogitAdjust) -> plexus_types::receipt::SamplingSpec {
         use plexus_types::receipt::SamplingSpec;
-        match *self {
+        let base = match *self {
             Sampling::Greedy => SamplingSpec::Greedy,
             Sampling::Random { temperature, top_k, top_p, min_p, seed } => SamplingSpec::Random {
                 temperature_bits: temperature.to_bits(),
@@ -263,21 +267,113 @@ impl Sampling {
                 min_p_bits: min_p.to_bits(),
                 seed,
             },
+        };
+        if adjust.is_identity() { base } else { SamplingSpec::Adjusted { base: Box::new(base), adjust: adjust.spec() } }
+    }
+
+    /// The sampling and logit adjustment a transcript names.
+    pub fn from_spec(spec: &plexus_types::receipt::SamplingSpec) -> (Sampling, LogitAdjust) {
+        use plexus_types::receipt::SamplingSpec;
+        match spec {
+            SamplingSpec::Greedy => (Sampling::Greedy, LogitAdjust::default()),
+            &SamplingSpec::Random { temperature_bits, top_k, top_p_bits, min_p_bits, seed } => (
+                Sampling::Random {
+                    temperature: f32::from_bits(temperature_bits),
+                    top_k,
+                    top_p: f32::from_bits(top_p_bits),
+                    min_p: f32::from_bits(min_p_bits),
+                    seed,
+                },
+                LogitAdjust::default(),
+            ),
+            SamplingSpec::Adjusted { base, adjust } => (Sampling::from_spec(base).0, LogitAdjust::from_spec(adjust)),
+        }
+    }
+}
+
+/// OpenAI's `presence_penalty`, `frequency_penalty` and `logit_bias`: what the sampler adds to
+/// the model's logits at each position before it picks, `bias[t] - count[t] * frequency -
+/// (count[t] > 0) * presence`, with `count[t]` the times `t` was generated before the position
+/// (as vLLM counts, the prompt does not). The default changes nothing. Kept canonical (see
+/// [`plexus_types::receipt::LogitAdjustSpec`]): zero penalties are +0, the bias is sorted by
+/// token with no zero values, so equal requests have equal hashes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogitAdjust {
+    pub presence: f32,
+    pub frequency: f32,
+    /// (token, bias), by increasing token id.
+    pub bias: Vec<(TokenId, f32)>,
+}
+
+impl LogitAdjust {
+    /// Builds the adjustment from a request's parameters, refusing values out of OpenAI's
+    /// ranges (penalties within ±2, biases within ±100, at most
+    /// [`plexus_types::receipt::LOGIT_BIAS_MAX`] tokens). A token named twice keeps its last
+    /// value. Whether the tokens are in a model's vocabulary is checked when a model prepares
+    /// the request ([`LogitAdjust::check_vocabulary`]).
+    pub fn from_openai(
+        presence: Option<f64>,
+        frequency: Option<f64>,
+        bias: impl IntoIterator<Item = (TokenId, f64)>,
+    ) -> Result<LogitAdjust, Error> {
+        use plexus_types::receipt::{LOGIT_BIAS_MAX, LOGIT_BIAS_VALUE_MAX, PENALTY_MAX};
+        let penalty = |name: &'static str, v: Option<f64>| match v {
+            None => Ok(0.0),
+            Some(v) if v.is_finite() && v.abs() <= f64::from(PENALTY_MAX) => Ok(v as f32 + 0.0),
+            Some(_) => Err(Error::invalid(name, "must be between -2 and 2")),
+        };
+        let presence = penalty("presence_penalty", presence)?;
+        let frequency = penalty("frequency_penalty", frequency)?;
+        let mut by_token = std::collections::BTreeMap::new();
+        for (token, value) in bias {
+            if token < 0 {
+                return Err(Error::invalid("logit_bias", format!("token id {token} is negative")));
+            }
+            if !(value.is_finite() && value.abs() <= f64::from(LOGIT_BIAS_VALUE_MAX)) {
+                return Err(Error::invalid(
+                    "logit_bias",
+                    format!("the bias of token {token} must be between -100 and 100"),
+                ));
+            }
+            by_token.insert(token, value as f32);
+            if by_token.len() > LOGIT_BIAS_MAX {
+                return Err(Error::invalid("logit_bias", format!("at most {LOGIT_BIAS_MAX} tokens")));
+            }
+        }
+        let bias = by_token.into_iter().filter(|&(_, v)| v != 0.0).collect();
+        // `+ 0.0` turns a -0 penalty into +0, so it encodes as "no penalty".
+        Ok(LogitAdjust { presence: presence + 0.0, frequency: frequency + 0.0, bias })
+    }
+
+    /// Whether this changes no logit.
+    pub fn is_identity(&self) -> bool {
+        self.presence == 0.0 && self.frequency == 0.0 && self.bias.is_empty()
+    }
+
+    /// Refuses a bias on a token outside a vocabulary of `n_vocab` ids.
+    pub fn check_vocabulary(&self, n_vocab: usize) -> Result<(), Error> {
+        match self.bias.iter().find(|&&(t, _)| t as usize >= n_vocab) {
+            Some((t, _)) => Err(Error::invalid(
+                "logit_bias",
+                format!("token id {t} is not in this model's vocabulary ({n_vocab} tokens)"),
+            )),
+            None => Ok(()),
         }
     }
 
-    /// The sampling a transcript names.
-    pub fn from_spec(spec: &plexus_types::receipt::SamplingSpec) -> Sampling {
-        use plexus_types::receipt::SamplingSpec;
-        match *spec {
-            SamplingSpec::Greedy => Sampling::Greedy,
-            SamplingSpec::Random { temperature_bits, top_k, top_p_bits, min_p_bits, seed } => Sampling::Random {
-                temperature: f32::from_bits(temperature_bits),
-                top_k,
-                top_p: f32::from_bits(top_p_bits),
-                min_p: f32::from_bits(min_p_bits),
-                seed,
-            },
+    fn spec(&self) -> plexus_types::receipt::LogitAdjustSpec {
+        plexus_types::receipt::LogitAdjustSpec {
+            presence_bits: (self.presence + 0.0).to_bits(),
+            frequency_bits: (self.frequency + 0.0).to_bits(),
+            bias: self.bias.iter().map(|&(t, v)| (t, v.to_bits())).collect(),
+        }
+    }
+
+    fn from_spec(spec: &plexus_types::receipt::LogitAdjustSpec) -> LogitAdjust {
+        LogitAdjust {
+            presence: f32::from_bits(spec.presence_bits),
+            frequency: f32::from_bits(spec.frequency_bits),
+            bias: spec.bias.iter().map(|&(t, bits)| (t, f32::from_bits(bits))).collect(),
         }
     }
 }
@@ -300,6 +396,8 @@ pub struct GenerateRequest {
     /// Most tokens to generate; `None` means as many as fit in the request's context.
     pub max_tokens: Option<u32>,
     pub sampling: Sampling,
+    /// Penalties and biases applied to the logits before `sampling` picks.
+    pub adjust: LogitAdjust,
     /// Generation ends before the first occurrence of any of these (at most
     /// [`text::STOP_STRINGS_MAX`], each at most [`text::STOP_STRING_BYTES_MAX`] bytes).
     pub stop: Vec<String>,
@@ -339,6 +437,7 @@ pub struct Prepared {
     pub tokens: Vec<TokenId>,
     pub max_tokens: u32,
     pub sampling: Sampling,
+    pub adjust: LogitAdjust,
     pub stop: Vec<String>,
     /// SHA-256 of the canonical request: model id, prompt tokens, sampling, `max_tokens` and
     /// stop strings. Two providers given the same request compute the same hash.
@@ -350,9 +449,22 @@ pub struct Prepared {
 
 impl Prepared {
     /// Builds a prepared request and its hash.
-    pub fn new(model: ModelId, tokens: Vec<TokenId>, max_tokens: u32, sampling: Sampling, stop: Vec<String>) -> Self {
-        let request_hash = plexus_types::receipt::request_hash(&model, &tokens, max_tokens, &sampling.spec(), &stop);
-        Prepared { model, tokens, max_tokens, sampling, stop, request_hash, logprobs: None }
+    pub fn new(
+        model: ModelId,
+        tokens: Vec<TokenId>,
+        max_tokens: u32,
+        sampling: Sampling,
+        adjust: LogitAdjust,
+        stop: Vec<String>,
+    ) -> Self {
+        let spec = sampling.spec(&adjust);
+        let request_hash = plexus_types::receipt::request_hash(&model, &tokens, max_tokens, &spec, &stop);
+        Prepared { model, tokens, max_tokens, sampling, adjust, stop, request_hash, logprobs: None }
+    }
+
+    /// The sampling as the request hash commits to it.
+    pub fn spec(&self) -> plexus_types::receipt::SamplingSpec {
+        self.sampling.spec(&self.adjust)
     }
 
     pub fn prompt_tokens(&self) -> u32 {
@@ -610,24 +722,64 @@ mod tests {
     #[test]
     fn request_hash_covers_every_field() {
         let id = plexus_types::hash(b"m");
-        let base = Prepared::new(id, vec![1, 2, 3], 10, Sampling::Greedy, vec![]);
-        let same = Prepared::new(id, vec![1, 2, 3], 10, Sampling::Greedy, vec![]);
+        let none = LogitAdjust::default;
+        let base = Prepared::new(id, vec![1, 2, 3], 10, Sampling::Greedy, none(), vec![]);
+        let same = Prepared::new(id, vec![1, 2, 3], 10, Sampling::Greedy, none(), vec![]);
         assert_eq!(base.request_hash, same.request_hash);
+        let adjusted = |presence, frequency, bias: &[(TokenId, f64)]| {
+            let adjust = LogitAdjust::from_openai(Some(presence), Some(frequency), bias.iter().copied()).unwrap();
+            Prepared::new(id, vec![1, 2, 3], 10, Sampling::Greedy, adjust, vec![])
+        };
+        // Zero penalties (either sign) and zero biases are no adjustment: the old hash.
+        assert_eq!(adjusted(0.0, -0.0, &[(5, 0.0)]).request_hash, base.request_hash);
+        assert_eq!(adjusted(-0.0, 0.0, &[]).spec(), plexus_types::receipt::SamplingSpec::Greedy);
         let variants = [
-            Prepared::new(plexus_types::hash(b"n"), vec![1, 2, 3], 10, Sampling::Greedy, vec![]),
-            Prepared::new(id, vec![1, 2], 10, Sampling::Greedy, vec![]),
-            Prepared::new(id, vec![1, 2, 3], 11, Sampling::Greedy, vec![]),
+            Prepared::new(plexus_types::hash(b"n"), vec![1, 2, 3], 10, Sampling::Greedy, none(), vec![]),
+            Prepared::new(id, vec![1, 2], 10, Sampling::Greedy, none(), vec![]),
+            Prepared::new(id, vec![1, 2, 3], 11, Sampling::Greedy, none(), vec![]),
             Prepared::new(
                 id,
                 vec![1, 2, 3],
                 10,
                 Sampling::Random { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 1 },
+                none(),
                 vec![],
             ),
-            Prepared::new(id, vec![1, 2, 3], 10, Sampling::Greedy, vec!["x".into()]),
+            Prepared::new(id, vec![1, 2, 3], 10, Sampling::Greedy, none(), vec!["x".into()]),
+            adjusted(0.5, 0.0, &[]),
+            adjusted(0.0, 0.5, &[]),
+            adjusted(0.0, 0.0, &[(5, 1.0)]),
+            adjusted(0.0, 0.0, &[(6, 1.0)]),
         ];
-        for v in variants {
-            assert_ne!(v.request_hash, base.request_hash);
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(v.request_hash, base.request_hash, "variant {i}");
+            // What a transcript carries decodes to the same request.
+            let spec = v.spec();
+            let bytes = plexus_types::codec::to_vec(&spec);
+            let back: plexus_types::receipt::SamplingSpec =
+                plexus_types::codec::decode_bounded(&bytes, bytes.len(), &()).unwrap();
+            let (sampling, adjust) = Sampling::from_spec(&back);
+            assert_eq!((sampling, &adjust), (v.sampling, &v.adjust), "variant {i}");
         }
+        // The same bias given in another order, or a token twice (the last value counts).
+        let a = LogitAdjust::from_openai(None, None, [(9, 2.0), (3, -1.0)]).unwrap();
+        let b = LogitAdjust::from_openai(None, None, [(3, 5.0), (9, 2.0), (3, -1.0)]).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.bias, vec![(3, -1.0), (9, 2.0)]);
+        // Out of range: a 400 naming the parameter.
+        for (presence, frequency, bias, param) in [
+            (Some(2.5), None, vec![], "presence_penalty"),
+            (None, Some(-2.01), vec![], "frequency_penalty"),
+            (None, Some(f64::NAN), vec![], "frequency_penalty"),
+            (None, None, vec![(1, 100.5)], "logit_bias"),
+            (None, None, vec![(-1, 1.0)], "logit_bias"),
+        ] {
+            let e = LogitAdjust::from_openai(presence, frequency, bias).unwrap_err();
+            assert_eq!(e.param(), Some(param), "{e}");
+        }
+        let many = (0..=plexus_types::receipt::LOGIT_BIAS_MAX as TokenId).map(|t| (t, 1.0));
+        assert!(LogitAdjust::from_openai(None, None, many).is_err());
+        assert!(a.check_vocabulary(10).is_ok());
+        assert!(a.check_vocabulary(9).is_err());
     }
 }

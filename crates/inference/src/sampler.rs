@@ -14,7 +14,9 @@
 //! same noise on every CPU; the logits themselves differ in their last bits between machines and
 //! batch shapes, which is why an audit compares with a tolerance, never for equality.
 
-use crate::{Sampling, TokenId};
+use std::collections::BTreeMap;
+
+use crate::{LogitAdjust, Sampling, TokenId};
 
 /// A counter-based hash (SplitMix64's finalizer): a bijection of 64-bit integers with good
 /// avalanche, fast enough to draw a vocabulary's worth of numbers per token.
@@ -86,6 +88,41 @@ fn allowed(logits: &[f32], sampling: &Sampling) -> Vec<(TokenId, f32)> {
         top.retain(|&(_, l)| f64::from(l) >= floor);
     }
     top
+}
+
+/// How often each token was generated before a position: what penalties count.
+pub type TokenCounts = BTreeMap<TokenId, u32>;
+
+/// The logits the sampler picks from at a position: `logits` with `adjust` applied, given the
+/// tokens generated before it (`counts`), written into `scratch`; `logits` themselves when
+/// nothing is adjusted. Each changed logit is computed in f64 from the model's and rounded once;
+/// a bias on a token outside the vocabulary changes nothing (requests are checked against the
+/// vocabulary before they run). A masked logit (-inf) stays masked.
+pub fn adjusted<'a>(
+    logits: &'a [f32],
+    adjust: &LogitAdjust,
+    counts: &TokenCounts,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    if adjust.is_identity() {
+        return logits;
+    }
+    scratch.clear();
+    scratch.extend_from_slice(logits);
+    let mut change = |token: TokenId, by: f64| {
+        if let Some(l) = usize::try_from(token).ok().and_then(|i| scratch.get_mut(i)) {
+            *l = (f64::from(*l) + by) as f32;
+        }
+    };
+    for &(token, bias) in &adjust.bias {
+        change(token, f64::from(bias));
+    }
+    if adjust.presence != 0.0 || adjust.frequency != 0.0 {
+        for (&token, &count) in counts {
+            change(token, -(f64::from(count) * f64::from(adjust.frequency) + f64::from(adjust.presence)));
+        }
+    }
+    scratch
 }
 
 /// The token `sampling` picks at `position` from `logits`.
@@ -249,6 +286,26 @@ mod tests {
         for position in 0..100 {
             assert!(choose(&logits, &s, position) <= 1);
         }
+    }
+
+    #[test]
+    fn adjustments_are_openais_formula() {
+        let logits = [1.0f32, 2.0, 3.0, f32::NEG_INFINITY];
+        let mut scratch = Vec::new();
+        let none = LogitAdjust::default();
+        let counts: TokenCounts = [(1, 2), (3, 1)].into_iter().collect();
+        assert!(std::ptr::eq(adjusted(&logits, &none, &counts, &mut scratch), &logits[..]), "no copy for nothing");
+        let adjust = LogitAdjust { presence: 0.5, frequency: 0.25, bias: vec![(0, 10.0), (2, -100.0), (7, 1.0)] };
+        let out = adjusted(&logits, &adjust, &counts, &mut scratch).to_vec();
+        // Token 0: +10 bias, never generated; 1: two times, 2 x 0.25 + 0.5; 2: banned; 3 stays masked.
+        assert_eq!(out, vec![11.0, 1.0, -97.0, f32::NEG_INFINITY]);
+        // The pick follows: greedy takes the biased token, and a repeated one loses.
+        assert_eq!(choose(&out, &Sampling::Greedy, 0), 0);
+        let repeat = LogitAdjust { presence: 2.0, frequency: 0.0, bias: vec![] };
+        let counts: TokenCounts = [(2, 1)].into_iter().collect();
+        assert_eq!(choose(adjusted(&logits, &repeat, &counts, &mut scratch), &Sampling::Greedy, 0), 1);
+        // An empty history: penalties change nothing, the adjusted logits equal the model's.
+        assert_eq!(adjusted(&logits[..3], &repeat, &TokenCounts::new(), &mut scratch), &logits[..3]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ fn hello() -> GenerateRequest {
         prompt: Prompt::Chat { messages: vec![ChatMessage::new("user", "Hello")], continue_final_message: false },
         max_tokens: Some(16),
         sampling: Sampling::Greedy,
+        adjust: Default::default(),
         stop: vec![],
         logprobs: None,
     }

@@ -12,7 +12,14 @@ use plexus_inference::{
 };
 
 fn request(prompt: Prompt, max_tokens: u32) -> GenerateRequest {
-    GenerateRequest { prompt, max_tokens: Some(max_tokens), sampling: Sampling::Greedy, stop: vec![], logprobs: None }
+    GenerateRequest {
+        prompt,
+        max_tokens: Some(max_tokens),
+        sampling: Sampling::Greedy,
+        adjust: Default::default(),
+        stop: vec![],
+        logprobs: None,
+    }
 }
 
 #[test]

@@ -42,6 +42,7 @@ fn chat(messages: &[(&str, &str)], max_tokens: u32) -> GenerateRequest {
         },
         max_tokens: Some(max_tokens),
         sampling: Sampling::Greedy,
+        adjust: Default::default(),
         stop: vec![],
         logprobs: None,
     }
@@ -123,7 +124,13 @@ fn assert_same_or_near_tie(
     }
     assert!(p < reference.len() && p < other.len(), "{what}: one reply is a strict prefix of the other");
     let scores = e
-        .score(&ScoreRequest { prompt: prompt.to_vec(), output: reference[..=p].to_vec(), top_k: 64, sampling: None })
+        .score(&ScoreRequest {
+            prompt: prompt.to_vec(),
+            output: reference[..=p].to_vec(),
+            top_k: 64,
+            sampling: None,
+            adjust: Default::default(),
+        })
         .unwrap();
     let at = &scores[p];
     let logit_of = |t: i32| at.top.iter().find(|(tok, _)| *tok == t).map(|(_, l)| *l);
@@ -193,7 +200,13 @@ fn scoring_tells_the_models_own_reply_from_another() {
     let prepared = e.prepare(chat(&[("user", "What is 2 plus 2?")], 24)).unwrap();
     let own = run(&e, chat(&[("user", "What is 2 plus 2?")], 24)).tokens;
     let scores = e
-        .score(&ScoreRequest { prompt: prepared.tokens.clone(), output: own.clone(), top_k: 8, sampling: None })
+        .score(&ScoreRequest {
+            prompt: prepared.tokens.clone(),
+            output: own.clone(),
+            top_k: 8,
+            sampling: None,
+            adjust: Default::default(),
+        })
         .unwrap();
     assert_eq!(scores.len(), own.len());
     // Greedy tokens are the best (or tied within the noise of another batch shape) everywhere.
@@ -202,13 +215,20 @@ fn scoring_tells_the_models_own_reply_from_another() {
     }
     // The reply to another question, forced after this prompt, is far from what the model says.
     let other = run(&e, chat(&[("user", "Name three colors.")], 24)).tokens;
-    let forced =
-        e.score(&ScoreRequest { prompt: prepared.tokens.clone(), output: other, top_k: 8, sampling: None }).unwrap();
+    let forced = e
+        .score(&ScoreRequest {
+            prompt: prepared.tokens.clone(),
+            output: other,
+            top_k: 8,
+            sampling: None,
+            adjust: Default::default(),
+        })
+        .unwrap();
     let far = forced.iter().filter(|s| s.shortfall() > 2.0).count();
     assert!(far >= 2, "a foreign reply should fall well below the best logit somewhere: {forced:?}");
     // Bad input is an error, not a panic.
     let bad = |prompt: Vec<i32>, output: Vec<i32>, top_k: usize| {
-        e.score(&ScoreRequest { prompt, output, top_k, sampling: None })
+        e.score(&ScoreRequest { prompt, output, top_k, sampling: None, adjust: Default::default() })
     };
     assert!(matches!(bad(vec![], own.clone(), 8), Err(Error::InvalidParam { .. })));
     assert!(matches!(bad(prepared.tokens.clone(), vec![], 8), Err(Error::InvalidParam { .. })));
@@ -287,6 +307,7 @@ fn bad_requests_get_clear_errors() {
             prompt: Prompt::Chat { messages: vec![], continue_final_message: false },
             max_tokens: Some(4),
             sampling: Sampling::Greedy,
+            adjust: Default::default(),
             stop: vec![],
             logprobs: None,
         })
@@ -308,6 +329,7 @@ fn bad_requests_get_clear_errors() {
             prompt: Prompt::Text(String::new()),
             max_tokens: Some(1),
             sampling: Sampling::Greedy,
+            adjust: Default::default(),
             stop: vec![],
             logprobs: None,
         })
@@ -389,7 +411,9 @@ fn logprobs_come_from_the_logits_the_sampler_read() {
     assert_eq!(f.logprobs.iter().map(|t| t.token).collect::<Vec<_>>(), f.tokens[..f.tokens.len() - 1]);
     let spelled: Vec<u8> = f.logprobs.iter().flat_map(|t| t.bytes.clone()).collect();
     assert_eq!(String::from_utf8(spelled).unwrap(), f.text);
-    let scores = e.score(&ScoreRequest { prompt, output: f.tokens.clone(), top_k: 2, sampling: None }).expect("score");
+    let scores = e
+        .score(&ScoreRequest { prompt, output: f.tokens.clone(), top_k: 2, sampling: None, adjust: Default::default() })
+        .expect("score");
     for (i, t) in f.logprobs.iter().enumerate() {
         assert_eq!(t.top.len(), 5);
         assert!(t.top.windows(2).all(|w| w[0].logprob >= w[1].logprob), "best first at {i}");
@@ -416,4 +440,95 @@ fn logprobs_come_from_the_logits_the_sampler_read() {
     let mut too_many = chat(&[("user", "hi")], 4);
     too_many.logprobs = Some(21);
     assert!(matches!(e.prepare(too_many), Err(Error::InvalidParam { param: "top_logprobs", .. })));
+}
+
+/// Penalties and logit biases with the real model: they change what is picked as OpenAI
+/// defines them, an audit that applies them passes the honest generation (greedy and seeded),
+/// and the same audit catches a provider that ignored them.
+#[test]
+fn penalties_and_biases_are_applied_and_audited() {
+    use plexus_inference::LogitAdjust;
+    use plexus_inference::audit::{AuditRules, Verdict, audit};
+    use plexus_types::receipt::Transcript;
+    let _serial = serial();
+    let e = engine();
+    let ask = |adjust: LogitAdjust, sampling: Sampling| {
+        let mut r = chat(&[("user", "Repeat the word hello ten times.")], 40);
+        (r.adjust, r.sampling) = (adjust, sampling);
+        r
+    };
+    let plain = run(&e, ask(LogitAdjust::default(), Sampling::Greedy));
+    // The most frequent generated token (the end of turn aside).
+    let most = |tokens: &[i32]| {
+        let mut counts = std::collections::BTreeMap::new();
+        for t in tokens {
+            *counts.entry(*t).or_insert(0u32) += 1;
+        }
+        counts.into_iter().max_by_key(|&(t, c)| (c, -t)).unwrap()
+    };
+    let (repeated, times) = most(&plain.tokens);
+    assert!(times >= 5, "the plain answer repeats itself: {:?}", plain.text);
+
+    // A -100 bias bans the most repeated token; +100 on one token makes greedy pick it always.
+    let banned = run(&e, ask(LogitAdjust::from_openai(None, None, [(repeated, -100.0)]).unwrap(), Sampling::Greedy));
+    assert!(!banned.tokens.contains(&repeated), "{:?}", banned.text);
+    let forced = run(&e, ask(LogitAdjust::from_openai(None, None, [(1000, 100.0)]).unwrap(), Sampling::Greedy));
+    assert_eq!(forced.tokens, vec![1000; 40]);
+    // Penalties: the greedy answer repeats its most frequent token less.
+    let penalties = LogitAdjust::from_openai(Some(1.5), Some(1.0), []).unwrap();
+    let penalised = run(&e, ask(penalties.clone(), Sampling::Greedy));
+    assert!(most(&penalised.tokens).1 < times, "{:?} vs {:?}", penalised.text, plain.text);
+
+    // Audits apply the adjustment: the honest generations pass, greedy and seeded (a story, long
+    // enough for a verdict), and a provider that ignored it but attested to the request as
+    // asked is caught.
+    let rules = AuditRules::default();
+    let seeded = Sampling::Random { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.0, seed: 11 };
+    let transcript = |request: GenerateRequest, output: Vec<i32>| {
+        let p = e.prepare(request).unwrap();
+        Transcript {
+            model: p.model,
+            prompt: p.tokens.clone(),
+            max_tokens: p.max_tokens,
+            sampling: p.spec(),
+            stop: vec![],
+            output,
+        }
+    };
+    let story = |adjust: LogitAdjust, sampling: Sampling| {
+        let mut r = chat(&[("user", "Write a short story about a robot who learns to paint.")], 40);
+        (r.adjust, r.sampling) = (adjust, sampling);
+        r
+    };
+    for sampling in [Sampling::Greedy, seeded] {
+        // "." banned, "," favoured, repeats penalised.
+        let adjust = LogitAdjust::from_openai(Some(1.5), Some(1.0), [(30, -100.0), (28, 1.0)]).unwrap();
+        let honest = run(&e, story(adjust.clone(), sampling));
+        let report = audit(e.as_ref(), &transcript(story(adjust, sampling), honest.tokens.clone()), &rules).unwrap();
+        assert_eq!(report.verdict, Verdict::Honest, "{sampling:?}: {report:?} for {:?}", honest.text);
+        eprintln!(
+            "{sampling:?}: honest, worst margin {:.3} over {} positions",
+            report.worst_margin(),
+            report.positions
+        );
+        let lazy = run(&e, ask(LogitAdjust::default(), sampling));
+        // The request banned every token this answer repeats: each of their positions is one the
+        // honest sampler could not have picked (by about 100 logits), whatever the CPU.
+        let repeats: Vec<(i32, f64)> = lazy
+            .tokens
+            .iter()
+            .filter(|t| lazy.tokens.iter().filter(|u| u == t).count() > 1)
+            .map(|&t| (t, -100.0))
+            .collect();
+        let banned = repeats.len();
+        let adjust = LogitAdjust::from_openai(Some(1.5), Some(1.0), repeats).unwrap();
+        let report = audit(e.as_ref(), &transcript(ask(adjust, sampling), lazy.tokens.clone()), &rules).unwrap();
+        assert_eq!(report.verdict, Verdict::Faulty, "{sampling:?}: {report:?} for {:?} ({banned} banned)", lazy.text);
+        eprintln!("{sampling:?}: unpenalised, {} of {} positions failed", report.failed, report.positions);
+    }
+
+    // A bias on a token outside the vocabulary is the request's fault: a 400 naming it.
+    let outside = LogitAdjust::from_openai(None, None, [(49_152, 1.0)]).unwrap();
+    let err = e.prepare(ask(outside, Sampling::Greedy)).unwrap_err();
+    assert_eq!(err.param(), Some("logit_bias"), "{err}");
 }

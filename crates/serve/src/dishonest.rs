@@ -22,6 +22,9 @@ pub(crate) enum Lie {
     /// Adds 0.01 to every tensor output and attests to what it sends: the attestation checks,
     /// only an audit that re-runs the model can tell (a cheaper or broken computation).
     Perturb,
+    /// Generates as if the request had no penalties or logit biases, and attests to the
+    /// request as asked: only an audit that applies them can tell.
+    Unpenalised,
 }
 
 impl Lie {
@@ -35,6 +38,7 @@ impl Lie {
                 "pad" => Lie::Pad,
                 "endless" => Lie::Endless,
                 "perturb" => Lie::Perturb,
+                "unpenalised" => Lie::Unpenalised,
                 _ => Lie::Honest,
             };
             if lie != Lie::Honest {
@@ -52,4 +56,13 @@ pub(crate) fn perturb(lie: Lie, response: &mut plexus_inference::tensor::TensorR
     if lie == Lie::Perturb {
         response.outputs.iter_mut().flat_map(|t| t.data.iter_mut()).for_each(|v| *v += 0.01);
     }
+}
+
+/// What a [`Lie::Unpenalised`] provider runs: the request without its logit adjustment, under
+/// the request hash of the one asked for.
+pub(crate) fn unpenalise(lie: Lie, mut prepared: plexus_inference::Prepared) -> plexus_inference::Prepared {
+    if lie == Lie::Unpenalised {
+        prepared.adjust = plexus_inference::LogitAdjust::default();
+    }
+    prepared
 }

@@ -72,17 +72,29 @@ impl CommonParams {
         if format.is_some_and(|t| t != "text") {
             return Err(ServeError::bad("response_format", "only the `text` response format is supported"));
         }
-        // Penalties and logit biases would change the output; until the sampler applies them, a
-        // request must not run as if they were not there.
-        for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
-            if v.is_some_and(|v| v != 0.0) {
-                return Err(ServeError::bad(name, format!("`{name}` is not supported (only 0)")));
-            }
-        }
-        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
-            return Err(ServeError::bad("logit_bias", "`logit_bias` is not supported (only an empty map)"));
-        }
         Ok(())
+    }
+
+    /// The penalties and logit biases, as the sampler applies them. `logit_bias` maps token ids
+    /// (as strings, OpenAI's form) to numbers from -100 to 100.
+    pub(crate) fn adjust(&self) -> Result<plexus_inference::LogitAdjust, ServeError> {
+        let mut bias = Vec::new();
+        for (key, value) in self.logit_bias.iter().flatten() {
+            let token = key.parse::<plexus_inference::TokenId>().map_err(|_| {
+                ServeError::bad(
+                    "logit_bias",
+                    format!("`logit_bias` key `{key}` is not a token id (a non-negative integer)"),
+                )
+            })?;
+            let value = value.as_f64().ok_or_else(|| {
+                ServeError::bad(
+                    "logit_bias",
+                    format!("`logit_bias`: the bias of token {key} must be a number from -100 to 100"),
+                )
+            })?;
+            bias.push((token, value));
+        }
+        Ok(plexus_inference::LogitAdjust::from_openai(self.presence_penalty, self.frequency_penalty, bias)?)
     }
 
     /// The alternatives per token the request asks log-probabilities for, if it asks for them:
@@ -313,6 +325,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
         prompt: plexus_inference::Prompt::Chat { messages, continue_final_message: req.continue_final_message },
         max_tokens: req.params.max_tokens(),
         sampling: sampling(&req.params)?,
+        adjust: req.params.adjust()?,
         stop: req.params.stop.take().map(StopField::into_vec).unwrap_or_default(),
         logprobs: req.params.logprobs(true)?,
     };
@@ -355,6 +368,7 @@ pub fn parse_completion(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
         prompt: plexus_inference::Prompt::Text(prompt),
         max_tokens: Some(req.params.max_tokens().unwrap_or(16)),
         sampling: sampling(&req.params)?,
+        adjust: req.params.adjust()?,
         stop: req.params.stop.take().map(StopField::into_vec).unwrap_or_default(),
         logprobs: req.params.logprobs(false)?,
     };
@@ -686,11 +700,23 @@ mod tests {
         };
         // What SDKs send is taken, incl. zero penalties and fields that do not touch the output.
         assert!(chat(r#","user":"u","metadata":{"a":"b"},"store":false,"presence_penalty":0,"logit_bias":{}"#).is_ok());
+        // Penalties and biases are the sampler's to apply.
+        let adjust = chat(r#","frequency_penalty":0.5,"presence_penalty":-1,"logit_bias":{"42":-100,"7":3.5}"#)
+            .unwrap()
+            .request
+            .adjust;
+        assert_eq!(
+            adjust,
+            plexus_inference::LogitAdjust { presence: -1.0, frequency: 0.5, bias: vec![(7, 3.5), (42, -100.0)] }
+        );
         for (extra, param) in [
             (r#","bogus":1"#, "bogus"),
-            (r#","frequency_penalty":0.5"#, "frequency_penalty"),
-            (r#","presence_penalty":-1"#, "presence_penalty"),
-            (r#","logit_bias":{"42":-100}"#, "logit_bias"),
+            (r#","frequency_penalty":2.5"#, "frequency_penalty"),
+            (r#","presence_penalty":-3"#, "presence_penalty"),
+            (r#","logit_bias":{"42":-101}"#, "logit_bias"),
+            (r#","logit_bias":{"x":1}"#, "logit_bias"),
+            (r#","logit_bias":{"-3":1}"#, "logit_bias"),
+            (r#","logit_bias":{"3":"a"}"#, "logit_bias"),
         ] {
             let e = chat(extra).unwrap_err();
             assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{extra}");

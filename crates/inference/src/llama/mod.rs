@@ -294,7 +294,8 @@ pub(crate) fn prepare_text(
     if request.logprobs.is_some_and(|n| n > crate::TOP_LOGPROBS_MAX) {
         return Err(Error::invalid("top_logprobs", format!("at most {}", crate::TOP_LOGPROBS_MAX)));
     }
-    let mut prepared = Prepared::new(id, tokens, max_tokens, request.sampling, request.stop);
+    request.adjust.check_vocabulary(model.n_vocab().max(0) as usize)?;
+    let mut prepared = Prepared::new(id, tokens, max_tokens, request.sampling, request.adjust, request.stop);
     prepared.logprobs = request.logprobs;
     Ok(prepared)
 }
@@ -444,6 +445,9 @@ impl Engine for LlamaEngine {
         let first_wanted = prompt.len() - 1;
         let mut batch = LlamaBatch::new(n_batch as usize, 1);
         let mut scores = Vec::with_capacity(output.len());
+        // Penalties count the output tokens before each position, as the generation did.
+        let (mut counts, mut adjusted) = (crate::sampler::TokenCounts::new(), Vec::new());
+        let penalised = request.adjust.presence != 0.0 || request.adjust.frequency != 0.0;
         // Prompt chunks of a whole batch; output chunks small enough that the logits buffer
         // (rows x vocabulary floats) stays a few MB.
         let mut bounds = Vec::new();
@@ -466,9 +470,16 @@ impl Engine for LlamaEngine {
                 let logits = ctx.get_logits_ith((i - start) as i32);
                 let next = tokens[i + 1].0;
                 let position = (i - first_wanted) as u32;
+                let margin = request.sampling.map(|s| {
+                    let picked_from = crate::sampler::adjusted(logits, &request.adjust, &counts, &mut adjusted);
+                    crate::sampler::margin(picked_from, &s, position, next)
+                });
+                if penalised {
+                    *counts.entry(next).or_default() += 1;
+                }
                 scores.push(PositionScore {
                     token_logit: logits.get(next as usize).copied().unwrap_or(f32::NEG_INFINITY),
-                    margin: request.sampling.map(|s| crate::sampler::margin(logits, &s, position, next)),
+                    margin,
                     top: crate::fingerprint::top_k(logits, request.top_k),
                 });
             }

@@ -96,6 +96,7 @@ pub(super) fn run(
         slots: (0..parallel as i32).map(|k| Slot::new(k + 1)).collect(),
         prefix: Vec::new(),
         ends,
+        adjusted: Vec::new(),
         shared,
         clock: 0,
     };
@@ -146,6 +147,8 @@ struct Active {
     probes: Vec<LogitsProbe>,
     cached_tokens: u32,
     first_token: Option<Instant>,
+    /// How often each token was generated, when the request has penalties.
+    counts: crate::sampler::TokenCounts,
 }
 
 impl Active {
@@ -181,6 +184,8 @@ struct Worker<'m> {
     ends: Vec<LlamaToken>,
     shared: Arc<Shared>,
     clock: u64,
+    /// Where a sequence's adjusted logits are written (one vocabulary of floats, reused).
+    adjusted: Vec<f32>,
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
@@ -283,6 +288,7 @@ impl Worker<'_> {
             probes: Vec::new(),
             cached_tokens: 0,
             first_token: None,
+            counts: Default::default(),
         };
         self.slots[k].active = Some(active);
 
@@ -537,7 +543,12 @@ impl Worker<'_> {
         if is_probe_position(position) {
             a.probes.push(probe(position, logits));
         }
-        let token = LlamaToken(crate::sampler::choose(logits, &a.job.prepared.sampling, position));
+        let prepared = &a.job.prepared;
+        let picked_from = crate::sampler::adjusted(logits, &prepared.adjust, &a.counts, &mut self.adjusted);
+        let token = LlamaToken(crate::sampler::choose(picked_from, &prepared.sampling, position));
+        if prepared.adjust.presence != 0.0 || prepared.adjust.frequency != 0.0 {
+            *a.counts.entry(token.0).or_default() += 1;
+        }
         if let Some(top) = a.job.prepared.logprobs.filter(|_| !super::is_end(self.model, &self.ends, token)) {
             // From the logits just sampled from, before the next decode overwrites them.
             let (logprob, best) = crate::sampler::logprobs(logits, token.0, usize::from(top));

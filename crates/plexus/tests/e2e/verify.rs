@@ -4,7 +4,10 @@
 //! the substitute's on chain, the committee (the honest validator, re-running the transcript)
 //! convicts, the cheater's stake is slashed to the base unit, the client is refunded and
 //! rewarded, and no gateway routes to the cheater again; the honest provider, audited under the
-//! same load, is never challenged.
+//! same load, is never challenged. The same holds for a provider that serves the real model but
+//! ignores a request's penalties and logit biases (cheaper sampling, under the asked request's
+//! hash): the audit applies them, the challenge's transcript carries them (execution v7), and
+//! the committee convicts.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,6 +44,25 @@ fn audits(gw: &Gw) -> Value {
 fn a_provider_serving_a_substitute_model_is_convicted_slashed_and_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let cheap = substitute(&smollm2_gguf(), dir.path());
+    let cheap = cheap.to_str().unwrap().to_string();
+    cheater_is_convicted(dir, ("PLEXUS_SUBSTITUTE", &cheap), json!({}));
+}
+
+#[test]
+fn a_provider_ignoring_penalties_and_logit_biases_is_convicted() {
+    // The bias bans SmolLM2's commonest English tokens (".", ",", " the", " a", " and", " to",
+    // " of"), about a quarter of a story's: every one the unpenalised sampler writes is a
+    // position the honest one could not have picked. Penalties on top change more.
+    let banned: serde_json::Map<String, Value> =
+        [30, 28, 260, 253, 284, 288, 282].iter().map(|t: &u32| (t.to_string(), json!(-100))).collect();
+    let adjust = json!({"presence_penalty": 1.5, "frequency_penalty": 1.0, "logit_bias": banned});
+    cheater_is_convicted(tempfile::tempdir().unwrap(), ("PLEXUS_DISHONEST", "unpenalised"), adjust);
+}
+
+/// A two-provider devnet whose second provider is restarted with `lie` set; a gateway auditing
+/// every response sends chats (with `extra` in each body) to both until it challenges one. The
+/// cheater is convicted, slashed to the base unit and dropped; the honest one never.
+fn cheater_is_convicted(dir: tempfile::TempDir, lie: (&str, &str), extra: Value) {
     let home = dir.path().join("devnet");
     let (_devnet, info) = start_devnet(&home, 2, &["--claim-interval", "2", "--threads", "1"]);
     let nodes = info["nodes"].as_array().unwrap().clone();
@@ -51,7 +73,7 @@ fn a_provider_serving_a_substitute_model_is_convicted_slashed_and_dropped() {
     let client_addr = info["client"]["address"].as_str().unwrap().to_string();
 
     stop(cheater["pid"].as_u64().unwrap());
-    let _cheater = restart_with(cheater, "PLEXUS_SUBSTITUTE", cheap.to_str().unwrap());
+    let _cheater = restart_with(cheater, lie.0, lie.1);
     let bonded_before = amount(&get(&format!("{api}/chain/v1/accounts/{cheater_addr}")).unwrap()["bonded"]);
 
     // A gateway that audits everything, sending each request to either provider.
@@ -64,8 +86,12 @@ fn a_provider_serving_a_substitute_model_is_convicted_slashed_and_dropped() {
         "Tell me about the history of bread.",
     ];
     let chat = |i: usize, stream: bool| {
-        json!({"model": "smollm2-135m-instruct", "temperature": 0.7, "max_tokens": 40, "stream": stream,
-               "messages": [{"role": "user", "content": prompts[i % prompts.len()]}]})
+        let mut body = json!({"model": "smollm2-135m-instruct", "temperature": 0.7, "max_tokens": 40, "stream": stream,
+               "messages": [{"role": "user", "content": prompts[i % prompts.len()]}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
     };
     let mut challenged = false;
     for i in 0..40 {

@@ -24,6 +24,10 @@ GEMMA = "gemma3-270m"
 EMBED = "all-minilm-l6-v2"
 
 
+# A token id both models' vocabularies hold as ordinary text (tests force it with a logit bias).
+FORCED_TOKEN = 1000
+
+
 def cos(a, b):
     return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
@@ -133,6 +137,33 @@ def basic(client):
     assert "".join(tokens) == streamed and len(tokens) == 8, (tokens, streamed)
     assert offsets == [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))], offsets
     out["logprobs"] = {"tokens": len(content), "completion_tokens": lp.usage.completion_tokens}
+
+    # Penalties and logit biases through the gateway, on both architectures. A +100 bias makes
+    # greedy pick one token at every position (the logprobs, the model's own distribution
+    # before the bias, name it); a seeded stream with penalties is answered and verified like
+    # any other. Each response's attestation commits to the adjustment (the gateway checks it).
+    adjusted = {}
+    for model in (CHAT, GEMMA):
+        forced = client.chat.completions.create(
+            model=model, temperature=0, max_tokens=5, logit_bias={str(FORCED_TOKEN): 100}, logprobs=True,
+            messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+        )
+        toks = [t.token for t in forced.choices[0].logprobs.content]
+        assert len(toks) == 5 and len(set(toks)) == 1, (model, toks)
+        assert forced.choices[0].message.content == toks[0] * 5, (model, forced.choices[0].message.content)
+        assert forced.choices[0].finish_reason == "length" and forced.usage.completion_tokens == 5, forced
+        text, finish = "", None
+        for chunk in client.chat.completions.create(
+            model=model, stream=True, temperature=0.7, seed=7, max_tokens=24,
+            presence_penalty=1.5, frequency_penalty=1.0, logit_bias={str(FORCED_TOKEN): -100},
+            messages=[{"role": "user", "content": "Repeat the word hello five times."}],
+        ):
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finish = chunk.choices[0].finish_reason or finish
+        assert text and finish in ("stop", "length"), (model, text, finish)
+        adjusted[model] = {"forced": toks[0], "penalised": text}
+    out["adjusted"] = adjusted
 
     # The second architecture, Gemma 3 (a base model): it completes a pattern, paid and
     # attested like SmolLM2, and its chat is rendered with Gemma's turns (no control text leaks).

@@ -118,6 +118,34 @@ def main():
     assert l.text_offset == [sum(len(t) for t in l.tokens[:i]) for i in range(5)], l
     assert all(1 <= len(top) <= 2 and max(top.values()) >= lp_ - 1e-6 for top, lp_ in zip(l.top_logprobs, l.token_logprobs)), l
 
+    # Penalties and logit biases, applied by the seeded sampler. A +100 bias makes greedy pick
+    # one token at every position; the logprobs (the model's own, before any adjustment) name it.
+    forced = client.chat.completions.create(
+        model=chat_model, temperature=0, max_tokens=6, logit_bias={"1000": 100}, logprobs=True,
+        messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+    )
+    toks = [t.token for t in forced.choices[0].logprobs.content]
+    assert len(toks) == 6 and len(set(toks)) == 1 and forced.choices[0].message.content == toks[0] * 6, toks
+    assert forced.choices[0].logprobs.content[0].logprob < content[0].logprob, "the bias is not in the reported logprob"
+    # Penalties make a greedy answer repeat itself less: the most repeated token of "hello"
+    # repeated, counted over the generated tokens, falls with a frequency and presence penalty.
+    def most_repeated(**kw):
+        r = client.chat.completions.create(
+            model=chat_model, temperature=0, max_tokens=32, logprobs=True,
+            messages=[{"role": "user", "content": "Repeat the word hello ten times."}], **kw,
+        )
+        tokens = [t.token for t in r.choices[0].logprobs.content]
+        return max(tokens.count(t) for t in tokens), r.choices[0].message.content
+    plain, plain_text = most_repeated()
+    penalised, penalised_text = most_repeated(frequency_penalty=2.0, presence_penalty=2.0)
+    assert penalised < plain, (plain, plain_text, penalised, penalised_text)
+    # Zero penalties are no adjustment: the golden answer, unchanged.
+    zero = client.chat.completions.create(
+        model=chat_model, temperature=0, max_tokens=24, frequency_penalty=0, presence_penalty=0, logit_bias={},
+        messages=[{"role": "user", "content": "What is 2 plus 2?"}],
+    )
+    assert zero.choices[0].message.content == text, zero.choices[0].message.content
+
     # Sensible English from a real model.
     story = client.chat.completions.create(
         model=chat_model,
@@ -151,6 +179,9 @@ def main():
         (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], max_tokens=10**9), openai.BadRequestError),
         (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=21), openai.BadRequestError),
         (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], top_logprobs=2), openai.BadRequestError),
+        (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], presence_penalty=2.5), openai.BadRequestError),
+        (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], logit_bias={"99999999": 5}), openai.BadRequestError),
+        (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], logit_bias={"5": 101}), openai.BadRequestError),
     ):
         try:
             client.chat.completions.create(**kwargs)
