@@ -268,6 +268,27 @@ fn stop_strings_cut_the_output() {
     assert_eq!(ask(&["Green", "2."]).text, "1. Red\n");
     // A stop string that never completes is not held back.
     assert_eq!(ask(&["Greenish"]).text, "1. Red\n2. Blue\n3. Green");
+    // Log-probabilities end with the text: no entry for a token wholly in the cut part, and one
+    // for a token the cut splits.
+    for stop in [&["Blue"][..], &["d\n2"], &["Green", "2."]] {
+        let mut req = chat(&[("user", "Name three colors.")], 24);
+        req.stop = stop.iter().map(|s| s.to_string()).collect();
+        req.logprobs = Some(0);
+        let f = run(&e, req);
+        let joined: Vec<u8> = f.logprobs.iter().flat_map(|t| t.bytes.clone()).collect();
+        assert!(
+            joined.starts_with(f.text.as_bytes()),
+            "{stop:?}: {:?} vs {:?}",
+            String::from_utf8_lossy(&joined),
+            f.text
+        );
+        let last = f.logprobs.last().map_or(0, |t| t.bytes.len());
+        assert!(
+            joined.len() - last < f.text.len(),
+            "{stop:?}: an entry past the cut: {:?}",
+            String::from_utf8_lossy(&joined)
+        );
+    }
 }
 
 #[test]

@@ -152,6 +152,20 @@ struct Active {
 }
 
 impl Active {
+    /// After a stop string cut the text: drops the log-probabilities of the tokens that lie
+    /// wholly in the cut part (the stop string and anything after it), as llama-server does; a
+    /// token that begins in the text keeps its entry.
+    fn drop_logprobs_past_text(&mut self) {
+        let mut start = 0;
+        let keep = self.logprobs.iter().take_while(|t| {
+            let inside = start < self.full_text.len();
+            start += t.bytes.len();
+            inside
+        });
+        let keep = keep.count();
+        self.logprobs.truncate(keep);
+    }
+
     /// The ids (and their log-probabilities, if asked for) not yet sent with a `Text` event,
     /// marked sent.
     fn unsent(&mut self) -> (Vec<TokenId>, Vec<TokenLogprob>) {
@@ -574,8 +588,11 @@ impl Worker<'_> {
                 Step::Text(t) => (t, false),
                 Step::Stop(t) => (t, true),
             };
+            a.full_text.push_str(&text);
+            if stopped {
+                a.drop_logprobs_past_text();
+            }
             if !text.is_empty() {
-                a.full_text.push_str(&text);
                 let (ids, logprobs) = a.unsent();
                 let _ = a.job.events.send(Event::Text { text, completion_tokens: n_out, ids, logprobs });
             }
