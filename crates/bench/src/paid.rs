@@ -215,7 +215,7 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 
 pub(crate) async fn wait_http(url: &str) -> anyhow::Result<()> {
     let started = Instant::now();
-    while reqwest::get(url).await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+    while !reqwest::get(url).await.map(|r| r.status().is_success()).unwrap_or(false) {
         if started.elapsed() > Duration::from_secs(300) {
             bail!("{url} did not come up");
         }

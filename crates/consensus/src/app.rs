@@ -36,7 +36,7 @@ impl<C: Chain> Adapter<C> {
     async fn ensure_state(
         &self,
         head: Digested<ConsensusBlock>,
-        ancestry: &mut (impl Ancestry<ConsensusBlock> + Unpin),
+        ancestry: &mut impl Ancestry<ConsensusBlock>,
     ) -> Option<bool> {
         let mut missing = vec![head];
         loop {

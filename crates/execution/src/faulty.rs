@@ -6,10 +6,10 @@
 //! still add up; only the conservation check over what the block changed sees the unit that
 //! came from nothing, and the chain must fall back to the version before it by itself.
 
-use plexus_types::{Hash, SignedTx};
+use plexus_types::SignedTx;
 
 use crate::state::{Layered, Overlay, StateRead, Store};
-use crate::{BlockEnv, BlockError, BlockOutcome, Executor, TxError, v7};
+use crate::{BlockEnv, BlockError, BlockOutcome, Executor, v7};
 
 pub const VERSION: u16 = crate::LATEST_EXECUTION_VERSION + 1;
 
@@ -31,7 +31,7 @@ pub(crate) fn build_block(
     candidates: impl IntoIterator<Item = SignedTx>,
     max_txs: usize,
     max_bytes: usize,
-) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+) -> Result<crate::BuiltBlock, BlockError> {
     let (included, mut outcome, dropped) = v7::build_block(exec, state, env, candidates, max_txs, max_bytes)?;
     corrupt(state, env, &mut outcome, !included.is_empty())?;
     Ok((included, outcome, dropped))

@@ -330,6 +330,10 @@ impl fmt::Debug for Executor {
     }
 }
 
+/// A built block: the transactions it includes, its outcome, and the candidates left out with
+/// why.
+pub type BuiltBlock = (Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>);
+
 /// The execution version from which tensor models and region-restricted sessions exist.
 pub const TENSOR_MODELS_SINCE: u16 = v4::VERSION;
 
@@ -404,10 +408,8 @@ impl Executor {
         txs: &[SignedTx],
         check_signatures: bool,
     ) -> Result<BlockOutcome, BlockError> {
-        if check_signatures {
-            if let Some(index) = first_bad_signature(&self.chain_id, txs) {
-                return Err(BlockError::Tx { index, hash: txs[index].hash(), error: TxError::BadSignature });
-            }
+        if check_signatures && let Some(index) = first_bad_signature(&self.chain_id, txs) {
+            return Err(BlockError::Tx { index, hash: txs[index].hash(), error: TxError::BadSignature });
         }
         let version = read_execution_version(state);
         if let Some((index, error)) = txs.iter().enumerate().find_map(|(i, tx)| too_new(version, tx).map(|e| (i, e))) {
@@ -526,7 +528,7 @@ impl Executor {
         candidates: Vec<SignedTx>,
         max_txs: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+    ) -> Result<crate::BuiltBlock, BlockError> {
         let version = read_execution_version(state);
         let mut too_new_dropped = Vec::new();
         let candidates: Vec<SignedTx> = candidates

@@ -4,10 +4,10 @@
 //! treasury holds after the block (voter rewards come out of it too). Everything else is
 //! version 1, called unchanged.
 
-use plexus_types::{Amount, Hash, SignedTx};
+use plexus_types::{Amount, SignedTx};
 
 use crate::state::{Bucket, Layered, Overlay, StateRead, Store};
-use crate::{BlockEnv, BlockError, BlockOutcome, Event, Executor, TxError, v1};
+use crate::{BlockEnv, BlockError, BlockOutcome, Event, Executor, v1};
 
 pub(crate) fn execute_block(
     exec: &Executor,
@@ -27,7 +27,7 @@ pub(crate) fn build_block(
     candidates: impl IntoIterator<Item = SignedTx>,
     max_txs: usize,
     max_bytes: usize,
-) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+) -> Result<crate::BuiltBlock, BlockError> {
     let (included, mut outcome, dropped) = v1::build_block(exec, state, env, candidates, max_txs, max_bytes);
     reward(state, env, &mut outcome)?;
     Ok((included, outcome, dropped))

@@ -34,7 +34,7 @@ use crate::state::{
 /// A staker's tracked release heights.
 type HeightList = IdList;
 use crate::v1::{self, Rules};
-use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, TxError, v2};
+use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, v2};
 
 /// Version 3's rules on top of version 1's block structure.
 pub(crate) const RULES: Rules = Rules { payload: apply_payload, before_end };
@@ -55,7 +55,7 @@ pub(crate) fn build_block(
     candidates: impl IntoIterator<Item = SignedTx>,
     max_txs: usize,
     max_bytes: usize,
-) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+) -> Result<crate::BuiltBlock, BlockError> {
     build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES)
 }
 
@@ -82,7 +82,7 @@ pub(crate) fn build_with(
     max_txs: usize,
     max_bytes: usize,
     rules: &Rules,
-) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+) -> Result<crate::BuiltBlock, BlockError> {
     let (included, mut outcome, dropped) = v1::build_with(exec, state, env, candidates, max_txs, max_bytes, rules);
     v2::reward(state, env, &mut outcome)?;
     Ok((included, outcome, dropped))

@@ -22,7 +22,7 @@ use plexus_types::{Hash, Params, SignedTx};
 
 use crate::state::{Provider, Regions, Session, Store, keys};
 use crate::v1::{self, Rules};
-use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, TxError, v3};
+use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, v3};
 
 /// The version that introduced what this module adds.
 pub(crate) const VERSION: u16 = 4;
@@ -46,7 +46,7 @@ pub(crate) fn build_block(
     candidates: impl IntoIterator<Item = SignedTx>,
     max_txs: usize,
     max_bytes: usize,
-) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+) -> Result<crate::BuiltBlock, BlockError> {
     v3::build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES)
 }
 

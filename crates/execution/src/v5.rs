@@ -17,11 +17,11 @@
 
 use plexus_types::receipt::{SamplingSpec, Transcript};
 use plexus_types::tx::Payload;
-use plexus_types::{Hash, Params, SignedTx};
+use plexus_types::{Params, SignedTx};
 
 use crate::state::{Store, keys};
 use crate::v1::Rules;
-use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, TxError, v3, v4};
+use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, v3, v4};
 
 /// The version that introduced what this module adds.
 pub(crate) const VERSION: u16 = 5;
@@ -45,7 +45,7 @@ pub(crate) fn build_block(
     candidates: impl IntoIterator<Item = SignedTx>,
     max_txs: usize,
     max_bytes: usize,
-) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+) -> Result<crate::BuiltBlock, BlockError> {
     v3::build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES)
 }
 

@@ -22,11 +22,11 @@
 //! committee ([`crate::gov::epoch_consensus`]); version 1 epochs' evidence as before.
 
 use plexus_types::tx::{CONSENSUS_KEY_BYTES, POSSESSION_PROOF_BYTES, Payload};
-use plexus_types::{Hash, Params, SignedTx};
+use plexus_types::{Params, SignedTx};
 
 use crate::state::{ConsensusKey, Store, keys};
 use crate::v1::Rules;
-use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, TxError, v3, v5};
+use crate::{BlockEnv, BlockError, BlockOutcome, Event, ExecError, Executor, v3, v5};
 
 /// The version that introduced what this module adds.
 pub(crate) const VERSION: u16 = 6;
@@ -50,7 +50,7 @@ pub(crate) fn build_block(
     candidates: impl IntoIterator<Item = SignedTx>,
     max_txs: usize,
     max_bytes: usize,
-) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+) -> Result<crate::BuiltBlock, BlockError> {
     v3::build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES)
 }
 

@@ -11,9 +11,9 @@
 //!
 //! [`SamplingSpec::Adjusted`]: plexus_types::receipt::SamplingSpec::Adjusted
 
-use plexus_types::{Hash, SignedTx};
+use plexus_types::SignedTx;
 
-use crate::{BlockEnv, BlockError, BlockOutcome, Executor, TxError, v6};
+use crate::{BlockEnv, BlockError, BlockOutcome, Executor, v6};
 
 /// The version that introduced what this module adds.
 pub(crate) const VERSION: u16 = 7;
@@ -34,6 +34,6 @@ pub(crate) fn build_block(
     candidates: impl IntoIterator<Item = SignedTx>,
     max_txs: usize,
     max_bytes: usize,
-) -> Result<(Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>), BlockError> {
+) -> Result<crate::BuiltBlock, BlockError> {
     v6::build_block(exec, state, env, candidates, max_txs, max_bytes)
 }

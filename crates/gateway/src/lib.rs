@@ -217,10 +217,10 @@ fn spawn_background(app: &Arc<proxy::App>) {
             if let Err(e) = a.sessions.save() {
                 warn!(target: "gateway", "{e}");
             }
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 a.sessions.deliver_outbox().await;
             }
-            if n % 30 == 0 {
+            if n.is_multiple_of(30) {
                 a.sessions.prune().await;
             }
         }

@@ -180,14 +180,14 @@ async fn guard(State(app): State<Shared_>, request: Request, next: Next) -> Resp
         return next.run(request).await;
     }
     let headers = request.headers();
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        if !app.config.allowed_origins.iter().any(|o| o == origin) {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "origin_not_allowed",
-                format!("requests from the web page at {origin} are refused (allow it with --allow-origin)"),
-            );
-        }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && !app.config.allowed_origins.iter().any(|o| o == origin)
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!("requests from the web page at {origin} are refused (allow it with --allow-origin)"),
+        );
     }
     if let Some(key) = &app.config.api_key {
         let given = headers
@@ -374,10 +374,10 @@ impl App {
         };
         let parsed = parse(&body)?;
         // The seed is the gateway's to choose when the app gave none, so both sides sample alike.
-        if let Sampling::Random { seed, .. } = parsed.request.sampling {
-            if body.get("seed").is_none_or(Value::is_null) {
-                body["seed"] = json!(seed);
-            }
+        if let Sampling::Random { seed, .. } = parsed.request.sampling
+            && body.get("seed").is_none_or(Value::is_null)
+        {
+            body["seed"] = json!(seed);
         }
         // An explicit output bound: the gateway's default, within what the context leaves.
         if parsed.request.max_tokens.is_none() {
@@ -726,17 +726,17 @@ async fn forward_once(
         }
         app.directory.finished(&c.provider, &c.model, Outcome::Served(started.elapsed()));
         let mut parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if let Check::Infer { .. } = check {
-            if let Some(output) = not_finite_output(&parsed) {
-                // A value JSON cannot carry (NaN or infinity, sent as null): a provider that
-                // does not refuse such outputs itself (an older binary) cannot prove what it
-                // attested. Not paid, and not a lie either: the next provider is asked.
-                app.directory.failed(&c.provider, &c.model);
-                return Ok(Attempt::Retry(format!(
-                    "{}: output `{output}` holds a value that is not a finite number (not paid, no penalty)",
-                    c.provider
-                )));
-            }
+        if let Check::Infer { .. } = check
+            && let Some(output) = not_finite_output(&parsed)
+        {
+            // A value JSON cannot carry (NaN or infinity, sent as null): a provider that
+            // does not refuse such outputs itself (an older binary) cannot prove what it
+            // attested. Not paid, and not a lie either: the next provider is asked.
+            app.directory.failed(&c.provider, &c.model);
+            return Ok(Attempt::Retry(format!(
+                "{}: output `{output}` holds a value that is not a finite number (not paid, no penalty)",
+                c.provider
+            )));
         }
         let hv = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
         let verified = signed_attestation(app.sessions.chain_id(), c, hv(H_ATTESTATION), hv(H_SIGNATURE)).and_then(
@@ -945,12 +945,12 @@ impl StreamJob {
 /// delivered: its `text_offset`s count from its own first token, the app's from the first of
 /// the whole answer. (Chat logprobs carry no offsets.)
 fn continue_offsets(mut logprobs: Value, chars: usize) -> Value {
-    if chars > 0 {
-        if let Some(offsets) = logprobs.get_mut("text_offset").and_then(Value::as_array_mut) {
-            for o in offsets {
-                if let Some(n) = o.as_u64() {
-                    *o = json!(n.saturating_add(chars as u64));
-                }
+    if chars > 0
+        && let Some(offsets) = logprobs.get_mut("text_offset").and_then(Value::as_array_mut)
+    {
+        for o in offsets {
+            if let Some(n) = o.as_u64() {
+                *o = json!(n.saturating_add(chars as u64));
             }
         }
     }

@@ -630,11 +630,11 @@ impl Sessions {
             if !delivered {
                 continue;
             }
-            if let Ok(Some(record)) = self.chain.session(&id).await {
-                if record.status == "closed" {
-                    self.retired.lock().expect("retired lock").retain(|x| !Arc::ptr_eq(x, &s));
-                    self.mark_dirty();
-                }
+            if let Ok(Some(record)) = self.chain.session(&id).await
+                && record.status == "closed"
+            {
+                self.retired.lock().expect("retired lock").retain(|x| !Arc::ptr_eq(x, &s));
+                self.mark_dirty();
             }
         }
     }

@@ -93,7 +93,8 @@ pub fn audit(engine: &dyn Engine, transcript: &Transcript, rules: &AuditRules) -
 pub fn judge(margins: Vec<f32>, rules: &AuditRules) -> AuditReport {
     let positions = margins.len();
     let unscorable = margins.iter().any(|m| m.is_nan());
-    let failed = margins.iter().filter(|m| !(**m <= rules.margin_logits)).count();
+    // NaN margins (unscorable positions) count as failed too; they make the verdict inconclusive.
+    let failed = margins.iter().filter(|m| m.is_nan() || **m > rules.margin_logits).count();
     let verdict = if positions < rules.positions_min || unscorable {
         Verdict::Inconclusive
     } else if failed >= rules.failed_min && failed as f32 >= rules.failed_fraction * positions as f32 {

@@ -859,7 +859,7 @@ async fn earnings<E: Storage + Clock + Metrics + Spawner + Send + Sync + 'static
             .sessions(&address)
             .map(|(id, e)| {
                 let record = store.read::<st::Session>(&st::keys::session(id));
-                let price = record.as_ref().map(|r| r.price.clone());
+                let price = record.as_ref().map(|r| r.price);
                 SessionEarningsBody {
                     id: *id,
                     client: record.as_ref().map(|r| r.client.clone()),

@@ -371,11 +371,9 @@ impl<E: Storage + Clock + Metrics + Spawner> ChainState<E> {
             debug!(%old, new = %hash, dropped, "replaced by fee; the sender's later transactions were dropped");
         }
         self.inner.metrics.mempool_txs.set(self.mempool_len() as i64);
-        if gossip {
-            if let Some(g) = self.inner.gossip.lock().expect("gossip lock").as_ref() {
-                // Gossip is best effort: a full queue drops it, the tx still reaches our blocks.
-                let _ = g.try_send(Arc::new(tx));
-            }
+        if gossip && let Some(g) = self.inner.gossip.lock().expect("gossip lock").as_ref() {
+            // Gossip is best effort: a full queue drops it, the tx still reaches our blocks.
+            let _ = g.try_send(Arc::new(tx));
         }
         Ok(hash)
     }

@@ -222,10 +222,10 @@ impl Mempool {
         for sender in senders {
             let next = account_nonce(sender);
             let head = self.by_sender.get(sender).and_then(|txs| txs.get(&next)).map(|e| (e.hash, e.tx.clone()));
-            if let Some((hash, tx)) = head {
-                if !can_pay(&tx) {
-                    removed += self.evict_with_followers(&hash);
-                }
+            if let Some((hash, tx)) = head
+                && !can_pay(&tx)
+            {
+                removed += self.evict_with_followers(&hash);
             }
         }
         removed

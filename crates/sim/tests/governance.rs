@@ -293,9 +293,9 @@ fn consensus_v2_activates_at_an_epoch_boundary_through_a_partition_and_a_crash()
             let mut sim = Sim::start_at(&mut context, 4, 20, None, true, at_v6).await;
             sim.wait_for(&context, 3, Duration::from_secs(60)).await?;
             let keys: Vec<_> = sim.nodes.iter().map(|n| n.key.clone()).collect();
-            for i in 0..4 {
+            for (i, key) in keys.iter().enumerate() {
                 let registration = key_registration(&sim, i);
-                sim.submit_as(&keys[i], registration)?;
+                sim.submit_as(key, registration)?;
             }
             until(&mut sim, &mut context, "every key registered", Duration::from_secs(60), |s| {
                 keys.iter().all(|k| s.consensus_key(&k.address()).is_some())
@@ -353,7 +353,7 @@ fn consensus_v2_activates_at_an_epoch_boundary_through_a_partition_and_a_crash()
 
             let u = upgrade(&sim, 0);
             let at: Vec<Height> = u.iter().flatten().map(|u| u.activated_height).collect();
-            if at.len() != 4 || at.windows(2).any(|w| w[0] != w[1]) || at[0] % 20 != 0 {
+            if at.len() != 4 || at.windows(2).any(|w| w[0] != w[1]) || !at[0].is_multiple_of(20) {
                 return Err(format!("consensus v2 must be active from one epoch boundary on every node: {u:?}"));
             }
             // A node that fetched a block while catching up may hold it without its certificate
@@ -389,7 +389,7 @@ fn consensus_v2_activates_at_an_epoch_boundary_through_a_partition_and_a_crash()
             })
             .await?;
             let back: Vec<Height> = upgrade(&sim, 1).into_iter().flatten().map(|u| u.activated_height).collect();
-            if back.len() != 4 || back.windows(2).any(|w| w[0] != w[1]) || back[0] % 20 != 0 {
+            if back.len() != 4 || back.windows(2).any(|w| w[0] != w[1]) || !back[0].is_multiple_of(20) {
                 return Err(format!("the downgrade must activate at one epoch boundary everywhere: {back:?}"));
             }
             let h = height(&sim);

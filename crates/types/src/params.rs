@@ -79,7 +79,7 @@ macro_rules! params {
                 match name {
                     $( stringify!($name) => {
                         #[allow(unused_comparisons)]
-                        let out_of_bounds = value < $min || value > $max;
+                        let out_of_bounds = !($min..=$max).contains(&value);
                         if out_of_bounds {
                             return Err(ParamError::OutOfBounds { name: name.to_string(), value, min: $min, max: $max });
                         }
@@ -267,7 +267,7 @@ impl Params {
     /// True for the last block of an epoch: the one whose post-state chooses the next
     /// epoch's validators.
     pub fn is_epoch_last(&self, height: u64) -> bool {
-        (height + 1) % self.epoch_length_blocks as u64 == 0
+        (height + 1).is_multiple_of(self.epoch_length_blocks as u64)
     }
 
     /// The fee owed to the treasury on a settled amount, rounded down (the remainder stays

@@ -96,7 +96,7 @@ pub(crate) fn build_block(
     candidates: impl IntoIterator<Item = SignedTx>,
     max_txs: usize,
     max_bytes: usize,
-) -> (Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>) {
+) -> crate::BuiltBlock {
     build_with(exec, state, env, candidates, max_txs, max_bytes, &RULES)
 }
 
@@ -108,7 +108,7 @@ pub(crate) fn build_with(
     max_txs: usize,
     max_bytes: usize,
     rules: &Rules,
-) -> (Vec<SignedTx>, BlockOutcome, Vec<(Hash, TxError)>) {
+) -> crate::BuiltBlock {
     let mut overlay = Overlay::new(state);
     let (params, mut block_events) = begin_block(&mut overlay, env).expect("begin_block of a valid parent state");
     let max_txs = max_txs.min(params.max_block_txs as usize);

@@ -331,10 +331,12 @@ pub(crate) fn end_of_turn(model: &LlamaModel, template: &ChatTemplate) -> Vec<Ll
     let vocab = model.vocab();
     let mut ends = Vec::new();
     for text in template.end_of_turn_texts() {
-        if let [t] = vocab.tokenize(text.as_bytes(), false, true)[..] {
-            if vocab.is_control(t) && !vocab.is_eog(t) && !ends.contains(&t) {
-                ends.push(t);
-            }
+        if let [t] = vocab.tokenize(text.as_bytes(), false, true)[..]
+            && vocab.is_control(t)
+            && !vocab.is_eog(t)
+            && !ends.contains(&t)
+        {
+            ends.push(t);
         }
     }
     ends

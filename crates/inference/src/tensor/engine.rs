@@ -41,10 +41,10 @@ impl Plan {
         };
         let out = state.run(tvec![input])?;
         // A state whose run failed is dropped, not reused.
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < CONCURRENT_MAX {
-                idle.push(state);
-            }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < CONCURRENT_MAX
+        {
+            idle.push(state);
         }
         Ok(out)
     }

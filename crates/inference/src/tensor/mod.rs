@@ -127,10 +127,10 @@ impl TensorSpec {
             if t.row_elements() > ROW_ELEMENTS_MAX {
                 return Err(format!("`{}`: more than {ROW_ELEMENTS_MAX} values per row", t.name));
             }
-            if let Some([lo, hi]) = t.range {
-                if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
-                    return Err(format!("`{}`: the range must be two finite numbers, lowest first", t.name));
-                }
+            if let Some([lo, hi]) = t.range
+                && !(lo.is_finite() && hi.is_finite() && lo <= hi)
+            {
+                return Err(format!("`{}`: the range must be two finite numbers, lowest first", t.name));
             }
         }
         if !self.labels.is_empty() && self.labels.len() != self.outputs[0].row_elements() {

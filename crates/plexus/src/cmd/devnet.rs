@@ -512,20 +512,18 @@ async fn supervise(
             }
             _ = tick.tick() => {
                 for (i, child) in children.nodes.iter_mut().enumerate() {
-                    if !reported[i] {
-                        if let Some(status) = child.try_wait()? {
+                    if !reported[i]
+                        && let Some(status) = child.try_wait()? {
                             reported[i] = true;
                             eprintln!("{} exited ({status}); the other validators continue. Log: {}", info.nodes[i].name, info.nodes[i].log.display());
                         }
-                    }
                 }
                 let last = children.nodes.len();
-                if let (Some(child), Some(g), false) = (children.gateway.as_mut(), info.gateway.as_ref(), reported[last]) {
-                    if let Some(status) = child.try_wait()? {
+                if let (Some(child), Some(g), false) = (children.gateway.as_mut(), info.gateway.as_ref(), reported[last])
+                    && let Some(status) = child.try_wait()? {
                         reported[last] = true;
                         eprintln!("the gateway exited ({status}). Log: {}", g.log.display());
                     }
-                }
             }
         }
     }

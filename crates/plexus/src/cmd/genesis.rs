@@ -50,7 +50,7 @@ pub enum GenesisCmd {
 
 fn read(file: &PathBuf) -> anyhow::Result<Genesis> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    Ok(serde_json::from_str(&text).with_context(|| format!("{} is not a genesis file", file.display()))?)
+    serde_json::from_str(&text).with_context(|| format!("{} is not a genesis file", file.display()))
 }
 
 fn write(file: &PathBuf, g: &Genesis) -> anyhow::Result<()> {

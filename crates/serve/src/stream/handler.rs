@@ -210,10 +210,10 @@ async fn run(socket: WebSocket, ctx: Arc<Ctx>, trigger: Trigger, hello: Hello, _
                 break;
             }
         }
-        if let Some(c) = stop {
-            if end.0 == close::NORMAL {
-                end = c;
-            }
+        if let Some(c) = stop
+            && end.0 == close::NORMAL
+        {
+            end = c;
         }
     }
     if end.0 != close::NORMAL {

@@ -355,7 +355,7 @@ fn checked(samples: Vec<f32>) -> Result<Vec<f32>, (u16, String)> {
 
 /// Reads a binary frame: little-endian `f32` samples.
 pub fn decode_binary(bytes: &[u8]) -> Result<Vec<f32>, (u16, String)> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err((close::BAD_DATA, format!("a binary frame of {} bytes is not whole f32 samples", bytes.len())));
     }
     if bytes.len() / 4 > SAMPLES_PER_FRAME_MAX {
@@ -465,10 +465,10 @@ impl Windower {
             Trigger::RPeak { before, .. } => {
                 let detector = self.detector.as_mut().expect("r-peak windows have a detector");
                 for &x in samples {
-                    if let Some(r) = detector.push(x) {
-                        if let Some(start) = r.checked_sub(before as u64) {
-                            self.awaiting.push_back(start);
-                        }
+                    if let Some(r) = detector.push(x)
+                        && let Some(start) = r.checked_sub(before as u64)
+                    {
+                        self.awaiting.push_back(start);
                     }
                     self.seen += 1;
                 }
@@ -570,8 +570,8 @@ mod tests {
         };
         let labels = vec!["normal".to_string(), "abnormal".to_string()];
         assert_eq!(judge(&labels, &[t("probs", vec![0.2, 0.8])], 0.5), (Some("abnormal".into()), Some(0.8), true));
-        assert_eq!(judge(&labels, &[t("probs", vec![0.2, 0.8])], 0.9).2, false);
-        assert_eq!(judge(&labels, &[t("probs", vec![0.9, 0.1])], 0.5).2, false);
+        assert!(!judge(&labels, &[t("probs", vec![0.2, 0.8])], 0.9).2);
+        assert!(!judge(&labels, &[t("probs", vec![0.9, 0.1])], 0.5).2);
         let traffic = [t("score", vec![4.2]), t("is_anomaly", vec![1.0])];
         assert_eq!(judge(&[], &traffic, 0.5), (Some("anomaly".into()), Some(4.2), true));
         assert_eq!(judge(&[], &[t("forecast", vec![1.0; 48])], 0.5), (None, None, false));
