@@ -167,9 +167,19 @@ fn bad_requests(context: u64, at: u64) -> Vec<(String, String, Vec<u8>)> {
         ),
         ("chat: unknown field".into(), "/v1/chat/completions".into(), chat(json!({ "bogus": true }))),
         (
-            "chat: a penalty it cannot honour".into(),
+            "chat: a penalty out of range".into(),
             "/v1/chat/completions".into(),
-            chat(json!({ "frequency_penalty": 1.5 })),
+            chat(json!({ "frequency_penalty": 2.5 })),
+        ),
+        (
+            "chat: a logit bias on a token outside the vocabulary".into(),
+            "/v1/chat/completions".into(),
+            chat(json!({ "logit_bias": { "4000000": 5 } })),
+        ),
+        (
+            "chat: a logit bias keyed by text".into(),
+            "/v1/chat/completions".into(),
+            chat(json!({ "logit_bias": { "hello": -100 } })),
         ),
         ("chat: max_tokens 0".into(), "/v1/chat/completions".into(), chat(json!({ "max_tokens": 0 }))),
         (
