@@ -389,14 +389,12 @@ impl App {
         // A penalised or biased generation is audited like any other, so the chain must be able
         // to hear the challenge if the audit fails: not before the version that decodes it.
         let version = self.directory.execution_version();
-        if prepared.spec().is_adjusted() && version < plexus_types::receipt::ADJUSTED_SAMPLING_SINCE {
-            let adjust = &prepared.adjust;
-            let param = if adjust.presence != 0.0 {
-                "presence_penalty"
-            } else if adjust.frequency != 0.0 {
-                "frequency_penalty"
-            } else {
-                "logit_bias"
+        let adjust = &prepared.adjust;
+        if !adjust.is_identity() && version < plexus_types::receipt::ADJUSTED_SAMPLING_SINCE {
+            let param = match (adjust.presence != 0.0, adjust.frequency != 0.0) {
+                (true, _) => "presence_penalty",
+                (_, true) => "frequency_penalty",
+                _ => "logit_bias",
             };
             return Err(GatewayError::bad(
                 param,

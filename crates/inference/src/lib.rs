@@ -319,6 +319,7 @@ impl LogitAdjust {
         use plexus_types::receipt::{LOGIT_BIAS_MAX, LOGIT_BIAS_VALUE_MAX, PENALTY_MAX};
         let penalty = |name: &'static str, v: Option<f64>| match v {
             None => Ok(0.0),
+            // `+ 0.0` turns a -0 penalty into +0, so it encodes as "no penalty".
             Some(v) if v.is_finite() && v.abs() <= f64::from(PENALTY_MAX) => Ok(v as f32 + 0.0),
             Some(_) => Err(Error::invalid(name, "must be between -2 and 2")),
         };
@@ -341,13 +342,17 @@ impl LogitAdjust {
             }
         }
         let bias = by_token.into_iter().filter(|&(_, v)| v != 0.0).collect();
-        // `+ 0.0` turns a -0 penalty into +0, so it encodes as "no penalty".
-        Ok(LogitAdjust { presence: presence + 0.0, frequency: frequency + 0.0, bias })
+        Ok(LogitAdjust { presence, frequency, bias })
     }
 
     /// Whether this changes no logit.
     pub fn is_identity(&self) -> bool {
-        self.presence == 0.0 && self.frequency == 0.0 && self.bias.is_empty()
+        !self.penalises() && self.bias.is_empty()
+    }
+
+    /// Whether a penalty is set, so the generated tokens must be counted.
+    pub fn penalises(&self) -> bool {
+        self.presence != 0.0 || self.frequency != 0.0
     }
 
     /// Refuses a bias on a token outside a vocabulary of `n_vocab` ids.

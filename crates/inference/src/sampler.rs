@@ -117,7 +117,7 @@ pub fn adjusted<'a>(
     for &(token, bias) in &adjust.bias {
         change(token, f64::from(bias));
     }
-    if adjust.presence != 0.0 || adjust.frequency != 0.0 {
+    if adjust.penalises() {
         for (&token, &count) in counts {
             change(token, -(f64::from(count) * f64::from(adjust.frequency) + f64::from(adjust.presence)));
         }

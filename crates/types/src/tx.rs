@@ -720,6 +720,29 @@ mod tests {
             quantization: "F32".into(),
             context_length: 512,
         };
+        // A challenge of a generation sampled by `sampling`.
+        let challenge = |sampling: crate::receipt::SamplingSpec| Payload::Challenge {
+            session: hash(b"s"),
+            attestation: Attestation {
+                request_hash: hash(b"r"),
+                output_hash: hash(b"o"),
+                model: manifest.id(),
+                input_tokens: 2,
+                output_tokens: 1,
+                output_ids_hash: Hash::ZERO,
+                logits_fingerprint: Hash::ZERO,
+            },
+            signature: PrivateKey::from_seed(3).sign(b"x", b"y"),
+            transcript: Transcript {
+                model: manifest.id(),
+                prompt: vec![1, 2],
+                max_tokens: 4,
+                sampling,
+                stop: vec!["\n".into()],
+                output: vec![7],
+            },
+            bond: 10,
+        };
         vec![
             Payload::Transfer { to: a.clone(), amount: 5 },
             Payload::Stake { amount: 7, p2p_address: "127.0.0.1:9000".into() },
@@ -761,64 +784,22 @@ mod tests {
             Payload::SubmitProposal { kind: ProposalKind::Text { text: "hi".into() }, deposit: 1 },
             Payload::Vote { proposal: 1, option: VoteOption::NoWithVeto },
             Payload::SignalVersions { versions: SupportedVersions::V1_ONLY, shadow_ok: true },
-            Payload::Challenge {
-                session: hash(b"s"),
-                attestation: Attestation {
-                    request_hash: hash(b"r"),
-                    output_hash: hash(b"o"),
-                    model: manifest.id(),
-                    input_tokens: 2,
-                    output_tokens: 1,
-                    output_ids_hash: Hash::ZERO,
-                    logits_fingerprint: Hash::ZERO,
-                },
-                signature: PrivateKey::from_seed(3).sign(b"x", b"y"),
-                transcript: Transcript {
-                    model: manifest.id(),
-                    prompt: vec![1, 2],
-                    max_tokens: 4,
-                    sampling: crate::receipt::SamplingSpec::Greedy,
-                    stop: vec!["\n".into()],
-                    output: vec![7],
-                },
-                bond: 10,
-            },
+            challenge(crate::receipt::SamplingSpec::Greedy),
             Payload::ChallengeVote { challenge: 3, guilty: true },
-            Payload::Challenge {
-                session: hash(b"s"),
-                attestation: Attestation {
-                    request_hash: hash(b"r"),
-                    output_hash: hash(b"o"),
-                    model: manifest.id(),
-                    input_tokens: 2,
-                    output_tokens: 1,
-                    output_ids_hash: Hash::ZERO,
-                    logits_fingerprint: Hash::ZERO,
+            challenge(crate::receipt::SamplingSpec::Adjusted {
+                base: Box::new(crate::receipt::SamplingSpec::Random {
+                    temperature_bits: 0.7f32.to_bits(),
+                    top_k: 40,
+                    top_p_bits: 1.0f32.to_bits(),
+                    min_p_bits: 0,
+                    seed: 5,
+                }),
+                adjust: crate::receipt::LogitAdjustSpec {
+                    presence_bits: 0.5f32.to_bits(),
+                    frequency_bits: 0,
+                    bias: vec![(3, (-100.0f32).to_bits()), (9, 2.0f32.to_bits())],
                 },
-                signature: PrivateKey::from_seed(3).sign(b"x", b"y"),
-                transcript: Transcript {
-                    model: manifest.id(),
-                    prompt: vec![1, 2],
-                    max_tokens: 4,
-                    sampling: crate::receipt::SamplingSpec::Adjusted {
-                        base: Box::new(crate::receipt::SamplingSpec::Random {
-                            temperature_bits: 0.7f32.to_bits(),
-                            top_k: 40,
-                            top_p_bits: 1.0f32.to_bits(),
-                            min_p_bits: 0,
-                            seed: 5,
-                        }),
-                        adjust: crate::receipt::LogitAdjustSpec {
-                            presence_bits: 0.5f32.to_bits(),
-                            frequency_bits: 0,
-                            bias: vec![(3, (-100.0f32).to_bits()), (9, 2.0f32.to_bits())],
-                        },
-                    },
-                    stop: vec![],
-                    output: vec![7],
-                },
-                bond: 10,
-            },
+            }),
             Payload::OpenSessionIn {
                 provider: a.clone(),
                 model: manifest.id(),

@@ -449,7 +449,7 @@ impl Engine for LlamaEngine {
         let mut scores = Vec::with_capacity(output.len());
         // Penalties count the output tokens before each position, as the generation did.
         let (mut counts, mut adjusted) = (crate::sampler::TokenCounts::new(), Vec::new());
-        let penalised = request.adjust.presence != 0.0 || request.adjust.frequency != 0.0;
+        let penalised = request.adjust.penalises();
         // Prompt chunks of a whole batch; output chunks small enough that the logits buffer
         // (rows x vocabulary floats) stays a few MB.
         let mut bounds = Vec::new();

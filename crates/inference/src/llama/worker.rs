@@ -560,7 +560,7 @@ impl Worker<'_> {
         let prepared = &a.job.prepared;
         let picked_from = crate::sampler::adjusted(logits, &prepared.adjust, &a.counts, &mut self.adjusted);
         let token = LlamaToken(crate::sampler::choose(picked_from, &prepared.sampling, position));
-        if prepared.adjust.presence != 0.0 || prepared.adjust.frequency != 0.0 {
+        if prepared.adjust.penalises() {
             *a.counts.entry(token.0).or_default() += 1;
         }
         if let Some(top) = a.job.prepared.logprobs.filter(|_| !super::is_end(self.model, &self.ends, token)) {
