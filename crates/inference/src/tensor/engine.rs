@@ -33,13 +33,13 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    fn run(&self, input: TValue) -> TractResult<TVec<TValue>> {
+    fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let state = self.idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
         let mut state = match state {
             Some(s) => s,
             None => self.plan.spawn()?,
         };
-        let out = state.run(tvec![input])?;
+        let out = state.run(inputs)?;
         // A state whose run failed is dropped, not reused.
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < CONCURRENT_MAX
@@ -101,69 +101,119 @@ impl TensorEngine {
         Ok(TensorEngine { info, spec, plans, running: AtomicUsize::new(0) })
     }
 
-    /// Checks a request against the spec; returns the batch size.
-    fn check(&self, request: &TensorRequest) -> Result<usize, Error> {
-        let want = &self.spec.inputs[0];
-        let bad = |reason: String| Error::BadTensor { input: want.name.clone(), reason };
-        let [input] = request.inputs.as_slice() else {
-            return Err(bad(format!("expected exactly one input, got {}", request.inputs.len())));
-        };
-        if input.name != want.name {
+    /// Checks a request against the spec; returns the batch size and each input's values, in
+    /// the spec's order (the request's inputs are matched by name, in any order).
+    fn check<'r>(&self, request: &'r TensorRequest) -> Result<(usize, Vec<&'r [f32]>), Error> {
+        let names = || self.spec.inputs.iter().map(|t| format!("`{}`", t.name)).collect::<Vec<_>>().join(", ");
+        if let Some(extra) = request.inputs.iter().find(|t| !self.spec.inputs.iter().any(|w| w.name == t.name)) {
+            let reason = match self.spec.inputs.as_slice() {
+                [one] => format!("this model's input is `{}`", one.name),
+                _ => format!("this model's inputs are {}", names()),
+            };
+            return Err(Error::BadTensor { input: extra.name.chars().take(TENSOR_NAME_BYTES_MAX).collect(), reason });
+        }
+        if request.inputs.len() != self.spec.inputs.len() {
+            let want = &self.spec.inputs[0];
             return Err(Error::BadTensor {
-                input: input.name.chars().take(TENSOR_NAME_BYTES_MAX).collect(),
-                reason: format!("this model's input is `{}`", want.name),
+                input: want.name.clone(),
+                reason: format!(
+                    "expected {} input{} ({}), got {}",
+                    self.spec.inputs.len(),
+                    if self.spec.inputs.len() == 1 { "" } else { "s" },
+                    names(),
+                    request.inputs.len()
+                ),
             });
         }
-        let dims = want.row_dims();
-        if input.shape.len() != dims.len() + 1 || input.shape[1..] != dims[..] {
-            return Err(bad(format!("shape {:?} does not match {:?} (-1 = any batch size)", input.shape, want.shape)));
-        }
-        let rows = input.shape[0];
-        if rows == 0 || rows > self.spec.batch_max as usize {
-            return Err(bad(format!("batch of {rows} rows; this model takes 1 to {}", self.spec.batch_max)));
-        }
-        if input.data.len() != rows * want.row_elements() {
-            return Err(bad(format!(
-                "{} values for shape {:?} ({} expected)",
-                input.data.len(),
-                input.shape,
-                rows * want.row_elements()
-            )));
-        }
-        // A scan without an early exit vectorises; the position is looked for only when needed.
-        let [lo, hi] = want.range.unwrap_or([f32::MIN, f32::MAX]);
-        if !input.data.iter().fold(true, |ok, &v| ok & (v >= lo) & (v <= hi)) {
-            let i = input.data.iter().position(|&v| !(v >= lo && v <= hi)).unwrap_or(0);
-            let v = input.data[i];
-            if !v.is_finite() {
-                return Err(bad(format!("value {i} is {v} (only finite numbers are accepted)")));
+        let mut rows = None;
+        let mut values = Vec::with_capacity(self.spec.inputs.len());
+        for want in &self.spec.inputs {
+            let bad = |reason: String| Error::BadTensor { input: want.name.clone(), reason };
+            // Present (every request input is one of the spec's, and as many): found.
+            let input = request
+                .inputs
+                .iter()
+                .find(|t| t.name == want.name)
+                .ok_or_else(|| bad(format!("missing; this model's inputs are {}", names())))?;
+            let dims = want.row_dims();
+            if input.shape.len() != dims.len() + 1 || input.shape[1..] != dims[..] {
+                return Err(bad(format!(
+                    "shape {:?} does not match {:?} (-1 = any batch size)",
+                    input.shape, want.shape
+                )));
             }
-            return Err(bad(format!(
-                "value {i} is {v}, outside the range this model takes, {lo} to {hi} (see its preprocessing \
-                 for the units)"
-            )));
+            let n = input.shape[0];
+            if n == 0 || n > self.spec.batch_max as usize {
+                return Err(bad(format!("batch of {n} rows; this model takes 1 to {}", self.spec.batch_max)));
+            }
+            if *rows.get_or_insert(n) != n {
+                return Err(bad(format!("{n} rows, where the other inputs have {}", rows.unwrap_or(0))));
+            }
+            if input.data.len() != n * want.row_elements() {
+                return Err(bad(format!(
+                    "{} values for shape {:?} ({} expected)",
+                    input.data.len(),
+                    input.shape,
+                    n * want.row_elements()
+                )));
+            }
+            // A scan without an early exit vectorises; the position is looked for only when needed.
+            let [lo, hi] = want.range.unwrap_or([f32::MIN, f32::MAX]);
+            if !input.data.iter().fold(true, |ok, &v| ok & (v >= lo) & (v <= hi)) {
+                let i = input.data.iter().position(|&v| !(v >= lo && v <= hi)).unwrap_or(0);
+                let v = input.data[i];
+                if !v.is_finite() {
+                    return Err(bad(format!("value {i} is {v} (only finite numbers are accepted)")));
+                }
+                return Err(bad(format!(
+                    "value {i} is {v}, outside the range this model takes, {lo} to {hi} (see its preprocessing \
+                     for the units)"
+                )));
+            }
+            values.push(&input.data[..]);
         }
-        Ok(rows)
+        Ok((rows.unwrap_or(0), values))
     }
 }
 
 /// Loads the graph once and optimises it for every batch bucket, with every dimension fixed.
 fn compile(path: &Path, spec: &TensorSpec) -> Result<Vec<Plan>, Error> {
     let err = load_err(path);
-    let model = tract_onnx::onnx().model_for_path(path).map_err(&err)?;
-    let n_inputs = model.input_outlets().map_err(&err)?.len();
-    if n_inputs != 1 {
+    let mut model = tract_onnx::onnx().model_for_path(path).map_err(&err)?;
+    let graph_inputs = model.input_outlets().map_err(&err)?.to_vec();
+    if graph_inputs.len() != spec.inputs.len() {
         return Err(Error::Load {
             path: path.into(),
-            reason: format!("the graph has {n_inputs} inputs, the spec one"),
+            reason: format!("the graph has {} inputs, the spec {}", graph_inputs.len(), spec.inputs.len()),
         });
+    }
+    if spec.inputs.len() > 1 {
+        // The graph's inputs in the spec's order, found by name among its inputs only (a name
+        // of an inner node must not cut the graph there).
+        let name_of = |o: &OutletId| model.node(o.node).name.clone();
+        let mut ordered = Vec::with_capacity(spec.inputs.len());
+        for want in &spec.inputs {
+            let found = graph_inputs.iter().find(|o| name_of(o) == want.name).ok_or_else(|| Error::Load {
+                path: path.into(),
+                reason: format!(
+                    "the spec names input `{}`; the graph's inputs are {:?}",
+                    want.name,
+                    graph_inputs.iter().map(name_of).collect::<Vec<_>>()
+                ),
+            })?;
+            ordered.push(*found);
+        }
+        model.set_input_outlets(&ordered).map_err(&err)?;
     }
     let mut plans = Vec::new();
     for rows in buckets(spec.batch_max as usize) {
-        let mut shape: TVec<usize> = tvec![rows];
-        shape.extend(spec.inputs[0].row_dims());
-        let fact = InferenceFact::dt_shape(f32::datum_type(), shape);
-        let typed = model.clone().with_input_fact(0, fact).map_err(&err)?.into_optimized().map_err(&err)?;
+        let mut typed = model.clone();
+        for (i, input) in spec.inputs.iter().enumerate() {
+            let mut shape: TVec<usize> = tvec![rows];
+            shape.extend(input.row_dims());
+            typed = typed.with_input_fact(i, InferenceFact::dt_shape(f32::datum_type(), shape)).map_err(&err)?;
+        }
+        let typed = typed.into_optimized().map_err(&err)?;
         let outputs = typed.output_outlets().map_err(&err)?.len();
         if outputs != spec.outputs.len() {
             return Err(Error::Load {
@@ -177,30 +227,34 @@ fn compile(path: &Path, spec: &TensorSpec) -> Result<Vec<Plan>, Error> {
     Ok(plans)
 }
 
-/// Runs `rows` rows (`data`, row-major) on the smallest bucket that holds them, padding with
-/// copies of the first row and dropping their outputs.
-fn run(plans: &[Plan], spec: &TensorSpec, rows: usize, data: &[f32]) -> Result<Vec<super::Tensor>, Error> {
+/// Runs `rows` rows (each input's values row-major, in the spec's order) on the smallest bucket
+/// that holds them, padding with copies of the first row and dropping their outputs.
+fn run(plans: &[Plan], spec: &TensorSpec, rows: usize, inputs: &[&[f32]]) -> Result<Vec<super::Tensor>, Error> {
     let plan =
         plans.iter().find(|p| p.rows >= rows).ok_or_else(|| Error::Engine(format!("no plan for {rows} rows")))?;
     let bucket = &plan.rows;
-    let row_len = spec.inputs[0].row_elements();
-    let mut shape = vec![*bucket];
-    shape.extend(spec.inputs[0].row_dims());
     let engine_err = |e: TractError| Error::Engine(format!("tract: {e:#}"));
-    // One copy into tract's aligned storage; padding rows repeat the first.
-    let tensor = if rows == *bucket {
-        TractTensor::from_shape(&shape, data).map_err(engine_err)?
-    } else {
-        let mut t = TractTensor::zero::<f32>(&shape).map_err(engine_err)?;
-        let mut view = t.try_as_plain_ram_mut().map_err(engine_err)?;
-        let slots = view.as_slice_mut::<f32>().map_err(engine_err)?;
-        slots[..data.len()].copy_from_slice(data);
-        for pad in slots[data.len()..].chunks_exact_mut(row_len) {
-            pad.copy_from_slice(&data[..row_len]);
-        }
-        t
-    };
-    let out = plan.run(tensor.into()).map_err(engine_err)?;
+    let mut values: TVec<TValue> = TVec::with_capacity(inputs.len());
+    for (meta, data) in spec.inputs.iter().zip(inputs) {
+        let row_len = meta.row_elements();
+        let mut shape = vec![*bucket];
+        shape.extend(meta.row_dims());
+        // One copy into tract's aligned storage; padding rows repeat the first.
+        let tensor = if rows == *bucket {
+            TractTensor::from_shape(&shape, data).map_err(engine_err)?
+        } else {
+            let mut t = TractTensor::zero::<f32>(&shape).map_err(engine_err)?;
+            let mut view = t.try_as_plain_ram_mut().map_err(engine_err)?;
+            let slots = view.as_slice_mut::<f32>().map_err(engine_err)?;
+            slots[..data.len()].copy_from_slice(data);
+            for pad in slots[data.len()..].chunks_exact_mut(row_len) {
+                pad.copy_from_slice(&data[..row_len]);
+            }
+            t
+        };
+        values.push(tensor.into());
+    }
+    let out = plan.run(values).map_err(engine_err)?;
     let mut outputs = Vec::with_capacity(out.len());
     for (value, meta) in out.iter().zip(&spec.outputs) {
         let plain = value.try_as_plain_ram().map_err(engine_err)?;
@@ -242,12 +296,15 @@ fn check_rows_independent(path: &Path, plans: &[Plan], spec: &TensorSpec) -> Res
     if spec.batch_max < 2 {
         return Ok(());
     }
-    let row_len = spec.inputs[0].row_elements();
-    let row = |k: usize| (0..row_len).map(move |j| 1.0 + ((j * 7 + k * 3) % 11) as f32 / 11.0);
-    let both: Vec<f32> = row(0).chain(row(1)).collect();
-    let together = run(plans, spec, 2, &both)?;
+    // Row `k` of input `i`: values that differ by row and by input.
+    let row = |i: usize, k: usize| {
+        (0..spec.inputs[i].row_elements()).map(move |j| 1.0 + ((j * 7 + k * 3 + i * 5) % 11) as f32 / 11.0)
+    };
+    let both: Vec<Vec<f32>> = (0..spec.inputs.len()).map(|i| row(i, 0).chain(row(i, 1)).collect()).collect();
+    let together = run(plans, spec, 2, &both.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
     for k in 0..2 {
-        let alone = run(plans, spec, 1, &row(k).collect::<Vec<_>>())?;
+        let one: Vec<Vec<f32>> = (0..spec.inputs.len()).map(|i| row(i, k).collect()).collect();
+        let alone = run(plans, spec, 1, &one.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
         for (t, a) in together.iter().zip(&alone) {
             let n = a.data.len();
             let mixed =
@@ -277,13 +334,13 @@ impl Engine for TensorEngine {
     }
 
     fn infer(&self, request: &TensorRequest) -> Result<TensorResponse, Error> {
-        let rows = self.check(request)?;
+        let (rows, inputs) = self.check(request)?;
         if self.running.fetch_add(1, Ordering::SeqCst) >= CONCURRENT_MAX {
             self.running.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::Busy { queued: CONCURRENT_MAX, queue_max: CONCURRENT_MAX });
         }
         let _running = Running(&self.running);
-        let outputs = run(&self.plans, &self.spec, rows, &request.inputs[0].data)?;
+        let outputs = run(&self.plans, &self.spec, rows, &inputs)?;
         finite(&outputs)?;
         Ok(TensorResponse { outputs, rows: rows as u32 })
     }
@@ -377,6 +434,87 @@ mod tests {
         path
     }
 
+    /// `y = a - b`, a graph whose inputs are listed `b` first.
+    fn two_input_graph(dir: &Path) -> std::path::PathBuf {
+        use pb::tensor_shape_proto::dimension::Value::{DimParam, DimValue};
+        let dim = |v| pb::tensor_shape_proto::Dimension { value: Some(v), ..Default::default() };
+        let value = |name: &str| pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(pb::TensorShapeProto { dim: vec![dim(DimParam("N".into())), dim(DimValue(4))] }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let sub = pb::NodeProto {
+            op_type: "Sub".into(),
+            input: vec!["a".into(), "b".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        };
+        let model = pb::ModelProto {
+            ir_version: 6,
+            opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 11 }],
+            graph: Some(pb::GraphProto {
+                node: vec![sub],
+                name: "g".into(),
+                input: vec![value("b"), value("a")],
+                output: vec![value("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let path = dir.join("two.onnx");
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_model_of_two_inputs_takes_them_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = two_input_graph(dir.path());
+        let mut spec = spec(4);
+        let mut b = spec.inputs[0].clone();
+        b.name = "b".into();
+        spec.inputs[0].name = "a".into();
+        spec.inputs.push(b);
+        spec.check().unwrap();
+        let plans = compile(&path, &spec).unwrap();
+        check_rows_independent(&path, &plans, &spec).unwrap();
+        let mut engine = dividing_engine(dir.path(), None);
+        engine.spec = spec.clone();
+        engine.plans = plans;
+        let t = |name: &str, rows: usize, v: f32| super::super::Tensor {
+            name: name.into(),
+            shape: vec![rows, 4],
+            data: (0..rows * 4).map(|i| v + i as f32).collect(),
+        };
+        // Listed either way, `a` is a and `b` is b: y = a - b exactly (a subtraction of small
+        // integers has one answer on every CPU).
+        for inputs in [vec![t("a", 3, 10.0), t("b", 3, 1.0)], vec![t("b", 3, 1.0), t("a", 3, 10.0)]] {
+            let out = engine.infer(&TensorRequest { inputs }).unwrap();
+            assert_eq!(out.outputs[0].shape, vec![3, 4]);
+            assert!(out.outputs[0].data.iter().all(|&v| v == 9.0), "{:?}", out.outputs[0].data);
+        }
+        for (inputs, want) in [
+            (vec![t("a", 3, 1.0)], "expected 2 inputs"),
+            (vec![t("a", 3, 1.0), t("c", 3, 1.0)], "inputs are `a`, `b`"),
+            (vec![t("a", 3, 1.0), t("b", 2, 1.0)], "other inputs have 3"),
+        ] {
+            let e = engine.infer(&TensorRequest { inputs }).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // A spec naming an input the graph does not have, or one named twice, is refused.
+        spec.inputs[1].name = "z".into();
+        let e = compile(&path, &spec).err().expect("no input z").to_string();
+        assert!(e.contains("the spec names input `z`"), "{e}");
+        spec.inputs[1].name = "a".into();
+        assert!(spec.check().unwrap_err().contains("named twice"));
+    }
+
     #[test]
     fn buckets_are_powers_of_two_then_the_limit() {
         assert_eq!(buckets(1), vec![1]);
@@ -395,7 +533,7 @@ mod tests {
         check_rows_independent(&path, &plans, &spec).unwrap();
         // 5 rows run on the bucket of 8; Relu is exact, so the answer is too.
         let data: Vec<f32> = (0..20).map(|i| i as f32 - 10.0).collect();
-        let out = run(&plans, &spec, 5, &data).unwrap();
+        let out = run(&plans, &spec, 5, &[&data]).unwrap();
         assert_eq!(out[0].shape, vec![5, 4]);
         assert_eq!(out[0].data, data.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
     }

@@ -43,6 +43,9 @@ pub const RANK_MAX: usize = 4;
 /// The Open Inference Protocol's name for the one element type served today.
 pub const FP32: &str = "FP32";
 
+/// Most inputs a tensor model may have (each is matched by name).
+pub const INPUTS_MAX: usize = 8;
+
 /// One input or output of a tensor model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorMeta {
@@ -102,8 +105,13 @@ impl TensorSpec {
 
     /// The limits every spec must keep: one FP32 input, batch-first shapes, bounded sizes.
     pub fn check(&self) -> Result<(), String> {
-        if self.inputs.len() != 1 {
-            return Err(format!("exactly one input is supported, the spec has {}", self.inputs.len()));
+        if self.inputs.is_empty() || self.inputs.len() > INPUTS_MAX {
+            return Err(format!("1 to {INPUTS_MAX} inputs are supported, the spec has {}", self.inputs.len()));
+        }
+        for (i, t) in self.inputs.iter().enumerate() {
+            if self.inputs[..i].iter().any(|u| u.name == t.name) {
+                return Err(format!("input `{}` is named twice", t.name));
+            }
         }
         if self.outputs.is_empty() || self.outputs.len() > 8 {
             return Err(format!("1 to 8 outputs are supported, the spec has {}", self.outputs.len()));
