@@ -254,6 +254,18 @@ impl Sampling {
         Ok(Sampling::Random { temperature, top_k, top_p, min_p, seed })
     }
 
+    /// The rule for choice `index` of a request that asks for several (`n`): the seed plus the
+    /// index (wrapping), so choices differ, and a client that knows the seed derives each one's
+    /// request exactly as the provider does. Greedy choices are all the same.
+    pub fn for_choice(&self, index: u32) -> Sampling {
+        match *self {
+            Sampling::Random { temperature, top_k, top_p, min_p, seed } => {
+                Sampling::Random { temperature, top_k, top_p, min_p, seed: seed.wrapping_add(index) }
+            }
+            Sampling::Greedy => Sampling::Greedy,
+        }
+    }
+
     /// The sampling, with `adjust`, as a request hash (and a challenge's transcript) commits to
     /// it: the base rule alone when `adjust` changes nothing.
     pub fn spec(&self, adjust: &LogitAdjust) -> plexus_types::receipt::SamplingSpec {

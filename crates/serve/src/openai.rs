@@ -1,7 +1,7 @@
 //! The OpenAI wire format: request bodies as clients send them, responses as the official SDKs
 //! parse them. A field this server does not know is refused with a 400 that names it, as
 //! OpenAI's own API does ("unrecognized request argument"), and so is a known field it cannot
-//! honour (a penalty, a logit bias, `n` > 1, tools, ...): a request is never run with part of it
+//! honour (tools, a response format, ...): a request is never run with part of it
 //! silently ignored. Fields that change nothing about the output (`user`, `metadata`, `store`,
 //! `service_tier`) are accepted.
 
@@ -59,11 +59,20 @@ pub(crate) struct CommonParams {
     pub(crate) logit_bias: Option<serde_json::Map<String, Value>>,
 }
 
+/// The most choices one request may ask for (`n`): each is a whole generation, run and billed
+/// as its own.
+pub const CHOICES_MAX: u32 = 8;
+
 impl CommonParams {
     /// Refuses the parameters this server cannot honour.
     pub(crate) fn check_supported(&self) -> Result<(), ServeError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(ServeError::bad("n", "only n=1 is supported"));
+        if let Some(n) = self.n {
+            if !(1..=CHOICES_MAX).contains(&n) {
+                return Err(ServeError::bad("n", format!("`n` must be from 1 to {CHOICES_MAX}")));
+            }
+            if n > 1 && self.stream {
+                return Err(ServeError::bad("n", "`n` above 1 cannot be streamed; ask without `stream`"));
+            }
         }
         if self.tools.as_ref().is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty())) {
             return Err(ServeError::bad("tools", "tool calling is not supported"));
@@ -212,6 +221,9 @@ pub struct ParsedGeneration {
     pub request: plexus_inference::GenerateRequest,
     pub stream: bool,
     pub include_usage: bool,
+    /// How many choices to generate (`n`, 1 to [`CHOICES_MAX`]); choice `i` samples with the
+    /// seed plus `i` ([`plexus_inference::Sampling::for_choice`]).
+    pub n: u32,
 }
 
 /// Fields of chat and completion requests that every route reads ([`CommonParams`]), and those
@@ -334,6 +346,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
         request,
         stream: req.params.stream,
         include_usage: req.params.include_usage(),
+        n: req.params.n.unwrap_or(1),
     })
 }
 
@@ -377,6 +390,7 @@ pub fn parse_completion(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
         request,
         stream: req.params.stream,
         include_usage: req.params.include_usage(),
+        n: req.params.n.unwrap_or(1),
     })
 }
 
@@ -640,6 +654,51 @@ pub(crate) fn completion_logprobs(entries: &[plexus_inference::TokenLogprob], ch
     })
 }
 
+/// Joins the answers of the choices of one request (each a whole `chat.completion` or
+/// `text_completion` body, in choice order) into one body: choice `i` gets index `i` and keeps
+/// its own `plexus` block (its attestation, signature and token ids), and the usage is the sum of
+/// the choices' (each choice read and was billed for the prompt).
+pub fn merge_choices(answers: Vec<Value>) -> Value {
+    let mut merged = Value::Null;
+    let mut choices = Vec::with_capacity(answers.len());
+    let mut usage = [0u64; 4];
+    for mut answer in answers {
+        let u = &answer["usage"];
+        let counts = [
+            &u["prompt_tokens"],
+            &u["completion_tokens"],
+            &u["total_tokens"],
+            &u["prompt_tokens_details"]["cached_tokens"],
+        ];
+        for (sum, v) in usage.iter_mut().zip(counts) {
+            *sum = sum.saturating_add(v.as_u64().unwrap_or(0));
+        }
+        let plexus = answer.as_object_mut().and_then(|o| o.remove("plexus"));
+        if let Some(Value::Array(list)) = answer.get_mut("choices").map(Value::take) {
+            for mut choice in list {
+                choice["index"] = Value::from(choices.len());
+                if let Some(p) = &plexus {
+                    choice["plexus"] = p.clone();
+                }
+                choices.push(choice);
+            }
+        }
+        if merged.is_null() {
+            merged = answer;
+        }
+    }
+    if merged.is_object() {
+        merged["choices"] = Value::Array(choices);
+        merged["usage"] = serde_json::json!({
+            "prompt_tokens": usage[0],
+            "completion_tokens": usage[1],
+            "total_tokens": usage[2],
+            "prompt_tokens_details": { "cached_tokens": usage[3] },
+        });
+    }
+    merged
+}
+
 /// Standard base64 (RFC 4648, with padding).
 pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -688,8 +747,56 @@ mod tests {
         assert_eq!(r.params.max_tokens(), Some(5));
         assert!(r.params.include_usage());
         assert_eq!(r.params.stop.unwrap().into_vec(), vec!["x"]);
-        let r: ChatRequest = serde_json::from_str(r#"{"model":"m","messages":[],"n":2}"#).unwrap();
-        assert!(r.params.check_supported().is_err());
+        for (n, stream, ok) in [
+            (1, true, true),
+            (2, false, true),
+            (8, false, true),
+            (0, false, false),
+            (9, false, false),
+            (2, true, false),
+        ] {
+            let body = format!(r#"{{"model":"m","messages":[],"n":{n},"stream":{stream}}}"#);
+            let r: ChatRequest = serde_json::from_str(&body).unwrap();
+            let e = r.params.check_supported();
+            assert_eq!(e.is_ok(), ok, "n={n} stream={stream}");
+            if let Err(e) = e {
+                assert_eq!(e.param().as_deref(), Some("n"));
+            }
+        }
+    }
+
+    #[test]
+    fn merged_choices_keep_their_attestations_and_sum_their_usage() {
+        let answer = |text: &str, prompt: u64, completion: u64, cached: u64, att: &str| {
+            serde_json::json!({
+                "id": format!("chatcmpl-{att}"), "object": "chat.completion", "model": "m",
+                "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+                "usage": { "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                           "prompt_tokens_details": { "cached_tokens": cached } },
+                "plexus": { "attestation_hex": att },
+            })
+        };
+        let merged =
+            merge_choices(vec![answer("a", 10, 3, 0, "aa"), answer("b", 10, 5, 9, "bb"), answer("c", 10, 1, 9, "cc")]);
+        assert_eq!(merged["id"], "chatcmpl-aa");
+        assert!(merged.get("plexus").is_none());
+        let choices = merged["choices"].as_array().unwrap();
+        let got: Vec<_> = choices
+            .iter()
+            .map(|c| {
+                (
+                    c["index"].as_u64().unwrap(),
+                    c["message"]["content"].as_str().unwrap(),
+                    c["plexus"]["attestation_hex"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, [(0, "a", "aa"), (1, "b", "bb"), (2, "c", "cc")]);
+        assert_eq!(merged["usage"]["prompt_tokens"], 30);
+        assert_eq!(merged["usage"]["completion_tokens"], 9);
+        assert_eq!(merged["usage"]["total_tokens"], 39);
+        assert_eq!(merged["usage"]["prompt_tokens_details"]["cached_tokens"], 18);
+        assert_eq!(merge_choices(vec![]), Value::Null);
     }
 
     #[test]

@@ -17,6 +17,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import openai
 from openai import OpenAI
 
 CHAT = "smollm2-135m-instruct"
@@ -114,6 +115,29 @@ def basic(client):
     for h in ("x-plexus-provider", "x-plexus-session", "x-plexus-attestation", "x-plexus-signature"):
         assert raw.headers.get(h), h
     out["chat"] = {"text": chat.choices[0].message.content, "provider": raw.headers["x-plexus-provider"]}
+
+    # n = 2 on both architectures: each choice its own verified, paid generation (seed, seed + 1),
+    # with the provider's attestation, the usage their sum.
+    choices = {}
+    for model in (CHAT, GEMMA):
+        two = client.chat.completions.create(
+            model=model, temperature=1.0, seed=11, max_tokens=12, n=2,
+            messages=[{"role": "user", "content": "Write one line about the sea."}],
+        )
+        assert [c.index for c in two.choices] == [0, 1], (model, two.choices)
+        blocks = [c.model_extra["plexus"] for c in two.choices]
+        hashes = [b["attestation"]["request_hash"] for b in blocks]
+        assert hashes[0] != hashes[1], (model, blocks)
+        assert two.usage.completion_tokens == sum(len(b["output_ids"]) for b in blocks), (model, two.usage)
+        choices[model] = [c.message.content for c in two.choices]
+    for kwargs in (dict(n=9), dict(n=0), dict(n=2, stream=True)):
+        try:
+            client.chat.completions.create(model=CHAT, max_tokens=4, messages=[{"role": "user", "content": "hi"}], **kwargs)
+        except openai.BadRequestError as e:
+            assert e.body.get("param") == "n", (kwargs, e.body)
+        else:
+            raise AssertionError(f"expected a 400 for {kwargs}")
+    out["n"] = choices
 
     # Log-probabilities pass through the gateway, non-streamed and streamed (legacy shape,
     # offsets counted over the whole answer), and are not billed beyond the tokens.

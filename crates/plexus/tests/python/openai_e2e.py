@@ -172,6 +172,22 @@ def main():
     floats = client.embeddings.create(model=embed_model, input="A man is eating food.", encoding_format="float")
     assert max(abs(a - b) for a, b in zip(floats.data[0].embedding, vecs[0])) < 1e-6
 
+    # n = 2: two choices, each its own attested generation (the seed, then the seed plus one),
+    # the usage their sum. Greedy choices are the same answer; n = 3 completions likewise.
+    sea = [{"role": "user", "content": "Write one line about the sea."}]
+    two = client.chat.completions.create(model=chat_model, messages=sea, temperature=1.0, seed=7, max_tokens=16, n=2)
+    one = client.chat.completions.create(model=chat_model, messages=sea, temperature=1.0, seed=7, max_tokens=16)
+    assert [c.index for c in two.choices] == [0, 1], two.choices
+    blocks = [c.model_extra["plexus"] for c in two.choices]
+    assert blocks[0]["attestation"]["request_hash"] == one.model_extra["plexus"]["attestation"]["request_hash"]
+    assert blocks[0]["attestation"]["request_hash"] != blocks[1]["attestation"]["request_hash"], blocks
+    assert all(c.message.content for c in two.choices), two.choices
+    assert two.usage.completion_tokens == sum(len(b["output_ids"]) for b in blocks), (two.usage, blocks)
+    assert two.usage.prompt_tokens == 2 * one.usage.prompt_tokens, (two.usage, one.usage)
+    three = client.completions.create(model=chat_model, prompt="The capital of France is", temperature=0, max_tokens=5, n=3)
+    assert [c.index for c in three.choices] == [0, 1, 2] and all(c.text for c in three.choices), three.choices
+    assert three.usage.completion_tokens == 15, three.usage
+
     # Errors are typed by the SDK.
     for kwargs, error in (
         (dict(model=chat_model, messages=[]), openai.BadRequestError),
@@ -182,6 +198,8 @@ def main():
         (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], presence_penalty=2.5), openai.BadRequestError),
         (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], logit_bias={"99999999": 5}), openai.BadRequestError),
         (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], logit_bias={"5": 101}), openai.BadRequestError),
+        (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], n=9), openai.BadRequestError),
+        (dict(model=chat_model, messages=[{"role": "user", "content": "hi"}], n=2, stream=True), openai.BadRequestError),
     ):
         try:
             client.chat.completions.create(**kwargs)
