@@ -30,6 +30,8 @@ OPENAI_PY_VERSION="3.57.0"
 GGUF_PY_VERSION="0.19.0"
 PROMETHEUS_PY_VERSION="0.21.1"
 SCHEMATHESIS_PY_VERSION="4.32.5"
+# Triton's client, which speaks the Open Inference Protocol with binary tensors by default.
+TRITONCLIENT_PY_VERSION="2.73.0"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -107,12 +109,16 @@ ensure_test_packages() {
     apt_install chromium
 }
 
-# The tests' API checker (schemathesis), in the environment `ensure_python` made.
+# The tests' API checker (schemathesis) and Triton's client, in the environment `ensure_python` made.
 ensure_test_python() {
     local py="$PLEXUS_VENV/bin/python3"
     if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$SCHEMATHESIS_PY_VERSION')" >/dev/null 2>&1; then
         say "installing the schemathesis Python package $SCHEMATHESIS_PY_VERSION (checks the OpenAPI documents against live servers)"
         "$py" -m pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_PY_VERSION"
+    fi
+    if ! "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('tritonclient') != '$TRITONCLIENT_PY_VERSION')" >/dev/null 2>&1; then
+        say "installing the tritonclient[http] Python package $TRITONCLIENT_PY_VERSION (drives the KServe routes as Triton's clients do)"
+        "$py" -m pip install -q --disable-pip-version-check "tritonclient[http]==$TRITONCLIENT_PY_VERSION"
     fi
 }
 

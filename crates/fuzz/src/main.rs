@@ -309,15 +309,24 @@ fn genesis() -> Genesis {
 
 /// Valid bodies of each kind `api_body` reads, behind the byte that picks the parser.
 fn api_corpus() -> Vec<Vec<u8>> {
-    let bodies: [(u8, &str); 6] = [
+    let bodies: [(u8, &str); 7] = [
         (0, r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stop":["x"],"seed":1}"#),
         (0, r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stream":true}"#),
         (1, r#"{"model":"m","prompt":"Once","max_tokens":3,"temperature":0.7,"top_p":0.9}"#),
         (2, r#"{"model":"m","input":["a","b"],"encoding_format":"base64"}"#),
         (3, r#"{"id":"1","inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4]]}]}"#),
         (4, r#"{"outputs":[{"name":"y","shape":[2,1],"datatype":"FP32","data":[0.5,null]}]}"#),
+        (3, r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"INT16","data":[1,-2]}],"outputs":[{"name":"y"}]}"#),
     ];
-    bodies.iter().map(|(kind, body)| [&[*kind][..], body.as_bytes()].concat()).collect()
+    let mut corpus: Vec<Vec<u8>> = bodies.iter().map(|(kind, body)| [&[*kind][..], body.as_bytes()].concat()).collect();
+    // The binary tensor extension: the JSON header's length (u16, little-endian), then the body.
+    let header = br#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP16","parameters":{"binary_data_size":6}}],"parameters":{"binary_data_output":true}}"#;
+    let mut binary = vec![5];
+    binary.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    binary.extend_from_slice(header);
+    binary.extend_from_slice(&[0x00, 0x3c, 0x00, 0xc0, 0x00, 0x7c]);
+    corpus.push(binary);
+    corpus
 }
 
 fn stream_corpus() -> Vec<Vec<u8>> {
@@ -572,12 +581,26 @@ fn targets() -> Vec<Target> {
             corpus: api_corpus(),
             run: Box::new(|b| {
                 let Some((&kind, body)) = b.split_first() else { return };
-                match kind % 5 {
+                match kind % 6 {
                     0 => drop(plexus_serve::openai::parse_chat(body)),
                     1 => drop(plexus_serve::openai::parse_completion(body)),
                     2 => drop(plexus_serve::openai::parse_embeddings(body)),
-                    3 => {
-                        if let Ok((_, request, _)) = plexus_serve::kserve::parse(body) {
+                    3 | 5 => {
+                        // Kind 5: the binary tensor extension, the JSON header's length first.
+                        let (body, header_len) = match (kind % 6, body) {
+                            (5, [a, b, rest @ ..]) => (rest, Some(usize::from(u16::from_le_bytes([*a, *b])))),
+                            (5, _) => return,
+                            _ => (body, None),
+                        };
+                        if let Ok((sent, len)) = plexus_serve::kserve::wire::for_provider(body, header_len)
+                            && let Ok(parsed) = plexus_serve::kserve::parse(body, header_len)
+                        {
+                            // A gateway asks the provider for the very request the app sent.
+                            assert_eq!(plexus_serve::kserve::parse(&sent, len).map(|p| p.request), Ok(parsed.request));
+                        }
+                        if let Ok(plexus_serve::kserve::Parsed { request, .. }) =
+                            plexus_serve::kserve::parse(body, header_len)
+                        {
                             // What parses is finite: nothing else reaches an engine.
                             assert!(request.inputs.iter().all(|t| t.data.iter().all(|v| v.is_finite())));
                             let _ = plexus_serve::kserve::rows(&request);

@@ -1,5 +1,5 @@
 //! The Open Inference Protocol (KServe v2) for the network's tensor models, paid per inference:
-//! `POST /v2/models/{name}/infer` is carried to a provider exactly as a chat request is —
+//! `POST /v2/models/{name}/infer` (JSON tensors or the binary tensor extension) is carried to a provider exactly as a chat request is —
 //! counted by the gateway itself (the rows of the request: one inference each, and the request
 //! hash the provider must attest), sent on a session with that provider, checked (the attested
 //! rows and request, and outputs that hash to what was attested) and acknowledged by a signed
@@ -15,8 +15,9 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use plexus_serve::kserve::wire;
 use serde_json::{Value, json};
 
 use crate::GatewayError;
@@ -122,6 +123,7 @@ pub(crate) async fn model_metadata(State(app): State<Arc<App>>, Path(name): Path
 pub(crate) async fn infer(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     app.metrics.request(Wire::Infer.label());
@@ -130,11 +132,15 @@ pub(crate) async fn infer(
         Err(r) => return error(r.status(), r.body_text()),
     };
     // The gateway's own count: the same parser and bounds as the provider's.
-    let (_, request, _) = match plexus_serve::kserve::parse(&bytes) {
+    let header_len = match wire::header_length(&headers) {
+        Ok(len) => len,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let parsed = match plexus_serve::kserve::parse(&bytes, header_len) {
         Ok(p) => p,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let rows = plexus_serve::kserve::rows(&request);
+    let rows = plexus_serve::kserve::rows(&parsed.request);
     let Ok(rows) = u32::try_from(rows) else {
         return error(StatusCode::BAD_REQUEST, format!("{rows} rows is too many"));
     };
@@ -149,18 +155,100 @@ pub(crate) async fn infer(
         model: id,
         prompt_tokens: 0,
         max_tokens: rows,
-        request_hash: plexus_serve::kserve::request_hash(&id, &request),
+        request_hash: plexus_serve::kserve::request_hash(&id, &parsed.request),
         stop: Vec::new(),
         prompt: Vec::new(),
         sampling: plexus_types::receipt::SamplingSpec::Greedy,
     };
-    let body: Value = match serde_json::from_slice(&bytes) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid inference request: {e}")),
+    // The provider is asked for JSON outputs (the gateway checks them against the attestation)
+    // and the app's binary outputs are encoded here after that check.
+    let (sent, sent_len) = match wire::for_provider(&bytes, header_len) {
+        Ok(s) => s,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let check = Check::Infer { expect: &expect, path: format!("/v2/models/{id}/infer"), request: &request };
-    match forward(app.clone(), Wire::Infer, body, candidates, check).await {
+    let body: Value = match sent_len {
+        Some(_) => Value::Null,
+        None => match serde_json::from_slice(&sent) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid inference request: {e}")),
+        },
+    };
+    let check = Check::Infer {
+        expect: &expect,
+        path: format!("/v2/models/{id}/infer"),
+        request: &parsed.request,
+        binary: sent_len.map(|len| (&sent[..], len)),
+    };
+    let response = match forward(app.clone(), Wire::Infer, body, candidates, check).await {
         Ok(r) => r,
-        Err(e) => from_gateway(e),
+        Err(e) => return from_gateway(e),
+    };
+    if !parsed.binary.any() || !response.status().is_success() {
+        return response;
     }
+    let (mut parts, body) = response.into_parts();
+    // The gateway's own JSON of the verified answer, bounded by the rows asked for.
+    let answer = match axum::body::to_bytes(body, usize::MAX).await.map(|b| serde_json::from_slice::<Value>(&b)) {
+        Ok(Ok(v)) => v,
+        _ => return error(StatusCode::INTERNAL_SERVER_ERROR, "reading the verified answer"),
+    };
+    match wire::encode_answer(answer, &parsed.binary) {
+        Ok((body, len)) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            for (name, value) in wire::content_headers(len) {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    parts.headers.insert(name, v);
+                }
+            }
+            Response::from_parts(parts, axum::body::Body::from(body))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer: {e}")),
+    }
+}
+
+/// The one version of a model is its content id: `version` must name it.
+async fn check_version(app: &App, name: &str, version: &str) -> Result<(), Response> {
+    let (id, _) = app.resolve(name).await.map_err(from_gateway)?;
+    if version != id.to_string() {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "model `{name}` has no version `{}`; its one version is {id}",
+                &version[..version.floor_char_boundary(80)]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn version_metadata(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = check_version(&app, &name, &version).await {
+        return r;
+    }
+    model_metadata(State(app), Path(name)).await
+}
+
+pub(crate) async fn version_ready(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = check_version(&app, &name, &version).await {
+        return r;
+    }
+    model_ready(State(app), Path(name)).await
+}
+
+pub(crate) async fn version_infer(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = check_version(&app, &name, &version).await {
+        return r;
+    }
+    infer(State(app), Path(name), headers, body).await
 }

@@ -110,6 +110,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v2/models/{name}", get(crate::kserve::model_metadata))
         .route("/v2/models/{name}/ready", get(crate::kserve::model_ready))
         .route("/v2/models/{name}/infer", post(crate::kserve::infer))
+        .route("/v2/models/{name}/versions/{version}", get(crate::kserve::version_metadata))
+        .route("/v2/models/{name}/versions/{version}/ready", get(crate::kserve::version_ready))
+        .route("/v2/models/{name}/versions/{version}/infer", post(crate::kserve::version_infer))
         .route("/v2/models/{name}/stream", get(crate::stream::stream))
         .fallback(|| async { GatewayError::bad("path", "no such route on the gateway").into_response() })
         .layer(DefaultBodyLimit::max(limit))
@@ -143,8 +146,17 @@ impl MakeRequestId for RequestIds {
 /// headers that say who answered. Requests from other origins are refused by [`guard`].
 fn cors(origins: &[String]) -> CorsLayer {
     let allowed: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
-    let expose = ["x-request-id", H_PROVIDER, H_SESSION, H_ATTESTATION, H_SIGNATURE, H_MODEL_ID, "retry-after"]
-        .map(axum::http::HeaderName::from_static);
+    let expose = [
+        "x-request-id",
+        H_PROVIDER,
+        H_SESSION,
+        H_ATTESTATION,
+        H_SIGNATURE,
+        H_MODEL_ID,
+        "retry-after",
+        plexus_serve::kserve::wire::HEADER_LENGTH,
+    ]
+    .map(axum::http::HeaderName::from_static);
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(allowed))
         .allow_methods([Method::GET, Method::POST])
@@ -170,11 +182,16 @@ async fn timed(State(app): State<Shared_>, request: Request, next: Next) -> Resp
     response
 }
 
-/// Who may use the gateway: the API key (when set), JSON bodies only, no foreign origin.
+/// Who may use the gateway: the API key (when set), JSON bodies only (on the KServe routes also
+/// binary tensor bodies, and bodies with no declared type, as Triton's clients send them), no
+/// foreign origin. Refusals on the KServe routes are in that protocol's shape, so its clients can
+/// read them.
 async fn guard(State(app): State<Shared_>, request: Request, next: Next) -> Response {
+    let kserve = request.uri().path().starts_with("/v2/");
     let refuse = |status: StatusCode, code: &'static str, message: String| {
-        (status, [(header::CONTENT_TYPE, "application/json")], GatewayError::refusal_json(code, &message))
-            .into_response()
+        let body =
+            if kserve { json!({ "error": message }).to_string() } else { GatewayError::refusal_json(code, &message) };
+        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
     };
     if matches!(request.uri().path(), "/health" | "/v2/health/live" | "/v2/health/ready" | "/openapi.json") {
         return next.run(request).await;
@@ -215,15 +232,25 @@ async fn guard(State(app): State<Shared_>, request: Request, next: Next) -> Resp
                 format!("the request body is larger than {limit} bytes"),
             );
         }
-        let json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/json"));
-        if !json {
+        let kind = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase());
+        let accepted = match kind.as_deref() {
+            Some(t) if t.starts_with("application/json") => true,
+            // The API key is required and a foreign page's Origin is refused above, so a body
+            // without a declared type is no way around them.
+            None => kserve,
+            Some(t) => kserve && t.starts_with("application/octet-stream"),
+        };
+        if !accepted {
             return refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                "request bodies must be JSON (Content-Type: application/json)".into(),
+                if kserve {
+                    "request bodies must be JSON or binary tensors (Content-Type: application/json or \
+                     application/octet-stream)"
+                        .into()
+                } else {
+                    "request bodies must be JSON (Content-Type: application/json)".into()
+                },
             );
         }
     }
@@ -630,6 +657,9 @@ pub(crate) enum Check<'a> {
         expect: &'a Expect,
         path: String,
         request: &'a TensorRequest,
+        /// A body in the binary tensor extension, sent as it is (with its JSON header's
+        /// length) in place of the JSON body.
+        binary: Option<(&'a [u8], usize)>,
     },
 }
 
@@ -662,7 +692,15 @@ async fn forward_once(
             Ok(link) => link,
             Err(e) => return Ok(Attempt::Retry(format!("{}: {e}", c.provider))),
         };
-        let sent = link.post(&url).headers(app.request_headers(&s, false)).json(body).send().await;
+        let post = link.post(&url).headers(app.request_headers(&s, false));
+        let post = match check {
+            Check::Infer { binary: Some((bytes, len)), .. } => post
+                .header(plexus_serve::kserve::wire::HEADER_LENGTH, *len)
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes.to_vec()),
+            _ => post.json(body),
+        };
+        let sent = post.send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -1292,9 +1330,14 @@ async fn generate(app: Arc<App>, wire: Wire, body: Value) -> Result<Response, Ga
     if !manifest.engine.generates_text() {
         return Err(GatewayError::bad("model", format!("model `{requested}` does not generate text")));
     }
+    let mut body = body;
+    let n = take_choices(&mut body)?;
     let counted = app.count_generation(wire, &tokenizer, body)?;
     let candidates = app.candidates(&id, &manifest.name).await?;
     app.asked_for(&requested);
+    if n > 1 {
+        return several(app, wire, &tokenizer, counted, n, candidates).await;
+    }
     if !counted.body["stream"].as_bool().unwrap_or(false) {
         let check = Check::Generation { expect: &counted.expect, tokenizer: &tokenizer, wire };
         return forward(app.clone(), wire, counted.body.clone(), candidates, check).await;
@@ -1323,6 +1366,74 @@ async fn generate(app: Arc<App>, wire: Wire, body: Value) -> Result<Response, Ga
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// Removes `n` from an app's body, refusing what `plexus serve` refuses: `n` outside 1 to
+/// [`plexus_serve::openai::CHOICES_MAX`], or above 1 with `stream`.
+fn take_choices(body: &mut Value) -> Result<u32, GatewayError> {
+    let max = plexus_serve::openai::CHOICES_MAX;
+    let n = match body.as_object_mut().and_then(|o| o.remove("n")) {
+        None | Some(Value::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=u64::from(max)).contains(&n) => n as u32,
+            _ => return Err(GatewayError::bad("n", format!("`n` must be from 1 to {max}"))),
+        },
+    };
+    if n > 1 && body["stream"].as_bool().unwrap_or(false) {
+        return Err(GatewayError::bad("n", "`n` above 1 cannot be streamed; ask without `stream`"));
+    }
+    Ok(n)
+}
+
+/// `n` > 1 choices: each is a request of its own (the seed plus its index, as `plexus serve`
+/// derives them), counted, forwarded with failover, verified and billed like any other, so a
+/// provider is paid for each choice it proved and for nothing else. They run at once; the
+/// answer joins them ([`plexus_serve::openai::merge_choices`]) with the first choice's headers.
+/// A choice nobody could serve fails the request (the choices served are still paid: their work
+/// was done).
+async fn several(
+    app: Arc<App>,
+    wire: Wire,
+    tokenizer: &Arc<Tokenizer>,
+    first: Counted,
+    n: u32,
+    candidates: Vec<Candidate>,
+) -> Result<Response, GatewayError> {
+    let bytes = serde_json::to_vec(&first.body).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    let parsed = match wire {
+        Wire::Chat => plexus_serve::openai::parse_chat(&bytes),
+        _ => plexus_serve::openai::parse_completion(&bytes),
+    }
+    .map_err(bad_request)?;
+    let mut counted = vec![first];
+    for i in 1..n {
+        let mut body = counted[0].body.clone();
+        if let Sampling::Random { seed, .. } = parsed.request.sampling.for_choice(i) {
+            body["seed"] = json!(seed);
+        }
+        counted.push(app.count_generation(wire, tokenizer, body)?);
+    }
+    let choices = counted.iter().map(|c| {
+        let check = Check::Generation { expect: &c.expect, tokenizer, wire };
+        forward(app.clone(), wire, c.body.clone(), candidates.clone(), check)
+    });
+    let mut answers = Vec::with_capacity(n as usize);
+    let mut headers = None;
+    for response in futures::future::join_all(choices).await {
+        let response = response?;
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        let (parts, body) = response.into_parts();
+        // The gateway's own JSON of one verified answer, bounded by its max_tokens.
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| GatewayError::Internal(e.to_string()))?;
+        answers.push(serde_json::from_slice::<Value>(&bytes).map_err(|e| GatewayError::Internal(e.to_string()))?);
+        headers.get_or_insert(parts.headers);
+    }
+    let mut headers = headers.unwrap_or_default();
+    headers.remove(header::CONTENT_LENGTH);
+    let body = plexus_serve::openai::merge_choices(answers).to_string();
+    Ok((StatusCode::OK, headers, body).into_response())
 }
 
 async fn embed(app: Arc<App>, body: Value) -> Result<Response, GatewayError> {

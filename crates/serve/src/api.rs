@@ -56,6 +56,9 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/v2/models/{name}", get(crate::kserve::model_metadata))
         .route("/v2/models/{name}/ready", get(crate::kserve::model_ready))
         .route("/v2/models/{name}/infer", post(crate::kserve::infer))
+        .route("/v2/models/{name}/versions/{version}", get(crate::kserve::version_metadata))
+        .route("/v2/models/{name}/versions/{version}/ready", get(crate::kserve::version_ready))
+        .route("/v2/models/{name}/versions/{version}/infer", post(crate::kserve::version_infer))
         .route("/v2/models/{name}/stream", get(crate::stream::handler::stream))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -461,6 +464,9 @@ async fn chat(State(state): State<Shared>, headers: HeaderMap, body: Result<Byte
     let result = async {
         let parsed = crate::openai::parse_chat(&state.bytes(body)?)?;
         let engine = state.engine(&parsed.model)?;
+        if parsed.n > 1 {
+            return several(&state, engine, &headers, parsed, Wire::Chat, started).await;
+        }
         generate(&state, engine, &headers, parsed.request, parsed.stream, parsed.include_usage, Wire::Chat, started)
             .await
     }
@@ -474,6 +480,9 @@ async fn completions(State(state): State<Shared>, headers: HeaderMap, body: Resu
     let result = async {
         let parsed = crate::openai::parse_completion(&state.bytes(body)?)?;
         let engine = state.engine(&parsed.model)?;
+        if parsed.n > 1 {
+            return several(&state, engine, &headers, parsed, Wire::Completion, started).await;
+        }
         generate(
             &state,
             engine,
@@ -488,6 +497,49 @@ async fn completions(State(state): State<Shared>, headers: HeaderMap, body: Resu
     }
     .await;
     result.unwrap_or_else(|e| state.fail(e))
+}
+
+/// A request for `n` > 1 choices (never streamed): each choice is its own generation, run at
+/// once beside the others (the engine batches them and the prompt's cache serves them all),
+/// metered and attested on its own, with the seed plus its index. The answer joins them
+/// ([`crate::openai::merge_choices`]); its headers are the first choice's, and every choice
+/// carries its own `plexus` block. One failed choice fails the request.
+async fn several(
+    state: &Shared,
+    engine: Arc<dyn Engine>,
+    headers: &HeaderMap,
+    parsed: crate::openai::ParsedGeneration,
+    wire: Wire,
+    started: Instant,
+) -> Result<Response, ServeError> {
+    let choices = (0..parsed.n).map(|i| {
+        let mut request = parsed.request.clone();
+        request.sampling = request.sampling.for_choice(i);
+        let engine = engine.clone();
+        async move {
+            let response = generate(state, engine, headers, request, false, false, wire, started).await?;
+            let (parts, body) = response.into_parts();
+            // The body is this server's own JSON, bounded by the request's max_tokens.
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .map_err(|e| ServeError::Internal(format!("reading a choice's answer: {e}")))?;
+            let answer: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| ServeError::Internal(format!("a choice's answer is not JSON: {e}")))?;
+            Ok::<_, ServeError>((parts.headers, answer))
+        }
+    });
+    let mut answers = Vec::with_capacity(parsed.n as usize);
+    let mut first_headers = None;
+    for result in futures::future::join_all(choices).await {
+        let (headers, answer) = result?;
+        first_headers.get_or_insert(headers);
+        answers.push(answer);
+    }
+    let mut headers = first_headers.unwrap_or_default();
+    headers.remove(header::CONTENT_LENGTH);
+    let body = serde_json::to_string(&crate::openai::merge_choices(answers))
+        .map_err(|e| ServeError::Internal(format!("joining choices: {e}")))?;
+    Ok((headers, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -189,7 +189,9 @@ fn bad_requests(context: u64, at: u64) -> Vec<(String, String, Vec<u8>)> {
         ),
         ("chat: max_tokens negative".into(), "/v1/chat/completions".into(), chat(json!({ "max_tokens": -1 }))),
         ("chat: temperature out of range".into(), "/v1/chat/completions".into(), chat(json!({ "temperature": 1e9 }))),
-        ("chat: n = 3".into(), "/v1/chat/completions".into(), chat(json!({ "n": 3 }))),
+        ("chat: n = 9".into(), "/v1/chat/completions".into(), chat(json!({ "n": 9 }))),
+        ("chat: n = 0".into(), "/v1/chat/completions".into(), chat(json!({ "n": 0 }))),
+        ("chat: n = 2, streamed".into(), "/v1/chat/completions".into(), chat(json!({ "n": 2, "stream": true }))),
         (
             "chat: prompt past the context".into(),
             "/v1/chat/completions".into(),
@@ -272,9 +274,15 @@ fn bad_requests(context: u64, at: u64) -> Vec<(String, String, Vec<u8>)> {
         );
         add("another input name", v(infer("not_the_input", &[row(1.0)])));
         add(
-            "INT8 data",
+            "INT8 data outside INT8",
             v(
-                json!({ "inputs": [{ "name": input, "shape": [1, width], "datatype": "INT8", "data": vec![1; width] }] }),
+                json!({ "inputs": [{ "name": input, "shape": [1, width], "datatype": "INT8", "data": vec![300; width] }] }),
+            ),
+        );
+        add(
+            "BOOL data",
+            v(
+                json!({ "inputs": [{ "name": input, "shape": [1, width], "datatype": "BOOL", "data": vec![true; width] }] }),
             ),
         );
         add(

@@ -137,6 +137,11 @@ fn tensor_models_are_paid_per_inference_through_the_gateway_and_stay_in_their_re
         nowhere.post_full("/v2/models/ecg-heartbeat/infer", &infer_body("ecg_window", &beats[..1], None));
     assert_eq!(code, 404, "no provider in that region: {text}");
 
+    // Triton's own client through the gateway: binary tensors in and out, verified and paid
+    // like JSON ones.
+    let ecg_dir = ModelCache::from_env().pull("ecg-heartbeat", Progress::Hide).unwrap().dir;
+    let triton = kserve_python(&gw.base, "ecg-heartbeat", &ecg_dir.join("heldout.json"), &gw.key);
+
     // Both gateways close their sessions; the chain settles exactly their receipts.
     let mut sessions = Vec::new();
     for g in [&gw, &eu] {
@@ -171,7 +176,7 @@ fn tensor_models_are_paid_per_inference_through_the_gateway_and_stay_in_their_re
         }
         inferences += rows;
     }
-    assert_eq!(inferences, 8 + 5 + 3 + 3 * 4, "every inference made was paid, and nothing else");
+    assert_eq!(inferences, 8 + 5 + 3 + 3 * 4 + triton, "every inference made was paid, and nothing else");
     assert_eq!(get(&format!("{api}/chain/v1/supply")).unwrap()["conserved"], true);
     drop(devnet);
 }

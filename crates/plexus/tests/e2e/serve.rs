@@ -223,7 +223,7 @@ fn openai_api_end_to_end() {
     let r = post(
         &s.base,
         "/v1/chat/completions",
-        &json!({"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "n": 3}),
+        &json!({"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "n": 9}),
     );
     assert_openai_error(r, 400, Some("n"));
     let r = post(&s.base, "/v1/embeddings", &json!({"model": CHAT, "input": "hi"}));
@@ -390,7 +390,7 @@ fn kserve_v2_end_to_end_with_the_ecg_model() {
         (
             json!({"inputs": [{"name": "ecg_window", "shape": [1, 256], "datatype": "INT32", "data": one}]}),
             400,
-            "datatype",
+            "not an integer",
         ),
         (json!({"inputs": [{"name": "ecg_window", "shape": [1, 256], "datatype": "FP32", "data": nan}]}), 400, "null"),
         (
@@ -424,4 +424,13 @@ fn kserve_v2_end_to_end_with_the_ecg_model() {
         .find(|l| l.starts_with("plexus_inference_tensor_inferences_total{model=\"ecg-heartbeat\"}"))
         .unwrap();
     assert!(line.ends_with(" 16"), "{line}");
+
+    // Triton's own client, binary tensors and all: the same answers as JSON requests.
+    let triton = crate::util::kserve_python(&s.base, ECG, &model.dir.join("heldout.json"), "");
+    let text = reqwest::blocking::get(format!("{}/metrics", s.base)).unwrap().text().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("plexus_inference_tensor_inferences_total{model=\"ecg-heartbeat\"}"))
+        .unwrap();
+    assert!(line.ends_with(&format!(" {}", 16 + triton)), "refused requests infer nothing: {line}");
 }

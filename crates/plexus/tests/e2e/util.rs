@@ -257,3 +257,27 @@ pub fn beat() -> Value {
     let window: Vec<f32> = (0..256).map(|i| (-((i as f32 - 90.0) / 6.0).powi(2)).exp()).collect();
     serde_json::json!({ "inputs": [{ "name": "ecg_window", "shape": [1, 256], "datatype": "FP32", "data": window }] })
 }
+
+/// Runs `tests/python/kserve_e2e.py` (Triton's own client, binary tensors by default) against
+/// the KServe routes at `base` for `model`, whose held-out samples are in `heldout`; `key` is a
+/// gateway's API key. Returns the rows it inferred (each one paid for through a gateway).
+pub fn kserve_python(base: &str, model: &str, heldout: &Path, key: &str) -> u64 {
+    let script = manifest_dir().join("tests/python/kserve_e2e.py");
+    let python = std::env::var_os("PLEXUS_PYTHON").unwrap_or_else(|| "python3".into());
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(base)
+        .arg(model)
+        .arg(heldout)
+        .arg(key)
+        .output()
+        .expect("run python3 (with `pip install tritonclient[http]`; ./scripts/test installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "kserve_e2e.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("kserve e2e: OK"), "{stdout}");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("inferences="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("kserve_e2e.py printed no count: {stdout}"))
+}

@@ -9,8 +9,11 @@
 //! {"id": "42", "inputs": [{"name": "ecg_window", "shape": [2, 256], "datatype": "FP32", "data": [...]}]}
 //! ```
 //!
-//! `data` may be flat (row-major) or nested as the shape; the answer carries every output the
-//! same way (flat), plus the provider's signed attestation in the `X-Plexus-*` headers. Errors
+//! `data` may be flat (row-major) or nested as the shape, or sent as binary data after the JSON
+//! (the binary tensor extension, [`wire`]), in any numeric datatype FP32 holds exactly; the answer
+//! carries every output flat, or as binary data when asked, plus the provider's signed
+//! attestation in the `X-Plexus-*` headers. The same routes answer under
+//! `/v2/models/{name}/versions/{version}/...`, where the one version is the model's content id. Errors
 //! are the protocol's `{"error": "..."}` with a 4xx for anything the caller sent wrong (unknown
 //! model, wrong name, shape, type, a NaN, too many rows): nothing is computed or billed then.
 //!
@@ -31,13 +34,14 @@ use plexus_inference::Engine;
 use plexus_inference::tensor::{FP32, RANK_MAX, Tensor, TensorRequest, TensorResponse, TensorSpec};
 use plexus_types::Hash;
 use plexus_types::tensor::{EvidenceTensor, TensorEvidence, TensorHasher};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::ServeError;
 use crate::api::{AppState, batch_attestation};
 use crate::metering::{Endpoint, MeterRequest, Usage};
 use crate::metrics::Metrics;
+
+pub mod wire;
 
 type Shared = Arc<AppState>;
 
@@ -120,103 +124,7 @@ pub(crate) async fn model_ready(State(state): State<Shared>, Path(name): Path<St
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InferBody {
-    #[serde(default)]
-    id: Option<String>,
-    inputs: Vec<InputBody>,
-    #[serde(default)]
-    outputs: Option<Vec<OutputRequest>>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    parameters: Option<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InputBody {
-    name: String,
-    shape: Vec<u64>,
-    datatype: String,
-    data: Value,
-    #[serde(default)]
-    #[allow(dead_code)]
-    parameters: Option<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OutputRequest {
-    name: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    parameters: Option<Value>,
-}
-
-/// Longest request id echoed back, in bytes.
-const ID_BYTES_MAX: usize = 128;
-
-/// Flattens `data` (flat or nested like the shape) into `out`, refusing anything but numbers
-/// and nesting deeper than a tensor can be.
-fn flatten(v: &Value, depth: usize, out: &mut Vec<f32>, limit: usize) -> Result<(), String> {
-    match v {
-        Value::Number(n) => {
-            if out.len() >= limit {
-                return Err(format!("more values than the shape holds ({limit})"));
-            }
-            let x = n.as_f64().ok_or("a number out of range")?;
-            let f = x as f32;
-            if !f.is_finite() {
-                return Err(format!("{x} does not fit in FP32"));
-            }
-            out.push(f);
-            Ok(())
-        }
-        Value::Array(items) if depth < RANK_MAX => {
-            items.iter().try_for_each(|item| flatten(item, depth + 1, out, limit))
-        }
-        Value::Array(_) => Err(format!("`data` is nested deeper than {RANK_MAX} levels")),
-        Value::Null => Err("`data` holds null (NaN and infinities are not accepted)".into()),
-        _ => Err("`data` must hold numbers only".into()),
-    }
-}
-
-/// A parsed inference request: its `id`, the input tensors, and the outputs asked for (all
-/// when `None`).
-pub type Parsed = (Option<String>, TensorRequest, Option<Vec<String>>);
-
-/// Parses and bounds an inference request body (a gateway counts rows with this too).
-pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
-    let body: InferBody = serde_json::from_slice(bytes).map_err(|e| format!("invalid inference request: {e}"))?;
-    if body.id.as_ref().is_some_and(|id| id.len() > ID_BYTES_MAX) {
-        return Err(format!("`id` is longer than {ID_BYTES_MAX} bytes"));
-    }
-    if body.inputs.len() > 8 {
-        return Err(format!("{} inputs; tensor models here take one", body.inputs.len()));
-    }
-    let mut inputs = Vec::with_capacity(body.inputs.len());
-    for input in body.inputs {
-        if input.datatype != FP32 {
-            return Err(format!("input `{}`: datatype {} is not served; send {FP32}", input.name, input.datatype));
-        }
-        if input.shape.is_empty() || input.shape.len() > RANK_MAX {
-            return Err(format!("input `{}`: a shape has 1 to {RANK_MAX} dimensions", input.name));
-        }
-        let count = input
-            .shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&c| c <= (1 << 24))
-            .ok_or_else(|| format!("input `{}`: shape {:?} is too large", input.name, input.shape))?;
-        let mut data = Vec::with_capacity(count as usize);
-        flatten(&input.data, 0, &mut data, count as usize).map_err(|e| format!("input `{}`: {e}", input.name))?;
-        let shape = input.shape.iter().map(|&d| d as usize).collect();
-        inputs.push(Tensor { name: input.name, shape, data });
-    }
-    let outputs = body.outputs.map(|o| o.into_iter().map(|o| o.name).collect());
-    Ok((body.id, TensorRequest { inputs }, outputs))
-}
+pub use wire::{BinaryOutputs, Parsed, parse};
 
 /// Rows of a request: one inference each, what is paid for.
 pub fn rows(request: &TensorRequest) -> usize {
@@ -291,7 +199,8 @@ pub fn parse_outputs(body: &Value, rows: usize) -> Result<TensorResponse, String
         let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&c| c <= 1 << 24);
         let count = count.ok_or_else(|| format!("output `{name}` is too large"))?;
         let mut data = Vec::with_capacity(count);
-        flatten(&o["data"], RANK_MAX - 1, &mut data, count).map_err(|e| format!("output `{name}`: {e}"))?;
+        wire::flatten(&o["data"], wire::Datatype::F32, RANK_MAX - 1, &mut data, count)
+            .map_err(|e| format!("output `{name}`: {e}"))?;
         if data.len() != count {
             return Err(format!("output `{name}` has {} values for shape {shape:?}", data.len()));
         }
@@ -338,13 +247,14 @@ pub(crate) async fn infer(
         Ok(b) => b,
         Err(e) => return from_serve(&state, e),
     };
-    let (id, request, wanted) = match parse(&bytes) {
+    let parsed = match wire::header_length(&headers).and_then(|len| parse(&bytes, len)) {
         Ok(p) => p,
         Err(message) => {
             state.metrics.error("invalid_request");
             return error(StatusCode::BAD_REQUEST, message);
         }
     };
+    let Parsed { id, request, outputs: wanted, binary } = parsed;
     if let Some(names) = &wanted {
         if names.is_empty() {
             state.metrics.error("invalid_request");
@@ -400,37 +310,71 @@ pub(crate) async fn infer(
     if let Some(id) = id {
         body["id"] = Value::String(id);
     }
-    let headers = state.attestation_headers(&info.id, &attestation, &signature);
-    (headers, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let mut headers = state.attestation_headers(&info.id, &attestation, &signature);
+    match wire::encode_answer(body, &binary) {
+        Ok((body, len)) => {
+            for (name, value) in wire::content_headers(len) {
+                if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                    headers.insert(name, v);
+                }
+            }
+            (headers, body).into_response()
+        }
+        Err(e) => from_serve(&state, ServeError::Internal(format!("encoding the answer: {e}"))),
+    }
+}
+
+/// The one version of a model here is its content id: `version` must name it.
+fn check_version(state: &AppState, name: &str, version: &str) -> Result<(), Response> {
+    let (e, _) = tensor_engine(state, name)?;
+    let id = e.info().id.to_string();
+    if version != id {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "model `{name}` has no version `{}`; its one version is {id}",
+                &version[..version.floor_char_boundary(80)]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn version_metadata(
+    State(state): State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = check_version(&state, &name, &version) {
+        return r;
+    }
+    model_metadata(State(state), Path(name)).await
+}
+
+pub(crate) async fn version_ready(
+    State(state): State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = check_version(&state, &name, &version) {
+        return r;
+    }
+    model_ready(State(state), Path(name)).await
+}
+
+pub(crate) async fn version_infer(
+    State(state): State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = check_version(&state, &name, &version) {
+        return r;
+    }
+    infer(State(state), Path(name), headers, body).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nested_and_flat_data_parse_alike_and_bad_bodies_get_reasons() {
-        let flat = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]}"#;
-        let nested = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4]]}]}"#;
-        let (_, a, _) = parse(flat).unwrap();
-        let (_, b, _) = parse(nested).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a.inputs[0].data, vec![1.0, 2.0, 3.0, 4.0]);
-        for (body, want) in [
-            (&br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"INT8","data":[1,2]}]}"#[..], "datatype"),
-            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,null]}]}"#, "null"),
-            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,"2"]}]}"#, "numbers only"),
-            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2,3]}]}"#, "more values"),
-            (br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,1e39]}]}"#, "FP32"),
-            (br#"{"inputs":[{"name":"x","shape":[4294967296,4294967296],"datatype":"FP32","data":[]}]}"#, "too large"),
-            (br#"{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[[[[[1]]]]]}]}"#, "deeper"),
-            (br#"{"inputs":[],"bogus":1}"#, "invalid inference request"),
-            (b"not json", "invalid inference request"),
-        ] {
-            let e = parse(body).expect_err(want);
-            assert!(e.contains(want), "{want}: {e}");
-        }
-    }
 
     #[test]
     fn challenge_evidence_hashes_as_the_attestation_does() {
