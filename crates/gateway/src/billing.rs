@@ -144,7 +144,10 @@ pub fn check_generation(
     {
         return Err(Lie::Spelling("end-of-generation tokens before the end".into()));
     }
-    spells(&spelled.bytes, text.as_bytes(), &expect.stop)?;
+    // Token bytes need not be UTF-8 (a byte token alone, a character cut by max_tokens): the
+    // text is what they spell with each invalid or unfinished sequence made U+FFFD, as the
+    // provider decodes them.
+    spells(String::from_utf8_lossy(&spelled.bytes).as_bytes(), text.as_bytes(), &expect.stop)?;
     Ok(Verified {
         input_tokens: u64::from(expect.prompt_tokens),
         output_tokens: ids.len() as u64,
@@ -203,13 +206,16 @@ pub fn check_infer(expect: &Expect, att: &Attestation, body: &serde_json::Value)
 pub struct StreamMeter {
     pub expect: Expect,
     ids: Vec<TokenId>,
-    spelled: Vec<u8>,
+    /// What the ids spell, decoded as the provider decodes them (invalid sequences as U+FFFD)...
+    spelled: String,
+    /// ...but for the bytes of a character not finished yet.
+    pending: Vec<u8>,
     received: Vec<u8>,
 }
 
 impl StreamMeter {
     pub fn new(expect: Expect) -> Self {
-        StreamMeter { expect, ids: Vec::new(), spelled: Vec::new(), received: Vec::new() }
+        StreamMeter { expect, ids: Vec::new(), spelled: String::new(), pending: Vec::new(), received: Vec::new() }
     }
 
     /// Output tokens verified so far: ids that spell what was received (or is held back).
@@ -233,13 +239,25 @@ impl StreamMeter {
             return Err(Lie::Spelling("an end-of-generation token in the middle of a stream".into()));
         }
         self.ids.extend_from_slice(ids);
-        self.spelled.extend_from_slice(&spelled.bytes);
+        self.pending.extend_from_slice(&spelled.bytes);
+        plexus_inference::text::decode_utf8_prefix(&mut self.pending, &mut self.spelled);
         self.received.extend_from_slice(text.as_bytes());
-        match self.spelled.strip_prefix(&self.received[..]) {
-            Some(held) if held.len() <= HELD_BYTES_MAX => Ok(()),
-            Some(held) => Err(Lie::Spelling(format!("{} bytes spelled but not sent", held.len()))),
-            None => Err(Lie::Spelling("the ids spell different text".into())),
+        let held = match self.spelled.as_bytes().strip_prefix(&self.received[..]) {
+            Some(held) => held.len() + self.pending.len(),
+            // The provider's last chunk ends an unfinished character as U+FFFD.
+            None if !self.pending.is_empty() => {
+                let ended = format!("{}{}", self.spelled, String::from_utf8_lossy(&self.pending));
+                match ended.as_bytes().strip_prefix(&self.received[..]) {
+                    Some(held) => held.len(),
+                    None => return Err(Lie::Spelling("the ids spell different text".into())),
+                }
+            }
+            None => return Err(Lie::Spelling("the ids spell different text".into())),
+        };
+        if held > HELD_BYTES_MAX {
+            return Err(Lie::Spelling(format!("{held} bytes spelled but not sent")));
         }
+        Ok(())
     }
 
     /// The end of the stream: the attestation and every id, which must extend the ids seen.
@@ -295,6 +313,52 @@ mod tests {
             output_ids_hash: plexus_types::receipt::output_ids_hash(ids),
             logits_fingerprint: Hash::ZERO,
         }
+    }
+
+    /// Letters, and byte tokens that are not UTF-8 alone: 30 is 0xFF (never valid), 31 and 32
+    /// are the first two and the last byte of "€".
+    struct Bytes;
+
+    impl Speller for Bytes {
+        fn spell(&self, ids: &[TokenId]) -> Result<Spelled, String> {
+            let mut bytes = Vec::new();
+            for &id in ids {
+                match id {
+                    0..=25 => bytes.push(b'a' + id as u8),
+                    30 => bytes.push(0xFF),
+                    31 => bytes.extend_from_slice(&[0xE2, 0x82]),
+                    32 => bytes.push(0xAC),
+                    _ => return Err(format!("{id} is not in the vocabulary")),
+                }
+            }
+            Ok(Spelled { bytes, ends: 0 })
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_spell_what_an_honest_provider_sends() {
+        let e = expect(8);
+        // Whole answers: an invalid byte and an unfinished character are U+FFFD in the text.
+        for (ids, text) in [(&[0, 30, 1][..], "a\u{FFFD}b"), (&[0, 31][..], "a\u{FFFD}"), (&[0, 31, 32][..], "a€")] {
+            assert!(check_generation(&Bytes, &e, &attest(&e, ids, text), ids, text).is_ok(), "{ids:?}");
+        }
+        // Another text for the same ids is still a lie.
+        let ids = [0, 30, 1];
+        assert!(check_generation(&Bytes, &e, &attest(&e, &ids, "a?b"), &ids, "a?b").is_err());
+        // Streamed: the unfinished character is held back until its last byte comes...
+        let mut m = StreamMeter::new(e.clone());
+        for (text, ids) in [("a", &[0][..]), ("", &[31][..]), ("€", &[32][..]), ("\u{FFFD}", &[30][..])] {
+            m.on_chunk(&Bytes, text, ids).unwrap_or_else(|l| panic!("{text:?}: {l}"));
+        }
+        assert_eq!(m.text(), "a€\u{FFFD}");
+        // ...or ends the stream as U+FFFD, and the end checks out.
+        let mut m = StreamMeter::new(e.clone());
+        m.on_chunk(&Bytes, "b", &[1]).unwrap();
+        m.on_chunk(&Bytes, "\u{FFFD}", &[31]).unwrap();
+        let all = [1, 31];
+        assert!(m.finish(&Bytes, &attest(&e, &all, "b\u{FFFD}"), &all).is_ok());
+        let mut m = StreamMeter::new(e);
+        assert!(m.on_chunk(&Bytes, "a?", &[0, 30]).is_err(), "a lie streamed");
     }
 
     #[test]

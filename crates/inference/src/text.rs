@@ -77,8 +77,11 @@ impl TextStream {
 }
 
 /// Moves the longest valid UTF-8 prefix of `bytes` into `out`, replacing invalid sequences with
-/// U+FFFD and leaving an incomplete trailing character in `bytes`.
-fn decode_utf8_prefix(bytes: &mut Vec<u8>, out: &mut String) {
+/// U+FFFD and leaving an incomplete trailing character in `bytes`. This is how a provider turns
+/// token bytes into the text it sends (and [`TextStream::finish`] makes what is left one U+FFFD,
+/// as `String::from_utf8_lossy` does), so a gateway checking that token ids spell the text
+/// decodes them the same way.
+pub fn decode_utf8_prefix(bytes: &mut Vec<u8>, out: &mut String) {
     let mut start = 0;
     loop {
         match std::str::from_utf8(&bytes[start..]) {
