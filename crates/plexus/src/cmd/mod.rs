@@ -19,14 +19,27 @@ use anyhow::{Context as _, bail};
 use plexus_types::{Amount, UNITS_PER_PLX};
 use serde_json::Value;
 
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people (coloured on a terminal).
+    Text,
+    /// One JSON object per line (time, level, target, fields, span), for journald, Loki, Vector
+    /// and the like.
+    Json,
+}
+
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info`), so stdout stays clean for
 /// `--json` output and scripts.
-pub fn init_tracing() {
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    // Colours only on a terminal: devnet nodes log to files.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        // Colours only on a terminal: devnet nodes log to files.
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    };
 }
 
 /// Our own logs at info; the engine's internals only when something is wrong.

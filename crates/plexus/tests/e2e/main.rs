@@ -8,6 +8,7 @@ mod edge;
 mod join;
 mod metering;
 mod netns;
+mod ops;
 mod paid;
 mod serve;
 mod setup;
