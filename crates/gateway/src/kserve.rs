@@ -162,22 +162,16 @@ pub(crate) async fn infer(
     };
     // The provider is asked for JSON outputs (the gateway checks them against the attestation)
     // and the app's binary outputs are encoded here after that check.
-    let (sent, sent_len) = match wire::for_provider(&bytes, header_len) {
-        Ok(s) => s,
+    let (body, binary) = match wire::provider_request(&bytes, header_len) {
+        Ok(wire::ProviderBody::Json(v)) => (v, None),
+        Ok(wire::ProviderBody::Binary { body, header_len }) => (Value::Null, Some((body, header_len))),
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-    let body: Value = match sent_len {
-        Some(_) => Value::Null,
-        None => match serde_json::from_slice(&sent) {
-            Ok(v) => v,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid inference request: {e}")),
-        },
     };
     let check = Check::Infer {
         expect: &expect,
         path: format!("/v2/models/{id}/infer"),
         request: &parsed.request,
-        binary: sent_len.map(|len| (&sent[..], len)),
+        binary: binary.as_ref().map(|(b, len)| (&b[..], *len)),
     };
     let response = match forward(app.clone(), Wire::Infer, body, candidates, check).await {
         Ok(r) => r,

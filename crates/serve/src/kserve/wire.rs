@@ -417,11 +417,18 @@ pub fn parse(body: &[u8], header_len: Option<usize>) -> Result<Parsed, String> {
     Ok(Parsed { id: body.id, request: TensorRequest { inputs }, outputs, binary })
 }
 
+/// What a gateway sends a provider: a JSON body, or a binary one with its JSON header's length.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProviderBody {
+    Json(Value),
+    Binary { body: Vec<u8>, header_len: usize },
+}
+
 /// The request a gateway sends a provider for an app's `body`: the same inputs (binary data
 /// passed on as it came), asking for every output as JSON, which the gateway reads to check the
 /// attested output hash; the app's binary outputs are the gateway's to encode
-/// ([`encode_answer`]). Returns the body and its JSON header's length when it has binary data.
-pub fn for_provider(body: &[u8], header_len: Option<usize>) -> Result<(Vec<u8>, Option<usize>), String> {
+/// ([`encode_answer`]). A JSON body stays a parsed value, so it is not read twice.
+pub fn provider_request(body: &[u8], header_len: Option<usize>) -> Result<ProviderBody, String> {
     let (json_part, binary) = match header_len {
         Some(n) if n <= body.len() => body.split_at(n),
         Some(n) => return Err(format!("`{HEADER_LENGTH}` is {n}, past the body's {} bytes", body.len())),
@@ -441,10 +448,21 @@ pub fn for_provider(body: &[u8], header_len: Option<usize>) -> Result<(Vec<u8>, 
             drop_flag(o, "binary_data");
         }
     }
+    if header_len.is_none() {
+        return Ok(ProviderBody::Json(header));
+    }
     let mut out = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
-    let len = header_len.map(|_| out.len());
+    let header_len = out.len();
     out.extend_from_slice(binary);
-    Ok((out, len))
+    Ok(ProviderBody::Binary { body: out, header_len })
+}
+
+/// [`provider_request`] as bytes: the body and its JSON header's length when it has binary data.
+pub fn for_provider(body: &[u8], header_len: Option<usize>) -> Result<(Vec<u8>, Option<usize>), String> {
+    match provider_request(body, header_len)? {
+        ProviderBody::Json(v) => serde_json::to_vec(&v).map(|b| (b, None)).map_err(|e| e.to_string()),
+        ProviderBody::Binary { body, header_len } => Ok((body, Some(header_len))),
+    }
 }
 
 /// An answer as the client asked for it: `answer` holds every output as flat FP32 JSON `data`
