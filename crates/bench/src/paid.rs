@@ -145,6 +145,7 @@ async fn engine_direct(args: &Args) -> anyhow::Result<Request> {
         let engine = engine.clone();
         Box::pin(async move {
             let request = GenerateRequest {
+                grammar: None,
                 prompt: Prompt::Chat {
                     messages: vec![ChatMessage::new("user", PROMPT)],
                     continue_final_message: false,

@@ -88,6 +88,7 @@ fn request(i: usize, max_tokens: u32) -> GenerateRequest {
         _ => Sampling::Random { temperature: 1.0, top_k: 40, top_p: 1.0, min_p: 0.0, seed: 7 * i as u32 },
     };
     GenerateRequest {
+        grammar: None,
         prompt: Prompt::Chat {
             messages: vec![ChatMessage::new("user", QUESTIONS[i % QUESTIONS.len()])],
             continue_final_message: false,
@@ -145,6 +146,7 @@ fn audit(reference: &Arc<dyn Engine>, t: &Transcript, rules: &AuditRules) -> any
     let started = Instant::now();
     let (sampling, adjust) = Sampling::from_spec(&t.sampling);
     let scores = reference.score(&ScoreRequest {
+        grammar: None,
         prompt: t.prompt.clone(),
         output: t.output.clone(),
         top_k: 1,

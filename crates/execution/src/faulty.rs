@@ -9,7 +9,7 @@
 use plexus_types::SignedTx;
 
 use crate::state::{Layered, Overlay, StateRead, Store};
-use crate::{BlockEnv, BlockError, BlockOutcome, Executor, v7};
+use crate::{BlockEnv, BlockError, BlockOutcome, Executor, v8};
 
 pub const VERSION: u16 = crate::LATEST_EXECUTION_VERSION + 1;
 
@@ -19,7 +19,7 @@ pub(crate) fn execute_block(
     env: &BlockEnv,
     txs: &[SignedTx],
 ) -> Result<BlockOutcome, BlockError> {
-    let mut outcome = v7::execute_block(exec, state, env, txs)?;
+    let mut outcome = v8::execute_block(exec, state, env, txs)?;
     corrupt(state, env, &mut outcome, !txs.is_empty())?;
     Ok(outcome)
 }
@@ -32,7 +32,7 @@ pub(crate) fn build_block(
     max_txs: usize,
     max_bytes: usize,
 ) -> Result<crate::BuiltBlock, BlockError> {
-    let (included, mut outcome, dropped) = v7::build_block(exec, state, env, candidates, max_txs, max_bytes)?;
+    let (included, mut outcome, dropped) = v8::build_block(exec, state, env, candidates, max_txs, max_bytes)?;
     corrupt(state, env, &mut outcome, !included.is_empty())?;
     Ok((included, outcome, dropped))
 }

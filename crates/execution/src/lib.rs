@@ -30,6 +30,7 @@ pub mod v4;
 pub mod v5;
 pub mod v6;
 pub mod v7;
+pub mod v8;
 
 use std::fmt;
 
@@ -348,8 +349,13 @@ pub const CONSENSUS_KEYS_SINCE: u16 = v6::VERSION;
 pub const ADJUSTED_SAMPLING_SINCE: u16 = v7::VERSION;
 const _: () = assert!(ADJUSTED_SAMPLING_SINCE == plexus_types::receipt::ADJUSTED_SAMPLING_SINCE);
 
+/// The execution version from which generations constrained by a grammar (structured outputs)
+/// can be challenged on chain.
+pub const CONSTRAINED_SAMPLING_SINCE: u16 = v8::VERSION;
+const _: () = assert!(CONSTRAINED_SAMPLING_SINCE == plexus_types::receipt::CONSTRAINED_SAMPLING_SINCE);
+
 /// The latest execution version of this release.
-pub const LATEST_EXECUTION_VERSION: u16 = 7;
+pub const LATEST_EXECUTION_VERSION: u16 = 8;
 
 /// Execution versions this binary can run.
 #[cfg(not(feature = "faulty-version"))]
@@ -449,6 +455,7 @@ impl Executor {
             5 => v5::execute_block(self, state, env, txs),
             6 => v6::execute_block(self, state, env, txs),
             7 => v7::execute_block(self, state, env, txs),
+            8 => v8::execute_block(self, state, env, txs),
             #[cfg(feature = "faulty-version")]
             faulty::VERSION => faulty::execute_block(self, state, env, txs),
             v => Err(BlockError::UnsupportedVersion(v)),
@@ -552,6 +559,7 @@ impl Executor {
                     5 => v5::build_block(self, state, env, candidates, max_txs, max_bytes),
                     6 => v6::build_block(self, state, env, candidates, max_txs, max_bytes),
                     7 => v7::build_block(self, state, env, candidates, max_txs, max_bytes),
+                    8 => v8::build_block(self, state, env, candidates, max_txs, max_bytes),
                     #[cfg(feature = "faulty-version")]
                     faulty::VERSION => faulty::build_block(self, state, env, candidates, max_txs, max_bytes),
                     v => Err(BlockError::UnsupportedVersion(v)),
@@ -673,6 +681,7 @@ pub fn too_new(version: u16, tx: &SignedTx) -> Option<TxError> {
         Payload::RegisterModel(m) if m.engine.is_tensor() => v4::VERSION,
         Payload::ChallengeTensor { .. } => v5::VERSION,
         Payload::RegisterConsensusKey { .. } => v6::VERSION,
+        Payload::Challenge { transcript, .. } if transcript.sampling.is_constrained() => v8::VERSION,
         Payload::Challenge { transcript, .. } if transcript.sampling.is_adjusted() => v7::VERSION,
         _ => return None,
     };

@@ -1559,6 +1559,53 @@ mod verification {
     }
 
     #[test]
+    fn a_constrained_generation_is_challenged_from_version_8_only() {
+        let constrained = |c: &Chain| {
+            let (_, _, mut transcript) = evidence(c, (0..50).collect());
+            transcript.sampling = SamplingSpec::Constrained {
+                base: Box::new(SamplingSpec::Greedy),
+                grammar: plexus_types::receipt::GrammarSpec {
+                    kind: plexus_types::receipt::GrammarKind::JsonSchema,
+                    source: r#"{"type":"object"}"#.into(),
+                },
+            };
+            let att = Attestation {
+                request_hash: transcript.request_hash(),
+                output_hash: hash(b"text"),
+                model: model().id(),
+                input_tokens: 200,
+                output_tokens: 50,
+                output_ids_hash: output_ids_hash(&transcript.output),
+                logits_fingerprint: Hash::ZERO,
+            };
+            let sig = att.sign(&c.keys[4], CHAIN);
+            (att, sig, transcript)
+        };
+        let bond = params().challenge_bond_min;
+        for version in [3, 7] {
+            let (mut c, session) = setup_at(version);
+            let (attestation, signature, transcript) = constrained(&c);
+            let t = c.tx(5, Payload::Challenge { session, attestation, signature, transcript, bond });
+            let err = c.exec.check_tx(&c.state, c.height + 1, &t).unwrap_err();
+            assert!(matches!(err, TxError::TooNew { needs: 8, .. }), "v{version}: {err}");
+            assert!(matches!(c.try_block(vec![t]).unwrap_err(), BlockError::Tx { error: TxError::TooNew { .. }, .. }));
+            let client = c.addr(5);
+            *c.nonces.get_mut(&client).unwrap() -= 1;
+            let (attestation, signature, transcript) = evidence(&c, (0..50).collect());
+            let t = c.tx(5, Payload::Challenge { session, attestation, signature, transcript, bond });
+            assert_eq!(c.block(vec![t]).results[0].error, None, "v{version}");
+        }
+        // From version 8: opened, with the grammar in the stored transcript for the committee.
+        let (mut c, session) = setup_at(8);
+        let (attestation, signature, transcript) = constrained(&c);
+        let t = c.tx(5, Payload::Challenge { session, attestation, signature, transcript: transcript.clone(), bond });
+        assert_eq!(c.block(vec![t]).results[0].error, None);
+        let opened = challenge(&c, 0);
+        assert_eq!(opened.transcript, transcript);
+        assert_eq!(opened.status, ChallengeStatus::Open);
+    }
+
+    #[test]
     fn equivocation_is_slashed_under_version_three() {
         let (mut c, _) = setup();
         // The set is ordered by stake: its second member is account 2 (3 x min_stake).

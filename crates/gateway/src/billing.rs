@@ -22,7 +22,7 @@
 //! hash it computes, and outputs with exactly those rows that hash to what was attested.
 
 use plexus_inference::{Spelled, TokenId};
-use plexus_types::receipt::{SamplingSpec, Transcript};
+use plexus_types::receipt::{GrammarSpec, SamplingSpec, Transcript};
 use plexus_types::{Attestation, Hash, ModelId};
 
 /// Bytes of text a provider may hold back before sending (a stop string that might still
@@ -69,16 +69,31 @@ pub enum Lie {
     TooMany(u64, u32),
     #[error("the output token ids do not spell the text received ({0})")]
     Spelling(String),
+    #[error("the output leaves the request's grammar ({0})")]
+    Grammar(String),
 }
 
 /// Checks ids against text: what the gateway's tokenizer says the ids spell.
 pub trait Speller {
     fn spell(&self, ids: &[TokenId]) -> Result<Spelled, String>;
+
+    /// Whether `ids` follow `grammar` token by token: `Err` names the first that does not (or
+    /// why the grammar cannot be read here, which refuses the answer too: it was checked before
+    /// the request left).
+    fn follows(&self, grammar: &GrammarSpec, ids: &[TokenId]) -> Result<(), String> {
+        let _ = (grammar, ids);
+        Err("this gateway cannot check grammars for the model".into())
+    }
 }
 
 impl Speller for plexus_inference::Tokenizer {
     fn spell(&self, ids: &[TokenId]) -> Result<Spelled, String> {
         plexus_inference::Tokenizer::spell(self, ids).map_err(|e| e.to_string())
+    }
+
+    fn follows(&self, grammar: &GrammarSpec, ids: &[TokenId]) -> Result<(), String> {
+        let constraint = self.grammar(grammar).map_err(|e| e.to_string())?;
+        constraint.check(ids).map_err(|at| format!("token {} at output position {at} is not allowed there", ids[at]))
     }
 }
 
@@ -148,6 +163,11 @@ pub fn check_generation(
     // text is what they spell with each invalid or unfinished sequence made U+FFFD, as the
     // provider decodes them.
     spells(String::from_utf8_lossy(&spelled.bytes).as_bytes(), text.as_bytes(), &expect.stop)?;
+    // A constrained request: every id must be one the grammar allowed where it stands (a
+    // function of the ids alone, checked on every answer, not only on audited ones).
+    if let Some(grammar) = expect.sampling.grammar() {
+        speller.follows(grammar, ids).map_err(Lie::Grammar)?;
+    }
     Ok(Verified {
         input_tokens: u64::from(expect.prompt_tokens),
         output_tokens: ids.len() as u64,

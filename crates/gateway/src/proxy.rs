@@ -432,6 +432,20 @@ impl App {
                 ),
             ));
         }
+        // Likewise a constrained one, from the version that decodes its grammar.
+        if let Some(c) = &prepared.constraint
+            && version < plexus_types::receipt::CONSTRAINED_SAMPLING_SINCE
+        {
+            let param = plexus_inference::grammar::param_of(c.spec().kind);
+            return Err(GatewayError::bad(
+                param,
+                format!(
+                    "`{param}` needs the chain at execution version {} or later, where constrained generations can \
+                     be challenged; this chain runs version {version}",
+                    plexus_types::receipt::CONSTRAINED_SAMPLING_SINCE
+                ),
+            ));
+        }
         let expect = Expect {
             model: tokenizer.model(),
             prompt_tokens: prepared.prompt_tokens(),

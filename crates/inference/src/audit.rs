@@ -76,12 +76,25 @@ pub fn audit(engine: &dyn Engine, transcript: &Transcript, rules: &AuditRules) -
         return Err(Error::invalid("model", "the transcript is for another model than this engine's"));
     }
     let (sampling, adjust) = Sampling::from_spec(&transcript.sampling);
+    let grammar = transcript.sampling.grammar().cloned();
+    // A token the grammar refuses is proof on its own, with no float in it: the output could
+    // not have come from the request, whatever the model's logits.
+    if let Some(g) = &grammar
+        && let Err(at) = engine.grammar(g)?.check(&transcript.output)
+    {
+        let mut margins = vec![0.0; transcript.output.len()];
+        if let Some(m) = margins.get_mut(at) {
+            *m = f32::INFINITY;
+        }
+        return Ok(AuditReport { verdict: Verdict::Faulty, positions: margins.len(), failed: 1, margins });
+    }
     let scores = engine.score(&ScoreRequest {
         prompt: transcript.prompt.clone(),
         output: transcript.output.clone(),
         top_k: 1,
         sampling: Some(sampling),
         adjust,
+        grammar,
     })?;
     let margins: Vec<f32> = scores.iter().map(|s| s.margin.unwrap_or(f32::INFINITY)).collect();
     Ok(judge(margins, rules))

@@ -24,6 +24,7 @@ pub mod edge;
 mod error;
 pub mod fingerprint;
 pub mod gguf;
+pub mod grammar;
 pub mod models;
 pub mod sampler;
 pub mod template;
@@ -88,6 +89,13 @@ pub trait Engine: Send + Sync + 'static {
         Err(Error::Unsupported { what: "scoring", model: self.info().name.clone() })
     }
 
+    /// Compiles a grammar against this model's vocabulary (text models only): what a caller
+    /// checks an output against ([`grammar::Constraint::check`]).
+    fn grammar(&self, spec: &plexus_types::receipt::GrammarSpec) -> Result<grammar::Constraint, Error> {
+        let _ = spec;
+        Err(Error::Unsupported { what: "constrained generation", model: self.info().name.clone() })
+    }
+
     /// What a tensor model takes and returns (tensor models only).
     fn tensor_spec(&self) -> Option<&tensor::TensorSpec> {
         None
@@ -120,6 +128,10 @@ pub struct ScoreRequest {
     /// The logit adjustment the output was generated with: margins are measured on the
     /// adjusted logits (what the sampler read), the returned logits are the model's own.
     pub adjust: LogitAdjust,
+    /// The grammar the output was generated under: margins are measured among the tokens it
+    /// allowed at each position. A committed token it refused has an infinite margin, and the
+    /// positions after it are measured without it.
+    pub grammar: Option<plexus_types::receipt::GrammarSpec>,
 }
 
 /// Most logits returned per scored position.
@@ -299,6 +311,8 @@ impl Sampling {
                 LogitAdjust::default(),
             ),
             SamplingSpec::Adjusted { base, adjust } => (Sampling::from_spec(base).0, LogitAdjust::from_spec(adjust)),
+            // The grammar is the spec's own ([`plexus_types::receipt::SamplingSpec::grammar`]).
+            SamplingSpec::Constrained { base, .. } => Sampling::from_spec(base),
         }
     }
 }
@@ -422,6 +436,8 @@ pub struct GenerateRequest {
     /// alternatives (at most [`TOP_LOGPROBS_MAX`]); `None` reports none. Changes nothing about
     /// the output, so the request hash does not cover it.
     pub logprobs: Option<u8>,
+    /// The grammar the output must follow (structured outputs); the request hash covers it.
+    pub grammar: Option<plexus_types::receipt::GrammarSpec>,
 }
 
 /// Most alternatives per position a request may ask for (OpenAI's `top_logprobs` limit).
@@ -462,6 +478,9 @@ pub struct Prepared {
     /// Alternatives to report per token, if log-probabilities were asked for
     /// ([`GenerateRequest::logprobs`]).
     pub logprobs: Option<u8>,
+    /// The request's grammar, compiled and positioned before the first output token
+    /// ([`Prepared::constrain`]).
+    pub constraint: Option<grammar::Constraint>,
 }
 
 impl Prepared {
@@ -476,12 +495,26 @@ impl Prepared {
     ) -> Self {
         let spec = sampling.spec(&adjust);
         let request_hash = plexus_types::receipt::request_hash(&model, &tokens, max_tokens, &spec, &stop);
-        Prepared { model, tokens, max_tokens, sampling, adjust, stop, request_hash, logprobs: None }
+        Prepared { model, tokens, max_tokens, sampling, adjust, stop, request_hash, logprobs: None, constraint: None }
+    }
+
+    /// Constrains the request by a compiled grammar: its spec joins the sampling, so the hash
+    /// changes with it.
+    pub fn constrain(&mut self, constraint: grammar::Constraint) {
+        self.constraint = Some(constraint);
+        self.request_hash =
+            plexus_types::receipt::request_hash(&self.model, &self.tokens, self.max_tokens, &self.spec(), &self.stop);
     }
 
     /// The sampling as the request hash commits to it.
     pub fn spec(&self) -> plexus_types::receipt::SamplingSpec {
-        self.sampling.spec(&self.adjust)
+        let base = self.sampling.spec(&self.adjust);
+        match &self.constraint {
+            None => base,
+            Some(c) => {
+                plexus_types::receipt::SamplingSpec::Constrained { base: Box::new(base), grammar: c.spec().clone() }
+            }
+        }
     }
 
     pub fn prompt_tokens(&self) -> u32 {

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::grammar::TokenMask;
 use crate::{LogitAdjust, Sampling, TokenId};
 
 /// A counter-based hash (SplitMix64's finalizer): a bijection of 64-bit integers with good
@@ -94,21 +95,29 @@ fn allowed(logits: &[f32], sampling: &Sampling) -> Vec<(TokenId, f32)> {
 pub type TokenCounts = BTreeMap<TokenId, u32>;
 
 /// The logits the sampler picks from at a position: `logits` with `adjust` applied, given the
-/// tokens generated before it (`counts`), written into `scratch`; `logits` themselves when
-/// nothing is adjusted. Each changed logit is computed in f64 from the model's and rounded once;
-/// a bias on a token outside the vocabulary changes nothing (requests are checked against the
-/// vocabulary before they run). A masked logit (-inf) stays masked.
+/// tokens generated before it (`counts`), and every token a grammar's `mask` does not allow set
+/// to -inf, written into `scratch`; `logits` themselves when nothing is adjusted or masked.
+/// Each changed logit is computed in f64 from the model's and rounded once; a bias on a token
+/// outside the vocabulary changes nothing (requests are checked against the vocabulary before
+/// they run). A masked logit (-inf) stays masked.
 pub fn adjusted<'a>(
     logits: &'a [f32],
     adjust: &LogitAdjust,
     counts: &TokenCounts,
+    mask: Option<&TokenMask>,
     scratch: &'a mut Vec<f32>,
 ) -> &'a [f32] {
-    if adjust.is_identity() {
+    if adjust.is_identity() && mask.is_none() {
         return logits;
     }
     scratch.clear();
     scratch.extend_from_slice(logits);
+    if let Some(mask) = mask {
+        mask.apply(scratch);
+    }
+    if adjust.is_identity() {
+        return scratch;
+    }
     let mut change = |token: TokenId, by: f64| {
         if let Some(l) = usize::try_from(token).ok().and_then(|i| scratch.get_mut(i)) {
             *l = (f64::from(*l) + by) as f32;
@@ -294,18 +303,21 @@ mod tests {
         let mut scratch = Vec::new();
         let none = LogitAdjust::default();
         let counts: TokenCounts = [(1, 2), (3, 1)].into_iter().collect();
-        assert!(std::ptr::eq(adjusted(&logits, &none, &counts, &mut scratch), &logits[..]), "no copy for nothing");
+        assert!(
+            std::ptr::eq(adjusted(&logits, &none, &counts, None, &mut scratch), &logits[..]),
+            "no copy for nothing"
+        );
         let adjust = LogitAdjust { presence: 0.5, frequency: 0.25, bias: vec![(0, 10.0), (2, -100.0), (7, 1.0)] };
-        let out = adjusted(&logits, &adjust, &counts, &mut scratch).to_vec();
+        let out = adjusted(&logits, &adjust, &counts, None, &mut scratch).to_vec();
         // Token 0: +10 bias, never generated; 1: two times, 2 x 0.25 + 0.5; 2: banned; 3 stays masked.
         assert_eq!(out, vec![11.0, 1.0, -97.0, f32::NEG_INFINITY]);
         // The pick follows: greedy takes the biased token, and a repeated one loses.
         assert_eq!(choose(&out, &Sampling::Greedy, 0), 0);
         let repeat = LogitAdjust { presence: 2.0, frequency: 0.0, bias: vec![] };
         let counts: TokenCounts = [(2, 1)].into_iter().collect();
-        assert_eq!(choose(adjusted(&logits, &repeat, &counts, &mut scratch), &Sampling::Greedy, 0), 1);
+        assert_eq!(choose(adjusted(&logits, &repeat, &counts, None, &mut scratch), &Sampling::Greedy, 0), 1);
         // An empty history: penalties change nothing, the adjusted logits equal the model's.
-        assert_eq!(adjusted(&logits[..3], &repeat, &TokenCounts::new(), &mut scratch), &logits[..3]);
+        assert_eq!(adjusted(&logits[..3], &repeat, &TokenCounts::new(), None, &mut scratch), &logits[..3]);
     }
 
     #[test]

@@ -79,6 +79,17 @@ impl Tokenizer {
         }
     }
 
+    /// Compiles a grammar against this vocabulary: what a client checks a constrained
+    /// answer's ids against ([`crate::grammar::Constraint::check`]).
+    pub fn grammar(&self, spec: &plexus_types::receipt::GrammarSpec) -> Result<crate::grammar::Constraint, Error> {
+        match &self.kind {
+            #[cfg(feature = "llama")]
+            Kind::Text(t) => t.grammar(spec),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::Unsupported { what: "constrained generation", model: self.id.to_string() }),
+        }
+    }
+
     /// What `ids` spell; an error if one is not in the vocabulary.
     pub fn spell(&self, ids: &[TokenId]) -> Result<Spelled, Error> {
         match &self.kind {

@@ -14,6 +14,7 @@ use plexus_inference::{
 
 fn hello() -> GenerateRequest {
     GenerateRequest {
+        grammar: None,
         prompt: Prompt::Chat { messages: vec![ChatMessage::new("user", "Hello")], continue_final_message: false },
         max_tokens: Some(16),
         sampling: Sampling::Greedy,

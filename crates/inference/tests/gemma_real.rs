@@ -13,6 +13,7 @@ use plexus_inference::{
 
 fn request(prompt: Prompt, max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
+        grammar: None,
         prompt,
         max_tokens: Some(max_tokens),
         sampling: Sampling::Greedy,

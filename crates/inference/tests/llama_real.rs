@@ -36,6 +36,7 @@ fn engine() -> Arc<dyn Engine> {
 
 fn chat(messages: &[(&str, &str)], max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
+        grammar: None,
         prompt: Prompt::Chat {
             messages: messages.iter().map(|(r, c)| ChatMessage::new(r, c)).collect(),
             continue_final_message: false,
@@ -125,6 +126,7 @@ fn assert_same_or_near_tie(
     assert!(p < reference.len() && p < other.len(), "{what}: one reply is a strict prefix of the other");
     let scores = e
         .score(&ScoreRequest {
+            grammar: None,
             prompt: prompt.to_vec(),
             output: reference[..=p].to_vec(),
             top_k: 64,
@@ -201,6 +203,7 @@ fn scoring_tells_the_models_own_reply_from_another() {
     let own = run(&e, chat(&[("user", "What is 2 plus 2?")], 24)).tokens;
     let scores = e
         .score(&ScoreRequest {
+            grammar: None,
             prompt: prepared.tokens.clone(),
             output: own.clone(),
             top_k: 8,
@@ -217,6 +220,7 @@ fn scoring_tells_the_models_own_reply_from_another() {
     let other = run(&e, chat(&[("user", "Name three colors.")], 24)).tokens;
     let forced = e
         .score(&ScoreRequest {
+            grammar: None,
             prompt: prepared.tokens.clone(),
             output: other,
             top_k: 8,
@@ -228,7 +232,7 @@ fn scoring_tells_the_models_own_reply_from_another() {
     assert!(far >= 2, "a foreign reply should fall well below the best logit somewhere: {forced:?}");
     // Bad input is an error, not a panic.
     let bad = |prompt: Vec<i32>, output: Vec<i32>, top_k: usize| {
-        e.score(&ScoreRequest { prompt, output, top_k, sampling: None, adjust: Default::default() })
+        e.score(&ScoreRequest { prompt, output, top_k, sampling: None, adjust: Default::default(), grammar: None })
     };
     assert!(matches!(bad(vec![], own.clone(), 8), Err(Error::InvalidParam { .. })));
     assert!(matches!(bad(prepared.tokens.clone(), vec![], 8), Err(Error::InvalidParam { .. })));
@@ -325,6 +329,7 @@ fn bad_requests_get_clear_errors() {
     let e = engine();
     let err = e
         .prepare(GenerateRequest {
+            grammar: None,
             prompt: Prompt::Chat { messages: vec![], continue_final_message: false },
             max_tokens: Some(4),
             sampling: Sampling::Greedy,
@@ -347,6 +352,7 @@ fn bad_requests_get_clear_errors() {
     assert!(matches!(e.prepare(req).unwrap_err(), Error::InvalidParam { param: "stop", .. }));
     let err = e
         .prepare(GenerateRequest {
+            grammar: None,
             prompt: Prompt::Text(String::new()),
             max_tokens: Some(1),
             sampling: Sampling::Greedy,
@@ -433,7 +439,14 @@ fn logprobs_come_from_the_logits_the_sampler_read() {
     let spelled: Vec<u8> = f.logprobs.iter().flat_map(|t| t.bytes.clone()).collect();
     assert_eq!(String::from_utf8(spelled).unwrap(), f.text);
     let scores = e
-        .score(&ScoreRequest { prompt, output: f.tokens.clone(), top_k: 2, sampling: None, adjust: Default::default() })
+        .score(&ScoreRequest {
+            prompt,
+            output: f.tokens.clone(),
+            top_k: 2,
+            sampling: None,
+            adjust: Default::default(),
+            grammar: None,
+        })
         .expect("score");
     for (i, t) in f.logprobs.iter().enumerate() {
         assert_eq!(t.top.len(), 5);
@@ -552,4 +565,81 @@ fn penalties_and_biases_are_applied_and_audited() {
     let outside = LogitAdjust::from_openai(None, None, [(49_152, 1.0)]).unwrap();
     let err = e.prepare(ask(outside, Sampling::Greedy)).unwrap_err();
     assert_eq!(err.param(), Some("logit_bias"), "{err}");
+}
+
+/// Structured outputs: a JSON schema constrains the real model's answer, greedy and seeded, to
+/// JSON that parses and fits the schema; the request hash covers the grammar; audits apply the
+/// same masks (an honest constrained answer passes with margins like an unconstrained one), and
+/// an answer generated without the grammar but attested to the request with it is faulty.
+#[test]
+fn a_json_schema_constrains_the_answer_and_audits_apply_it() {
+    use plexus_inference::audit::{AuditRules, Verdict, audit};
+    use plexus_types::receipt::{GrammarKind, GrammarSpec, Transcript};
+    let _serial = serial();
+    let e = engine();
+    let schema = r#"{"type":"object","properties":{"name":{"type":"string","maxLength":20},"age":{"type":"integer","minimum":0,"maximum":150},"pets":{"type":"array","items":{"enum":["cat","dog","fish"]},"maxItems":3}},"required":["name","age","pets"],"additionalProperties":false}"#;
+    let grammar = GrammarSpec { kind: GrammarKind::JsonSchema, source: schema.into() };
+    let ask = |sampling: Sampling, grammar: Option<GrammarSpec>| {
+        let mut r = chat(&[("user", "Describe a person called Ada in JSON: her name, age and pets.")], 80);
+        (r.sampling, r.grammar) = (sampling, grammar);
+        r
+    };
+    let seeded = Sampling::Random { temperature: 0.9, top_k: 40, top_p: 0.95, min_p: 0.0, seed: 5 };
+    let rules = AuditRules::default();
+    for sampling in [Sampling::Greedy, seeded] {
+        let prepared = e.prepare(ask(sampling, Some(grammar.clone()))).unwrap();
+        let free = e.prepare(ask(sampling, None)).unwrap();
+        assert_ne!(prepared.request_hash, free.request_hash, "the grammar is part of the request");
+        assert_eq!(prepared.spec().grammar(), Some(&grammar));
+        let transcript = |output: Vec<i32>| Transcript {
+            model: prepared.model,
+            prompt: prepared.tokens.clone(),
+            max_tokens: prepared.max_tokens,
+            sampling: prepared.spec(),
+            stop: vec![],
+            output,
+        };
+        let answer = e.submit(prepared.clone()).unwrap().blocking_collect().unwrap();
+        assert_eq!(answer.reason, FinishReason::Stop, "{sampling:?}: the grammar ended it: {:?}", answer.text);
+        let value: serde_json::Value =
+            serde_json::from_str(&answer.text).unwrap_or_else(|e| panic!("{e}: {:?}", answer.text));
+        let object = value.as_object().unwrap();
+        assert_eq!(object.keys().collect::<Vec<_>>(), ["name", "age", "pets"], "{value}");
+        assert!(object["name"].as_str().is_some_and(|n| n.chars().count() <= 20), "{value}");
+        assert!(object["age"].as_u64().is_some_and(|a| a <= 150), "{value}");
+        let pets = object["pets"].as_array().unwrap();
+        assert!(
+            pets.len() <= 3 && pets.iter().all(|p| ["cat", "dog", "fish"].contains(&p.as_str().unwrap())),
+            "{value}"
+        );
+        // The ids follow the grammar, end of generation included.
+        assert_eq!(e.grammar(&grammar).unwrap().check(&answer.tokens), Ok(()));
+        let report = audit(e.as_ref(), &transcript(answer.tokens.clone()), &rules).unwrap();
+        assert_eq!(report.verdict, Verdict::Honest, "{sampling:?}: {report:?} for {:?}", answer.text);
+        eprintln!(
+            "{sampling:?}: {} honest, worst margin {:.3} over {} positions",
+            answer.text,
+            report.worst_margin(),
+            report.positions
+        );
+
+        // The same request run without its grammar: what a provider ignoring it would send.
+        let lazy = e.submit(free).unwrap().blocking_collect().unwrap();
+        let report = audit(e.as_ref(), &transcript(lazy.tokens.clone()), &rules).unwrap();
+        assert_eq!(report.verdict, Verdict::Faulty, "{sampling:?}: {report:?} for {:?}", lazy.text);
+    }
+
+    // A Lark grammar, and the errors that are the request's.
+    let lark = GrammarSpec { kind: GrammarKind::Lark, source: r#"start: ("yes" | "no") "." "#.into() };
+    let mut r = ask(Sampling::Greedy, Some(lark));
+    r.prompt =
+        Prompt::Chat { messages: vec![ChatMessage::new("user", "Is the sky blue?")], continue_final_message: false };
+    let answer = run(&e, r);
+    assert!(["yes.", "no."].contains(&answer.text.as_str()), "{:?}", answer.text);
+    let broken = GrammarSpec {
+        kind: GrammarKind::JsonSchema,
+        source: r#"{"type":"object","properties":{"a":{"type":"nope"}}}"#.into(),
+    };
+    let err = e.prepare(ask(Sampling::Greedy, Some(broken))).unwrap_err();
+    assert_eq!(err.param(), Some("response_format"), "{err}");
 }

@@ -585,7 +585,7 @@ async fn generate(
         prepared.prompt_tokens(),
         started,
     );
-    let generation = engine.submit(crate::dishonest::unpenalise(state.lie, prepared))?;
+    let generation = engine.submit(crate::dishonest::tamper(state.lie, prepared))?;
     let shape = Shape {
         wire,
         id: format!("{}-{:x}{:08x}", if wire == Wire::Chat { "chatcmpl" } else { "cmpl" }, state.started, request_id),

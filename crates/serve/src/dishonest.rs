@@ -25,6 +25,9 @@ pub(crate) enum Lie {
     /// Generates as if the request had no penalties or logit biases, and attests to the
     /// request as asked: only an audit that applies them can tell.
     Unpenalised,
+    /// Generates as if the request had no grammar (structured output), and attests to the
+    /// request as asked.
+    Unconstrained,
 }
 
 impl Lie {
@@ -39,6 +42,7 @@ impl Lie {
                 "endless" => Lie::Endless,
                 "perturb" => Lie::Perturb,
                 "unpenalised" => Lie::Unpenalised,
+                "unconstrained" => Lie::Unconstrained,
                 _ => Lie::Honest,
             };
             if lie != Lie::Honest {
@@ -58,11 +62,13 @@ pub(crate) fn perturb(lie: Lie, response: &mut plexus_inference::tensor::TensorR
     }
 }
 
-/// What a [`Lie::Unpenalised`] provider runs: the request without its logit adjustment, under
-/// the request hash of the one asked for.
-pub(crate) fn unpenalise(lie: Lie, mut prepared: plexus_inference::Prepared) -> plexus_inference::Prepared {
-    if lie == Lie::Unpenalised {
-        prepared.adjust = plexus_inference::LogitAdjust::default();
+/// What a [`Lie::Unpenalised`] or [`Lie::Unconstrained`] provider runs: the request without
+/// its logit adjustment or its grammar, under the request hash of the one asked for.
+pub(crate) fn tamper(lie: Lie, mut prepared: plexus_inference::Prepared) -> plexus_inference::Prepared {
+    match lie {
+        Lie::Unpenalised => prepared.adjust = plexus_inference::LogitAdjust::default(),
+        Lie::Unconstrained => prepared.constraint = None,
+        _ => {}
     }
     prepared
 }

@@ -54,6 +54,9 @@ pub(crate) struct CommonParams {
     pub(crate) top_logprobs: Option<Value>,
     pub(crate) tools: Option<Value>,
     pub(crate) response_format: Option<Value>,
+    /// Not OpenAI; llama-server's: a grammar the output must follow (here in llguidance's Lark
+    /// dialect).
+    pub(crate) grammar: Option<Value>,
     pub(crate) presence_penalty: Option<f64>,
     pub(crate) frequency_penalty: Option<f64>,
     pub(crate) logit_bias: Option<serde_json::Map<String, Value>>,
@@ -77,11 +80,57 @@ impl CommonParams {
         if self.tools.as_ref().is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty())) {
             return Err(ServeError::bad("tools", "tool calling is not supported"));
         }
-        let format = self.response_format.as_ref().and_then(|rf| rf.get("type")).and_then(Value::as_str);
-        if format.is_some_and(|t| t != "text") {
-            return Err(ServeError::bad("response_format", "only the `text` response format is supported"));
-        }
         Ok(())
+    }
+
+    /// The grammar the output must follow: `response_format` (`json_object`, or `json_schema`
+    /// with its `schema`), or a Lark grammar in `grammar`, not both. The schema's text is its
+    /// compact JSON, keys in the order the client wrote them (the order the output follows).
+    pub(crate) fn grammar(&self) -> Result<Option<plexus_types::receipt::GrammarSpec>, ServeError> {
+        use plexus_types::receipt::{GrammarKind, GrammarSpec};
+        let bad = |m: &str| ServeError::bad("response_format", m);
+        let format = match self.response_format.as_ref().filter(|v| !v.is_null()) {
+            None => None,
+            Some(rf) => match rf.get("type").and_then(Value::as_str) {
+                Some("text") => None,
+                Some("json_object") => Some(r#"{"type":"object"}"#.to_owned()),
+                Some("json_schema") => {
+                    let schema = rf
+                        .get("json_schema")
+                        .and_then(|j| j.get("schema"))
+                        .filter(|s| s.is_object())
+                        .ok_or_else(|| bad("`response_format.json_schema.schema` must be a JSON schema object"))?;
+                    Some(serde_json::to_string(schema).map_err(|e| bad(&e.to_string()))?)
+                }
+                Some(other) => {
+                    return Err(bad(&format!(
+                        "`response_format` type `{}` is not `text`, `json_object` or `json_schema`",
+                        &other[..other.floor_char_boundary(64)]
+                    )));
+                }
+                None => return Err(bad("`response_format` needs a `type`")),
+            },
+        };
+        let lark = match self.grammar.as_ref().filter(|v| !v.is_null()) {
+            None => None,
+            Some(Value::String(g)) if is_gbnf(g) => {
+                return Err(ServeError::bad(
+                    "grammar",
+                    "this looks like GBNF (`rule ::= ...`); write the grammar in Lark (`rule: ...`), llguidance's dialect, \
+                     or send a JSON schema as `response_format`",
+                ));
+            }
+            Some(Value::String(g)) => Some(g.clone()),
+            Some(_) => return Err(ServeError::bad("grammar", "`grammar` must be a string (a Lark grammar)")),
+        };
+        match (format, lark) {
+            (Some(_), Some(_)) => {
+                Err(ServeError::bad("grammar", "give either `response_format` or `grammar`, not both"))
+            }
+            (Some(source), None) => Ok(Some(GrammarSpec { kind: GrammarKind::JsonSchema, source })),
+            (None, Some(source)) => Ok(Some(GrammarSpec { kind: GrammarKind::Lark, source })),
+            (None, None) => Ok(None),
+        }
     }
 
     /// The penalties and logit biases, as the sampler applies them. `logit_bias` maps token ids
@@ -140,6 +189,16 @@ impl CommonParams {
     pub(crate) fn max_tokens(&self) -> Option<u32> {
         self.max_completion_tokens.or(self.max_tokens)
     }
+}
+
+/// Whether a grammar is written in GBNF (a line `name ::= ...`), which Lark does not read.
+fn is_gbnf(grammar: &str) -> bool {
+    grammar.lines().any(|l| {
+        l.split_once("::=").is_some_and(|(name, _)| {
+            let name = name.trim();
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+    })
 }
 
 /// Message content: a string, or a list of parts of which only text is supported.
@@ -245,6 +304,7 @@ const COMMON_FIELDS: &[&str] = &[
     "top_logprobs",
     "tools",
     "response_format",
+    "grammar",
     "presence_penalty",
     "frequency_penalty",
     "logit_bias",
@@ -334,6 +394,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
     req.params.check_supported()?;
     let messages = to_messages(req.messages)?;
     let request = plexus_inference::GenerateRequest {
+        grammar: req.params.grammar()?,
         prompt: plexus_inference::Prompt::Chat { messages, continue_final_message: req.continue_final_message },
         max_tokens: req.params.max_tokens(),
         sampling: sampling(&req.params)?,
@@ -378,6 +439,7 @@ pub fn parse_completion(body: &[u8]) -> Result<ParsedGeneration, ServeError> {
         }
     };
     let request = plexus_inference::GenerateRequest {
+        grammar: req.params.grammar()?,
         prompt: plexus_inference::Prompt::Text(prompt),
         max_tokens: Some(req.params.max_tokens().unwrap_or(16)),
         sampling: sampling(&req.params)?,
@@ -797,6 +859,58 @@ mod tests {
         assert_eq!(merged["usage"]["total_tokens"], 39);
         assert_eq!(merged["usage"]["prompt_tokens_details"]["cached_tokens"], 18);
         assert_eq!(merge_choices(vec![]), Value::Null);
+    }
+
+    #[test]
+    fn response_formats_and_grammars_become_one_grammar() {
+        use plexus_types::receipt::{GrammarKind, GrammarSpec};
+        let chat = |extra: &str| {
+            let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+            parse_chat(body.as_bytes()).map(|p| p.request.grammar)
+        };
+        let json = |source: &str| Some(GrammarSpec { kind: GrammarKind::JsonSchema, source: source.into() });
+        assert_eq!(chat("").unwrap(), None);
+        assert_eq!(chat(r#","response_format":{"type":"text"}"#).unwrap(), None);
+        assert_eq!(chat(r#","response_format":{"type":"json_object"}"#).unwrap(), json(r#"{"type":"object"}"#));
+        // The schema's text is compact, with its keys in the client's order (the output's order).
+        let sdk = r#","response_format":{"type":"json_schema","json_schema":{"name":"P","strict":true,
+            "schema":{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}},"required":["zeta","alpha"]}}}"#;
+        assert_eq!(
+            chat(sdk).unwrap(),
+            json(
+                r#"{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}},"required":["zeta","alpha"]}"#
+            )
+        );
+        assert_eq!(
+            chat(r#","grammar":"start: \"a\"""#).unwrap(),
+            Some(GrammarSpec { kind: GrammarKind::Lark, source: r#"start: "a""#.into() })
+        );
+        assert!(
+            parse_completion(br#"{"model":"m","prompt":"p","grammar":"start: \"a\""}"#)
+                .unwrap()
+                .request
+                .grammar
+                .is_some()
+        );
+        for (extra, param) in [
+            (r#","response_format":{"type":"xml"}"#, "response_format"),
+            (r#","response_format":{}"#, "response_format"),
+            (r#","response_format":{"type":"json_schema","json_schema":{"name":"x"}}"#, "response_format"),
+            (
+                r#","response_format":{"type":"json_schema","json_schema":{"name":"x","schema":true}}"#,
+                "response_format",
+            ),
+            (r#","grammar":"root ::= \"a\"""#, "grammar"),
+            (r#","grammar":"root::=[a-z]+""#, "grammar"),
+            (r#","grammar":5"#, "grammar"),
+            (r#","grammar":"start: \"a\"","response_format":{"type":"json_object"}"#, "grammar"),
+        ] {
+            let e = chat(extra).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{extra}");
+            assert!(e.to_string().contains(param), "{extra}: {e}");
+        }
+        // A Lark string literal that holds `::=` is not GBNF.
+        assert!(chat(r#","grammar":"start: \"a ::= b\"""#).unwrap().is_some());
     }
 
     #[test]

@@ -226,13 +226,107 @@ pub enum SamplingSpec {
         base: Box<SamplingSpec>,
         adjust: LogitAdjustSpec,
     },
+    /// From execution version 8: `base` (greedy, seeded or adjusted, never itself constrained)
+    /// picking only among the tokens `grammar` allows after the output so far. A request without
+    /// a grammar is its base spec, so its hash is unchanged.
+    Constrained {
+        base: Box<SamplingSpec>,
+        grammar: GrammarSpec,
+    },
 }
 
 impl SamplingSpec {
     /// Whether this spec exists only from execution version 7 (binaries before it cannot
     /// decode it).
     pub fn is_adjusted(&self) -> bool {
-        matches!(self, SamplingSpec::Adjusted { .. })
+        match self {
+            SamplingSpec::Adjusted { .. } => true,
+            SamplingSpec::Constrained { base, .. } => base.is_adjusted(),
+            _ => false,
+        }
+    }
+
+    /// Whether this spec exists only from execution version 8 (a grammar constrains it).
+    pub fn is_constrained(&self) -> bool {
+        matches!(self, SamplingSpec::Constrained { .. })
+    }
+
+    /// The grammar the output must follow, if any.
+    pub fn grammar(&self) -> Option<&GrammarSpec> {
+        match self {
+            SamplingSpec::Constrained { grammar, .. } => Some(grammar),
+            _ => None,
+        }
+    }
+}
+
+/// The execution version from which a chain accepts challenges of constrained generations (the
+/// first that can decode [`SamplingSpec::Constrained`]); a gateway serves them only from there.
+pub const CONSTRAINED_SAMPLING_SINCE: u16 = 8;
+
+/// The longest grammar source a request may carry, in bytes: with the longest transcript and
+/// every logit bias a request may set, a challenge still fits one transaction.
+pub const GRAMMAR_BYTES_MAX: usize = 4096;
+
+/// What a grammar's source is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GrammarKind {
+    /// A JSON schema, as compact JSON text (OpenAI's `response_format`; `json_object` is
+    /// `{"type":"object"}`).
+    JsonSchema,
+    /// A grammar in llguidance's Lark dialect.
+    Lark,
+}
+
+/// The grammar a constrained generation follows, as its source text. Which tokens it allows at
+/// a position is a function of the source, the model's tokenizer and the output before the
+/// position alone (no floats, no clock), so a verifier re-derives every position's mask.
+/// Canonical: the source is non-empty and at most [`GRAMMAR_BYTES_MAX`] bytes of UTF-8.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GrammarSpec {
+    pub kind: GrammarKind,
+    pub source: String,
+}
+
+impl GrammarSpec {
+    /// The canonical-form rules (see the type's documentation).
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.source.is_empty() {
+            return Err("an empty grammar");
+        }
+        if self.source.len() > GRAMMAR_BYTES_MAX {
+            return Err("a grammar longer than a request may carry");
+        }
+        Ok(())
+    }
+}
+
+impl Write for GrammarSpec {
+    fn write(&self, buf: &mut impl BufMut) {
+        match self.kind {
+            GrammarKind::JsonSchema => 0u8,
+            GrammarKind::Lark => 1u8,
+        }
+        .write(buf);
+        crate::codec::write_str(&self.source, buf);
+    }
+}
+impl EncodeSize for GrammarSpec {
+    fn encode_size(&self) -> usize {
+        1 + crate::codec::str_size(&self.source)
+    }
+}
+impl Read for GrammarSpec {
+    type Cfg = ();
+    fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
+        let kind = match u8::read(buf)? {
+            0 => GrammarKind::JsonSchema,
+            1 => GrammarKind::Lark,
+            t => return Err(Error::InvalidEnum(t)),
+        };
+        let grammar = GrammarSpec { kind, source: crate::codec::read_str(buf, GRAMMAR_BYTES_MAX)? };
+        grammar.check().map_err(|why| Error::Invalid("grammar", why))?;
+        Ok(grammar)
     }
 }
 
@@ -350,6 +444,11 @@ impl Write for SamplingSpec {
                 base.write(buf);
                 adjust.write(buf);
             }
+            SamplingSpec::Constrained { base, grammar } => {
+                3u8.write(buf);
+                base.write(buf);
+                grammar.write(buf);
+            }
         }
     }
 }
@@ -359,6 +458,7 @@ impl EncodeSize for SamplingSpec {
             SamplingSpec::Greedy => 1,
             SamplingSpec::Random { .. } => 1 + 5 * 4,
             SamplingSpec::Adjusted { base, adjust } => 1 + base.encode_size() + adjust.encode_size(),
+            SamplingSpec::Constrained { base, grammar } => 1 + base.encode_size() + grammar.encode_size(),
         }
     }
 }
@@ -366,13 +466,26 @@ impl Read for SamplingSpec {
     type Cfg = ();
     fn read_cfg(buf: &mut impl Buf, _: &()) -> Result<Self, Error> {
         match u8::read(buf)? {
-            // One base rule (an adjusted one inside is an unknown tag there) and its adjustment.
-            2 => {
-                let base = read_rule(u8::read(buf)?, buf)?;
-                Ok(SamplingSpec::Adjusted { base: Box::new(base), adjust: LogitAdjustSpec::read(buf)? })
+            // A grammar over one unconstrained spec (a constrained one inside is an unknown tag
+            // there).
+            3 => {
+                let base = read_unconstrained(u8::read(buf)?, buf)?;
+                Ok(SamplingSpec::Constrained { base: Box::new(base), grammar: GrammarSpec::read(buf)? })
             }
-            tag => read_rule(tag, buf),
+            tag => read_unconstrained(tag, buf),
         }
+    }
+}
+
+/// The rest of a spec without a grammar: a base rule, or one adjusted (tag 2).
+fn read_unconstrained(tag: u8, buf: &mut impl Buf) -> Result<SamplingSpec, Error> {
+    match tag {
+        // One base rule (an adjusted one inside is an unknown tag there) and its adjustment.
+        2 => {
+            let base = read_rule(u8::read(buf)?, buf)?;
+            Ok(SamplingSpec::Adjusted { base: Box::new(base), adjust: LogitAdjustSpec::read(buf)? })
+        }
+        tag => read_rule(tag, buf),
     }
 }
 
@@ -643,6 +756,56 @@ mod tests {
             output: vec![i32::MAX],
         };
         assert!(worst.encode_size() + 1024 < crate::params::limits::TX_BYTES_MAX, "{}", worst.encode_size());
+        // And with the longest grammar over it.
+        let worst = Transcript {
+            sampling: SamplingSpec::Constrained {
+                base: Box::new(worst.sampling.clone()),
+                grammar: GrammarSpec { kind: GrammarKind::Lark, source: "x".repeat(GRAMMAR_BYTES_MAX) },
+            },
+            ..worst
+        };
+        assert!(worst.encode_size() + 1024 < crate::params::limits::TX_BYTES_MAX, "{}", worst.encode_size());
+    }
+
+    #[test]
+    fn constrained_sampling_has_one_encoding() {
+        let decode = |bytes: &[u8]| crate::codec::decode_bounded::<SamplingSpec>(bytes, 1 << 16, &());
+        let grammar = GrammarSpec { kind: GrammarKind::JsonSchema, source: r#"{"type":"object"}"#.into() };
+        let adjusted = SamplingSpec::Adjusted {
+            base: Box::new(SamplingSpec::Greedy),
+            adjust: LogitAdjustSpec { presence_bits: 1.0f32.to_bits(), ..LogitAdjustSpec::default() },
+        };
+        for base in [SamplingSpec::Greedy, adjusted] {
+            let spec = SamplingSpec::Constrained { base: Box::new(base.clone()), grammar: grammar.clone() };
+            let bytes = to_vec(&spec);
+            assert_eq!(bytes.len(), spec.encode_size());
+            assert_eq!(bytes[0], 3);
+            assert_eq!(decode(&bytes).unwrap(), spec);
+            assert_eq!(spec.is_adjusted(), base.is_adjusted());
+            assert!(spec.is_constrained() && spec.grammar() == Some(&grammar));
+            // The hash of a request covers the grammar: another source, another hash.
+            let other = SamplingSpec::Constrained {
+                base: Box::new(base.clone()),
+                grammar: GrammarSpec { kind: GrammarKind::Lark, source: grammar.source.clone() },
+            };
+            let m = crate::hash(b"m");
+            assert_ne!(request_hash(&m, &[1], 4, &spec, &[]), request_hash(&m, &[1], 4, &other, &[]));
+            assert_ne!(request_hash(&m, &[1], 4, &spec, &[]), request_hash(&m, &[1], 4, &base, &[]));
+        }
+        // A grammar inside a grammar, an empty or over-long source, an unknown kind: refused.
+        let spec = SamplingSpec::Constrained { base: Box::new(SamplingSpec::Greedy), grammar: grammar.clone() };
+        let mut nested = vec![3u8];
+        nested.extend(to_vec(&spec));
+        assert!(decode(&nested).is_err());
+        let with =
+            |g: GrammarSpec| to_vec(&SamplingSpec::Constrained { base: Box::new(SamplingSpec::Greedy), grammar: g });
+        assert!(decode(&with(GrammarSpec { kind: GrammarKind::Lark, source: String::new() })).is_err());
+        let long = GrammarSpec { kind: GrammarKind::Lark, source: "x".repeat(GRAMMAR_BYTES_MAX + 1) };
+        assert!(decode(&with(long)).is_err());
+        let mut unknown = to_vec(&spec);
+        unknown[2] = 9;
+        assert!(decode(&unknown).is_err());
+        assert!(decode(&to_vec(&spec)[..4]).is_err(), "truncated");
     }
 
     #[test]

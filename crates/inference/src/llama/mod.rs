@@ -69,6 +69,9 @@ pub(crate) struct LlamaEngine {
     info: ModelInfo,
     model: Arc<LlamaModel>,
     template: ChatTemplate,
+    /// The template's end-of-turn ids beyond the vocabulary's own ([`end_of_turn`]).
+    ends: Vec<LlamaToken>,
+    vocabulary: LazyVocabulary,
     queue: Option<SyncSender<Job>>,
     shared: Arc<Shared>,
     config: LlamaConfig,
@@ -86,6 +89,7 @@ impl LlamaEngine {
         let own = cached.chat_template()?;
         let template = template_of(&model, own.as_deref().or(meta.chat_template.as_deref()), &meta.architecture);
         let ends = end_of_turn(&model, &template);
+        let worker_ends = ends.clone();
 
         let request_tokens_max = (config.ctx_tokens.get() / config.parallel.get()).min(model.n_ctx_train());
         if request_tokens_max < 16 {
@@ -122,7 +126,7 @@ impl LlamaEngine {
                     &worker_config,
                     request_tokens_max,
                     prefix,
-                    ends,
+                    worker_ends,
                     rx,
                     worker_shared,
                     ready_tx,
@@ -145,7 +149,17 @@ impl LlamaEngine {
             model = %info.name, id = %info.id, ctx = config.ctx_tokens, parallel = config.parallel,
             threads = config.threads, request_tokens_max, "text engine ready"
         );
-        Ok(LlamaEngine { info, model, template, queue: Some(tx), shared, config: config.clone(), thread: Some(thread) })
+        Ok(LlamaEngine {
+            info,
+            model,
+            template,
+            ends,
+            vocabulary: LazyVocabulary::default(),
+            queue: Some(tx),
+            shared,
+            config: config.clone(),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -187,6 +201,7 @@ pub(crate) struct LlamaTokenizer {
     ends: Vec<LlamaToken>,
     id: plexus_types::ModelId,
     limits: Limits,
+    vocabulary: LazyVocabulary,
 }
 
 impl LlamaTokenizer {
@@ -205,11 +220,20 @@ impl LlamaTokenizer {
             ends,
             id: cached.id,
             limits: Limits { request_tokens_max: context, max_tokens_max: context },
+            vocabulary: LazyVocabulary::default(),
         })
     }
 
     pub(crate) fn prepare(&self, request: GenerateRequest) -> Result<Prepared, Error> {
-        prepare_text(&self.model, &self.template, self.id, self.limits, request)
+        let vocabulary = || self.vocabulary.get(&self.model, &self.ends);
+        prepare_text(&self.model, &self.template, self.id, self.limits, &vocabulary, request)
+    }
+
+    pub(crate) fn grammar(
+        &self,
+        spec: &plexus_types::receipt::GrammarSpec,
+    ) -> Result<crate::grammar::Constraint, Error> {
+        self.vocabulary.get(&self.model, &self.ends)?.compile(spec)
     }
 
     pub(crate) fn spell(&self, ids: &[TokenId]) -> Option<(Vec<u8>, usize)> {
@@ -247,6 +271,7 @@ pub(crate) fn prepare_text(
     template: &ChatTemplate,
     id: plexus_types::ModelId,
     limits: Limits,
+    vocabulary: &dyn Fn() -> Result<Arc<crate::grammar::Vocabulary>, Error>,
     request: GenerateRequest,
 ) -> Result<Prepared, Error> {
     if request.stop.len() > STOP_STRINGS_MAX {
@@ -297,7 +322,40 @@ pub(crate) fn prepare_text(
     request.adjust.check_vocabulary(model.n_vocab().max(0) as usize)?;
     let mut prepared = Prepared::new(id, tokens, max_tokens, request.sampling, request.adjust, request.stop);
     prepared.logprobs = request.logprobs;
+    if let Some(spec) = &request.grammar {
+        prepared.constrain(vocabulary()?.compile(spec)?);
+    }
     Ok(prepared)
+}
+
+/// A model's vocabulary for the grammar engine, built on first use (it reads every token once)
+/// and kept.
+#[derive(Default)]
+pub(crate) struct LazyVocabulary(OnceLock<Result<Arc<crate::grammar::Vocabulary>, String>>);
+
+impl LazyVocabulary {
+    pub(crate) fn get(
+        &self,
+        model: &LlamaModel,
+        ends: &[LlamaToken],
+    ) -> Result<Arc<crate::grammar::Vocabulary>, Error> {
+        self.0
+            .get_or_init(|| {
+                let vocab = model.vocab();
+                let n = model.n_vocab().max(0);
+                let is_end = |t: LlamaToken| is_end(model, ends, t);
+                let tokens = (0..n)
+                    .map(|i| {
+                        let t = LlamaToken(i);
+                        (!(vocab.is_control(t) || is_end(t))).then(|| vocab.token_to_piece(t, false, None))
+                    })
+                    .collect();
+                let ends: Vec<TokenId> = (0..n).filter(|&i| is_end(LlamaToken(i))).collect();
+                crate::grammar::Vocabulary::new(tokens, &ends).map(Arc::new).map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(Error::Engine)
+    }
 }
 
 fn tokenize(model: &LlamaModel, text: &str) -> Vec<TokenId> {
@@ -378,7 +436,12 @@ impl Engine for LlamaEngine {
             request_tokens_max: self.info.request_tokens_max,
             max_tokens_max: self.config.max_tokens_max.get(),
         };
-        prepare_text(&self.model, &self.template, self.info.id, limits, request)
+        let vocabulary = || self.vocabulary.get(&self.model, &self.ends);
+        prepare_text(&self.model, &self.template, self.info.id, limits, &vocabulary, request)
+    }
+
+    fn grammar(&self, spec: &plexus_types::receipt::GrammarSpec) -> Result<crate::grammar::Constraint, Error> {
+        self.vocabulary.get(&self.model, &self.ends)?.compile(spec)
     }
 
     fn submit(&self, prepared: Prepared) -> Result<Generation, Error> {
@@ -450,6 +513,9 @@ impl Engine for LlamaEngine {
         // Penalties count the output tokens before each position, as the generation did.
         let (mut counts, mut adjusted) = (crate::sampler::TokenCounts::new(), Vec::new());
         let penalised = request.adjust.penalises();
+        // The grammar's mask at each position, as the generation's sampler read it; dropped at
+        // the first committed token it refuses (infinitely far from anything it allowed).
+        let mut constraint = request.grammar.as_ref().map(|g| self.grammar(g)).transpose()?;
         // Prompt chunks of a whole batch; output chunks small enough that the logits buffer
         // (rows x vocabulary floats) stays a few MB.
         let mut bounds = Vec::new();
@@ -472,10 +538,28 @@ impl Engine for LlamaEngine {
                 let logits = ctx.get_logits_ith((i - start) as i32);
                 let next = tokens[i + 1].0;
                 let position = (i - first_wanted) as u32;
+                let mask = match constraint.as_mut().map(|c| c.mask()) {
+                    Some(Ok(mask)) => Some(mask),
+                    Some(Err(_)) => {
+                        constraint = None;
+                        None
+                    }
+                    None => None,
+                };
+                let refused = mask.as_ref().is_some_and(|m| !m.allows(next));
                 let margin = request.sampling.map(|s| {
-                    let picked_from = crate::sampler::adjusted(logits, &request.adjust, &counts, &mut adjusted);
+                    if refused {
+                        return f32::INFINITY;
+                    }
+                    let picked_from =
+                        crate::sampler::adjusted(logits, &request.adjust, &counts, mask.as_ref(), &mut adjusted);
                     crate::sampler::margin(picked_from, &s, position, next)
                 });
+                if let Some(c) = constraint.as_mut()
+                    && (refused || c.advance(next).is_err())
+                {
+                    constraint = None;
+                }
                 if penalised {
                     *counts.entry(next).or_default() += 1;
                 }

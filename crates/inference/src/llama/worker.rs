@@ -149,6 +149,8 @@ struct Active {
     first_token: Option<Instant>,
     /// How often each token was generated, when the request has penalties.
     counts: crate::sampler::TokenCounts,
+    /// The request's grammar, following the output.
+    constraint: Option<crate::grammar::Constraint>,
 }
 
 impl Active {
@@ -284,8 +286,9 @@ impl Worker<'_> {
             .map(|(k, _)| k)
     }
 
-    fn admit(&mut self, k: usize, job: Job, serial: u64) {
+    fn admit(&mut self, k: usize, mut job: Job, serial: u64) {
         let text = TextStream::new(&job.prepared.stop);
+        let constraint = job.prepared.constraint.take();
         self.clock += 1;
         self.slots[k].last_used = self.clock;
         let tokens: Vec<LlamaToken> = job.prepared.tokens.iter().map(|&t| LlamaToken(t)).collect();
@@ -303,6 +306,7 @@ impl Worker<'_> {
             cached_tokens: 0,
             first_token: None,
             counts: Default::default(),
+            constraint,
         };
         self.slots[k].active = Some(active);
 
@@ -557,9 +561,19 @@ impl Worker<'_> {
         if is_probe_position(position) {
             a.probes.push(probe(position, logits));
         }
+        // The grammar's mask, then the pick among what it allows; a grammar that cannot go on
+        // (its work bound) fails the request, as it would on every machine.
+        let mask = match a.constraint.as_mut().map(|c| c.mask()).transpose() {
+            Ok(mask) => mask,
+            Err(e) => return self.fail_slot(k, e),
+        };
         let prepared = &a.job.prepared;
-        let picked_from = crate::sampler::adjusted(logits, &prepared.adjust, &a.counts, &mut self.adjusted);
+        let picked_from =
+            crate::sampler::adjusted(logits, &prepared.adjust, &a.counts, mask.as_ref(), &mut self.adjusted);
         let token = LlamaToken(crate::sampler::choose(picked_from, &prepared.sampling, position));
+        if let Some(Err(e)) = a.constraint.as_mut().map(|c| c.advance(token.0)) {
+            return self.fail_slot(k, e);
+        }
         if prepared.adjust.penalises() {
             *a.counts.entry(token.0).or_default() += 1;
         }

@@ -69,12 +69,13 @@ uses BASE+10N.")]
         /// Tokens a provider delivers beyond a client's last receipt before it stops serving it.
         #[arg(long, default_value_t = 512)]
         credit_tokens: u64,
-        /// The execution version the chain starts at (7: generations with penalties or logit
+        /// The execution version the chain starts at (8: generations constrained by a grammar
+        /// (structured outputs) can be challenged on chain; 7: generations with penalties or logit
         /// biases can be challenged on chain; 6: validators register BLS consensus keys,
         /// which consensus v2 needs; 5: challenges of tensor inferences on chain; 4: tensor models
         /// paid per inference and sessions restricted to regions; 3: verified inference with
         /// challenges and slashing; lower ones to rehearse the upgrades).
-        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u16).range(1..=7))]
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=8))]
         execution_version: u16,
         /// The network version the chain starts at (2: proposed blocks travel compressed; 1 to
         /// rehearse voting v2 in, or to compare).

@@ -189,6 +189,24 @@ fn bad_requests(context: u64, at: u64) -> Vec<(String, String, Vec<u8>)> {
         ),
         ("chat: max_tokens negative".into(), "/v1/chat/completions".into(), chat(json!({ "max_tokens": -1 }))),
         ("chat: temperature out of range".into(), "/v1/chat/completions".into(), chat(json!({ "temperature": 1e9 }))),
+        (
+            "chat: a JSON schema that does not compile".into(),
+            "/v1/chat/completions".into(),
+            chat(
+                json!({ "response_format": { "type": "json_schema", "json_schema": { "name": "x", "schema": { "type": "nope" } } } }),
+            ),
+        ),
+        (
+            "chat: a grammar longer than 4 KiB".into(),
+            "/v1/chat/completions".into(),
+            chat(json!({ "grammar": format!("start: \"{}\"", "a".repeat(5000)) })),
+        ),
+        ("chat: a GBNF grammar".into(), "/v1/chat/completions".into(), chat(json!({ "grammar": "root ::= \"a\"" }))),
+        (
+            "chat: an unknown response format".into(),
+            "/v1/chat/completions".into(),
+            chat(json!({ "response_format": { "type": "xml" } })),
+        ),
         ("chat: n = 9".into(), "/v1/chat/completions".into(), chat(json!({ "n": 9 }))),
         ("chat: n = 0".into(), "/v1/chat/completions".into(), chat(json!({ "n": 0 }))),
         ("chat: n = 2, streamed".into(), "/v1/chat/completions".into(), chat(json!({ "n": 2, "stream": true }))),

@@ -80,9 +80,24 @@ fn lying_providers_are_never_paid_and_apps_are_still_answered() {
     // Each lie in turn: the liar is caught, gets no receipt for what it could not prove, and
     // the app's request is answered by the honest provider.
     let mut liar_pid = liar["pid"].as_u64().unwrap();
-    for (lie, stream) in
-        [("inflate", false), ("strip", false), ("forge", false), ("pad", false), ("strip", true), ("endless", true)]
-    {
+    // A constrained chat (structured output): what the provider that ignores grammars is sent.
+    let json_chat = |stream: bool| {
+        let mut body = chat(stream);
+        body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "colors", "strict": true,
+            "schema": {"type": "object", "properties": {"colors": {"type": "array", "items": {"enum": ["red", "green", "blue"]}}},
+                       "required": ["colors"], "additionalProperties": false}}});
+        body
+    };
+    for (lie, stream) in [
+        ("inflate", false),
+        ("strip", false),
+        ("forge", false),
+        ("pad", false),
+        ("unconstrained", false),
+        ("strip", true),
+        ("endless", true),
+    ] {
+        let chat = |stream: bool| if lie == "unconstrained" { json_chat(stream) } else { chat(stream) };
         stop(liar_pid);
         let guard = restart_with(liar, "PLEXUS_DISHONEST", lie);
         liar_pid = u64::from(guard.0.id());
@@ -91,6 +106,13 @@ fn lying_providers_are_never_paid_and_apps_are_still_answered() {
         for attempt in 0..20 {
             let (code, text) = gw.post("/v1/chat/completions", &chat(stream));
             assert_eq!(code, 200, "{lie}: the app is answered anyway: {text}");
+            if lie == "unconstrained" {
+                // Answered by the honest provider, in the schema.
+                let v: Value = serde_json::from_str(&text).unwrap();
+                let content: Value = serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap())
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {v}"));
+                assert!(content["colors"].is_array(), "{content}");
+            }
             if stream {
                 assert!(text.contains("[DONE]"), "{lie}: the stream completes: {text}");
             } else {

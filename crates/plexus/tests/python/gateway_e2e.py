@@ -139,6 +139,11 @@ def basic(client):
             raise AssertionError(f"expected a 400 for {kwargs}")
     out["n"] = choices
 
+    # Structured outputs on both architectures, paid and verified: every answer's ids are
+    # checked against the request's grammar by the gateway, and the audits apply it.
+    from openai_e2e import structured
+    out["structured"] = {model: structured(client, model) for model in (CHAT, GEMMA)}
+
     # Log-probabilities pass through the gateway, non-streamed and streamed (legacy shape,
     # offsets counted over the whole answer), and are not billed beyond the tokens.
     lp = client.chat.completions.create(

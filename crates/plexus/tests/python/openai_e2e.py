@@ -4,6 +4,7 @@ Usage: python3 openai_e2e.py <base_url> <chat_model> <embedding_model>
 Needs: pip install openai
 """
 
+import json
 import math
 import sys
 
@@ -13,6 +14,61 @@ from openai import OpenAI
 
 def cos(a, b):
     return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def parse(client, **kwargs):
+    """The SDK's structured-output call (GA in newer SDKs, under `beta` before)."""
+    completions = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+    return completions(**kwargs)
+
+
+def structured(client, model, usage=None):
+    """Structured outputs as an app asks for them: a Pydantic model through the SDK's parse, a
+    JSON object, and a raw Lark grammar; every answer is in its grammar. Returns the completion
+    tokens used (for a caller that settles them)."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Person(BaseModel):
+        name: str = Field(max_length=20)
+        age: int = Field(ge=0, le=150)
+        pets: list[Literal["cat", "dog", "fish"]] = Field(max_length=3)
+
+    tokens = 0
+    ask = [{"role": "user", "content": "Describe a person called Ada: her name, age and pets."}]
+    for temperature in (0, 1.0):
+        done = parse(client, model=model, messages=ask, response_format=Person, temperature=temperature, seed=3, max_tokens=80)
+        person = done.choices[0].message.parsed
+        assert isinstance(person, Person), done.choices[0].message
+        assert done.choices[0].finish_reason == "stop", done.choices[0]
+        tokens += done.usage.completion_tokens
+    obj = client.chat.completions.create(
+        model=model, temperature=0, max_tokens=60, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
+    )
+    assert isinstance(json.loads(obj.choices[0].message.content), dict), obj.choices[0].message.content
+    tokens += obj.usage.completion_tokens
+    yes_no = client.chat.completions.create(
+        model=model, temperature=0, max_tokens=8, extra_body={"grammar": 'start: ("yes" | "no") "."'},
+        messages=[{"role": "user", "content": "Is the sky blue?"}],
+    )
+    assert yes_no.choices[0].message.content in ("yes.", "no."), yes_no.choices[0].message.content
+    tokens += yes_no.usage.completion_tokens
+    # The request's faults are 400s that name the parameter.
+    for kwargs, param in (
+        (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}), "response_format"),
+        (dict(response_format={"type": "xml"}), "response_format"),
+        (dict(extra_body={"grammar": "root ::= \"a\""}), "grammar"),
+        (dict(extra_body={"grammar": "start: \"a\"", "response_format": {"type": "json_object"}}), "grammar"),
+    ):
+        try:
+            client.chat.completions.create(model=model, max_tokens=4, messages=[{"role": "user", "content": "hi"}], **kwargs)
+        except openai.BadRequestError as e:
+            assert e.body.get("param") == param, (kwargs, e.body)
+        else:
+            raise AssertionError(f"expected a 400 for {kwargs}")
+    return tokens
 
 
 def main():
@@ -187,6 +243,8 @@ def main():
     three = client.completions.create(model=chat_model, prompt="The capital of France is", temperature=0, max_tokens=5, n=3)
     assert [c.index for c in three.choices] == [0, 1, 2] and all(c.text for c in three.choices), three.choices
     assert three.usage.completion_tokens == 15, three.usage
+
+    structured(client, chat_model)
 
     # Errors are typed by the SDK.
     for kwargs, error in (
