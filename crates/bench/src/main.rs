@@ -6,12 +6,13 @@
 //! v1 and v2 and compares the block bytes each validator sends. `plexus-bench paid` measures what paying per
 //! token costs: the gateway and receipts against the provider and the engine alone, metered
 //! requests per second, and chain bytes per settled session. `plexus-bench certificates` compares
-//! consensus v1 and v2 certificates (bytes, verification time) at 4, 16 and 64 validators. Nothing here is asserted: a benchmark
+//! consensus v1 and v2 certificates (bytes, verification time) at 4, 16 and 64 validators. `plexus-bench grammar` measures what structured outputs cost per token. Nothing here is asserted: a benchmark
 //! reports numbers, it does not pass or fail.
 
 mod certificates;
 mod chain;
 mod edge;
+mod grammar;
 mod paid;
 mod report;
 mod verify;
@@ -39,6 +40,8 @@ enum Command {
     Edge(edge::Args),
     /// Consensus certificates, v1 (ed25519) against v2 (aggregated BLS): bytes and verify time.
     Certificates(certificates::Args),
+    /// Structured outputs: the grammar's mask cost per token against the decode time.
+    Grammar(grammar::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Verify(args) => verify::run(args),
         Command::Edge(args) => edge::run(args),
         Command::Certificates(args) => certificates::run(args),
+        Command::Grammar(args) => grammar::run(args),
     }
 }
